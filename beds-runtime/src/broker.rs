@@ -1,0 +1,284 @@
+//! Broker pools: consumers on `rec.read` (rBroker) and `rec.write` (wBroker) that decode,
+//! validate, dispatch, reply on `reply_to` with the `correlation_id`, then ack.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::PoolConfig;
+use crate::dispatch::Ctx;
+use crate::envelope::{Op, Reply, Request};
+use crate::error::{BedsError, ErrorCode};
+use crate::meta::{Catalog, RouteError};
+use crate::topology::{READ_KEY, WRITE_KEY};
+
+/// Which queue a pool consumes, and so which operations it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Read,
+    Write,
+}
+
+impl Lane {
+    pub fn key(self) -> &'static str {
+        match self {
+            Lane::Read => READ_KEY,
+            Lane::Write => WRITE_KEY,
+        }
+    }
+
+    pub fn broker(self) -> &'static str {
+        match self {
+            Lane::Read => "rBroker",
+            Lane::Write => "wBroker",
+        }
+    }
+
+    pub fn of(op: Op) -> Lane {
+        if op.is_write() {
+            Lane::Write
+        } else {
+            Lane::Read
+        }
+    }
+}
+
+/// What every worker of a node shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub ctx: Ctx,
+    pub catalog: &'static Catalog,
+}
+
+/// One consumer of a pool: its own channel, its own prefetch window.
+pub(crate) struct Worker {
+    pub lane: Lane,
+    pub queue: String,
+    pub tag: String,
+    pub pool: PoolConfig,
+    pub shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Consumes until `stop` fires, then cancels the consumer, finishes every delivery
+    /// already received and closes the channel; unacked messages go back to the queue.
+    pub async fn run(self, channel: Channel, stop: CancellationToken) -> lapin::Result<()> {
+        channel
+            .basic_qos(self.pool.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                self.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::debug!(queue = %self.queue, tag = %self.tag, "consuming");
+        let in_flight = TaskTracker::new();
+        let mut cancelled = false;
+        loop {
+            let next = if cancelled {
+                consumer.next().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {
+                        cancelled = true;
+                        // Deliveries already buffered still arrive before the stream ends.
+                        channel
+                            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                            .await?;
+                        continue;
+                    }
+                    next = consumer.next() => next,
+                }
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let shared = self.shared.clone();
+                    let channel = channel.clone();
+                    let lane = self.lane;
+                    in_flight.spawn(handle(shared, channel, lane, delivery));
+                }
+                Some(Err(e)) => {
+                    tracing::error!(queue = %self.queue, error = %e, "consumer failed");
+                    in_flight.close();
+                    in_flight.wait().await;
+                    return Err(e);
+                }
+                None => break,
+            }
+        }
+        in_flight.close();
+        in_flight.wait().await;
+        channel.close(200, "shutdown".into()).await
+    }
+}
+
+/// Handles one delivery to the end: reply then ack, or reject to the dead-letter queue.
+async fn handle(
+    shared: Arc<Shared>,
+    channel: Channel,
+    lane: Lane,
+    delivery: lapin::message::Delivery,
+) {
+    let props = &delivery.properties;
+    let Some(reply_to) = props.reply_to().clone() else {
+        return reject(&delivery, "no reply_to: the request cannot be answered").await;
+    };
+    if props
+        .content_type()
+        .as_ref()
+        .is_some_and(|ct| ct.as_str() != "application/json")
+        || std::str::from_utf8(&delivery.data).is_err()
+    {
+        return reject(&delivery, "undecodable body: not UTF-8 JSON").await;
+    }
+    // The reply echoes the AMQP correlation id the caller matches on.
+    let correlation = props.correlation_id().clone();
+    let work = {
+        let shared = shared.clone();
+        let body = delivery.data.clone();
+        tokio::spawn(async move { answer(&shared, lane, &body).await })
+    };
+    let reply = match work.await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "handler panicked");
+            return reject(&delivery, "the handler panicked").await;
+        }
+    };
+    let body = serde_json::to_vec(&reply).expect("replies serialize");
+    let correlation = correlation.unwrap_or_else(|| reply.causation_id.to_string().into());
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_correlation_id(correlation)
+        .with_message_id(reply.id.to_string().into());
+    let published = channel
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await;
+    if let Err(e) = published {
+        // Not acked: the request returns to the queue when the channel closes.
+        tracing::error!(reply_to = %reply_to, error = %e, "publishing the reply failed");
+        return;
+    }
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::error!(error = %e, "ack failed; the request may be redelivered");
+    }
+}
+
+/// Decodes and dispatches a body; every failure becomes an error reply.
+async fn answer(shared: &Shared, lane: Lane, body: &[u8]) -> Reply {
+    match Request::decode(body) {
+        Ok(req) => {
+            let result = dispatch(shared, lane, &req).await;
+            if let Err(e) = &result {
+                tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
+            }
+            Reply::to(req.conversation(), req.id, result)
+        }
+        Err(e) => {
+            tracing::debug!(code = ?e.code, message = %e.message, "request rejected at decode");
+            Reply::to(Uuid::nil(), Uuid::nil(), Err(e))
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    lane: Lane,
+    req: &Request,
+) -> Result<serde_json::Value, BedsError> {
+    let routes = shared
+        .catalog
+        .route(&req.domain, &req.template)
+        .map_err(|e| match e {
+            RouteError::UnknownDomain => BedsError::new(
+                ErrorCode::UnknownDomain,
+                format!(
+                    "unknown domain `{}`; this node serves: {}",
+                    req.domain,
+                    shared
+                        .catalog
+                        .domains
+                        .iter()
+                        .map(|d| d.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            RouteError::UnknownTemplate => {
+                let known = shared
+                    .catalog
+                    .domains
+                    .iter()
+                    .find(|d| d.name == req.domain)
+                    .map(|d| {
+                        d.templates
+                            .iter()
+                            .map(|t| t.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                BedsError::new(
+                    ErrorCode::UnknownTemplate,
+                    format!(
+                        "domain `{}` has no template `{}`; templates: {known}",
+                        req.domain, req.template
+                    ),
+                )
+            }
+        })?;
+    let op = Op::parse(&req.op).ok_or_else(|| {
+        BedsError::new(
+            ErrorCode::UnknownOperation,
+            format!(
+                "unknown operation `{}`; operations: {}",
+                req.op,
+                Op::ALL.map(Op::as_str).join(", ")
+            ),
+        )
+    })?;
+    if Lane::of(op) != lane {
+        return Err(BedsError::new(
+            ErrorCode::WrongQueue,
+            format!(
+                "`{}` is a {} operation; publish it with routing key {}",
+                op.as_str(),
+                if op.is_write() { "write" } else { "read" },
+                Lane::of(op).key()
+            ),
+        ));
+    }
+    (routes.handler(op))(&shared.ctx, req).await
+}
+
+/// Rejects without requeue: the queue dead-letters it to `{queue}.dlq`.
+async fn reject(delivery: &lapin::message::Delivery, reason: &str) {
+    tracing::warn!(
+        routing_key = %delivery.routing_key,
+        message_id = ?delivery.properties.message_id(),
+        reason,
+        "rejecting message to the dead-letter queue"
+    );
+    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::error!(error = %e, "reject failed");
+    }
+}

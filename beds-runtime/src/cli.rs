@@ -1,0 +1,178 @@
+//! The `beds` command line: `run`, `check` and `schema`, shared by every build of the
+//! binary whatever domains it was compiled with.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Role};
+use crate::envelope::Op;
+use crate::meta::Catalog;
+use crate::server::{Server, lanes};
+use crate::store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "beds",
+    version,
+    about = "BEDS: declared backends served over AMQP"
+)]
+struct Cli {
+    /// Base configuration file; `beds.<env>.yaml` beside it is layered on top.
+    #[arg(
+        long,
+        global = true,
+        env = "BEDS_CONFIG",
+        default_value = "config/beds.yaml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve: run the brokers of the configured role until Ctrl-C or SIGTERM.
+    Run {
+        /// Overrides `role` from the configuration.
+        #[arg(long)]
+        role: Option<Role>,
+    },
+    /// Validate the configuration and compiled domains, and say what would be served.
+    Check,
+    /// Print the DDL generated from the compiled domains.
+    Schema,
+}
+
+/// Entry point of the `beds` binary.
+pub fn main(catalog: &'static Catalog) -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli, catalog) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
+    catalog.check()?;
+    let mut config = Config::load(&cli.config).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Run { role } => {
+            if let Some(role) = role {
+                config.role = role;
+            }
+            crate::telemetry::init(&config.log.filter);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            rt.block_on(serve(config, catalog))
+        }
+        Command::Check => {
+            print!("{}", describe(&cli.config, &config, catalog));
+            Ok(())
+        }
+        Command::Schema => {
+            for statement in store::schema(catalog) {
+                println!("{statement};\n");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), String> {
+    let server = Server::start(&config, catalog)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stop = server.stop_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stop signal received; draining");
+        stop.cancel();
+    });
+    tracing::info!(role = config.role.name(), node = %config.node, "serving");
+    server.run().await.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// What `beds check` prints.
+fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "config {}: ok (version {}, env {})",
+        path.display(),
+        config.version,
+        config.env
+    );
+    let lanes = lanes(config.role);
+    if lanes.is_empty() {
+        let _ = writeln!(
+            out,
+            "role {}: serves no brokers in this release",
+            config.role.name()
+        );
+    } else {
+        let _ = writeln!(out, "role {}:", config.role.name());
+        for lane in lanes {
+            let pool = match lane {
+                crate::broker::Lane::Read => config.brokers.read,
+                crate::broker::Lane::Write => config.brokers.write,
+            };
+            let _ = writeln!(
+                out,
+                "  {} consumes {} ({} workers, prefetch {})",
+                lane.broker(),
+                config.amqp.queue(lane.key()),
+                pool.workers,
+                pool.prefetch
+            );
+        }
+    }
+    let _ = writeln!(out, "amqp {}", config.amqp.url);
+    let _ = writeln!(
+        out,
+        "database sqlite {} (schema applied at start: {})",
+        config.database.sqlite_path().display(),
+        if config.database.apply_schema {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let ops: Vec<&str> = Op::ALL.iter().map(|o| o.as_str()).collect();
+    for d in catalog.domains {
+        let _ = writeln!(out, "domain {} v{}", d.name, d.version);
+        for t in d.templates {
+            let _ = writeln!(
+                out,
+                "  {:<16} table {:<16} {} fields  ops: {}",
+                t.name,
+                t.table,
+                t.fields.len(),
+                ops.join(" ")
+            );
+        }
+    }
+    out
+}

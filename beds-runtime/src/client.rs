@@ -1,0 +1,303 @@
+//! The client: requests over AMQP only, replies matched by correlation id, typed per
+//! template through [`TemplateClient`].
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::broker::Lane;
+use crate::config::{Config, EXCHANGE};
+use crate::envelope::{Op, Origin, Reply, Request};
+use crate::error::{BedsError, ErrorCode};
+use crate::record::{Key, Record};
+use crate::server::{ServerError, connect};
+
+/// Where a client sends and how long it waits.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub url: String,
+    pub queue_tag: String,
+    pub timeout: Duration,
+    /// Service name in the origin of every request.
+    pub service: String,
+    pub node: String,
+    pub env: String,
+}
+
+impl ClientOptions {
+    /// Options matching a node's configuration.
+    pub fn from_config(config: &Config, service: &str) -> ClientOptions {
+        ClientOptions {
+            url: config.amqp.url.clone(),
+            queue_tag: config.amqp.queue_tag.clone(),
+            timeout: config.client.timeout.duration(),
+            service: service.to_string(),
+            node: config.node.clone(),
+            env: config.env.clone(),
+        }
+    }
+}
+
+/// Why a request did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ServerError),
+    /// The server answered with an error; `code` and `class` are the contract's.
+    #[error("{}: {}", serde_json::to_string(&.0.code).unwrap_or_default(), .0.message)]
+    Remote(BedsError),
+    #[error("no reply within {after:?} to request {id}")]
+    Timeout { id: Uuid, after: Duration },
+    #[error("AMQP: {0}")]
+    Transport(#[from] lapin::Error),
+    #[error("the reply could not be decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("the client's reply consumer stopped")]
+    Closed,
+}
+
+impl ClientError {
+    /// The contract error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// A connection to BEDS. Cheap to share by reference; requests may run concurrently.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    channel: Channel,
+    reply_queue: String,
+    pending: Pending,
+    options: ClientOptions,
+    read_key: String,
+    write_key: String,
+}
+
+impl Client {
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let conn = connect(&options.url, &format!("beds client {}", options.service)).await?;
+        let channel = conn.create_channel().await?;
+        // A private, server-named reply queue that disappears with the connection.
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let reply_queue = queue.name().to_string();
+        let mut consumer = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let pending: Pending = Arc::default();
+        let routes = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let Some(id) = delivery.properties.correlation_id() else {
+                    tracing::warn!("reply without correlation id dropped");
+                    continue;
+                };
+                let waiter = routes.lock().expect("pending map").remove(id.as_str());
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(delivery.data);
+                    }
+                    None => tracing::debug!(correlation_id = %id, "late reply dropped"),
+                }
+            }
+            // Dropping the senders wakes every waiter with `Closed`.
+            routes.lock().expect("pending map").clear();
+        });
+        Ok(Client {
+            read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
+            write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
+            conn,
+            channel,
+            reply_queue,
+            pending,
+            options,
+        })
+    }
+
+    /// Typed requests for the record type `T`.
+    pub fn template<T: Record>(&self) -> TemplateClient<'_, T> {
+        TemplateClient {
+            client: self,
+            _t: PhantomData,
+        }
+    }
+
+    /// Sends a request and waits for its reply; the server's errors come back as
+    /// [`ClientError::Remote`].
+    pub async fn request(&self, mut req: Request) -> Result<Json, ClientError> {
+        if req.origin.is_none() {
+            req.origin = Some(Origin {
+                service: self.options.service.clone(),
+                node: self.options.node.clone(),
+                env: self.options.env.clone(),
+            });
+        }
+        let op = Op::parse(&req.op);
+        let routing_key = match op.map(Lane::of) {
+            Some(Lane::Write) => &self.write_key,
+            _ => &self.read_key,
+        };
+        let id = req.id.to_string();
+        let body = serde_json::to_vec(&req)?;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("pending map")
+            .insert(id.clone(), tx);
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id(id.as_str().into())
+            .with_message_id(id.as_str().into())
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_delivery_mode(if op.is_some_and(Op::is_write) { 2 } else { 1 });
+        let sent = self
+            .channel
+            .basic_publish(
+                EXCHANGE.into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await;
+        if let Err(e) = sent {
+            self.pending.lock().expect("pending map").remove(&id);
+            return Err(e.into());
+        }
+        let body = match tokio::time::timeout(self.options.timeout, rx).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                self.pending.lock().expect("pending map").remove(&id);
+                return Err(ClientError::Timeout {
+                    id: req.id,
+                    after: self.options.timeout,
+                });
+            }
+        };
+        let reply: Reply = serde_json::from_slice(&body)?;
+        reply.into_result().map_err(ClientError::Remote)
+    }
+
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.conn.close(200, "client closed".into()).await?;
+        Ok(())
+    }
+}
+
+/// One page of a list: the records and the cursor of the next page, if any.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: Record")]
+pub struct Page<T: Record> {
+    pub items: Vec<T>,
+    pub next: Option<T::Id>,
+}
+
+/// Typed operations on one template.
+#[derive(Debug)]
+pub struct TemplateClient<'a, T> {
+    client: &'a Client,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for TemplateClient<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for TemplateClient<'_, T> {}
+
+impl<T: Record> TemplateClient<'_, T> {
+    fn request(&self, op: Op) -> Request {
+        Request::new(T::META.domain, T::META.name, op)
+    }
+
+    async fn send<R: serde::de::DeserializeOwned>(&self, req: Request) -> Result<R, ClientError> {
+        Ok(serde_json::from_value(self.client.request(req).await?)?)
+    }
+
+    pub async fn create(&self, input: &T::Create) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Create);
+        req.data = Some(object(input)?);
+        self.send(req).await
+    }
+
+    pub async fn fetch(&self, id: T::Id) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Fetch);
+        req.key = Some(key(id));
+        self.send(req).await
+    }
+
+    pub async fn update(&self, id: T::Id, patch: &T::Patch) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Update);
+        req.key = Some(key(id));
+        req.data = Some(object(patch)?);
+        self.send(req).await
+    }
+
+    pub async fn delete(&self, id: T::Id) -> Result<(), ClientError> {
+        let mut req = self.request(Op::Delete);
+        req.key = Some(key(id));
+        self.client.request(req).await.map(drop)
+    }
+
+    /// A page of records in key order; `limit` defaults to the template's page size.
+    pub async fn list(
+        &self,
+        limit: Option<u32>,
+        after: Option<T::Id>,
+    ) -> Result<Page<T>, ClientError> {
+        let mut req = self.request(Op::List);
+        req.limit = limit;
+        req.after = after.map(|a| a.uuid());
+        self.send(req).await
+    }
+}
+
+fn key(id: impl Key) -> Map<String, Json> {
+    Map::from_iter([("id".to_string(), Json::String(id.uuid().to_string()))])
+}
+
+fn object(value: &impl serde::Serialize) -> Result<Map<String, Json>, ClientError> {
+    match serde_json::to_value(value)? {
+        Json::Object(m) => Ok(m),
+        _ => Err(ClientError::Decode(serde::ser::Error::custom(
+            "input types serialize to objects",
+        ))),
+    }
+}

@@ -1,0 +1,542 @@
+//! Configuration: `config/beds.yaml`, an optional environment overlay
+//! (`config/beds.<env>.yaml`), then `BEDS_*` environment variables, validated at start-up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value as Yaml};
+
+/// The configuration schema version this runtime reads.
+pub const CONFIG_VERSION: u32 = 1;
+/// The exchange every application message is published to.
+pub const EXCHANGE: &str = "beds.events";
+/// The exchange rejected messages are dead-lettered to.
+pub const DEAD_LETTER_EXCHANGE: &str = "beds.dlx";
+/// Environment variables that are not config keys.
+const NOT_KEYS: &[&str] = &["BEDS_CONFIG"];
+
+/// Which brokers a node runs; one binary serves every role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    #[serde(rename = "appServer")]
+    AppServer,
+    #[serde(rename = "admin")]
+    Admin,
+    #[serde(rename = "segundo")]
+    Segundo,
+    #[serde(rename = "tercero")]
+    Tercero,
+}
+
+impl Role {
+    pub const NAMES: [&'static str; 4] = ["appServer", "admin", "segundo", "tercero"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::AppServer => "appServer",
+            Role::Admin => "admin",
+            Role::Segundo => "segundo",
+            Role::Tercero => "tercero",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        serde_yaml::from_value(Yaml::String(s.to_string())).map_err(|_| {
+            format!(
+                "unknown role `{s}`; expected one of {}",
+                Role::NAMES.join(", ")
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Schema version of this file; must be 1.
+    pub version: u32,
+    pub role: Role,
+    /// Environment name; selects the overlay `beds.<env>.yaml`.
+    pub env: String,
+    /// This node's name in message origins and consumer tags.
+    pub node: String,
+    pub amqp: AmqpConfig,
+    pub brokers: BrokersConfig,
+    pub database: DatabaseConfig,
+    pub shutdown: ShutdownConfig,
+    pub client: ClientConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            role: Role::AppServer,
+            env: "dev".into(),
+            node: "node1".into(),
+            amqp: AmqpConfig::default(),
+            brokers: BrokersConfig::default(),
+            database: DatabaseConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            client: ClientConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    pub url: String,
+    /// Prefix of every queue name and routing key, so environments can share a broker.
+    pub queue_tag: String,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_tag: String::new(),
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// The queue name, which is also the routing key, for a base key such as `rec.read`.
+    pub fn queue(&self, key: &str) -> String {
+        format!("{}{key}", self.queue_tag)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Consumers (each with its own channel).
+    pub workers: u16,
+    /// Unacknowledged deliveries per consumer; also its in-flight limit.
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokersConfig {
+    pub read: PoolConfig,
+    pub write: PoolConfig,
+}
+
+impl Default for BrokersConfig {
+    fn default() -> Self {
+        BrokersConfig {
+            read: PoolConfig {
+                workers: 2,
+                prefetch: 64,
+            },
+            write: PoolConfig {
+                workers: 2,
+                prefetch: 32,
+            },
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        BrokersConfig::default().read
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Sqlite,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub driver: Driver,
+    /// Directory for embedded database files, relative to the working directory.
+    pub data_dir: PathBuf,
+    /// SQLite file name inside `data_dir` (or an absolute path).
+    pub sqlite_file: PathBuf,
+    pub max_connections: u32,
+    pub busy_timeout: Millis,
+    /// Create missing tables and indexes at start-up.
+    pub apply_schema: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            driver: Driver::Sqlite,
+            data_dir: PathBuf::from("data"),
+            sqlite_file: PathBuf::from("beds.sqlite"),
+            max_connections: 4,
+            busy_timeout: Millis(5_000),
+            apply_schema: true,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn sqlite_path(&self) -> PathBuf {
+        // `join` keeps an absolute `sqlite_file` as it is.
+        self.data_dir.join(&self.sqlite_file)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight messages may take to finish after a stop signal.
+    pub drain_timeout: Millis,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Millis(10_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// How long a client waits for a reply.
+    pub timeout: Millis,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Millis(5_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `beds_runtime=debug`. `RUST_LOG` wins if set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A duration in configuration, written as milliseconds (`250`) or with a unit
+/// (`250ms`, `5s`, `2m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Yaml::deserialize(d)?;
+        let text = match &raw {
+            Yaml::Number(n) => n.to_string(),
+            Yaml::String(s) => s.trim().to_string(),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected a duration, found {other:?}"
+                )));
+            }
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`; write e.g. `500ms`, `5s` or `2m`"
+            ))
+        })?;
+        let factor = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid duration unit in `{text}`; use ms, s or m"
+                )));
+            }
+        };
+        Ok(Millis(n * factor))
+    }
+}
+
+/// Why configuration could not be loaded; each names the source and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration (from {sources}): {message}")]
+    Invalid { sources: String, message: String },
+}
+
+impl Config {
+    /// Loads `path`, the overlay for the selected environment next to it, and `BEDS_*`
+    /// variables from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BEDS_") && !NOT_KEYS.contains(&k.as_str()))
+            .collect();
+        let mut sources = vec![path.display().to_string()];
+        let mut tree = read_yaml(path)?;
+        let env_name = env
+            .iter()
+            .find(|(k, _)| k == "BEDS_ENV")
+            .map(|(_, v)| v.clone())
+            .or_else(|| tree.get("env").and_then(Yaml::as_str).map(str::to_string));
+        if let Some(name) = env_name {
+            let overlay = overlay_path(path, &name);
+            if overlay.exists() {
+                merge(&mut tree, read_yaml(&overlay)?);
+                sources.push(overlay.display().to_string());
+            }
+        }
+        let known = serde_yaml::to_value(Config::default()).expect("defaults serialize");
+        for (var, raw) in &env {
+            let keys: Vec<String> = var["BEDS_".len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if !has_path(&known, &keys) {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: format!(
+                        "`{}` is not a configuration key; nested keys are joined by `__`, e.g. BEDS_AMQP__URL",
+                        keys.join(".")
+                    ),
+                });
+            }
+            let value: Yaml =
+                serde_yaml::from_str(raw).unwrap_or_else(|_| Yaml::String(raw.clone()));
+            set_path(&mut tree, &keys, value);
+            sources.push(var.clone());
+        }
+        let config: Config = serde_yaml::from_value(tree).map_err(|e| ConfigError::Invalid {
+            sources: sources.join(", "),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            sources: sources.join(", "),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.version != CONFIG_VERSION {
+            return Err(format!(
+                "config version {} is not supported; this build reads version {CONFIG_VERSION}",
+                self.version
+            ));
+        }
+        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+            return Err(format!(
+                "amqp.url `{}` must start with amqp:// or amqps://",
+                self.amqp.url
+            ));
+        }
+        if !self
+            .amqp
+            .queue_tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(format!(
+                "amqp.queue_tag `{}` may use only letters, digits, `_`, `-` and `.`",
+                self.amqp.queue_tag
+            ));
+        }
+        for (name, pool) in [("read", self.brokers.read), ("write", self.brokers.write)] {
+            if pool.workers == 0 || pool.prefetch == 0 {
+                return Err(format!(
+                    "brokers.{name}: workers and prefetch must be at least 1"
+                ));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn read_yaml(path: &Path) -> Result<Yaml, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: Yaml = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(match value {
+        Yaml::Null => Yaml::Mapping(Mapping::new()),
+        v => v,
+    })
+}
+
+fn overlay_path(base: &Path, env: &str) -> PathBuf {
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("beds");
+    base.with_file_name(format!("{stem}.{env}.yaml"))
+}
+
+/// Deep merge: mappings merge key by key, anything else is replaced.
+fn merge(base: &mut Yaml, over: Yaml) {
+    match (base, over) {
+        (Yaml::Mapping(b), Yaml::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn has_path(tree: &Yaml, keys: &[String]) -> bool {
+    match keys.split_first() {
+        None => true,
+        Some((k, rest)) => tree.get(k.as_str()).is_some_and(|v| has_path(v, rest)),
+    }
+}
+
+fn set_path(tree: &mut Yaml, keys: &[String], value: Yaml) {
+    let Some((k, rest)) = keys.split_first() else {
+        *tree = value;
+        return;
+    };
+    if !tree.is_mapping() {
+        *tree = Yaml::Mapping(Mapping::new());
+    }
+    let map = tree.as_mapping_mut().expect("made a mapping above");
+    let slot = map
+        .entry(Yaml::String(k.clone()))
+        .or_insert(Yaml::Mapping(Mapping::new()));
+    set_path(slot, rest, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn overlay_then_environment_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(
+            dir.path(),
+            "beds.yaml",
+            "version: 1\nenv: dev\nbrokers: { read: { workers: 3 } }\n",
+        );
+        write(dir.path(), "beds.dev.yaml", "amqp: { queue_tag: dev_ }\n");
+        let c = Config::load_with_env(
+            &base,
+            env(&[
+                ("BEDS_BROKERS__READ__PREFETCH", "7"),
+                ("BEDS_ROLE", "admin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.amqp.queue_tag, "dev_");
+        assert_eq!(
+            c.brokers.read,
+            PoolConfig {
+                workers: 3,
+                prefetch: 7
+            }
+        );
+        assert_eq!(c.role, Role::Admin);
+    }
+
+    #[test]
+    fn errors_name_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\namqp: { urll: x }\n");
+        let e = Config::load_with_env(&base, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beds.yaml") && e.contains("urll"), "{e}");
+        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let e = Config::load_with_env(&ok, env(&[("BEDS_AMQP__URLL", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BEDS_AMQP__URLL") && e.contains("amqp.urll"),
+            "{e}"
+        );
+        let e = Config::load_with_env(&ok, env(&[("BEDS_SHUTDOWN__DRAIN_TIMEOUT", "5 hours")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let m: Millis = serde_yaml::from_str("5s").unwrap();
+        assert_eq!(m, Millis(5000));
+        let m: Millis = serde_yaml::from_str("250").unwrap();
+        assert_eq!(m, Millis(250));
+    }
+}

@@ -1,0 +1,126 @@
+//! The dispatch layer: one handler per (template, operation), generic over the record
+//! type so the generated tables can point at them, with the work done once, by metadata.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use crate::envelope::Request;
+use crate::error::{BedsError, DetailCode, ErrorCode};
+use crate::meta::TemplateMeta;
+use crate::record::Record;
+use crate::store::Store;
+use crate::value;
+
+/// What handlers need from the running node.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub store: Store,
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Json, BedsError>> + Send + 'a>>;
+
+/// A generated dispatch entry's handler.
+pub type Handler = for<'a> fn(&'a Ctx, &'a Request) -> HandlerFuture<'a>;
+
+/// The handlers the generated `Routes` point at.
+pub mod handlers {
+    use super::*;
+
+    pub fn create<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        Box::pin(super::create(ctx, T::META, req))
+    }
+
+    pub fn fetch<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        Box::pin(super::fetch(ctx, T::META, req))
+    }
+
+    pub fn update<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        Box::pin(super::update(ctx, T::META, req))
+    }
+
+    pub fn delete<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        Box::pin(super::delete(ctx, T::META, req))
+    }
+
+    pub fn list<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        Box::pin(super::list(ctx, T::META, req))
+    }
+}
+
+fn data(req: &Request) -> Result<&Map<String, Json>, BedsError> {
+    req.data.as_ref().ok_or_else(|| {
+        BedsError::detail(
+            "data",
+            DetailCode::Missing,
+            format!("`{}` needs `data`", req.op),
+        )
+    })
+}
+
+fn not_found(t: &TemplateMeta, id: Uuid) -> BedsError {
+    BedsError::new(ErrorCode::NotFound, format!("no `{}` with id {id}", t.name))
+}
+
+async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
+    let values = value::create_values(t, data(req)?)?;
+    ctx.store.insert(t, Uuid::now_v7(), values).await
+}
+
+async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
+    let id = value::key_id(req.key.as_ref())?;
+    ctx.store
+        .fetch(t, id)
+        .await?
+        .ok_or_else(|| not_found(t, id))
+}
+
+async fn update(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
+    let id = value::key_id(req.key.as_ref())?;
+    let changes = value::patch_values(t, data(req)?)?;
+    ctx.store
+        .update(t, id, changes)
+        .await?
+        .ok_or_else(|| not_found(t, id))
+}
+
+async fn delete(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
+    let id = value::key_id(req.key.as_ref())?;
+    if ctx.store.delete(t, id).await? {
+        Ok(serde_json::json!({ "id": id, "deleted": true }))
+    } else {
+        Err(not_found(t, id))
+    }
+}
+
+async fn list(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
+    let limit = match req.limit {
+        None => t.page.default,
+        Some(0) => {
+            return Err(BedsError::detail(
+                "limit",
+                DetailCode::BelowMin,
+                "limit must be at least 1",
+            ));
+        }
+        Some(n) if n > t.page.max => {
+            return Err(BedsError::detail(
+                "limit",
+                DetailCode::AboveMax,
+                format!("limit must be at most {} for `{}`", t.page.max, t.name),
+            ));
+        }
+        Some(n) => n,
+    };
+    let items = ctx.store.list(t, limit, req.after).await?;
+    // A full page may have more after it; its last id is the cursor.
+    let next = match items.last() {
+        Some(last) if items.len() == limit as usize => {
+            last.get("id").cloned().unwrap_or(Json::Null)
+        }
+        _ => Json::Null,
+    };
+    Ok(serde_json::json!({ "items": items, "next": next }))
+}

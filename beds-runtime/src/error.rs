@@ -1,0 +1,127 @@
+//! The error contract: stable codes, each in one class that decides how it is handled.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of failure an error is; the class decides ack, retry or dead-letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The message does not follow the envelope contract.
+    Contract,
+    /// The request is well-formed but its input breaks the declaration.
+    Validation,
+    NotFound,
+    /// The request clashes with stored state (uniqueness, references).
+    Conflict,
+    /// A passing failure (database unavailable, time-out); the same request may succeed later.
+    Transient,
+    /// A defect in BEDS; the message and logs say more.
+    Internal,
+}
+
+/// Every error code BEDS answers with. Codes are stable: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    MalformedJson,
+    InvalidEnvelope,
+    UnknownDomain,
+    UnknownTemplate,
+    UnknownOperation,
+    WrongQueue,
+    InvalidInput,
+    NotFound,
+    UniqueViolation,
+    ReferenceNotFound,
+    StillReferenced,
+    DatabaseUnavailable,
+    Internal,
+    /// A code this client does not know yet (sent by a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn class(self) -> ErrorClass {
+        use ErrorCode::*;
+        match self {
+            UnsupportedVersion | MalformedJson | InvalidEnvelope | UnknownDomain
+            | UnknownTemplate | UnknownOperation | WrongQueue => ErrorClass::Contract,
+            InvalidInput => ErrorClass::Validation,
+            NotFound => ErrorClass::NotFound,
+            UniqueViolation | ReferenceNotFound | StillReferenced => ErrorClass::Conflict,
+            DatabaseUnavailable => ErrorClass::Transient,
+            Internal | Unknown => ErrorClass::Internal,
+        }
+    }
+}
+
+/// What is wrong with one part of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetailCode {
+    Missing,
+    Unknown,
+    WrongType,
+    TooShort,
+    TooLong,
+    BelowMin,
+    AboveMax,
+    InvalidFormat,
+    NotNullable,
+    ReadOnly,
+    Empty,
+    #[serde(other)]
+    Other,
+}
+
+/// One problem with one input field (`field` is a path like `data.handle` or `key.id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub field: String,
+    pub code: DetailCode,
+    pub message: String,
+}
+
+/// An error as it travels in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?} ({class:?}): {message}")]
+pub struct BedsError {
+    pub code: ErrorCode,
+    pub class: ErrorClass,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
+}
+
+impl BedsError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        BedsError {
+            code,
+            class: code.class(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// A validation error listing every field problem at once.
+    pub fn invalid(details: Vec<ErrorDetail>) -> Self {
+        let message = match details.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        BedsError {
+            details,
+            ..BedsError::new(ErrorCode::InvalidInput, message)
+        }
+    }
+
+    pub fn detail(field: impl Into<String>, code: DetailCode, message: impl Into<String>) -> Self {
+        BedsError::invalid(vec![ErrorDetail {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }])
+    }
+}

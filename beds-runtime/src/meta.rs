@@ -1,0 +1,214 @@
+//! Compiled template metadata and the dispatch table, as generated from declarations.
+//!
+//! Everything here is `'static` data built at compile time; the runtime reads it and never
+//! parses a declaration.
+
+use std::fmt;
+
+use crate::dispatch::Handler;
+use crate::envelope::Op;
+
+/// All compiled domains of a binary and the generated route lookup.
+pub struct Catalog {
+    pub domains: &'static [&'static DomainMeta],
+    /// Generated `match` from (domain, template) to the template's routes.
+    pub route: fn(&str, &str) -> Result<&'static Routes, RouteError>,
+}
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catalog")
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    pub fn templates(&self) -> impl Iterator<Item = (&'static DomainMeta, &'static TemplateMeta)> {
+        self.domains
+            .iter()
+            .flat_map(|d| d.templates.iter().map(move |t| (*d, *t)))
+    }
+
+    pub fn route(&self, domain: &str, template: &str) -> Result<&'static Routes, RouteError> {
+        (self.route)(domain, template)
+    }
+
+    /// Checks what the compiler cannot see file by file: that no two domains share a
+    /// table, and that every reference points at a template of its own domain.
+    pub fn check(&self) -> Result<(), String> {
+        let mut tables = std::collections::HashMap::new();
+        for (d, t) in self.templates() {
+            if let Some(other) = tables.insert(t.table, (d.name, t.name)) {
+                return Err(format!(
+                    "table `{}` is declared by both {}.{} and {}.{}",
+                    t.table, other.0, other.1, d.name, t.name
+                ));
+            }
+            for f in t.fields {
+                if let FieldKind::Ref { template, .. } = f.kind {
+                    if d.template(template).is_none() {
+                        return Err(format!(
+                            "{}.{}.{} references unknown template `{template}`",
+                            d.name, t.name, f.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    UnknownDomain,
+    UnknownTemplate,
+}
+
+#[derive(Debug)]
+pub struct DomainMeta {
+    pub name: &'static str,
+    pub version: u32,
+    pub templates: &'static [&'static TemplateMeta],
+}
+
+impl DomainMeta {
+    pub fn template(&self, name: &str) -> Option<&'static TemplateMeta> {
+        self.templates.iter().copied().find(|t| t.name == name)
+    }
+}
+
+/// One template: its API shape and its storage names.
+#[derive(Debug, PartialEq)]
+pub struct TemplateMeta {
+    pub domain: &'static str,
+    pub name: &'static str,
+    pub table: &'static str,
+    pub id: IdKind,
+    pub id_column: &'static str,
+    pub version_column: &'static str,
+    pub fields: &'static [FieldMeta],
+    pub unique: &'static [UniqueMeta],
+    pub page: PageMeta,
+}
+
+impl TemplateMeta {
+    pub fn field(&self, name: &str) -> Option<&'static FieldMeta> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Uuid7,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct FieldMeta {
+    pub name: &'static str,
+    pub column: &'static str,
+    pub kind: FieldKind,
+    pub optional: bool,
+    pub set: Option<SetOn>,
+}
+
+impl FieldMeta {
+    /// Whether a caller may supply this field (server-set fields are read-only).
+    pub fn is_input(&self) -> bool {
+        self.set.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    String {
+        min: u32,
+        max: u32,
+    },
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Bool,
+    Timestamp,
+    Uuid,
+    Ref {
+        template: &'static str,
+        on_delete: OnDelete,
+    },
+}
+
+impl FieldKind {
+    /// The JSON shape a caller must send, for error messages.
+    pub fn expected(&self) -> &'static str {
+        match self {
+            FieldKind::String { .. } => "a string",
+            FieldKind::Integer { .. } => "an integer",
+            FieldKind::Bool => "true or false",
+            FieldKind::Timestamp => "an RFC 3339 timestamp string",
+            FieldKind::Uuid | FieldKind::Ref { .. } => "a UUID string",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOn {
+    Create,
+    Update,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    Restrict,
+    Cascade,
+    SetNull,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct UniqueMeta {
+    pub fields: &'static [&'static str],
+    pub case_insensitive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageMeta {
+    pub default: u32,
+    pub max: u32,
+}
+
+/// A template's dispatch entry: its metadata and a handler per operation.
+#[derive(Debug)]
+pub struct Routes {
+    pub meta: &'static TemplateMeta,
+    create: Handler,
+    fetch: Handler,
+    update: Handler,
+    delete: Handler,
+    list: Handler,
+}
+
+impl Routes {
+    /// The routes of a record type; generated code builds one `static` per template.
+    pub const fn of<T: crate::record::Record>() -> Routes {
+        use crate::dispatch::handlers;
+        Routes {
+            meta: T::META,
+            create: handlers::create::<T>,
+            fetch: handlers::fetch::<T>,
+            update: handlers::update::<T>,
+            delete: handlers::delete::<T>,
+            list: handlers::list::<T>,
+        }
+    }
+
+    pub fn handler(&self, op: Op) -> Handler {
+        match op {
+            Op::Create => self.create,
+            Op::Fetch => self.fetch,
+            Op::Update => self.update,
+            Op::Delete => self.delete,
+            Op::List => self.list,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The traits generated record types implement.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::meta::TemplateMeta;
+
+/// A record type compiled from a template (usually via `#[derive(Record)]`).
+pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The record's key type.
+    type Id: Key;
+    /// What a caller sends to create one.
+    type Create: Serialize + Send + Sync;
+    /// What a caller sends to change one.
+    type Patch: Serialize + Send + Sync;
+    /// The compiled declaration.
+    const META: &'static TemplateMeta;
+}
+
+/// A record key: a UUID with its template in the type.
+pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
+    fn uuid(&self) -> Uuid;
+}
+
+/// Marker kinds the derive uses to check that a field's Rust type matches its declaration.
+pub mod kinds {
+    use std::marker::PhantomData;
+
+    #[derive(Debug)]
+    pub struct Str;
+    #[derive(Debug)]
+    pub struct Integer;
+    #[derive(Debug)]
+    pub struct Bool;
+    #[derive(Debug)]
+    pub struct Timestamp;
+    #[derive(Debug)]
+    pub struct Uuid;
+    #[derive(Debug)]
+    pub struct Ref;
+    #[derive(Debug)]
+    pub struct Optional<K>(PhantomData<K>);
+}
+
+/// Implemented by the Rust types a field of kind `K` may have.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold a field declared as `{K}`",
+    note = "string -> String, integer -> i64, bool -> bool, timestamp -> Timestamp, uuid -> Uuid, reference -> the target's Id type; wrap in Option for `optional`"
+)]
+pub trait FieldType<K> {}
+
+impl FieldType<kinds::Str> for String {}
+impl FieldType<kinds::Integer> for i64 {}
+impl FieldType<kinds::Bool> for bool {}
+impl FieldType<kinds::Timestamp> for crate::value::Timestamp {}
+impl FieldType<kinds::Uuid> for Uuid {}
+impl<T: Key> FieldType<kinds::Ref> for T {}
+impl<K, T: FieldType<K>> FieldType<kinds::Optional<K>> for Option<T> {}
+
+/// Compile-time check emitted by the derive for every field.
+pub const fn assert_field<T: FieldType<K>, K>() {}

@@ -1,0 +1,481 @@
+//! The storage adapter: compiled template metadata to SQL through sqlx.
+//!
+//! All dialect knowledge lives here (DDL, placeholders, quoting, type mapping, error
+//! codes); nothing above this module writes SQL. SQLite is the embedded default.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr, SqlitePool};
+use uuid::Uuid;
+
+use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
+use crate::meta::{Catalog, FieldKind, FieldMeta, OnDelete, TemplateMeta};
+use crate::value::{Value, format_timestamp};
+
+/// Where and how to open the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub sqlite_file: PathBuf,
+    pub max_connections: u32,
+    pub busy_timeout: Duration,
+}
+
+/// A failure to open or prepare the database at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open SQLite database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("applying the schema failed at `{statement}`: {source}")]
+    Schema {
+        statement: String,
+        source: sqlx::Error,
+    },
+}
+
+/// Statements prepared once per template at start-up.
+#[derive(Debug)]
+struct Statements {
+    insert: SqlStr,
+    fetch: SqlStr,
+    delete: SqlStr,
+    list_first: SqlStr,
+    list_after: SqlStr,
+    /// `UPDATE t SET "version" = "version" + 1`; the changed columns follow per request.
+    update_head: String,
+    /// ` WHERE id = ? RETURNING …`
+    update_tail: String,
+}
+
+/// The database behind the brokers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    statements: std::sync::Arc<HashMap<(&'static str, &'static str), Statements>>,
+}
+
+impl Store {
+    /// Opens the SQLite file (creating it and its directory if needed) and prepares the
+    /// statements of every template in `catalog`.
+    pub async fn open(options: &StoreOptions, catalog: &Catalog) -> Result<Store, StoreError> {
+        let path = &options.sqlite_file;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .connect_with(connect)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let statements = catalog
+            .templates()
+            .map(|(d, t)| ((d.name, t.name), statements(t)))
+            .collect();
+        Ok(Store {
+            pool,
+            statements: std::sync::Arc::new(statements),
+        })
+    }
+
+    /// Creates missing tables and indexes. Existing tables are left as they are.
+    pub async fn apply_schema(&self, catalog: &Catalog) -> Result<(), StoreError> {
+        for statement in schema(catalog) {
+            sqlx::query(trusted(statement.clone()))
+                .execute(&self.pool)
+                .await
+                .map_err(|source| StoreError::Schema { statement, source })?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn sql(&self, t: &TemplateMeta) -> &Statements {
+        // Every template of the catalog was prepared in `open`.
+        &self.statements[&(t.domain, t.name)]
+    }
+
+    /// Inserts a record; `values` holds one value per declared field.
+    pub async fn insert(
+        &self,
+        t: &TemplateMeta,
+        id: Uuid,
+        values: Vec<Value>,
+    ) -> Result<Json, BedsError> {
+        let mut q = sqlx::query(self.sql(t).insert.clone())
+            .bind(id.to_string())
+            .bind(1_i64);
+        for v in values {
+            q = bind(q, v);
+        }
+        let row = q
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(t, e, Write::Insert))?;
+        Ok(record(t, &row)?)
+    }
+
+    pub async fn fetch(&self, t: &TemplateMeta, id: Uuid) -> Result<Option<Json>, BedsError> {
+        let row = sqlx::query(self.sql(t).fetch.clone())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(t, e, Write::None))?;
+        row.map(|r| record(t, &r)).transpose()
+    }
+
+    /// Applies `changes` and bumps the version; `None` when there is no such record.
+    pub async fn update(
+        &self,
+        t: &TemplateMeta,
+        id: Uuid,
+        changes: Vec<(&FieldMeta, Value)>,
+    ) -> Result<Option<Json>, BedsError> {
+        let s = self.sql(t);
+        let mut sql = s.update_head.clone();
+        for (f, _) in &changes {
+            sql.push_str(&format!(", {} = ?", quote(f.column)));
+        }
+        sql.push_str(&s.update_tail);
+        let mut q = sqlx::query(trusted(sql));
+        for (_, v) in changes {
+            q = bind(q, v);
+        }
+        let row = q
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(t, e, Write::Update))?;
+        row.map(|r| record(t, &r)).transpose()
+    }
+
+    /// Deletes a record; false when there was none.
+    pub async fn delete(&self, t: &TemplateMeta, id: Uuid) -> Result<bool, BedsError> {
+        let done = sqlx::query(self.sql(t).delete.clone())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(t, e, Write::Delete))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Up to `limit` records in key order, starting after `after`.
+    pub async fn list(
+        &self,
+        t: &TemplateMeta,
+        limit: u32,
+        after: Option<Uuid>,
+    ) -> Result<Vec<Json>, BedsError> {
+        let s = self.sql(t);
+        let q = match after {
+            None => sqlx::query(s.list_first.clone()),
+            Some(a) => sqlx::query(s.list_after.clone()).bind(a.to_string()),
+        };
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(t, e, Write::None))?;
+        rows.iter().map(|r| record(t, r)).collect()
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn bind(q: Query<'_>, v: Value) -> Query<'_> {
+    match v {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(b),
+        Value::Int(i) => q.bind(i),
+        Value::Text(s) => q.bind(s),
+        Value::Uuid(u) => q.bind(u.to_string()),
+        Value::Timestamp(t) => q.bind(format_timestamp(&t)),
+    }
+}
+
+/// A row as the API shows it: `id`, `version`, then the declared fields by API name.
+fn record(t: &TemplateMeta, row: &SqliteRow) -> Result<Json, BedsError> {
+    let decode = |e: sqlx::Error| {
+        tracing::error!(template = t.name, error = %e, "stored row does not match the declaration");
+        BedsError::new(
+            ErrorCode::Internal,
+            format!("a stored `{}` row could not be read", t.name),
+        )
+    };
+    let mut out = Map::with_capacity(t.fields.len() + 2);
+    out.insert("id".into(), Json::String(row.try_get(0).map_err(decode)?));
+    out.insert(
+        "version".into(),
+        Json::from(row.try_get::<i64, _>(1).map_err(decode)?),
+    );
+    for (i, f) in t.fields.iter().enumerate() {
+        let col = i + 2;
+        let v = match f.kind {
+            FieldKind::Integer { .. } => row
+                .try_get::<Option<i64>, _>(col)
+                .map(|v| v.map(Json::from)),
+            FieldKind::Bool => row
+                .try_get::<Option<bool>, _>(col)
+                .map(|v| v.map(Json::Bool)),
+            FieldKind::String { .. }
+            | FieldKind::Timestamp
+            | FieldKind::Uuid
+            | FieldKind::Ref { .. } => row
+                .try_get::<Option<String>, _>(col)
+                .map(|v| v.map(Json::String)),
+        }
+        .map_err(decode)?;
+        out.insert(f.name.into(), v.unwrap_or(Json::Null));
+    }
+    Ok(Json::Object(out))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    None,
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Maps a database failure onto the error contract.
+fn db_error(t: &TemplateMeta, e: sqlx::Error, write: Write) -> BedsError {
+    use sqlx::error::ErrorKind;
+    match &e {
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation => {
+                let fields = unique_fields(t, db.message());
+                let mut err = BedsError::new(
+                    ErrorCode::UniqueViolation,
+                    format!(
+                        "another `{}` already has this {}",
+                        t.name,
+                        fields.join(" and ")
+                    ),
+                );
+                err.details = fields
+                    .iter()
+                    .map(|f| ErrorDetail {
+                        field: format!("data.{f}"),
+                        code: DetailCode::Other,
+                        message: format!("{f} is already taken"),
+                    })
+                    .collect();
+                err
+            }
+            ErrorKind::ForeignKeyViolation if write == Write::Delete => BedsError::new(
+                ErrorCode::StillReferenced,
+                format!("this `{}` is still referenced by other records", t.name),
+            ),
+            ErrorKind::ForeignKeyViolation => BedsError::new(
+                ErrorCode::ReferenceNotFound,
+                format!("a referenced record of this `{}` does not exist", t.name),
+            ),
+            // SQLITE_BUSY, SQLITE_LOCKED: another writer held the database too long.
+            _ if matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262")) => unavailable(&e),
+            _ => internal(t, &e),
+        },
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => unavailable(&e),
+        _ => internal(t, &e),
+    }
+}
+
+fn unavailable(e: &sqlx::Error) -> BedsError {
+    tracing::warn!(error = %e, "database unavailable");
+    BedsError::new(
+        ErrorCode::DatabaseUnavailable,
+        "the database is unavailable; retry later",
+    )
+}
+
+fn internal(t: &TemplateMeta, e: &sqlx::Error) -> BedsError {
+    tracing::error!(template = t.name, error = %e, "unexpected database error");
+    BedsError::new(
+        ErrorCode::Internal,
+        format!("storing `{}` failed unexpectedly", t.name),
+    )
+}
+
+/// The API names of the columns a unique-violation message names
+/// (SQLite: `UNIQUE constraint failed: table.col, table.col2`).
+fn unique_fields(t: &TemplateMeta, message: &str) -> Vec<&'static str> {
+    let named: Vec<&'static str> = t
+        .fields
+        .iter()
+        .filter(|f| {
+            message
+                .split([' ', ',', ':'])
+                .any(|part| part.rsplit('.').next() == Some(f.column))
+        })
+        .map(|f| f.name)
+        .collect();
+    if named.is_empty() {
+        t.unique
+            .first()
+            .map(|u| u.fields.to_vec())
+            .unwrap_or_default()
+    } else {
+        named
+    }
+}
+
+/// SQL built only from compiled, validated identifiers; values are always bound.
+fn trusted(sql: String) -> SqlStr {
+    AssertSqlSafe(std::sync::Arc::<str>::from(sql)).into_sql_str()
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{ident}\"")
+}
+
+fn statements(t: &TemplateMeta) -> Statements {
+    let table = quote(t.table);
+    let id = quote(t.id_column);
+    let columns: Vec<String> = [t.id_column, t.version_column]
+        .into_iter()
+        .chain(t.fields.iter().map(|f| f.column))
+        .map(quote)
+        .collect();
+    let cols = columns.join(", ");
+    let marks = vec!["?"; columns.len()].join(", ");
+    Statements {
+        insert: trusted(format!(
+            "INSERT INTO {table} ({cols}) VALUES ({marks}) RETURNING {cols}"
+        )),
+        fetch: trusted(format!("SELECT {cols} FROM {table} WHERE {id} = ?")),
+        delete: trusted(format!("DELETE FROM {table} WHERE {id} = ?")),
+        list_first: trusted(format!("SELECT {cols} FROM {table} ORDER BY {id} LIMIT ?")),
+        list_after: trusted(format!(
+            "SELECT {cols} FROM {table} WHERE {id} > ? ORDER BY {id} LIMIT ?"
+        )),
+        update_head: format!(
+            "UPDATE {table} SET {v} = {v} + 1",
+            v = quote(t.version_column)
+        ),
+        update_tail: format!(" WHERE {id} = ? RETURNING {cols}"),
+    }
+}
+
+/// The DDL for every template, referenced tables first.
+pub fn schema(catalog: &Catalog) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in catalog.domains {
+        let mut done: Vec<&str> = Vec::new();
+        let mut pending: Vec<&TemplateMeta> = d.templates.to_vec();
+        while !pending.is_empty() {
+            // A template is ready once every other template it references is created;
+            // if only cycles remain, SQLite accepts forward references anyway.
+            let ready = pending
+                .iter()
+                .position(|t| {
+                    t.fields.iter().all(|f| match f.kind {
+                        FieldKind::Ref { template, .. } => {
+                            template == t.name || done.contains(&template)
+                        }
+                        _ => true,
+                    })
+                })
+                .unwrap_or(0);
+            let t = pending.remove(ready);
+            done.push(t.name);
+            out.extend(table_ddl(d.templates, t));
+        }
+    }
+    out
+}
+
+fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
+    let table = quote(t.table);
+    let mut cols = vec![
+        format!("{} TEXT NOT NULL PRIMARY KEY", quote(t.id_column)),
+        format!("{} INTEGER NOT NULL", quote(t.version_column)),
+    ];
+    let mut indexes = Vec::new();
+    for f in t.fields {
+        let ty = match f.kind {
+            FieldKind::Integer { .. } | FieldKind::Bool => "INTEGER",
+            _ => "TEXT",
+        };
+        let null = if f.optional { "" } else { " NOT NULL" };
+        let mut col = format!("{} {ty}{null}", quote(f.column));
+        if let FieldKind::Ref {
+            template,
+            on_delete,
+        } = f.kind
+        {
+            let target = all
+                .iter()
+                .find(|x| x.name == template)
+                .expect("references are checked at build time");
+            let action = match on_delete {
+                OnDelete::Restrict => "RESTRICT",
+                OnDelete::Cascade => "CASCADE",
+                OnDelete::SetNull => "SET NULL",
+            };
+            col.push_str(&format!(
+                " REFERENCES {} ({}) ON DELETE {action}",
+                quote(target.table),
+                quote(target.id_column)
+            ));
+            // Deletes of the target and joins look rows up by this column.
+            indexes.push(format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {table} ({})",
+                quote(&format!("{}_{}_idx", t.table, f.column)),
+                quote(f.column)
+            ));
+        }
+        cols.push(col);
+    }
+    for u in t.unique {
+        let columns: Vec<&str> = u
+            .fields
+            .iter()
+            .filter_map(|name| t.field(name).map(|f| f.column))
+            .collect();
+        let collate = if u.case_insensitive {
+            " COLLATE NOCASE"
+        } else {
+            ""
+        };
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{}{collate}", quote(c)))
+            .collect();
+        indexes.push(format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
+            quote(&format!("{}_{}_key", t.table, columns.join("_"))),
+            list.join(", ")
+        ));
+    }
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n) STRICT",
+        cols.join(",\n  ")
+    )];
+    out.extend(indexes);
+    out
+}

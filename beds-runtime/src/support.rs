@@ -1,0 +1,15 @@
+//! The one module generated code reaches the runtime through (`use
+//! ::beds_runtime::support as rt`). Its contents are for generated code and the derives;
+//! applications use the crate root.
+
+pub use beds_macros::Record;
+pub use serde;
+pub use uuid::Uuid;
+
+pub use crate::client::{Client, TemplateClient};
+pub use crate::meta::{
+    Catalog, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete, PageMeta, RouteError, Routes,
+    SetOn, TemplateMeta, UniqueMeta,
+};
+pub use crate::record::{FieldType, Key, Record, assert_field, kinds};
+pub use crate::value::Timestamp;

@@ -1,0 +1,72 @@
+//! The AMQP topology BEDS declares: exchanges, work queues and their dead-letter queues.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::{AmqpConfig, DEAD_LETTER_EXCHANGE, EXCHANGE};
+
+/// Routing key (before the queue tag) of reads.
+pub const READ_KEY: &str = "rec.read";
+/// Routing key (before the queue tag) of writes.
+pub const WRITE_KEY: &str = "rec.write";
+
+/// Declares the exchanges and, for each base key, the durable work queue
+/// `{tag}{key}` bound by the same name, dead-lettering to `{tag}{key}.dlq`.
+///
+/// The queue tag prefixes the routing key as well as the queue: environments sharing a
+/// broker then never receive each other's messages.
+pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in [EXCHANGE, DEAD_LETTER_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for key in keys {
+        let queue = amqp.queue(key);
+        let dlq = format!("{queue}.dlq");
+        channel
+            .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                DEAD_LETTER_EXCHANGE.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        );
+        channel
+            .queue_declare(queue.as_str().into(), durable, args)
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
