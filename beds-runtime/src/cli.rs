@@ -149,7 +149,7 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             );
         }
     }
-    let _ = writeln!(out, "amqp {}", config.amqp.url);
+    let _ = writeln!(out, "amqp {}", config.amqp.redacted_url());
     let _ = writeln!(
         out,
         "database sqlite {} (schema applied at start: {})",

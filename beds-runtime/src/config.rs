@@ -108,6 +108,11 @@ impl Default for AmqpConfig {
 }
 
 impl AmqpConfig {
+    /// The URL with any password replaced, for logs and messages.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
     /// The queue name, which is also the routing key, for a base key such as `rec.read`.
     pub fn queue(&self, key: &str) -> String {
         format!("{}{key}", self.queue_tag)
@@ -406,6 +411,20 @@ impl Config {
     }
 }
 
+/// `amqp://user:secret@host/` -> `amqp://user:***@host/`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 fn read_yaml(path: &Path) -> Result<Yaml, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -530,6 +549,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
     }
 
     #[test]

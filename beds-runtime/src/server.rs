@@ -17,9 +17,8 @@ use crate::topology;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "cannot connect to RabbitMQ at {url}: {source}\n  \
-         start it with `rabbitmq-server -detached` (or `systemctl start rabbitmq-server`), \
-         or point amqp.url / BEDS_AMQP__URL at a running broker"
+        "cannot connect to RabbitMQ at {url} ({source}); start it with \
+         `rabbitmq-server -detached` or point BEDS_AMQP__URL at a running broker"
     )]
     Connect { url: String, source: lapin::Error },
     #[error("declaring the AMQP topology failed: {0}")]

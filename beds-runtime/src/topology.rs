@@ -70,3 +70,28 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     }
     Ok(())
 }
+
+/// Deletes the work and dead-letter queues of `keys` (for tests and throwaway
+/// environments; a production tag is never removed by BEDS itself).
+pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), crate::server::ServerError> {
+    let conn = crate::server::connect(&amqp.url, "beds topology cleanup").await?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(crate::server::ServerError::Topology)?;
+    for key in keys {
+        let queue = amqp.queue(key);
+        for name in [format!("{queue}.dlq"), queue] {
+            channel
+                .queue_delete(
+                    name.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await
+                .map_err(crate::server::ServerError::Topology)?;
+        }
+    }
+    conn.close(200, "cleanup done".into())
+        .await
+        .map_err(crate::server::ServerError::Topology)
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real RabbitMQ and real SQLite; one binary, so one link.
+//! Each test has its own queue tag and data directory.
+
+mod concurrency;
+mod errors;
+mod round_trip;
+mod spawn;
+mod support;
