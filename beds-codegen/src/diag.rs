@@ -9,7 +9,7 @@ use crate::yaml::Pos;
 pub struct Diagnostic {
     pub file: String,
     pub pos: Pos,
-    /// Dotted key path, e.g. `templates.user.fields.handle.type`.
+    /// Dotted key path, e.g. `templates.account.fields.email.type`.
     pub path: String,
     pub message: String,
     pub hint: Option<String>,

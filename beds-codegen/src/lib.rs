@@ -5,12 +5,10 @@
 //! it through [`Builder`]; tests call [`compile_source`] directly.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     if let Err(e) = beds_codegen::Builder::new().domains_dir("domains").compile() {
-//!         eprintln!("{e}");
-//!         std::process::exit(1);
-//!     }
+//! // in build.rs's main:
+//! if let Err(e) = beds_codegen::Builder::new().domains_dir("domains").compile() {
+//!     eprintln!("{e}");
+//!     std::process::exit(1);
 //! }
 //! ```
 

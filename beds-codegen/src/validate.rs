@@ -112,7 +112,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
     out
 }
 
-/// Two templates must not generate the same Rust type (`user_id` vs `user` + `Id`).
+/// Two templates must not generate the same Rust type (`order_id` vs `order` + `Id`).
 fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     let mut owners: HashMap<String, &str> = MODULE_TYPES
         .iter()
@@ -160,10 +160,10 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
         return t;
     };
     check_keys(cx, entries, path, TEMPLATE_KEYS);
-    if let Some(n) = get(entries, "table") {
-        if let Some(table) = storage_ident(cx, n, &format!("{path}.table")) {
-            t.table = table;
-        }
+    if let Some(table) =
+        get(entries, "table").and_then(|n| storage_ident(cx, n, &format!("{path}.table")))
+    {
+        t.table = table;
     }
     let suffix = get(entries, "column_suffix")
         .and_then(|n| storage_ident(cx, n, &format!("{path}.column_suffix")));
@@ -383,14 +383,14 @@ fn field(
                 Some("integer") => {
                     let min = integer(cx, entries, path, "min");
                     let max = integer(cx, entries, path, "max");
-                    if let (Some(lo), Some(hi)) = (min, max) {
-                        if lo > hi {
-                            cx.error(
-                                spec.pos,
-                                &format!("{path}.min"),
-                                "`min` is greater than `max`",
-                            );
-                        }
+                    if let (Some(lo), Some(hi)) = (min, max)
+                        && lo > hi
+                    {
+                        cx.error(
+                            spec.pos,
+                            &format!("{path}.min"),
+                            "`min` is greater than `max`",
+                        );
                     }
                     FieldType::Integer { min, max }
                 }
@@ -430,14 +430,14 @@ fn field(
             }
         }
     };
-    if let Some(n) = get(entries, "on_delete") {
-        if !matches!(ty, FieldType::Ref { .. }) {
-            cx.error(
-                n.pos,
-                &format!("{path}.on_delete"),
-                "`on_delete` applies only to a `ref` field",
-            );
-        }
+    if let Some(n) = get(entries, "on_delete")
+        && !matches!(ty, FieldType::Ref { .. })
+    {
+        cx.error(
+            n.pos,
+            &format!("{path}.on_delete"),
+            "`on_delete` applies only to a `ref` field",
+        );
     }
     let set = match get(entries, "set") {
         None => None,

@@ -411,14 +411,14 @@ impl Config {
     }
 }
 
-/// `amqp://user:secret@host/` -> `amqp://user:***@host/`.
+/// `amqp://name:secret@host/` -> `amqp://name:***@host/`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     match rest.split_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
             None => url.to_string(),
         },
         None => url.to_string(),

@@ -46,13 +46,13 @@ impl Catalog {
                 ));
             }
             for f in t.fields {
-                if let FieldKind::Ref { template, .. } = f.kind {
-                    if d.template(template).is_none() {
-                        return Err(format!(
-                            "{}.{}.{} references unknown template `{template}`",
-                            d.name, t.name, f.name
-                        ));
-                    }
+                if let FieldKind::Ref { template, .. } = f.kind
+                    && d.template(template).is_none()
+                {
+                    return Err(format!(
+                        "{}.{}.{} references unknown template `{template}`",
+                        d.name, t.name, f.name
+                    ));
                 }
             }
         }

@@ -134,7 +134,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(t, e, Write::Insert))?;
-        Ok(record(t, &row)?)
+        record(t, &row)
     }
 
     pub async fn fetch(&self, t: &TemplateMeta, id: Uuid) -> Result<Option<Json>, BedsError> {
