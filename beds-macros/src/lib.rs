@@ -6,7 +6,7 @@
 //! field's Rust type matches its declared kind. beds-codegen emits these annotations from
 //! domain YAML; they can also be written by hand.
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Serialize, Deserialize, Record)]
 //! #[beds(domain = "shop", template = "item", create = ItemCreate, patch = ItemPatch)]
 //! #[beds(unique(fields = "sku"))]

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
@@ -21,6 +20,7 @@ use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::record::{Key, Record};
 use crate::server::{ServerError, connect};
+use crate::topology;
 
 /// Where a client sends and how long it waits.
 #[derive(Debug, Clone)]
@@ -94,30 +94,7 @@ impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let conn = connect(&options.url, &format!("beds client {}", options.service)).await?;
         let channel = conn.create_channel().await?;
-        // A private, server-named reply queue that disappears with the connection.
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply_queue = queue.name().to_string();
-        let mut consumer = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (reply_queue, mut consumer) = topology::reply_queue(&channel).await?;
         let pending: Pending = Arc::default();
         let routes = pending.clone();
         tokio::spawn(async move {

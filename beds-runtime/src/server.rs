@@ -32,6 +32,8 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
+    #[error("{broker} worker ended unexpectedly: {why}")]
+    WorkerEnded { broker: &'static str, why: String },
     #[error("{broker} worker failed: {source}")]
     Worker {
         broker: &'static str,
@@ -163,18 +165,28 @@ impl Server {
         self.stop.clone()
     }
 
-    /// Runs until the stop token fires or a worker fails, then stops.
+    /// Runs until the stop token fires, then stops. A worker that ends before that (its
+    /// channel failed, or the broker cancelled its consumer) stops the node with an error
+    /// rather than leaving it half-serving; restarting workers in place is supervision's job.
     pub async fn run(mut self) -> Result<(), ServerError> {
-        let failure = tokio::select! {
+        let ended = tokio::select! {
             () = self.stop.cancelled() => None,
             Some(done) = self.workers.join_next() => Some(done),
         };
-        let result = match failure {
+        let result = match ended {
+            None => Ok(()),
             Some(Ok((lane, Err(source)))) => Err(ServerError::Worker {
                 broker: lane.broker(),
                 source,
             }),
-            _ => Ok(()),
+            Some(Ok((lane, Ok(())))) => Err(ServerError::WorkerEnded {
+                broker: lane.broker(),
+                why: "the broker cancelled its consumer (was the queue deleted?)".into(),
+            }),
+            Some(Err(join)) => Err(ServerError::WorkerEnded {
+                broker: "a",
+                why: format!("its task failed: {join}"),
+            }),
         };
         self.stop().await;
         result

@@ -71,6 +71,35 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     Ok(())
 }
 
+/// A private, server-named reply queue that disappears with its connection, and a
+/// consumer on it that needs no acks (a reply is worth nothing once its caller is gone).
+pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Consumer)> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().to_string();
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..lapin::options::BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((name, consumer))
+}
+
 /// Deletes the work and dead-letter queues of `keys` (for tests and throwaway
 /// environments; a production tag is never removed by BEDS itself).
 pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), crate::server::ServerError> {

@@ -76,3 +76,29 @@ async fn beds_run_serves_and_stops_on_sigterm() {
     };
     assert_eq!(exit.code(), Some(0), "clean stop exits 0");
 }
+
+/// A node whose consumer is cancelled under it stops with an error, never silently.
+#[tokio::test]
+async fn a_lost_consumer_stops_the_node_with_an_error() {
+    let env = TestEnv::new("lost_consumer");
+    let server = env.start().await;
+    let running = tokio::spawn(server.run());
+    let raw = env.raw().await;
+    raw.channel
+        .queue_delete(
+            env.queue("rec.read").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the node notices within 15 s")
+        .unwrap();
+    let err = ended.expect_err("losing a consumer is an error");
+    assert!(
+        err.to_string()
+            .contains("rBroker worker ended unexpectedly"),
+        "{err}"
+    );
+}

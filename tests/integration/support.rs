@@ -7,7 +7,7 @@ use std::time::Duration;
 use beds_runtime::topology::{READ_KEY, WRITE_KEY};
 use beds_runtime::{Client, ClientOptions, Config, Server};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value as Json;
@@ -72,32 +72,9 @@ impl TestEnv {
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ at {}: {e}", self.config.amqp.url));
         let channel = conn.create_channel().await.expect("channel");
-        let reply_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel)
             .await
-            .expect("reply queue")
-            .name()
-            .to_string();
-        let replies = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume replies");
+            .expect("reply queue");
         Raw {
             _conn: conn,
             channel,
