@@ -175,7 +175,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The reply to `request` (or, for an undecodable request, to its message id).
+    /// A reply in the conversation `correlation_id`, answering message `causation_id`
+    /// (both nil when the request could not be decoded).
     pub fn to(correlation_id: Uuid, causation_id: Uuid, result: Result<Json, BedsError>) -> Reply {
         let (status, data, error) = match result {
             Ok(data) => (Status::Ok, Some(data), None),

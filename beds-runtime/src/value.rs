@@ -21,19 +21,6 @@ pub enum Value {
     Timestamp(Timestamp),
 }
 
-impl Value {
-    pub fn to_json(&self) -> Json {
-        match self {
-            Value::Null => Json::Null,
-            Value::Bool(b) => Json::Bool(*b),
-            Value::Int(i) => Json::from(*i),
-            Value::Text(s) => Json::String(s.clone()),
-            Value::Uuid(u) => Json::String(u.to_string()),
-            Value::Timestamp(t) => Json::String(format_timestamp(t)),
-        }
-    }
-}
-
 /// The one text form of a timestamp, used in JSON and in text-typed storage; fixed width
 /// so that text order is time order.
 pub fn format_timestamp(t: &Timestamp) -> String {
