@@ -14,6 +14,7 @@
 
 mod diag;
 mod emit;
+mod fields;
 pub mod model;
 mod validate;
 mod yaml;

@@ -13,6 +13,8 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pub name: String,
+    /// The template's contract version, bumped by hand on a breaking change.
+    pub version: u32,
     /// Storage name of the table (DBA-owned; defaults to the template name).
     pub table: String,
     pub id: IdKind,
@@ -22,8 +24,43 @@ pub struct Template {
     pub version_column: String,
     pub fields: Vec<Field>,
     pub unique: Vec<Unique>,
+    /// Non-unique indexes (single or compound), e.g. for queries.
+    pub indexes: Vec<Vec<String>>,
     pub page: Page,
+    /// Records are only ever created (no update or delete).
+    pub append_only: bool,
+    /// Not callable by clients; only the runtime's own brokers use it.
+    pub internal: bool,
+    pub capabilities: Capabilities,
+    /// Who may call each operation: (operation, principals).
+    pub access: Vec<(String, Vec<String>)>,
 }
+
+/// Per-template capability toggles, carried into the registry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capabilities {
+    pub audit: bool,
+    pub journal: bool,
+    pub locking: bool,
+    /// Cache entries' time to live, in milliseconds.
+    pub cache_ttl_ms: Option<u64>,
+    pub retention: Option<Retention>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// Age in milliseconds after which records move.
+    pub age_ms: u64,
+    /// Where they move: `cool`, `cold` or `delete`.
+    pub target: String,
+}
+
+impl Retention {
+    pub const TARGETS: &'static [&'static str] = &["cool", "cold", "delete"];
+}
+
+/// The operations access rules can name.
+pub const OPERATIONS: &[&str] = &["create", "fetch", "update", "delete", "list"];
 
 impl Template {
     pub fn field(&self, name: &str) -> Option<&Field> {
@@ -56,6 +93,17 @@ pub struct Field {
     pub optional: bool,
     /// Set by the server, never by the caller.
     pub set: Option<SetOn>,
+    /// Used on create when the caller leaves the field out.
+    pub default: Option<Literal>,
+}
+
+/// A declared default value, already checked against the field's type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,14 +111,33 @@ pub enum FieldType {
     String {
         min: Option<u32>,
         max: u32,
+        pattern: Option<String>,
     },
+    Text {
+        max: Option<u32>,
+    },
+    /// 32-bit.
     Integer {
         min: Option<i64>,
         max: Option<i64>,
     },
+    /// 64-bit.
+    BigInt {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     Bool,
     Timestamp,
+    Date,
     Uuid,
+    Enum {
+        values: Vec<String>,
+    },
+    Json,
     Ref {
         template: String,
         on_delete: OnDelete,
@@ -79,7 +146,37 @@ pub enum FieldType {
 
 impl FieldType {
     /// The `type:` names a declaration may use (references use `ref:` instead).
-    pub const NAMES: &'static [&'static str] = &["string", "integer", "bool", "timestamp", "uuid"];
+    pub const NAMES: &'static [&'static str] = &[
+        "string",
+        "text",
+        "integer",
+        "bigint",
+        "float",
+        "bool",
+        "timestamp",
+        "date",
+        "uuid",
+        "enum",
+        "json",
+    ];
+
+    /// The name used in `type:`, or `ref`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FieldType::String { .. } => "string",
+            FieldType::Text { .. } => "text",
+            FieldType::Integer { .. } => "integer",
+            FieldType::BigInt { .. } => "bigint",
+            FieldType::Float { .. } => "float",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+            FieldType::Date => "date",
+            FieldType::Uuid => "uuid",
+            FieldType::Enum { .. } => "enum",
+            FieldType::Json => "json",
+            FieldType::Ref { .. } => "ref",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +245,11 @@ pub fn camel(name: &str) -> String {
 
 /// Type names the generated module defines besides each template's own.
 pub const MODULE_TYPES: &[&str] = &["Templates"];
+
+/// The Rust enum generated for an enum field: template and field names, camel-cased.
+pub fn enum_type(template: &str, field: &str) -> String {
+    format!("{}{}", camel(template), camel(field))
+}
 
 /// Suffixes of the types generated beside each template's record type.
 pub const TYPE_SUFFIXES: &[&str] = &["", "Id", "Create", "Patch"];

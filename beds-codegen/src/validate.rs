@@ -3,24 +3,29 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::diag::{Ctx, suggest};
+use crate::fields::field;
 use crate::model::{
-    Domain, Field, FieldType, IdKind, MODULE_TYPES, OnDelete, Page, SetOn, TYPE_SUFFIXES, Template,
-    Unique, camel,
+    Capabilities, Domain, FieldType, IdKind, MODULE_TYPES, OPERATIONS, Page, Retention, SetOn,
+    TYPE_SUFFIXES, Template, Unique, camel, enum_type,
 };
 use crate::yaml::{Node, Pos};
 
 const DOMAIN_KEYS: &[&str] = &["domain", "version", "templates"];
-const TEMPLATE_KEYS: &[&str] = &["table", "column_suffix", "id", "fields", "unique", "page"];
-const FIELD_KEYS: &[&str] = &[
-    "type",
-    "ref",
-    "min",
-    "max",
-    "optional",
-    "set",
-    "column",
-    "on_delete",
+const TEMPLATE_KEYS: &[&str] = &[
+    "version",
+    "table",
+    "column_suffix",
+    "id",
+    "fields",
+    "unique",
+    "indexes",
+    "page",
+    "append_only",
+    "internal",
+    "capabilities",
+    "access",
 ];
+const CAPABILITY_KEYS: &[&str] = &["audit", "journal", "locking", "cache", "retention"];
 const UNIQUE_KEYS: &[&str] = &["fields", "case_insensitive"];
 const PAGE_KEYS: &[&str] = &["default", "max"];
 /// Names the runtime owns on every record.
@@ -119,8 +124,16 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
         .map(|t| (t.to_string(), "the generated module"))
         .collect();
     for t in &domain.templates {
-        for suffix in TYPE_SUFFIXES {
-            let ty = format!("{}{suffix}", camel(&t.name));
+        let enums = t
+            .fields
+            .iter()
+            .filter(|f| matches!(f.ty, FieldType::Enum { .. }));
+        let types: Vec<String> = TYPE_SUFFIXES
+            .iter()
+            .map(|suffix| format!("{}{suffix}", camel(&t.name)))
+            .chain(enums.map(|f| enum_type(&t.name, &f.name)))
+            .collect();
+        for ty in types {
             if let Some(other) = owners.insert(ty.clone(), &t.name) {
                 let pos = key_pos(tmap, &t.name);
                 cx.error_hint(
@@ -154,7 +167,13 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
         id: IdKind::Uuid7,
         fields: Vec::new(),
         unique: Vec::new(),
+        indexes: Vec::new(),
         page: Page::default(),
+        version: 1,
+        append_only: false,
+        internal: false,
+        capabilities: Capabilities::default(),
+        access: Vec::new(),
     };
     let Some(entries) = expect_map(cx, body, path) else {
         return t;
@@ -245,235 +264,235 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
     if let Some(n) = get(entries, "unique") {
         t.unique = unique(cx, &format!("{path}.unique"), n, &t);
     }
+    if let Some(n) = get(entries, "indexes") {
+        t.indexes = indexes(cx, &format!("{path}.indexes"), n, &t);
+    }
     if let Some(n) = get(entries, "page") {
         t.page = page(cx, &format!("{path}.page"), n);
     }
+    if let Some(n) = get(entries, "version") {
+        match n
+            .as_i64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+        {
+            Some(v) => t.version = v,
+            None => cx.error(
+                n.pos,
+                &format!("{path}.version"),
+                format!("expected a positive integer, found {}", n.describe()),
+            ),
+        }
+    }
+    t.append_only = flag(cx, entries, path, "append_only");
+    t.internal = flag(cx, entries, path, "internal");
+    if let Some(n) = get(entries, "capabilities") {
+        t.capabilities = capabilities(cx, &format!("{path}.capabilities"), n);
+    }
+    if let Some(n) = get(entries, "access") {
+        t.access = access(cx, &format!("{path}.access"), n);
+    }
+    coherence(cx, path, body, &t);
     t
 }
 
-fn field(
-    cx: &mut Ctx,
-    path: &str,
-    name: String,
-    spec: &Node,
-    templates: &[&str],
-    column_for: &dyn Fn(&str) -> String,
-) -> Option<Field> {
-    let entries = expect_map(cx, spec, path)?;
-    check_keys(cx, entries, path, FIELD_KEYS);
-    let optional = flag(cx, entries, path, "optional");
-    let column = match get(entries, "column") {
-        Some(n) => storage_ident(cx, n, &format!("{path}.column"))?,
-        None => column_for(&name),
-    };
-    let ty = match (get(entries, "type"), get(entries, "ref")) {
-        (Some(t), Some(_)) => {
+/// Rejects combinations that cannot mean anything.
+fn coherence(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
+    if t.append_only {
+        if t.capabilities.locking {
             cx.error_hint(
-                t.pos,
-                path,
-                "a field has either `type` or `ref`, not both",
-                "use `ref: <template>` for a reference and drop `type`",
+                body.pos,
+                &format!("{path}.capabilities.locking"),
+                "`locking` guards updates, and an append-only template has none",
+                "remove `locking` or `append_only`",
             );
-            return None;
         }
-        (None, None) => {
-            cx.error_hint(
-                spec.pos,
-                path,
-                "missing `type`",
-                format!(
-                    "give the field a type ({}) or `ref: <template>`",
-                    FieldType::NAMES.join(", ")
-                ),
-            );
-            return None;
-        }
-        (None, Some(r)) => {
-            let p = format!("{path}.ref");
-            let target = match r.as_str() {
-                Some(t) if templates.contains(&t) => t.to_string(),
-                Some(t) => {
-                    cx.error_hint(
-                        r.pos,
-                        &p,
-                        format!("`{t}` is not a template of this domain"),
-                        suggest(t, templates),
-                    );
-                    return None;
-                }
-                None => {
-                    cx.error(
-                        r.pos,
-                        &p,
-                        format!("expected a template name, found {}", r.describe()),
-                    );
-                    return None;
-                }
-            };
-            let on_delete = match get(entries, "on_delete") {
-                None => OnDelete::Restrict,
-                Some(n) => {
-                    let p = format!("{path}.on_delete");
-                    match n.as_str() {
-                        Some("restrict") => OnDelete::Restrict,
-                        Some("cascade") => OnDelete::Cascade,
-                        Some("set_null") => OnDelete::SetNull,
-                        other => {
-                            cx.error_hint(
-                                n.pos,
-                                &p,
-                                format!("unknown delete behaviour {}", shown(other, n)),
-                                suggest(other.unwrap_or(""), OnDelete::NAMES),
-                            );
-                            return None;
-                        }
-                    }
-                }
-            };
-            if on_delete == OnDelete::SetNull && !optional {
+        for (op, _) in &t.access {
+            if op == "update" || op == "delete" {
                 cx.error_hint(
-                    spec.pos,
-                    &format!("{path}.on_delete"),
-                    "`on_delete: set_null` needs an optional field",
-                    "add `optional: true`, or choose `restrict` or `cascade`",
+                    body.pos,
+                    &format!("{path}.access.{op}"),
+                    format!("an append-only template has no `{op}` operation"),
+                    format!("remove the `{op}` rule or `append_only`"),
                 );
             }
-            FieldType::Ref {
-                template: target,
-                on_delete,
+        }
+        for f in &t.fields {
+            if f.set == Some(SetOn::Update) {
+                cx.error_hint(
+                    body.pos,
+                    &format!("{path}.fields.{}.set", f.name),
+                    "an append-only record is never updated",
+                    "use `set: on_create`",
+                );
             }
         }
-        (Some(t), None) => {
-            let p = format!("{path}.type");
-            match t.as_str() {
-                Some("string") => {
-                    let min = bound(cx, entries, path, "min").map(|v| v as u32);
-                    match bound(cx, entries, path, "max") {
-                        Some(max) => {
-                            if max == 0 {
-                                cx.error(
-                                    spec.pos,
-                                    &format!("{path}.max"),
-                                    "`max` must be at least 1",
-                                );
-                            }
-                            if min.is_some_and(|m| i64::from(m) > max) {
-                                cx.error(
-                                    spec.pos,
-                                    &format!("{path}.min"),
-                                    "`min` is greater than `max`",
-                                );
-                            }
-                            FieldType::String {
-                                min,
-                                max: max as u32,
-                            }
-                        }
-                        None => {
-                            cx.error_hint(
-                                spec.pos,
-                                &format!("{path}.max"),
-                                "a string field needs `max`, its longest length in characters",
-                                "add e.g. `max: 255`; the DBA sizes the column from it",
-                            );
-                            return None;
-                        }
-                    }
-                }
-                Some("integer") => {
-                    let min = integer(cx, entries, path, "min");
-                    let max = integer(cx, entries, path, "max");
-                    if let (Some(lo), Some(hi)) = (min, max)
-                        && lo > hi
-                    {
-                        cx.error(
-                            spec.pos,
-                            &format!("{path}.min"),
-                            "`min` is greater than `max`",
-                        );
-                    }
-                    FieldType::Integer { min, max }
-                }
-                Some(other @ ("bool" | "timestamp" | "uuid")) => {
-                    for key in ["min", "max"] {
-                        if let Some(n) = get(entries, key) {
-                            cx.error(
-                                n.pos,
-                                &format!("{path}.{key}"),
-                                format!("`{key}` does not apply to a {other} field"),
-                            );
-                        }
-                    }
-                    match other {
-                        "bool" => FieldType::Bool,
-                        "timestamp" => FieldType::Timestamp,
-                        _ => FieldType::Uuid,
-                    }
-                }
-                Some(other) => {
-                    cx.error_hint(
-                        t.pos,
-                        &p,
-                        format!("unknown field type `{other}`"),
-                        suggest(other, FieldType::NAMES),
-                    );
-                    return None;
-                }
-                None => {
-                    cx.error(
-                        t.pos,
-                        &p,
-                        format!("expected a type name, found {}", t.describe()),
-                    );
-                    return None;
-                }
-            }
-        }
-    };
-    if let Some(n) = get(entries, "on_delete")
-        && !matches!(ty, FieldType::Ref { .. })
-    {
-        cx.error(
-            n.pos,
-            &format!("{path}.on_delete"),
-            "`on_delete` applies only to a `ref` field",
+    }
+    if t.internal && !t.access.is_empty() {
+        cx.error_hint(
+            body.pos,
+            &format!("{path}.access"),
+            "an internal template is not callable by clients, so access rules never apply",
+            "remove `access` or `internal`",
         );
     }
-    let set = match get(entries, "set") {
-        None => None,
-        Some(n) => {
-            let p = format!("{path}.set");
-            let set = match n.as_str() {
-                Some("on_create") => SetOn::Create,
-                Some("on_update") => SetOn::Update,
-                other => {
+}
+
+fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
+    let mut caps = Capabilities::default();
+    let Some(entries) = expect_map(cx, node, path) else {
+        return caps;
+    };
+    check_keys(cx, entries, path, CAPABILITY_KEYS);
+    caps.audit = flag(cx, entries, path, "audit");
+    caps.journal = flag(cx, entries, path, "journal");
+    caps.locking = flag(cx, entries, path, "locking");
+    if let Some(n) = get(entries, "cache") {
+        let p = format!("{path}.cache");
+        if let Some(m) = expect_map(cx, n, &p) {
+            check_keys(cx, m, &p, &["ttl"]);
+            match get(m, "ttl") {
+                Some(ttl) => caps.cache_ttl_ms = duration(cx, &format!("{p}.ttl"), ttl),
+                None => cx.error_hint(n.pos, &p, "missing `ttl`", "e.g. `cache: { ttl: 30s }`"),
+            }
+        }
+    }
+    if let Some(n) = get(entries, "retention") {
+        let p = format!("{path}.retention");
+        if let Some(m) = expect_map(cx, n, &p) {
+            check_keys(cx, m, &p, &["age", "target"]);
+            let age = get(m, "age").and_then(|a| duration(cx, &format!("{p}.age"), a));
+            let target = match get(m, "target").map(|t| (t, t.as_str())) {
+                Some((_, Some(t))) if Retention::TARGETS.contains(&t) => Some(t.to_string()),
+                Some((node, other)) => {
                     cx.error_hint(
-                        n.pos,
-                        &p,
-                        format!("unknown `set` value {}", shown(other, n)),
-                        suggest(other.unwrap_or(""), SetOn::NAMES),
+                        node.pos,
+                        &format!("{p}.target"),
+                        format!("unknown retention target {}", shown(other, node)),
+                        suggest(other.unwrap_or(""), Retention::TARGETS),
                     );
-                    return None;
+                    None
+                }
+                None => {
+                    cx.error_hint(n.pos, &p, "missing `target`", "one of: cool, cold, delete");
+                    None
                 }
             };
-            if ty != FieldType::Timestamp {
+            if get(m, "age").is_none() {
                 cx.error_hint(
                     n.pos,
                     &p,
-                    "only a timestamp field can be set by the server",
-                    "make the field `type: timestamp`, or remove `set`",
+                    "missing `age`",
+                    "e.g. `retention: { age: 90d, target: cold }`",
                 );
             }
-            Some(set)
+            if let (Some(age_ms), Some(target)) = (age, target) {
+                caps.retention = Some(Retention { age_ms, target });
+            }
         }
+    }
+    caps
+}
+
+/// A positive duration: `500ms`, `30s`, `5m`, `12h` or `90d`.
+fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
+    let text = node.as_str().unwrap_or_default();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let factor = match unit {
+        "ms" => Some(1),
+        "s" => Some(1_000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
     };
-    Some(Field {
-        name,
-        column,
-        ty,
-        optional,
-        set,
-    })
+    match (num.parse::<u64>().ok().filter(|n| *n > 0), factor) {
+        (Some(n), Some(f)) => Some(n * f),
+        _ => {
+            cx.error_hint(
+                node.pos,
+                path,
+                format!("`{text}` is not a duration"),
+                "write a positive number with a unit: ms, s, m, h or d (e.g. `30s`, `90d`)",
+            );
+            None
+        }
+    }
+}
+
+fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
+    let mut rules = Vec::new();
+    let Some(entries) = expect_map(cx, node, path) else {
+        return rules;
+    };
+    check_keys(cx, entries, path, OPERATIONS);
+    for (k, v) in entries {
+        let Some(op) = k.as_str().filter(|op| OPERATIONS.contains(op)) else {
+            continue;
+        };
+        let p = format!("{path}.{op}");
+        let Some(items) = v.as_seq().filter(|i| !i.is_empty()) else {
+            cx.error_hint(
+                v.pos,
+                &p,
+                "expected a non-empty list of principals",
+                "e.g. `[public]`, `[owner, admin]`",
+            );
+            continue;
+        };
+        let mut who = Vec::new();
+        for item in items {
+            match item.as_str().filter(|s| is_snake(s)) {
+                Some(s) => who.push(s.to_string()),
+                None => cx.error(item.pos, &p, "principals and roles are snake_case names"),
+            }
+        }
+        rules.push((op.to_string(), who));
+    }
+    rules
+}
+
+fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<String>> {
+    let Some(items) = node.as_seq() else {
+        cx.error(
+            node.pos,
+            path,
+            format!("expected a list, found {}", node.describe()),
+        );
+        return Vec::new();
+    };
+    let known: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(list) = item.as_seq().filter(|l| !l.is_empty()) else {
+            cx.error_hint(
+                item.pos,
+                &p,
+                "expected a non-empty list of field names",
+                "e.g. `[author, created_at]`",
+            );
+            continue;
+        };
+        let mut names = Vec::new();
+        for f in list {
+            match f.as_str() {
+                Some(name) if known.contains(&name) || name == "id" => names.push(name.to_string()),
+                Some(name) => cx.error_hint(
+                    f.pos,
+                    &p,
+                    format!("`{name}` is not a field of this template"),
+                    suggest(name, &known),
+                ),
+                None => cx.error(f.pos, &p, "expected a field name"),
+            }
+        }
+        out.push(names);
+    }
+    out
 }
 
 fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
@@ -586,21 +605,25 @@ fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     }
 }
 
-fn shown(value: Option<&str>, node: &Node) -> String {
+pub(crate) fn shown(value: Option<&str>, node: &Node) -> String {
     match value {
         Some(v) => format!("`{v}`"),
         None => node.describe().to_string(),
     }
 }
 
-fn get<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
+pub(crate) fn get<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
     entries
         .iter()
         .find(|(k, _)| k.as_str() == Some(key))
         .map(|(_, v)| v)
 }
 
-fn expect_map<'a>(cx: &mut Ctx, node: &'a Node, path: &str) -> Option<&'a [(Node, Node)]> {
+pub(crate) fn expect_map<'a>(
+    cx: &mut Ctx,
+    node: &'a Node,
+    path: &str,
+) -> Option<&'a [(Node, Node)]> {
     let map = node.as_map();
     if map.is_none() {
         cx.error(
@@ -612,7 +635,7 @@ fn expect_map<'a>(cx: &mut Ctx, node: &'a Node, path: &str) -> Option<&'a [(Node
     map
 }
 
-fn check_keys(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, known: &[&str]) {
+pub(crate) fn check_keys(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, known: &[&str]) {
     for (k, _) in entries {
         match k.as_str() {
             Some(key) if known.contains(&key) => {}
@@ -627,7 +650,7 @@ fn check_keys(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, known: &[&str]
     }
 }
 
-fn flag(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> bool {
+pub(crate) fn flag(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> bool {
     match get(entries, key) {
         None => false,
         Some(n) => n.as_bool().unwrap_or_else(|| {
@@ -641,7 +664,12 @@ fn flag(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> bool {
     }
 }
 
-fn integer(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> Option<i64> {
+pub(crate) fn integer(
+    cx: &mut Ctx,
+    entries: &[(Node, Node)],
+    path: &str,
+    key: &str,
+) -> Option<i64> {
     let n = get(entries, key)?;
     let v = n.as_i64();
     if v.is_none() {
@@ -655,7 +683,7 @@ fn integer(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> Opt
 }
 
 /// A non-negative size that fits a `u32`.
-fn bound(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> Option<i64> {
+pub(crate) fn bound(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> Option<i64> {
     let n = get(entries, key)?;
     match n.as_i64() {
         Some(v) if (0..=i64::from(u32::MAX)).contains(&v) => Some(v),
@@ -704,7 +732,7 @@ fn ident(cx: &mut Ctx, node: &Node, path: &str, what: &str) -> Option<String> {
 }
 
 /// A storage name (table, column, suffix): a plain SQL identifier.
-fn storage_ident(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+pub(crate) fn storage_ident(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
     match node.as_str() {
         Some(s) if is_snake(s) && s.len() <= MAX_IDENT => Some(s.to_string()),
         _ => {
@@ -722,7 +750,7 @@ fn storage_ident(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
     }
 }
 
-fn is_snake(s: &str) -> bool {
+pub(crate) fn is_snake(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

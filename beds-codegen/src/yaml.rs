@@ -78,6 +78,14 @@ impl Node {
         }
     }
 
+    /// A plain integer or decimal number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match &self.kind {
+            Kind::Scalar(s, true) => s.parse::<f64>().ok().filter(|f| f.is_finite()),
+            _ => None,
+        }
+    }
+
     /// What kind of node this is, for "expected X, found Y" messages.
     pub fn describe(&self) -> &'static str {
         match &self.kind {

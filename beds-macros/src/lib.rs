@@ -24,7 +24,7 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
 use syn::meta::ParseNestedMeta;
-use syn::{Data, DeriveInput, Fields, LitInt, LitStr, Path, Type, parse_macro_input};
+use syn::{Data, DeriveInput, Fields, Lit, LitInt, LitStr, Path, Type, parse_macro_input};
 
 #[proc_macro_derive(Record, attributes(beds))]
 pub fn derive_record(input: TokenStream) -> TokenStream {
@@ -46,23 +46,60 @@ struct TemplateAttrs {
     create: Option<Path>,
     patch: Option<Path>,
     unique: Vec<(Vec<String>, bool, Span)>,
+    indexes: Vec<(Vec<String>, Span)>,
+    version: Option<u32>,
+    flags: Vec<String>,
+    cache_ttl_ms: Option<u64>,
+    retention: Option<(u64, String)>,
+    access: Vec<(String, Vec<String>)>,
 }
+
+const FLAGS: &[&str] = &["append_only", "internal", "audit", "journal", "locking"];
+const OPS: &[&str] = &["create", "fetch", "update", "delete", "list"];
 
 enum Kind {
     String,
+    Text,
     Integer,
+    BigInt,
+    Float,
     Bool,
     Timestamp,
+    Date,
     Uuid,
+    Json,
+    Enum(Vec<String>),
     Ref(String),
 }
 
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Text => "text",
+            Kind::Integer => "integer",
+            Kind::BigInt => "bigint",
+            Kind::Float => "float",
+            Kind::Bool => "bool",
+            Kind::Timestamp => "timestamp",
+            Kind::Date => "date",
+            Kind::Uuid => "uuid",
+            Kind::Json => "json",
+            Kind::Enum(_) => "enum",
+            Kind::Ref(_) => "reference",
+        }
+    }
+}
+
+#[derive(Default)]
 struct FieldAttrs {
     kind: Option<Kind>,
-    min: Option<LitInt>,
-    max: Option<LitInt>,
+    min: Option<Lit>,
+    max: Option<Lit>,
+    pattern: Option<String>,
     optional: bool,
     set: Option<String>,
+    default: Option<Lit>,
     column: Option<String>,
     on_delete: Option<String>,
 }
@@ -125,6 +162,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let mut metas = Vec::new();
     let mut checks = Vec::new();
     let mut field_names = Vec::new();
+    let mut contracts = Vec::new();
     for field in &named.named {
         let ident = field.ident.as_ref().expect("named fields");
         let fname = ident.to_string();
@@ -137,30 +175,23 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "version" if !has_attr => {
                 has_version = true;
                 let ty = &field.ty;
-                checks.push(quote!(rt::assert_field::<#ty, rt::kinds::Integer>();));
+                checks.push(quote!(rt::assert_field::<#ty, rt::kinds::BigInt>();));
                 continue;
             }
             _ => {}
         }
-        let mut f = FieldAttrs {
-            kind: None,
-            min: None,
-            max: None,
-            optional: false,
-            set: None,
-            column: None,
-            on_delete: None,
-        };
+        let mut f = FieldAttrs::default();
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("beds")) {
             if let Err(e) = attr.parse_nested_meta(|meta| field_attr(&mut f, &meta)) {
                 errors.push(e);
             }
         }
         match field_meta(&fname, &f, &field.ty) {
-            Ok((meta, check)) => {
+            Ok((meta, check, contract)) => {
                 metas.push(meta);
                 checks.push(check);
                 field_names.push(fname);
+                contracts.push(contract);
             }
             Err(msg) => errors.push(syn::Error::new_spanned(ident, msg)),
         }
@@ -193,7 +224,52 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             quote!(rt::UniqueMeta { fields: &[#(#fields),*], case_insensitive: #ci })
         })
         .collect();
+    let indexes: Vec<TokenStream2> = t
+        .indexes
+        .iter()
+        .map(|(fields, span)| {
+            for f in fields {
+                if f != "id" && !field_names.contains(f) {
+                    errors.push(syn::Error::new(
+                        *span,
+                        format!("index names unknown field `{f}`"),
+                    ));
+                }
+            }
+            quote!(&[#(#fields),*])
+        })
+        .collect();
     errors.finish()?;
+    let flag = |name: &str| t.flags.iter().any(|f| f == name);
+    let (append_only, internal) = (flag("append_only"), flag("internal"));
+    let (audit, journal, locking) = (flag("audit"), flag("journal"), flag("locking"));
+    let cache = match t.cache_ttl_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    let retention = match &t.retention {
+        Some((age, target)) => {
+            quote!(::core::option::Option::Some(rt::RetentionMeta { age_ms: #age, target: #target }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let access = t.access.iter().map(|(op, who)| {
+        let op = syn::Ident::new(&camel(op), Span::call_site());
+        quote!((rt::Op::#op, &[#(#who),*]))
+    });
+    let version = t.version.unwrap_or(1);
+    // The contract as a client sees it: storage names are left out on purpose.
+    let mut contract = format!(
+        "{domain}.{template} v{version} append_only={append_only} internal={internal} fields:"
+    );
+    for c in &contracts {
+        contract.push_str(c);
+        contract.push(';');
+    }
+    for (fields, ci, _) in &t.unique {
+        contract.push_str(&format!(" unique({}, ci={ci})", fields.join(",")));
+    }
+    let fingerprint = format!("{:016x}", fnv1a(contract.as_bytes()));
 
     let table = t.table.unwrap_or_else(|| template.clone());
     let id_column = t.id_column.unwrap_or_else(|| "id".into());
@@ -217,7 +293,20 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
                     version_column: #version_column,
                     fields: &[#(#metas),*],
                     unique: &[#(#uniques),*],
+                    indexes: &[#(#indexes),*],
                     page: rt::PageMeta { default: #page_default, max: #page_max },
+                    version: #version,
+                    fingerprint: #fingerprint,
+                    append_only: #append_only,
+                    internal: #internal,
+                    capabilities: rt::Capabilities {
+                        audit: #audit,
+                        journal: #journal,
+                        locking: #locking,
+                        cache_ttl_ms: #cache,
+                        retention: #retention,
+                    },
+                    access: &[#(#access),*],
                 };
             }
 
@@ -263,6 +352,56 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         t.create = Some(meta.value()?.parse()?);
     } else if p.is_ident("patch") {
         t.patch = Some(meta.value()?.parse()?);
+    } else if p.is_ident("version") {
+        t.version = Some(number(meta)?);
+    } else if let Some(flag) = FLAGS.iter().find(|f| p.is_ident(f)) {
+        t.flags.push(flag.to_string());
+    } else if p.is_ident("cache_ttl_ms") {
+        t.cache_ttl_ms = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+    } else if p.is_ident("retention") {
+        let (mut age, mut target) = (None, None);
+        meta.parse_nested_meta(|inner| {
+            if inner.path.is_ident("age_ms") {
+                age = Some(inner.value()?.parse::<LitInt>()?.base10_parse()?);
+            } else if inner.path.is_ident("target") {
+                target = Some(inner.value()?.parse::<LitStr>()?.value());
+            } else {
+                return Err(inner.error("expected `age_ms = N` or `target = \"cool|cold|delete\"`"));
+            }
+            Ok(())
+        })?;
+        match (age, target) {
+            (Some(age), Some(target)) => t.retention = Some((age, target)),
+            _ => return Err(meta.error("retention needs both `age_ms` and `target`")),
+        }
+    } else if p.is_ident("access") {
+        meta.parse_nested_meta(|inner| {
+            let Some(op) = OPS.iter().find(|op| inner.path.is_ident(op)) else {
+                return Err(
+                    inner.error("expected an operation: create, fetch, update, delete or list")
+                );
+            };
+            let who = inner.value()?.parse::<LitStr>()?.value();
+            t.access.push((
+                op.to_string(),
+                who.split(',').map(|s| s.trim().to_string()).collect(),
+            ));
+            Ok(())
+        })?;
+    } else if p.is_ident("index") {
+        let span = p.require_ident()?.span();
+        meta.parse_nested_meta(|inner| {
+            if inner.path.is_ident("fields") {
+                let list = inner.value()?.parse::<LitStr>()?.value();
+                t.indexes.push((
+                    list.split(',').map(|s| s.trim().to_string()).collect(),
+                    span,
+                ));
+                Ok(())
+            } else {
+                Err(inner.error("expected `fields = \"a,b\"`"))
+            }
+        })?;
     } else if p.is_ident("unique") {
         let mut fields = Vec::new();
         let mut ci = false;
@@ -283,7 +422,9 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
     } else {
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
-             version_column, page_default, page_max, create, patch or unique(...)",
+             version_column, page_default, page_max, create, patch, version, append_only, \
+             internal, audit, journal, locking, cache_ttl_ms, retention(...), access(...), \
+             index(...) or unique(...)",
         ));
     }
     Ok(())
@@ -294,18 +435,29 @@ fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()>
         Ok(meta.value()?.parse::<LitStr>()?.value())
     };
     let p = &meta.path;
-    let kind = if p.is_ident("string") {
-        Some(Kind::String)
-    } else if p.is_ident("integer") {
-        Some(Kind::Integer)
-    } else if p.is_ident("bool") {
-        Some(Kind::Bool)
-    } else if p.is_ident("timestamp") {
-        Some(Kind::Timestamp)
-    } else if p.is_ident("uuid") {
-        Some(Kind::Uuid)
+    let simple = [
+        ("string", (|| Kind::String) as fn() -> Kind),
+        ("text", || Kind::Text),
+        ("integer", || Kind::Integer),
+        ("bigint", || Kind::BigInt),
+        ("float", || Kind::Float),
+        ("bool", || Kind::Bool),
+        ("timestamp", || Kind::Timestamp),
+        ("date", || Kind::Date),
+        ("uuid", || Kind::Uuid),
+        ("json", || Kind::Json),
+    ];
+    let kind = if let Some((_, make)) = simple.iter().find(|(n, _)| p.is_ident(n)) {
+        Some(make())
     } else if p.is_ident("reference") {
         Some(Kind::Ref(string(meta)?))
+    } else if p.is_ident("enumeration") {
+        Some(Kind::Enum(
+            string(meta)?
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect(),
+        ))
     } else {
         None
     };
@@ -318,6 +470,10 @@ fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()>
         f.min = Some(meta.value()?.parse()?);
     } else if p.is_ident("max") {
         f.max = Some(meta.value()?.parse()?);
+    } else if p.is_ident("pattern") {
+        f.pattern = Some(string(meta)?);
+    } else if p.is_ident("default") {
+        f.default = Some(meta.value()?.parse()?);
     } else if p.is_ident("optional") {
         f.optional = true;
     } else if p.is_ident("set") {
@@ -328,30 +484,56 @@ fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()>
         f.on_delete = Some(string(meta)?);
     } else {
         return Err(meta.error(
-            "unknown field attribute; expected a kind (string, integer, bool, timestamp, uuid, \
-             reference = \"template\") or min, max, optional, set, column, on_delete",
+            "unknown field attribute; expected a kind (string, text, integer, bigint, float, bool, \
+             timestamp, date, uuid, json, enumeration = \"a,b\", reference = \"template\") or \
+             min, max, pattern, optional, default, set, column, on_delete",
         ));
     }
     Ok(())
 }
 
-/// The `FieldMeta` expression and the type check for one declared field.
+/// The `FieldMeta` expression, the type check and the contract text of one field.
 fn field_meta(
     name: &str,
     f: &FieldAttrs,
     ty: &Type,
-) -> Result<(TokenStream2, TokenStream2), String> {
+) -> Result<(TokenStream2, TokenStream2, String), String> {
     let Some(kind) = &f.kind else {
         return Err(format!(
-            "field `{name}` needs a kind: #[beds(string, max = N)], #[beds(integer)], #[beds(bool)], \
-             #[beds(timestamp)], #[beds(uuid)] or #[beds(reference = \"template\")]"
+            "field `{name}` needs a kind: string, text, integer, bigint, float, bool, timestamp, \
+             date, uuid, json, enumeration = \"a,b\" or reference = \"template\""
         ));
     };
-    let int = |lit: &Option<LitInt>| -> Result<Option<i64>, String> {
-        lit.as_ref()
-            .map(|l| l.base10_parse::<i64>().map_err(|e| e.to_string()))
-            .transpose()
+    let int = |lit: &Option<Lit>| -> Result<Option<i64>, String> {
+        match lit {
+            None => Ok(None),
+            Some(Lit::Int(l)) => l.base10_parse::<i64>().map(Some).map_err(|e| e.to_string()),
+            Some(_) => Err(format!("`{name}`: min and max of an integer are integers")),
+        }
     };
+    let float = |lit: &Option<Lit>| -> Result<Option<f64>, String> {
+        match lit {
+            None => Ok(None),
+            Some(Lit::Int(l)) => l.base10_parse::<f64>().map(Some).map_err(|e| e.to_string()),
+            Some(Lit::Float(l)) => l.base10_parse::<f64>().map(Some).map_err(|e| e.to_string()),
+            Some(_) => Err(format!("`{name}`: min and max of a float are numbers")),
+        }
+    };
+    let opt_u32 = |v: Option<i64>| -> Result<TokenStream2, String> {
+        Ok(match v {
+            Some(v) => {
+                let v =
+                    u32::try_from(v).map_err(|_| format!("`{name}`: lengths must fit a u32"))?;
+                quote!(::core::option::Option::Some(#v))
+            }
+            None => quote!(::core::option::Option::None),
+        })
+    };
+    let opt_f64 = |v: Option<f64>| match v {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
+    let mut contract = format!("{name}:{}", kind.name());
     let (kind_expr, marker) = match kind {
         Kind::String => {
             let max =
@@ -360,20 +542,54 @@ fn field_meta(
             let (Ok(max), Ok(min)) = (u32::try_from(max), u32::try_from(min)) else {
                 return Err(format!("`{name}`: string lengths must fit a u32"));
             };
+            let pattern = match &f.pattern {
+                Some(p) => quote!(::core::option::Option::Some(#p)),
+                None => quote!(::core::option::Option::None),
+            };
+            contract.push_str(&format!("[{min},{max}]{:?}", f.pattern));
             (
-                quote!(rt::FieldKind::String { min: #min, max: #max }),
+                quote!(rt::FieldKind::String { min: #min, max: #max, pattern: #pattern }),
                 quote!(rt::kinds::Str),
             )
         }
-        Kind::Integer => {
-            let opt = |v: Option<i64>| match v {
-                Some(v) => quote!(::core::option::Option::Some(#v)),
-                None => quote!(::core::option::Option::None),
-            };
-            let (min, max) = (opt(int(&f.min)?), opt(int(&f.max)?));
+        Kind::Text => {
+            let max = int(&f.max)?;
+            contract.push_str(&format!("[{max:?}]"));
+            let max = opt_u32(max)?;
             (
-                quote!(rt::FieldKind::Integer { min: #min, max: #max }),
-                quote!(rt::kinds::Integer),
+                quote!(rt::FieldKind::Text { max: #max }),
+                quote!(rt::kinds::Str),
+            )
+        }
+        Kind::Integer | Kind::BigInt => {
+            let (lo, hi) = match kind {
+                Kind::Integer => (i64::from(i32::MIN), i64::from(i32::MAX)),
+                _ => (i64::MIN, i64::MAX),
+            };
+            let min = int(&f.min)?.unwrap_or(lo);
+            let max = int(&f.max)?.unwrap_or(hi);
+            if min < lo || max > hi {
+                return Err(format!("`{name}`: bounds exceed the {} range", kind.name()));
+            }
+            contract.push_str(&format!("[{min},{max}]"));
+            match kind {
+                Kind::Integer => (
+                    quote!(rt::FieldKind::Integer { min: #min, max: #max }),
+                    quote!(rt::kinds::Integer),
+                ),
+                _ => (
+                    quote!(rt::FieldKind::BigInt { min: #min, max: #max }),
+                    quote!(rt::kinds::BigInt),
+                ),
+            }
+        }
+        Kind::Float => {
+            let (min, max) = (float(&f.min)?, float(&f.max)?);
+            contract.push_str(&format!("[{min:?},{max:?}]"));
+            let (min, max) = (opt_f64(min), opt_f64(max));
+            (
+                quote!(rt::FieldKind::Float { min: #min, max: #max }),
+                quote!(rt::kinds::Float),
             )
         }
         Kind::Bool => (quote!(rt::FieldKind::Bool), quote!(rt::kinds::Bool)),
@@ -381,7 +597,16 @@ fn field_meta(
             quote!(rt::FieldKind::Timestamp),
             quote!(rt::kinds::Timestamp),
         ),
+        Kind::Date => (quote!(rt::FieldKind::Date), quote!(rt::kinds::Date)),
         Kind::Uuid => (quote!(rt::FieldKind::Uuid), quote!(rt::kinds::Uuid)),
+        Kind::Json => (quote!(rt::FieldKind::Json), quote!(rt::kinds::Json)),
+        Kind::Enum(values) => {
+            contract.push_str(&format!("{values:?}"));
+            (
+                quote!(rt::FieldKind::Enum { values: &[#(#values),*] }),
+                quote!(rt::kinds::Enum),
+            )
+        }
         Kind::Ref(template) => {
             let on_delete = match f.on_delete.as_deref() {
                 None | Some("restrict") => quote!(rt::OnDelete::Restrict),
@@ -393,16 +618,28 @@ fn field_meta(
                     ));
                 }
             };
+            contract.push_str(&format!("->{template}/{:?}", f.on_delete));
             (
                 quote!(rt::FieldKind::Ref { template: #template, on_delete: #on_delete }),
                 quote!(rt::kinds::Ref),
             )
         }
     };
-    if !matches!(kind, Kind::String | Kind::Integer) && (f.min.is_some() || f.max.is_some()) {
+    let ranged = matches!(
+        kind,
+        Kind::String | Kind::Text | Kind::Integer | Kind::BigInt | Kind::Float
+    );
+    if !ranged && (f.min.is_some() || f.max.is_some()) {
         return Err(format!(
-            "`{name}`: min and max apply only to string and integer fields"
+            "`{name}`: min and max do not apply to a {} field",
+            kind.name()
         ));
+    }
+    if matches!(kind, Kind::Text) && f.min.is_some() {
+        return Err(format!("`{name}`: a text field takes only `max`"));
+    }
+    if f.pattern.is_some() && !matches!(kind, Kind::String) {
+        return Err(format!("`{name}`: pattern applies only to a string field"));
     }
     if f.on_delete.is_some() && !matches!(kind, Kind::Ref(_)) {
         return Err(format!("`{name}`: on_delete applies only to a reference"));
@@ -422,8 +659,36 @@ fn field_meta(
             "`{name}`: only a timestamp field can be set by the server"
         ));
     }
+    let default = match (&f.default, kind) {
+        (None, _) => quote!(::core::option::Option::None),
+        (Some(Lit::Bool(b)), Kind::Bool) => {
+            quote!(::core::option::Option::Some(rt::DefaultValue::Bool(#b)))
+        }
+        (Some(Lit::Int(i)), Kind::Integer | Kind::BigInt) => {
+            let i = i.base10_parse::<i64>().map_err(|e| e.to_string())?;
+            quote!(::core::option::Option::Some(rt::DefaultValue::Int(#i)))
+        }
+        (Some(l @ (Lit::Int(_) | Lit::Float(_))), Kind::Float) => {
+            let x = float(&Some(l.clone()))?.unwrap_or_default();
+            quote!(::core::option::Option::Some(rt::DefaultValue::Float(#x)))
+        }
+        (Some(Lit::Str(s)), Kind::String | Kind::Text | Kind::Enum(_)) => {
+            let s = s.value();
+            quote!(::core::option::Option::Some(rt::DefaultValue::Text(#s)))
+        }
+        (Some(_), _) => {
+            return Err(format!(
+                "`{name}`: the default does not fit a {} field",
+                kind.name()
+            ));
+        }
+    };
+    if let Some(d) = &f.default {
+        contract.push_str(&format!(" default={}", quote!(#d)));
+    }
     let column = f.column.clone().unwrap_or_else(|| name.to_string());
     let optional = f.optional;
+    contract.push_str(&format!(" optional={optional} set={:?}", f.set));
     let marker = if optional {
         quote!(rt::kinds::Optional<#marker>)
     } else {
@@ -436,7 +701,24 @@ fn field_meta(
             kind: #kind_expr,
             optional: #optional,
             set: #set,
+            default: #default,
         }),
         quote!(rt::assert_field::<#ty, #marker>();),
+        contract,
     ))
+}
+
+/// `create` -> `Create`.
+fn camel(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }

@@ -59,6 +59,7 @@ pub fn main(catalog: &'static Catalog) -> ExitCode {
 
 fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
     catalog.check()?;
+    crate::value::Patterns::compile(catalog)?;
     let mut config = Config::load(&cli.config).map_err(|e| e.to_string())?;
     match cli.command {
         Command::Run { role } => {
@@ -160,17 +161,51 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             "no"
         }
     );
-    let ops: Vec<&str> = Op::ALL.iter().map(|o| o.as_str()).collect();
     for d in catalog.domains {
         let _ = writeln!(out, "domain {} v{}", d.name, d.version);
         for t in d.templates {
+            let ops: Vec<&str> = Op::ALL
+                .iter()
+                .filter(|op| !(t.append_only && matches!(op, Op::Update | Op::Delete)))
+                .map(|o| o.as_str())
+                .collect();
+            let mut flags = Vec::new();
+            let c = &t.capabilities;
+            for (on, name) in [
+                (t.internal, "internal"),
+                (t.append_only, "append_only"),
+                (c.audit, "audit"),
+                (c.journal, "journal"),
+                (c.locking, "locking"),
+            ] {
+                if on {
+                    flags.push(name.to_string());
+                }
+            }
+            if let Some(ms) = c.cache_ttl_ms {
+                flags.push(format!("cache {ms}ms"));
+            }
+            if let Some(r) = c.retention {
+                flags.push(format!("retention {}ms->{}", r.age_ms, r.target));
+            }
             let _ = writeln!(
                 out,
-                "  {:<16} table {:<16} {} fields  ops: {}",
+                "  {:<16} v{} {}  table {:<16} {} fields  ops: {}{}",
                 t.name,
+                t.version,
+                t.fingerprint,
                 t.table,
                 t.fields.len(),
-                ops.join(" ")
+                if t.internal {
+                    "(internal)".to_string()
+                } else {
+                    ops.join(" ")
+                },
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", flags.join(", "))
+                }
             );
         }
     }

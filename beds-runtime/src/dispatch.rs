@@ -18,6 +18,7 @@ use crate::value;
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub store: Store,
+    pub patterns: std::sync::Arc<value::Patterns>,
 }
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Json, BedsError>> + Send + 'a>>;
@@ -48,6 +49,15 @@ pub mod handlers {
     pub fn list<'a, T: Record>(ctx: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
         Box::pin(super::list(ctx, T::META, req))
     }
+
+    /// `update` and `delete` of an append-only template.
+    pub fn append_only<'a>(_: &'a Ctx, req: &'a Request) -> HandlerFuture<'a> {
+        let message = format!(
+            "`{}` is append-only: records are created, never updated or deleted",
+            req.template
+        );
+        Box::pin(async move { Err(BedsError::new(ErrorCode::OperationNotAllowed, message)) })
+    }
 }
 
 fn data(req: &Request) -> Result<&Map<String, Json>, BedsError> {
@@ -65,7 +75,7 @@ fn not_found(t: &TemplateMeta, id: Uuid) -> BedsError {
 }
 
 async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
-    let values = value::create_values(t, data(req)?)?;
+    let values = value::create_values(t, data(req)?, &ctx.patterns)?;
     ctx.store.insert(t, Uuid::now_v7(), values).await
 }
 
@@ -79,7 +89,7 @@ async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Jso
 
 async fn update(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let id = value::key_id(req.key.as_ref())?;
-    let changes = value::patch_values(t, data(req)?)?;
+    let changes = value::patch_values(t, data(req)?, &ctx.patterns)?;
     ctx.store
         .update(t, id, changes)
         .await?

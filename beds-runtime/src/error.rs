@@ -29,6 +29,7 @@ pub enum ErrorCode {
     UnknownDomain,
     UnknownTemplate,
     UnknownOperation,
+    OperationNotAllowed,
     WrongQueue,
     InvalidInput,
     NotFound,
@@ -47,7 +48,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             UnsupportedVersion | MalformedJson | InvalidEnvelope | UnknownDomain
-            | UnknownTemplate | UnknownOperation | WrongQueue => ErrorClass::Contract,
+            | UnknownTemplate | UnknownOperation | OperationNotAllowed | WrongQueue => {
+                ErrorClass::Contract
+            }
             InvalidInput => ErrorClass::Validation,
             NotFound => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced => ErrorClass::Conflict,

@@ -84,13 +84,44 @@ impl DomainMeta {
 pub struct TemplateMeta {
     pub domain: &'static str,
     pub name: &'static str,
+    /// The declared contract version.
+    pub version: u32,
+    /// Hash of the API contract (names, types, constraints, operations), as 16 hex digits:
+    /// any change a client could notice changes it; storage names do not.
+    pub fingerprint: &'static str,
     pub table: &'static str,
     pub id: IdKind,
     pub id_column: &'static str,
     pub version_column: &'static str,
     pub fields: &'static [FieldMeta],
     pub unique: &'static [UniqueMeta],
+    /// Non-unique indexes, each a list of field names (`id` allowed).
+    pub indexes: &'static [&'static [&'static str]],
     pub page: PageMeta,
+    /// Only `create`, `fetch` and `list` exist.
+    pub append_only: bool,
+    /// Not routed for clients.
+    pub internal: bool,
+    pub capabilities: Capabilities,
+    /// Declared principals per operation; enforcement arrives with authorization.
+    pub access: &'static [(Op, &'static [&'static str])],
+}
+
+/// Capability toggles as declared; what each does at run time comes with its feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub audit: bool,
+    pub journal: bool,
+    pub locking: bool,
+    pub cache_ttl_ms: Option<u64>,
+    pub retention: Option<RetentionMeta>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionMeta {
+    pub age_ms: u64,
+    /// `cool`, `cold` or `delete`.
+    pub target: &'static str,
 }
 
 impl TemplateMeta {
@@ -111,6 +142,16 @@ pub struct FieldMeta {
     pub kind: FieldKind,
     pub optional: bool,
     pub set: Option<SetOn>,
+    /// Used on create when the caller leaves the field out.
+    pub default: Option<DefaultValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DefaultValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(&'static str),
 }
 
 impl FieldMeta {
@@ -120,19 +161,38 @@ impl FieldMeta {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldKind {
     String {
         min: u32,
         max: u32,
+        pattern: Option<&'static str>,
     },
+    Text {
+        max: Option<u32>,
+    },
+    /// 32-bit; the bounds default to the i32 range.
     Integer {
-        min: Option<i64>,
-        max: Option<i64>,
+        min: i64,
+        max: i64,
+    },
+    /// 64-bit.
+    BigInt {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
     },
     Bool,
     Timestamp,
+    Date,
     Uuid,
+    Enum {
+        values: &'static [&'static str],
+    },
+    Json,
     Ref {
         template: &'static str,
         on_delete: OnDelete,
@@ -143,11 +203,15 @@ impl FieldKind {
     /// The JSON shape a caller must send, for error messages.
     pub fn expected(&self) -> &'static str {
         match self {
-            FieldKind::String { .. } => "a string",
-            FieldKind::Integer { .. } => "an integer",
+            FieldKind::String { .. } | FieldKind::Text { .. } => "a string",
+            FieldKind::Integer { .. } | FieldKind::BigInt { .. } => "an integer",
+            FieldKind::Float { .. } => "a number",
             FieldKind::Bool => "true or false",
             FieldKind::Timestamp => "an RFC 3339 timestamp string",
+            FieldKind::Date => "a YYYY-MM-DD date string",
             FieldKind::Uuid | FieldKind::Ref { .. } => "a UUID string",
+            FieldKind::Enum { .. } => "one of the declared values",
+            FieldKind::Json => "any JSON value",
         }
     }
 }
@@ -190,14 +254,24 @@ pub struct Routes {
 
 impl Routes {
     /// The routes of a record type; generated code builds one `static` per template.
+    /// Append-only templates get a refusal for `update` and `delete`.
     pub const fn of<T: crate::record::Record>() -> Routes {
         use crate::dispatch::handlers;
+        let append_only = T::META.append_only;
         Routes {
             meta: T::META,
             create: handlers::create::<T>,
             fetch: handlers::fetch::<T>,
-            update: handlers::update::<T>,
-            delete: handlers::delete::<T>,
+            update: if append_only {
+                handlers::append_only
+            } else {
+                handlers::update::<T>
+            },
+            delete: if append_only {
+                handlers::append_only
+            } else {
+                handlers::delete::<T>
+            },
             list: handlers::list::<T>,
         }
     }

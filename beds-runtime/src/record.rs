@@ -32,6 +32,16 @@ pub mod kinds {
     #[derive(Debug)]
     pub struct Integer;
     #[derive(Debug)]
+    pub struct BigInt;
+    #[derive(Debug)]
+    pub struct Float;
+    #[derive(Debug)]
+    pub struct Date;
+    #[derive(Debug)]
+    pub struct Enum;
+    #[derive(Debug)]
+    pub struct Json;
+    #[derive(Debug)]
     pub struct Bool;
     #[derive(Debug)]
     pub struct Timestamp;
@@ -46,12 +56,17 @@ pub mod kinds {
 /// Implemented by the Rust types a field of kind `K` may have.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold a field declared as `{K}`",
-    note = "string -> String, integer -> i64, bool -> bool, timestamp -> Timestamp, uuid -> Uuid, reference -> the target's Id type; wrap in Option for `optional`"
+    note = "string/text -> String, integer -> i32, bigint -> i64, float -> f64, bool -> bool, timestamp -> Timestamp, date -> Date, uuid -> Uuid, json -> serde_json::Value, enum -> a Copy + Eq serde enum, reference -> the target's Id type; wrap in Option for `optional`"
 )]
 pub trait FieldType<K> {}
 
 impl FieldType<kinds::Str> for String {}
-impl FieldType<kinds::Integer> for i64 {}
+impl FieldType<kinds::Integer> for i32 {}
+impl FieldType<kinds::BigInt> for i64 {}
+impl FieldType<kinds::Float> for f64 {}
+impl FieldType<kinds::Date> for crate::value::Date {}
+impl FieldType<kinds::Json> for serde_json::Value {}
+impl<T: Serialize + DeserializeOwned + Copy + Eq> FieldType<kinds::Enum> for T {}
 impl FieldType<kinds::Bool> for bool {}
 impl FieldType<kinds::Timestamp> for crate::value::Timestamp {}
 impl FieldType<kinds::Uuid> for Uuid {}

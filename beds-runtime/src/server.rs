@@ -12,6 +12,7 @@ use crate::dispatch::Ctx;
 use crate::meta::Catalog;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::topology;
+use crate::value::Patterns;
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,7 @@ impl Server {
         let shared = Arc::new(Shared {
             ctx: Ctx {
                 store: store.clone(),
+                patterns: Arc::new(Patterns::compile(catalog).map_err(ServerError::Catalog)?),
             },
             catalog,
         });

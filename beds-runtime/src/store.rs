@@ -209,6 +209,9 @@ fn bind(q: Query<'_>, v: Value) -> Query<'_> {
         Value::Null => q.bind(None::<String>),
         Value::Bool(b) => q.bind(b),
         Value::Int(i) => q.bind(i),
+        Value::Float(x) => q.bind(x),
+        Value::Date(d) => q.bind(d.format("%Y-%m-%d").to_string()),
+        Value::Json(j) => q.bind(j.to_string()),
         Value::Text(s) => q.bind(s),
         Value::Uuid(u) => q.bind(u.to_string()),
         Value::Timestamp(t) => q.bind(format_timestamp(&t)),
@@ -233,15 +236,27 @@ fn record(t: &TemplateMeta, row: &SqliteRow) -> Result<Json, BedsError> {
     for (i, f) in t.fields.iter().enumerate() {
         let col = i + 2;
         let v = match f.kind {
-            FieldKind::Integer { .. } => row
+            FieldKind::Integer { .. } | FieldKind::BigInt { .. } => row
                 .try_get::<Option<i64>, _>(col)
+                .map(|v| v.map(Json::from)),
+            FieldKind::Float { .. } => row
+                .try_get::<Option<f64>, _>(col)
                 .map(|v| v.map(Json::from)),
             FieldKind::Bool => row
                 .try_get::<Option<bool>, _>(col)
                 .map(|v| v.map(Json::Bool)),
+            FieldKind::Json => row.try_get::<Option<String>, _>(col).and_then(|v| {
+                v.map(|text| {
+                    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+                })
+                .transpose()
+            }),
             FieldKind::String { .. }
+            | FieldKind::Text { .. }
             | FieldKind::Timestamp
+            | FieldKind::Date
             | FieldKind::Uuid
+            | FieldKind::Enum { .. }
             | FieldKind::Ref { .. } => row
                 .try_get::<Option<String>, _>(col)
                 .map(|v| v.map(Json::String)),
@@ -418,7 +433,8 @@ fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
     let mut indexes = Vec::new();
     for f in t.fields {
         let ty = match f.kind {
-            FieldKind::Integer { .. } | FieldKind::Bool => "INTEGER",
+            FieldKind::Integer { .. } | FieldKind::BigInt { .. } | FieldKind::Bool => "INTEGER",
+            FieldKind::Float { .. } => "REAL",
             _ => "TEXT",
         };
         let null = if f.optional { "" } else { " NOT NULL" };
@@ -470,6 +486,27 @@ fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
             "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
             quote(&format!("{}_{}_key", t.table, columns.join("_"))),
             list.join(", ")
+        ));
+    }
+    for fields in t.indexes {
+        let columns: Vec<&str> = fields
+            .iter()
+            .filter_map(|name| {
+                if *name == "id" {
+                    Some(t.id_column)
+                } else {
+                    t.field(name).map(|f| f.column)
+                }
+            })
+            .collect();
+        indexes.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {table} ({})",
+            quote(&format!("{}_{}_idx", t.table, columns.join("_"))),
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let mut out = vec![format!(

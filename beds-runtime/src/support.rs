@@ -7,9 +7,11 @@ pub use serde;
 pub use uuid::Uuid;
 
 pub use crate::client::{Client, TemplateClient};
+pub use crate::envelope::Op;
 pub use crate::meta::{
-    Catalog, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete, PageMeta, RouteError, Routes,
-    SetOn, TemplateMeta, UniqueMeta,
+    Capabilities, Catalog, DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete,
+    PageMeta, RetentionMeta, RouteError, Routes, SetOn, TemplateMeta, UniqueMeta,
 };
 pub use crate::record::{FieldType, Key, Record, assert_field, kinds};
-pub use crate::value::Timestamp;
+pub use crate::value::{Date, Timestamp};
+pub use serde_json::Value as Json;

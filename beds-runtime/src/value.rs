@@ -5,10 +5,15 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use crate::error::{BedsError, DetailCode, ErrorDetail};
-use crate::meta::{FieldKind, FieldMeta, SetOn, TemplateMeta};
+use std::collections::HashMap;
+
+use crate::meta::{Catalog, DefaultValue, FieldKind, FieldMeta, SetOn, TemplateMeta};
 
 /// A timestamp as records carry it: UTC, microsecond precision.
 pub type Timestamp = DateTime<Utc>;
+
+/// A calendar date.
+pub type Date = chrono::NaiveDate;
 
 /// One typed field value, independent of any database.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,9 +21,39 @@ pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
+    Float(f64),
     Text(String),
     Uuid(Uuid),
     Timestamp(Timestamp),
+    Date(Date),
+    Json(Json),
+}
+
+/// The `pattern`s of every string field, compiled once at start-up.
+#[derive(Debug, Default)]
+pub struct Patterns(HashMap<&'static str, regex::Regex>);
+
+impl Patterns {
+    pub fn compile(catalog: &Catalog) -> Result<Patterns, String> {
+        let mut map = HashMap::new();
+        for (_, t) in catalog.templates() {
+            for f in t.fields {
+                if let FieldKind::String {
+                    pattern: Some(p), ..
+                } = f.kind
+                {
+                    let re = regex::Regex::new(p)
+                        .map_err(|e| format!("{}.{}: invalid pattern: {e}", t.name, f.name))?;
+                    map.insert(p, re);
+                }
+            }
+        }
+        Ok(Patterns(map))
+    }
+
+    fn is_match(&self, pattern: &str, s: &str) -> bool {
+        self.0.get(pattern).is_some_and(|re| re.is_match(s))
+    }
 }
 
 /// The one text form of a timestamp, used in JSON and in text-typed storage; fixed width
@@ -38,6 +73,7 @@ pub fn now() -> Timestamp {
 pub fn create_values(
     meta: &TemplateMeta,
     data: &Map<String, Json>,
+    patterns: &Patterns,
 ) -> Result<Vec<Value>, BedsError> {
     let mut details = unknown_fields(meta, data);
     let now = now();
@@ -49,12 +85,13 @@ pub fn create_values(
                 details.push(read_only(f));
                 Value::Null
             }
+            (None, None) if f.default.is_some() => default_value(f.default),
             (None, None | Some(Json::Null)) if f.optional => Value::Null,
             (None, None) => {
                 details.push(detail(f, DetailCode::Missing, "is required".into()));
                 Value::Null
             }
-            (None, Some(j)) => field_value(f, j).unwrap_or_else(|d| {
+            (None, Some(j)) => field_value(f, j, patterns).unwrap_or_else(|d| {
                 details.push(d);
                 Value::Null
             }),
@@ -73,6 +110,7 @@ pub fn create_values(
 pub fn patch_values(
     meta: &TemplateMeta,
     data: &Map<String, Json>,
+    patterns: &Patterns,
 ) -> Result<Vec<(&'static FieldMeta, Value)>, BedsError> {
     let mut details = unknown_fields(meta, data);
     let mut changes = Vec::with_capacity(data.len() + 1);
@@ -82,7 +120,7 @@ pub fn patch_values(
             (_, None) => {}
             (Some(_), Some(_)) => details.push(read_only(f)),
             (None, Some(Json::Null)) if f.optional => changes.push((f, Value::Null)),
-            (None, Some(j)) => match field_value(f, j) {
+            (None, Some(j)) => match field_value(f, j, patterns) {
                 Ok(v) => changes.push((f, v)),
                 Err(d) => details.push(d),
             },
@@ -129,8 +167,18 @@ fn detail(f: &FieldMeta, code: DetailCode, message: String) -> ErrorDetail {
     }
 }
 
+fn default_value(d: Option<DefaultValue>) -> Value {
+    match d {
+        Some(DefaultValue::Bool(b)) => Value::Bool(b),
+        Some(DefaultValue::Int(i)) => Value::Int(i),
+        Some(DefaultValue::Float(x)) => Value::Float(x),
+        Some(DefaultValue::Text(t)) => Value::Text(t.to_string()),
+        None => Value::Null,
+    }
+}
+
 /// Converts and checks one caller-supplied JSON value against its declared field.
-fn field_value(f: &FieldMeta, j: &Json) -> Result<Value, ErrorDetail> {
+fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, ErrorDetail> {
     let wrong = || {
         let found = match j {
             Json::Null => {
@@ -148,36 +196,54 @@ fn field_value(f: &FieldMeta, j: &Json) -> Result<Value, ErrorDetail> {
             format!("must be {}, found {found}", f.kind.expected()),
         )
     };
+    let length = |s: &str, min: u32, max: Option<u32>| {
+        let len = s.chars().count();
+        if let Some(max) = max.filter(|m| len > *m as usize) {
+            return Err(detail(
+                f,
+                DetailCode::TooLong,
+                format!("must be at most {max} characters, found {len}"),
+            ));
+        }
+        if len < min as usize {
+            return Err(detail(
+                f,
+                DetailCode::TooShort,
+                format!("must be at least {min} characters, found {len}"),
+            ));
+        }
+        Ok(())
+    };
     match f.kind {
-        FieldKind::String { min, max } => {
+        FieldKind::String { min, max, pattern } => {
             let s = j.as_str().ok_or_else(wrong)?;
-            let len = s.chars().count();
-            if len > max as usize {
+            length(s, min, Some(max))?;
+            if let Some(p) = pattern
+                && !patterns.is_match(p, s)
+            {
                 return Err(detail(
                     f,
-                    DetailCode::TooLong,
-                    format!("must be at most {max} characters, found {len}"),
-                ));
-            }
-            if len < min as usize {
-                return Err(detail(
-                    f,
-                    DetailCode::TooShort,
-                    format!("must be at least {min} characters, found {len}"),
+                    DetailCode::InvalidFormat,
+                    format!("must match `{p}`"),
                 ));
             }
             Ok(Value::Text(s.to_string()))
         }
-        FieldKind::Integer { min, max } => {
+        FieldKind::Text { max } => {
+            let s = j.as_str().ok_or_else(wrong)?;
+            length(s, 0, max)?;
+            Ok(Value::Text(s.to_string()))
+        }
+        FieldKind::Integer { min, max } | FieldKind::BigInt { min, max } => {
             let i = j.as_i64().ok_or_else(wrong)?;
-            if let Some(min) = min.filter(|m| i < *m) {
+            if i < min {
                 return Err(detail(
                     f,
                     DetailCode::BelowMin,
                     format!("must be at least {min}"),
                 ));
             }
-            if let Some(max) = max.filter(|m| i > *m) {
+            if i > max {
                 return Err(detail(
                     f,
                     DetailCode::AboveMax,
@@ -185,6 +251,24 @@ fn field_value(f: &FieldMeta, j: &Json) -> Result<Value, ErrorDetail> {
                 ));
             }
             Ok(Value::Int(i))
+        }
+        FieldKind::Float { min, max } => {
+            let x = j.as_f64().ok_or_else(wrong)?;
+            if let Some(min) = min.filter(|m| x < *m) {
+                return Err(detail(
+                    f,
+                    DetailCode::BelowMin,
+                    format!("must be at least {min}"),
+                ));
+            }
+            if let Some(max) = max.filter(|m| x > *m) {
+                return Err(detail(
+                    f,
+                    DetailCode::AboveMax,
+                    format!("must be at most {max}"),
+                ));
+            }
+            Ok(Value::Float(x))
         }
         FieldKind::Bool => j.as_bool().map(Value::Bool).ok_or_else(wrong),
         FieldKind::Timestamp => {
@@ -199,6 +283,34 @@ fn field_value(f: &FieldMeta, j: &Json) -> Result<Value, ErrorDetail> {
                     )
                 })
         }
+        FieldKind::Date => {
+            let s = j.as_str().ok_or_else(wrong)?;
+            Date::parse_from_str(s, "%Y-%m-%d")
+                .map(Value::Date)
+                .map_err(|e| {
+                    detail(
+                        f,
+                        DetailCode::InvalidFormat,
+                        format!("is not a YYYY-MM-DD date: {e}"),
+                    )
+                })
+        }
+        FieldKind::Enum { values } => {
+            let s = j.as_str().ok_or_else(wrong)?;
+            if values.contains(&s) {
+                Ok(Value::Text(s.to_string()))
+            } else {
+                Err(detail(
+                    f,
+                    DetailCode::InvalidFormat,
+                    format!("must be one of {}, found `{s}`", values.join(", ")),
+                ))
+            }
+        }
+        FieldKind::Json => match j {
+            Json::Null => Err(wrong()),
+            j => Ok(Value::Json(j.clone())),
+        },
         FieldKind::Uuid | FieldKind::Ref { .. } => {
             let s = j.as_str().ok_or_else(wrong)?;
             parse_uuid(s).map(Value::Uuid).ok_or_else(|| {

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod errors;
+mod field_kinds;
 mod round_trip;
 mod spawn;
 mod support;
