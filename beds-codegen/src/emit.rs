@@ -7,7 +7,7 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::model::{
-    Domain, Field, FieldType, Literal, OnDelete, SetOn, Template, camel, enum_type,
+    Domain, Field, FieldType, Literal, OnDelete, Query, SetOn, Template, camel, enum_type,
 };
 
 /// The whole generated file for a set of domains.
@@ -64,6 +64,22 @@ fn domain_module(d: &Domain) -> TokenStream {
         let ty = type_ident(&t.name);
         quote!(<#ty as rt::Record>::META)
     });
+    let queries = d.queries.iter().map(|q| query(d, q));
+    let query_metas = d.queries.iter().map(|q| {
+        let ty = Ident::new(&camel(&q.name), Span::call_site());
+        quote!(<#ty as rt::Query>::META)
+    });
+    let query_accessors = d.queries.iter().map(|q| {
+        let ty = Ident::new(&camel(&q.name), Span::call_site());
+        let f = ident(&q.name);
+        let doc = format!("Named query `{}` over `{}`.", q.name, q.from);
+        quote! {
+            #[doc = #doc]
+            pub fn #f(&self) -> rt::QueryClient<'a, #ty> {
+                self.0.query::<#ty>()
+            }
+        }
+    });
     let accessors = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
         let f = ident(&t.name);
@@ -85,6 +101,7 @@ fn domain_module(d: &Domain) -> TokenStream {
                 name: #name,
                 version: #version,
                 templates: &[#(#metas),*],
+                queries: &[#(#query_metas),*],
             };
 
             /// This domain's templates, reached from a [`rt::Client`].
@@ -93,6 +110,7 @@ fn domain_module(d: &Domain) -> TokenStream {
 
             impl<'a> Templates<'a> {
                 #(#accessors)*
+                #(#query_accessors)*
             }
 
             /// This domain's typed requests over `client`.
@@ -101,6 +119,124 @@ fn domain_module(d: &Domain) -> TokenStream {
             }
 
             #(#templates)*
+            #(#queries)*
+        }
+    }
+}
+
+/// A named query: a unit type implementing `Query`, its typed parameters and metadata.
+fn query(d: &Domain, q: &Query) -> TokenStream {
+    let ty = Ident::new(&camel(&q.name), Span::call_site());
+    let params_ty = format_ident!("{}Params", ty);
+    let item = type_ident(&q.from);
+    let (domain, name) = (&d.name, &q.name);
+    let template = |name: &str| {
+        d.templates
+            .iter()
+            .find(|t| t.name == name)
+            .expect("validated")
+    };
+    let mut param_fields = Vec::new();
+    let mut param_metas = Vec::new();
+    for p in &q.params {
+        let n = ident(&p.name);
+        let pname = &p.name;
+        // Where the parameter is compared decides its type.
+        let cond = q
+            .filter
+            .iter()
+            .find(|c| c.param == p.name)
+            .expect("params are used");
+        let mut t = template(&q.from);
+        for seg in &cond.path[..cond.path.len() - 1] {
+            let Some(FieldType::Ref { template: next, .. }) = t.field(seg).map(|f| &f.ty) else {
+                unreachable!("validated paths follow references");
+            };
+            t = template(next);
+        }
+        let last = cond.path.last().expect("non-empty path");
+        let t_ty = type_ident(&t.name);
+        let (base, kind) = match t.fields.iter().position(|f| &f.name == last) {
+            Some(i) => {
+                let f = &t.fields[i];
+                let base = rust_type(
+                    &t.name,
+                    &Field {
+                        optional: false,
+                        ..f.clone()
+                    },
+                );
+                (
+                    base,
+                    quote!(rt::ParamKind::Field(&<#t_ty as rt::Record>::META.fields[#i])),
+                )
+            }
+            None => {
+                let id = format_ident!("{}Id", t_ty);
+                (
+                    quote!(#id),
+                    quote!(rt::ParamKind::Id(<#t_ty as rt::Record>::META)),
+                )
+            }
+        };
+        let shaped = if p.list {
+            quote!(::std::vec::Vec<#base>)
+        } else {
+            base
+        };
+        let (optional, list) = (p.optional, p.list);
+        if optional {
+            param_fields.push(quote! {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub #n: ::core::option::Option<#shaped>,
+            });
+        } else {
+            param_fields.push(quote!(pub #n: #shaped,));
+        }
+        param_metas.push(quote! {
+            rt::ParamMeta { name: #pname, kind: #kind, optional: #optional, list: #list }
+        });
+    }
+    let conditions = q.filter.iter().map(|c| {
+        let path = &c.path;
+        let op = Ident::new(&camel(c.op.name()), Span::call_site());
+        let param = &c.param;
+        quote!(rt::ConditionMeta { path: &[#(#path),*], op: rt::CondOp::#op, param: #param })
+    });
+    let order = q.order.iter().map(|(f, desc)| quote!((#f, #desc)));
+    let (page_default, page_max, count) = (q.page.default, q.page.max, q.count);
+    let doc = format!(
+        "Named query `{}`: {} `{}` records.",
+        q.name,
+        if q.count { "counts" } else { "pages through" },
+        q.from
+    );
+    let params_doc = format!("Parameters of `{}`.", q.name);
+    quote! {
+        #[doc = #doc]
+        #[derive(Debug, Clone, Copy)]
+        pub struct #ty;
+
+        #[doc = #params_doc]
+        #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
+        #[serde(crate = "::beds_runtime::support::serde")]
+        pub struct #params_ty {
+            #(#param_fields)*
+        }
+
+        impl rt::Query for #ty {
+            type Params = #params_ty;
+            type Item = #item;
+            const META: &'static rt::QueryMeta = &rt::QueryMeta {
+                domain: #domain,
+                name: #name,
+                from: <#item as rt::Record>::META,
+                params: &[#(#param_metas),*],
+                filter: &[#(#conditions),*],
+                order: &[#(#order),*],
+                page: rt::PageMeta { default: #page_default, max: #page_max },
+                count: #count,
+            };
         }
     }
 }

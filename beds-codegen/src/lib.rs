@@ -16,6 +16,7 @@ mod diag;
 mod emit;
 mod fields;
 pub mod model;
+mod queries;
 mod validate;
 mod yaml;
 

@@ -8,6 +8,7 @@ pub struct Domain {
     /// The file it came from, as given to the compiler.
     pub file: String,
     pub templates: Vec<Template>,
+    pub queries: Vec<Query>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,3 +254,71 @@ pub fn enum_type(template: &str, field: &str) -> String {
 
 /// Suffixes of the types generated beside each template's record type.
 pub const TYPE_SUFFIXES: &[&str] = &["", "Id", "Create", "Patch"];
+
+/// A named query: the DBA-owned read surface. Clients send only its name and parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub name: String,
+    /// Where the query is declared, for diagnostics that span the domain.
+    pub pos: crate::yaml::Pos,
+    /// The template whose records it returns (or counts).
+    pub from: String,
+    pub params: Vec<Param>,
+    /// Conjunction of conditions.
+    pub filter: Vec<Condition>,
+    /// Sort keys on fields of `from`; `id` is appended as the final tie-breaker.
+    pub order: Vec<(String, bool)>,
+    pub page: Page,
+    /// Returns `{count}` instead of a page of records.
+    pub count: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    /// The type the parameter is compared against (taken from the declaration).
+    pub ty: FieldType,
+    pub optional: bool,
+    /// A list of values, for `in`.
+    pub list: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// Field path from `from`, following references: `["author", "handle"]`.
+    pub path: Vec<String>,
+    pub op: CondOp,
+    pub param: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CondOp {
+    Eq,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Prefix,
+}
+
+impl CondOp {
+    pub const NAMES: &'static [&'static str] = &["eq", "lt", "le", "gt", "ge", "in", "prefix"];
+
+    pub fn parse(s: &str) -> Option<CondOp> {
+        Some(match s {
+            "eq" => CondOp::Eq,
+            "lt" => CondOp::Lt,
+            "le" => CondOp::Le,
+            "gt" => CondOp::Gt,
+            "ge" => CondOp::Ge,
+            "in" => CondOp::In,
+            "prefix" => CondOp::Prefix,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        CondOp::NAMES[self as usize]
+    }
+}

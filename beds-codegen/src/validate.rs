@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::yaml::{Node, Pos};
 
-const DOMAIN_KEYS: &[&str] = &["domain", "version", "templates"];
+const DOMAIN_KEYS: &[&str] = &["domain", "version", "templates", "queries"];
 const TEMPLATE_KEYS: &[&str] = &[
     "version",
     "table",
@@ -48,6 +48,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         version: 1,
         file: file.to_string(),
         templates: Vec::new(),
+        queries: Vec::new(),
     };
     let Some(entries) = expect_map(cx, root, "") else {
         return out;
@@ -113,6 +114,9 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         out.templates.push(template(cx, &path, name, body, &names));
     }
     check_tables(cx, &out, tmap);
+    if let Some(q) = get(entries, "queries") {
+        out.queries = crate::queries::queries(cx, q, &out);
+    }
     check_type_names(cx, &out, tmap);
     out
 }
@@ -144,6 +148,33 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
                         t.name
                     ),
                     "rename the template; its table name can stay the same via `table`",
+                );
+                break;
+            }
+        }
+    }
+    let accessors: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
+    for q in &domain.queries {
+        let pos = q.pos;
+        if accessors.contains(&q.name.as_str()) {
+            cx.error_hint(
+                pos,
+                &format!("queries.{}", q.name),
+                format!("query `{}` has the name of a template", q.name),
+                "rename the query, e.g. `<template>_by_<field>`",
+            );
+            continue;
+        }
+        for ty in [camel(&q.name), format!("{}Params", camel(&q.name))] {
+            if let Some(other) = owners.insert(ty.clone(), &q.name) {
+                cx.error_hint(
+                    pos,
+                    &format!("queries.{}", q.name),
+                    format!(
+                        "query `{}` would generate type `{ty}`, already defined by {other}",
+                        q.name
+                    ),
+                    "rename the query",
                 );
                 break;
             }
@@ -562,7 +593,7 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
     out
 }
 
-fn page(cx: &mut Ctx, path: &str, node: &Node) -> Page {
+pub(crate) fn page(cx: &mut Ctx, path: &str, node: &Node) -> Page {
     let mut page = Page::default();
     let Some(entries) = expect_map(cx, node, path) else {
         return page;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::config::PoolConfig;
 use crate::dispatch::Ctx;
 use crate::envelope::{Op, Reply, Request};
-use crate::error::{BedsError, ErrorCode};
+use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{Catalog, RouteError};
 use crate::topology::{READ_KEY, WRITE_KEY};
 
@@ -205,48 +205,78 @@ async fn dispatch(
     lane: Lane,
     req: &Request,
 ) -> Result<serde_json::Value, BedsError> {
-    let routes = shared
-        .catalog
-        .route(&req.domain, &req.template)
-        .map_err(|e| match e {
-            RouteError::UnknownDomain => BedsError::new(
-                ErrorCode::UnknownDomain,
-                format!(
-                    "unknown domain `{}`; this node serves: {}",
-                    req.domain,
-                    shared
-                        .catalog
-                        .domains
-                        .iter()
-                        .map(|d| d.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            RouteError::UnknownTemplate => {
-                let known = shared
-                    .catalog
+    let catalog = shared.catalog;
+    let op = Op::parse(&req.op);
+    let unknown = |e: RouteError| match e {
+        RouteError::UnknownDomain => BedsError::new(
+            ErrorCode::UnknownDomain,
+            format!(
+                "unknown domain `{}`; this node serves: {}",
+                req.domain,
+                catalog
                     .domains
                     .iter()
-                    .find(|d| d.name == req.domain)
-                    .map(|d| {
-                        d.templates
-                            .iter()
-                            .map(|t| t.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                BedsError::new(
-                    ErrorCode::UnknownTemplate,
-                    format!(
-                        "domain `{}` has no template `{}`; templates: {known}",
-                        req.domain, req.template
-                    ),
-                )
-            }
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        RouteError::UnknownTemplate => BedsError::new(
+            ErrorCode::UnknownTemplate,
+            format!(
+                "domain `{}` has no template `{}`; templates: {}",
+                req.domain,
+                req.template,
+                known(catalog, &req.domain, |d| d
+                    .templates
+                    .iter()
+                    .filter(|t| !t.internal)
+                    .map(|t| t.name)
+                    .collect())
+            ),
+        ),
+        RouteError::UnknownQuery => BedsError::new(
+            ErrorCode::UnknownQuery,
+            format!(
+                "domain `{}` has no query `{}`; queries: {}",
+                req.domain,
+                req.query.as_deref().unwrap_or(""),
+                known(catalog, &req.domain, |d| d
+                    .queries
+                    .iter()
+                    .map(|q| q.name)
+                    .collect())
+            ),
+        ),
+    };
+    let check_lane = |op: Op| {
+        if Lane::of(op) == lane {
+            return Ok(());
+        }
+        Err(BedsError::new(
+            ErrorCode::WrongQueue,
+            format!(
+                "`{}` is a {} operation; publish it with routing key {}",
+                op.as_str(),
+                if op.is_write() { "write" } else { "read" },
+                Lane::of(op).key()
+            ),
+        ))
+    };
+    if op == Some(Op::Query) {
+        let name = req.query.as_deref().ok_or_else(|| {
+            BedsError::detail(
+                "query",
+                DetailCode::Missing,
+                "`query` needs the query's name in `query`",
+            )
         })?;
-    let op = Op::parse(&req.op).ok_or_else(|| {
+        let meta = catalog.query(&req.domain, name).map_err(unknown)?;
+        check_lane(Op::Query)?;
+        return crate::dispatch::query(&shared.ctx, meta, req).await;
+    }
+    let routes = catalog.route(&req.domain, &req.template).map_err(unknown)?;
+    let op = op.ok_or_else(|| {
         BedsError::new(
             ErrorCode::UnknownOperation,
             format!(
@@ -256,18 +286,21 @@ async fn dispatch(
             ),
         )
     })?;
-    if Lane::of(op) != lane {
-        return Err(BedsError::new(
-            ErrorCode::WrongQueue,
-            format!(
-                "`{}` is a {} operation; publish it with routing key {}",
-                op.as_str(),
-                if op.is_write() { "write" } else { "read" },
-                Lane::of(op).key()
-            ),
-        ));
-    }
+    check_lane(op)?;
     (routes.handler(op))(&shared.ctx, req).await
+}
+
+fn known(
+    catalog: &Catalog,
+    domain: &str,
+    names: impl Fn(&crate::meta::DomainMeta) -> Vec<&'static str>,
+) -> String {
+    catalog
+        .domains
+        .iter()
+        .find(|d| d.name == domain)
+        .map(|d| names(d).join(", "))
+        .unwrap_or_default()
 }
 
 /// Rejects without requeue: the queue dead-letters it to `{queue}.dlq`.

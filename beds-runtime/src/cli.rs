@@ -164,7 +164,7 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
     for d in catalog.domains {
         let _ = writeln!(out, "domain {} v{}", d.name, d.version);
         for t in d.templates {
-            let ops: Vec<&str> = Op::ALL
+            let ops: Vec<&str> = Op::TEMPLATE
                 .iter()
                 .filter(|op| !(t.append_only && matches!(op, Op::Update | Op::Delete)))
                 .map(|o| o.as_str())
@@ -206,6 +206,42 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                 } else {
                     format!("  [{}]", flags.join(", "))
                 }
+            );
+        }
+        for q in d.queries {
+            let params: Vec<String> = q
+                .params
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}{}{}",
+                        p.name,
+                        if p.list { "[]" } else { "" },
+                        if p.optional { "?" } else { "" }
+                    )
+                })
+                .collect();
+            let shape = if q.count {
+                "count".to_string()
+            } else {
+                let keys: Vec<String> = q
+                    .keys()
+                    .iter()
+                    .map(|(k, desc)| format!("{k}{}", if *desc { " desc" } else { "" }))
+                    .collect();
+                format!(
+                    "order {}, page {}..{}",
+                    keys.join(", "),
+                    q.page.default,
+                    q.page.max
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  query {:<22} from {:<10} params ({})  {shape}",
+                q.name,
+                q.from.name,
+                params.join(", ")
             );
         }
     }

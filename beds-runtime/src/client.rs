@@ -18,7 +18,7 @@ use crate::broker::Lane;
 use crate::config::{Config, EXCHANGE};
 use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
-use crate::record::{Key, Record};
+use crate::record::{Key, Query, Record};
 use crate::server::{ServerError, connect};
 use crate::topology;
 
@@ -130,6 +130,14 @@ impl Client {
         TemplateClient {
             client: self,
             _t: PhantomData,
+        }
+    }
+
+    /// Typed calls of the named query `Q`.
+    pub fn query<Q: Query>(&self) -> QueryClient<'_, Q> {
+        QueryClient {
+            client: self,
+            _q: PhantomData,
         }
     }
 
@@ -263,6 +271,67 @@ impl<T: Record> TemplateClient<'_, T> {
         req.limit = limit;
         req.after = after.map(|a| a.uuid());
         self.send(req).await
+    }
+}
+
+/// Where the next page of a query starts: the previous page's `next`, passed back unchanged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub Vec<Json>);
+
+/// One page of a named query.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: Record")]
+pub struct QueryPage<T: Record> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// Typed calls of one named query.
+#[derive(Debug)]
+pub struct QueryClient<'a, Q> {
+    client: &'a Client,
+    _q: PhantomData<fn() -> Q>,
+}
+
+impl<Q> Clone for QueryClient<'_, Q> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Q> Copy for QueryClient<'_, Q> {}
+
+impl<Q: Query> QueryClient<'_, Q> {
+    fn request(&self, params: &Q::Params) -> Result<Request, ClientError> {
+        let mut req = Request::new(Q::META.domain, "", Op::Query);
+        req.query = Some(Q::META.name.to_string());
+        req.params = Some(object(params)?);
+        Ok(req)
+    }
+
+    /// A page of results; `limit` defaults to the query's page size.
+    pub async fn page(
+        &self,
+        params: &Q::Params,
+        limit: Option<u32>,
+        cursor: Option<Cursor>,
+    ) -> Result<QueryPage<Q::Item>, ClientError> {
+        let mut req = self.request(params)?;
+        req.limit = limit;
+        req.cursor = cursor.map(|c| c.0);
+        Ok(serde_json::from_value(self.client.request(req).await?)?)
+    }
+
+    /// The number of matches, for a query declared with `count: true`.
+    pub async fn count(&self, params: &Q::Params) -> Result<u64, ClientError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let req = self.request(params)?;
+        let c: Count = serde_json::from_value(self.client.request(req).await?)?;
+        Ok(c.count)
     }
 }
 

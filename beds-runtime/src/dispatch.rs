@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::envelope::Request;
 use crate::error::{BedsError, DetailCode, ErrorCode};
-use crate::meta::TemplateMeta;
+use crate::meta::{PageMeta, QueryMeta, TemplateMeta};
 use crate::record::Record;
 use crate::store::Store;
 use crate::value;
@@ -105,31 +105,74 @@ async fn delete(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Js
     }
 }
 
+/// The page size a request asks for, within the declared cap.
+fn page_limit(req: &Request, page: PageMeta, what: &str) -> Result<u32, BedsError> {
+    match req.limit {
+        None => Ok(page.default),
+        Some(0) => Err(BedsError::detail(
+            "limit",
+            DetailCode::BelowMin,
+            "limit must be at least 1",
+        )),
+        Some(n) if n > page.max => Err(BedsError::detail(
+            "limit",
+            DetailCode::AboveMax,
+            format!("limit must be at most {} for `{what}`", page.max),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 async fn list(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
-    let limit = match req.limit {
-        None => t.page.default,
-        Some(0) => {
-            return Err(BedsError::detail(
-                "limit",
-                DetailCode::BelowMin,
-                "limit must be at least 1",
-            ));
-        }
-        Some(n) if n > t.page.max => {
-            return Err(BedsError::detail(
-                "limit",
-                DetailCode::AboveMax,
-                format!("limit must be at most {} for `{}`", t.page.max, t.name),
-            ));
-        }
-        Some(n) => n,
-    };
+    let limit = page_limit(req, t.page, t.name)?;
     let items = ctx.store.list(t, limit, req.after).await?;
     // A full page may have more after it; its last id is the cursor.
     let next = match items.last() {
         Some(last) if items.len() == limit as usize => {
             last.get("id").cloned().unwrap_or(Json::Null)
         }
+        _ => Json::Null,
+    };
+    Ok(serde_json::json!({ "items": items, "next": next }))
+}
+
+/// Runs a named query: a page of records with a keyset cursor, or a count.
+pub(crate) async fn query(
+    ctx: &Ctx,
+    q: &'static QueryMeta,
+    req: &Request,
+) -> Result<Json, BedsError> {
+    let params = value::query_params(q, req.params.as_ref(), &ctx.patterns)?;
+    if q.count {
+        let n = ctx.store.count(q, params).await?;
+        return Ok(serde_json::json!({ "count": n }));
+    }
+    let limit = page_limit(req, q.page, q.name)?;
+    let keys = q.keys();
+    let cursor = match &req.cursor {
+        None => None,
+        Some(c)
+            if c.len() == keys.len()
+                && c.iter()
+                    .all(|v| !v.is_array() && !v.is_object() && !v.is_null()) =>
+        {
+            Some(c.as_slice())
+        }
+        Some(_) => {
+            return Err(BedsError::detail(
+                "cursor",
+                DetailCode::InvalidFormat,
+                "cursor must be the `next` value of a previous page of this query, unchanged",
+            ));
+        }
+    };
+    let items = ctx.store.query(q, params, cursor, limit).await?;
+    let next = match items.last() {
+        Some(last) if items.len() == limit as usize => Json::Array(
+            keys.iter()
+                .map(|(k, _)| last.get(*k).cloned().unwrap_or(Json::Null))
+                .collect(),
+        ),
         _ => Json::Null,
     };
     Ok(serde_json::json!({ "items": items, "next": next }))

@@ -29,10 +29,21 @@ pub enum Op {
     Update,
     Delete,
     List,
+    /// Runs the named query `query` of the domain.
+    Query,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Create, Op::Fetch, Op::Update, Op::Delete, Op::List];
+    pub const ALL: [Op; 6] = [
+        Op::Create,
+        Op::Fetch,
+        Op::Update,
+        Op::Delete,
+        Op::List,
+        Op::Query,
+    ];
+    /// The operations of a template (`query` belongs to the domain).
+    pub const TEMPLATE: [Op; 5] = [Op::Create, Op::Fetch, Op::Update, Op::Delete, Op::List];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +52,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::List => "list",
+            Op::Query => "query",
         }
     }
 
@@ -73,6 +85,8 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
     pub domain: String,
+    /// The template, for every operation but `query`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub template: String,
     /// Kept as text so an unknown operation gets its own error code.
     pub op: String,
@@ -88,6 +102,15 @@ pub struct Request {
     /// Keyset cursor for list: the `next` value of the previous page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
+    /// The named query, for `query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The query's parameters by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Json>>,
+    /// Keyset cursor for query: the `next` value of the previous page, passed back as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Vec<Json>>,
 }
 
 impl Request {
@@ -107,6 +130,9 @@ impl Request {
             data: None,
             limit: None,
             after: None,
+            query: None,
+            params: None,
+            cursor: None,
         }
     }
 

@@ -29,6 +29,7 @@ pub enum ErrorCode {
     UnknownDomain,
     UnknownTemplate,
     UnknownOperation,
+    UnknownQuery,
     OperationNotAllowed,
     WrongQueue,
     InvalidInput,
@@ -48,9 +49,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             UnsupportedVersion | MalformedJson | InvalidEnvelope | UnknownDomain
-            | UnknownTemplate | UnknownOperation | OperationNotAllowed | WrongQueue => {
-                ErrorClass::Contract
-            }
+            | UnknownTemplate | UnknownOperation | UnknownQuery | OperationNotAllowed
+            | WrongQueue => ErrorClass::Contract,
             InvalidInput => ErrorClass::Validation,
             NotFound => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced => ErrorClass::Conflict,

@@ -21,11 +21,13 @@ pub mod topology;
 pub mod value;
 
 pub use broker::Lane;
-pub use client::{Client, ClientError, ClientOptions, Page, TemplateClient};
+pub use client::{
+    Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
+};
 pub use config::{Config, Role};
 pub use envelope::{Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use meta::Catalog;
-pub use record::{Key, Record};
+pub use record::{Key, Query, Record};
 pub use server::{Server, ServerError};
 pub use value::Timestamp;

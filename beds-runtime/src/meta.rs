@@ -15,6 +15,22 @@ pub struct Catalog {
     pub route: fn(&str, &str) -> Result<&'static Routes, RouteError>,
 }
 
+impl Catalog {
+    /// The named query `name` of `domain`.
+    pub fn query(&self, domain: &str, name: &str) -> Result<&'static QueryMeta, RouteError> {
+        let d = self
+            .domains
+            .iter()
+            .find(|d| d.name == domain)
+            .ok_or(RouteError::UnknownDomain)?;
+        d.queries
+            .iter()
+            .copied()
+            .find(|q| q.name == name)
+            .ok_or(RouteError::UnknownQuery)
+    }
+}
+
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Catalog")
@@ -64,6 +80,7 @@ impl Catalog {
 pub enum RouteError {
     UnknownDomain,
     UnknownTemplate,
+    UnknownQuery,
 }
 
 #[derive(Debug)]
@@ -71,6 +88,7 @@ pub struct DomainMeta {
     pub name: &'static str,
     pub version: u32,
     pub templates: &'static [&'static TemplateMeta],
+    pub queries: &'static [&'static QueryMeta],
 }
 
 impl DomainMeta {
@@ -135,7 +153,7 @@ pub enum IdKind {
     Uuid7,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FieldMeta {
     pub name: &'static str,
     pub column: &'static str,
@@ -283,6 +301,73 @@ impl Routes {
             Op::Update => self.update,
             Op::Delete => self.delete,
             Op::List => self.list,
+            Op::Query => unreachable!("queries are routed by name, not by template"),
         }
     }
+}
+
+/// A compiled named query.
+#[derive(Debug)]
+pub struct QueryMeta {
+    pub domain: &'static str,
+    pub name: &'static str,
+    /// The template whose records it returns.
+    pub from: &'static TemplateMeta,
+    pub params: &'static [ParamMeta],
+    /// All must hold.
+    pub filter: &'static [ConditionMeta],
+    /// Sort keys on fields of `from` (`id` allowed), `true` for descending; the runtime
+    /// appends `id` as the final tie-breaker.
+    pub order: &'static [(&'static str, bool)],
+    pub page: PageMeta,
+    pub count: bool,
+}
+
+impl QueryMeta {
+    /// The sort keys as executed: the declared ones, then `id` as tie-breaker (in the
+    /// direction of the last key) unless already last.
+    pub fn keys(&self) -> Vec<(&'static str, bool)> {
+        let mut keys = self.order.to_vec();
+        if keys.last().map(|k| k.0) != Some("id") {
+            keys.push(("id", keys.last().is_some_and(|k| k.1)));
+        }
+        keys
+    }
+}
+
+/// A query parameter: typed like what it is compared with.
+#[derive(Debug)]
+pub struct ParamMeta {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    pub optional: bool,
+    /// A list of values (for `in`).
+    pub list: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ParamKind {
+    /// Compared with this field.
+    Field(&'static FieldMeta),
+    /// Compared with the key of this template.
+    Id(&'static TemplateMeta),
+}
+
+#[derive(Debug)]
+pub struct ConditionMeta {
+    /// Field path from `from`, through references (`["author", "handle"]`).
+    pub path: &'static [&'static str],
+    pub op: CondOp,
+    pub param: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CondOp {
+    Eq,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Prefix,
 }

@@ -18,6 +18,15 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     const META: &'static TemplateMeta;
 }
 
+/// A named query compiled from a declaration.
+pub trait Query: 'static {
+    /// The typed parameters a caller sends.
+    type Params: Serialize + Send + Sync;
+    /// The records it returns.
+    type Item: Record;
+    const META: &'static crate::meta::QueryMeta;
+}
+
 /// A record key: a UUID with its template in the type.
 pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
     fn uuid(&self) -> Uuid;

@@ -13,7 +13,9 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr, SqlitePool};
 use uuid::Uuid;
 
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
-use crate::meta::{Catalog, FieldKind, FieldMeta, OnDelete, TemplateMeta};
+use crate::meta::{
+    Catalog, CondOp, DomainMeta, FieldKind, FieldMeta, OnDelete, QueryMeta, TemplateMeta,
+};
 use crate::value::{Value, format_timestamp};
 
 /// Where and how to open the database.
@@ -55,11 +57,20 @@ struct Statements {
     update_tail: String,
 }
 
+/// A named query's statement and how to bind it.
+#[derive(Debug)]
+struct QuerySql {
+    sql: SqlStr,
+    /// Number of sort keys (cursor values bound after the parameters).
+    keys: usize,
+}
+
 /// The database behind the brokers.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
     statements: std::sync::Arc<HashMap<(&'static str, &'static str), Statements>>,
+    queries: std::sync::Arc<HashMap<(&'static str, &'static str), QuerySql>>,
 }
 
 impl Store {
@@ -91,9 +102,19 @@ impl Store {
             .templates()
             .map(|(d, t)| ((d.name, t.name), statements(t)))
             .collect();
+        let queries = catalog
+            .domains
+            .iter()
+            .flat_map(|d| {
+                d.queries
+                    .iter()
+                    .map(move |q| ((d.name, q.name), query_sql(d, q)))
+            })
+            .collect();
         Ok(Store {
             pool,
             statements: std::sync::Arc::new(statements),
+            queries: std::sync::Arc::new(queries),
         })
     }
 
@@ -202,6 +223,59 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A page of a named query's records; `cursor` holds the previous page's last sort keys.
+    pub async fn query(
+        &self,
+        q: &QueryMeta,
+        params: Vec<Value>,
+        cursor: Option<&[Json]>,
+        limit: u32,
+    ) -> Result<Vec<Json>, BedsError> {
+        let s = &self.queries[&(q.domain, q.name)];
+        let mut query = sqlx::query(s.sql.clone());
+        for v in params {
+            query = bind(query, v);
+        }
+        for i in 0..s.keys {
+            query = bind_json(query, cursor.map(|c| &c[i]));
+        }
+        let rows = query
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(q.from, e, Write::None))?;
+        rows.iter().map(|r| record(q.from, r)).collect()
+    }
+
+    /// The number of records a count query matches.
+    pub async fn count(&self, q: &QueryMeta, params: Vec<Value>) -> Result<i64, BedsError> {
+        let s = &self.queries[&(q.domain, q.name)];
+        let mut query = sqlx::query(s.sql.clone());
+        for v in params {
+            query = bind(query, v);
+        }
+        let row = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(q.from, e, Write::None))?;
+        row.try_get::<i64, _>(0).map_err(|e| internal(q.from, &e))
+    }
+}
+
+/// Binds a cursor value as it appeared in the reply (the storage form in SQLite).
+fn bind_json<'q>(q: Query<'q>, v: Option<&Json>) -> Query<'q> {
+    match v {
+        Some(Json::String(s)) => q.bind(s.clone()),
+        Some(Json::Bool(b)) => q.bind(*b),
+        Some(Json::Number(n)) => match n.as_i64() {
+            Some(i) => q.bind(i),
+            None => q.bind(n.as_f64()),
+        },
+        _ => q.bind(None::<String>),
+    }
+}
+
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 fn bind(q: Query<'_>, v: Value) -> Query<'_> {
@@ -212,6 +286,10 @@ fn bind(q: Query<'_>, v: Value) -> Query<'_> {
         Value::Float(x) => q.bind(x),
         Value::Date(d) => q.bind(d.format("%Y-%m-%d").to_string()),
         Value::Json(j) => q.bind(j.to_string()),
+        // Lists bind as one JSON array, read back by `json_each` in the statement.
+        Value::List(items) => {
+            q.bind(Json::Array(items.into_iter().map(storage_json).collect()).to_string())
+        }
         Value::Text(s) => q.bind(s),
         Value::Uuid(u) => q.bind(u.to_string()),
         Value::Timestamp(t) => q.bind(format_timestamp(&t)),
@@ -364,6 +442,165 @@ fn trusted(sql: String) -> SqlStr {
     AssertSqlSafe(std::sync::Arc::<str>::from(sql)).into_sql_str()
 }
 
+/// A value as SQLite stores it, in JSON form (for list parameters).
+fn storage_json(v: Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(b),
+        Value::Int(i) => Json::from(i),
+        Value::Float(x) => Json::from(x),
+        Value::Text(s) => Json::String(s),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        Value::Timestamp(t) => Json::String(format_timestamp(&t)),
+        Value::Date(d) => Json::String(d.format("%Y-%m-%d").to_string()),
+        Value::Json(j) => Json::String(j.to_string()),
+        Value::List(items) => Json::Array(items.into_iter().map(storage_json).collect()),
+    }
+}
+
+/// The one statement of a named query. Parameters bind first as `?1..?n` (an absent
+/// optional one disables its condition), then the cursor's sort keys (all NULL on the
+/// first page), then the limit.
+fn query_sql(d: &DomainMeta, q: &QueryMeta) -> QuerySql {
+    let template = |name: &str| {
+        *d.templates
+            .iter()
+            .find(|t| t.name == name)
+            .expect("checked at build time")
+    };
+    // Joins: one alias per distinct reference path, t0 being `from`.
+    let mut joins: Vec<(Vec<&str>, String)> = Vec::new();
+    let mut from_sql = format!("{} t0", quote(q.from.table));
+    let mut column = |path: &[&'static str]| -> String {
+        let mut t = q.from;
+        let mut alias = "t0".to_string();
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                break;
+            }
+            let f = t.field(seg).expect("checked at build time");
+            let FieldKind::Ref { template: next, .. } = f.kind else {
+                unreachable!("paths follow references")
+            };
+            let target = template(next);
+            let prefix = path[..=i].to_vec();
+            let next_alias = match joins.iter().find(|(p, _)| *p == prefix) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let a = format!("t{}", joins.len() + 1);
+                    from_sql.push_str(&format!(
+                        " {}JOIN {} {a} ON {a}.{} = {alias}.{}",
+                        if f.optional { "LEFT " } else { "" },
+                        quote(target.table),
+                        quote(target.id_column),
+                        quote(f.column)
+                    ));
+                    joins.push((prefix, a.clone()));
+                    a
+                }
+            };
+            alias = next_alias;
+            t = target;
+        }
+        let last = path[path.len() - 1];
+        let col = if last == "id" {
+            t.id_column
+        } else {
+            t.field(last).expect("checked").column
+        };
+        format!("{alias}.{}", quote(col))
+    };
+    let slot = |name: &str| {
+        1 + q
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .expect("declared")
+    };
+    let mut conditions = Vec::new();
+    for c in q.filter {
+        let col = column(c.path);
+        let i = slot(c.param);
+        let cond = match c.op {
+            CondOp::Eq => format!("{col} = ?{i}"),
+            CondOp::Lt => format!("{col} < ?{i}"),
+            CondOp::Le => format!("{col} <= ?{i}"),
+            CondOp::Gt => format!("{col} > ?{i}"),
+            CondOp::Ge => format!("{col} >= ?{i}"),
+            CondOp::In => format!("{col} IN (SELECT value FROM json_each(?{i}))"),
+            CondOp::Prefix => format!("substr({col}, 1, length(?{i})) = ?{i}"),
+        };
+        let optional = q.params.iter().any(|p| p.name == c.param && p.optional);
+        conditions.push(if optional {
+            format!("(?{i} IS NULL OR {cond})")
+        } else {
+            cond
+        });
+    }
+    let cols: Vec<String> = [q.from.id_column, q.from.version_column]
+        .into_iter()
+        .chain(q.from.fields.iter().map(|f| f.column))
+        .map(|c| format!("t0.{}", quote(c)))
+        .collect();
+    if q.count {
+        let mut sql = format!("SELECT COUNT(*) FROM {from_sql}");
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+        }
+        return QuerySql {
+            sql: trusted(sql),
+            keys: 0,
+        };
+    }
+    let keys = q.keys();
+    let key_cols: Vec<String> = keys
+        .iter()
+        .map(|(k, _)| {
+            let col = if *k == "id" {
+                q.from.id_column
+            } else {
+                q.from.field(k).expect("checked").column
+            };
+            format!("t0.{}", quote(col))
+        })
+        .collect();
+    // Keyset: (k1 > c1) OR (k1 = c1 AND k2 > c2) OR ..., `<` for descending keys.
+    let first = q.params.len() + 1;
+    let mut alternatives = Vec::new();
+    for (i, (_, desc)) in keys.iter().enumerate() {
+        let mut terms: Vec<String> = (0..i)
+            .map(|j| format!("{} = ?{}", key_cols[j], first + j))
+            .collect();
+        terms.push(format!(
+            "{} {} ?{}",
+            key_cols[i],
+            if *desc { "<" } else { ">" },
+            first + i
+        ));
+        alternatives.push(format!("({})", terms.join(" AND ")));
+    }
+    conditions.push(format!(
+        "(?{first} IS NULL OR {})",
+        alternatives.join(" OR ")
+    ));
+    let order: Vec<String> = keys
+        .iter()
+        .zip(&key_cols)
+        .map(|((_, desc), col)| format!("{col} {}", if *desc { "DESC" } else { "ASC" }))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {from_sql} WHERE {} ORDER BY {} LIMIT ?{}",
+        cols.join(", "),
+        conditions.join(" AND "),
+        order.join(", "),
+        first + keys.len()
+    );
+    QuerySql {
+        sql: trusted(sql),
+        keys: keys.len(),
+    }
+}
+
 fn quote(ident: &str) -> String {
     format!("\"{ident}\"")
 }
@@ -420,8 +657,63 @@ pub fn schema(catalog: &Catalog) -> Vec<String> {
             done.push(t.name);
             out.extend(table_ddl(d.templates, t));
         }
+        out.extend(d.queries.iter().filter_map(|q| query_index(q)));
     }
     out
+}
+
+/// An index serving a query: its equality and membership columns on `from`, then its
+/// sort keys; none when a declared index already starts with those columns.
+fn query_index(q: &QueryMeta) -> Option<String> {
+    let t = q.from;
+    let column = |name: &'static str| {
+        if name == "id" {
+            t.id_column
+        } else {
+            t.field(name).map_or(name, |f| f.column)
+        }
+    };
+    let mut cols: Vec<&str> = Vec::new();
+    for c in q
+        .filter
+        .iter()
+        .filter(|c| c.path.len() == 1 && matches!(c.op, CondOp::Eq | CondOp::In))
+    {
+        let col = column(c.path[0]);
+        if !cols.contains(&col) {
+            cols.push(col);
+        }
+    }
+    if !q.count {
+        // The key tie-breaker needs no column: an index entry already leads to its row.
+        for (k, _) in q.order.iter().copied() {
+            let col = column(k);
+            if !cols.contains(&col) {
+                cols.push(col);
+            }
+        }
+    }
+    if cols.is_empty() || cols == [t.id_column] {
+        return None;
+    }
+    let declared = t
+        .indexes
+        .iter()
+        .map(|fields| fields.iter().map(|f| column(f)).collect::<Vec<_>>())
+        .chain(
+            t.unique
+                .iter()
+                .map(|u| u.fields.iter().map(|f| column(f)).collect()),
+        );
+    if declared.into_iter().any(|idx| idx.starts_with(&cols)) {
+        return None;
+    }
+    Some(format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        quote(&format!("{}_q_{}", t.table, q.name)),
+        quote(t.table),
+        cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {

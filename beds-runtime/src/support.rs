@@ -6,12 +6,13 @@ pub use beds_macros::Record;
 pub use serde;
 pub use uuid::Uuid;
 
-pub use crate::client::{Client, TemplateClient};
+pub use crate::client::{Client, QueryClient, TemplateClient};
 pub use crate::envelope::Op;
 pub use crate::meta::{
-    Capabilities, Catalog, DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete,
-    PageMeta, RetentionMeta, RouteError, Routes, SetOn, TemplateMeta, UniqueMeta,
+    Capabilities, Catalog, CondOp, ConditionMeta, DefaultValue, DomainMeta, FieldKind, FieldMeta,
+    IdKind, OnDelete, PageMeta, ParamKind, ParamMeta, QueryMeta, RetentionMeta, RouteError, Routes,
+    SetOn, TemplateMeta, UniqueMeta,
 };
-pub use crate::record::{FieldType, Key, Record, assert_field, kinds};
+pub use crate::record::{FieldType, Key, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Timestamp};
 pub use serde_json::Value as Json;

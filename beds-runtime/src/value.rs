@@ -7,7 +7,9 @@ use uuid::Uuid;
 use crate::error::{BedsError, DetailCode, ErrorDetail};
 use std::collections::HashMap;
 
-use crate::meta::{Catalog, DefaultValue, FieldKind, FieldMeta, SetOn, TemplateMeta};
+use crate::meta::{
+    Catalog, DefaultValue, FieldKind, FieldMeta, ParamKind, QueryMeta, SetOn, TemplateMeta,
+};
 
 /// A timestamp as records carry it: UTC, microsecond precision.
 pub type Timestamp = DateTime<Utc>;
@@ -27,6 +29,8 @@ pub enum Value {
     Timestamp(Timestamp),
     Date(Date),
     Json(Json),
+    /// The values of a list parameter (`in`).
+    List(Vec<Value>),
 }
 
 /// The `pattern`s of every string field, compiled once at start-up.
@@ -88,10 +92,15 @@ pub fn create_values(
             (None, None) if f.default.is_some() => default_value(f.default),
             (None, None | Some(Json::Null)) if f.optional => Value::Null,
             (None, None) => {
-                details.push(detail(f, DetailCode::Missing, "is required".into()));
+                details.push(detail(
+                    "data",
+                    f.name,
+                    DetailCode::Missing,
+                    "is required".into(),
+                ));
                 Value::Null
             }
-            (None, Some(j)) => field_value(f, j, patterns).unwrap_or_else(|d| {
+            (None, Some(j)) => field_value(f, j, patterns, "data", f.name).unwrap_or_else(|d| {
                 details.push(d);
                 Value::Null
             }),
@@ -120,7 +129,7 @@ pub fn patch_values(
             (_, None) => {}
             (Some(_), Some(_)) => details.push(read_only(f)),
             (None, Some(Json::Null)) if f.optional => changes.push((f, Value::Null)),
-            (None, Some(j)) => match field_value(f, j, patterns) {
+            (None, Some(j)) => match field_value(f, j, patterns, "data", f.name) {
                 Ok(v) => changes.push((f, v)),
                 Err(d) => details.push(d),
             },
@@ -153,17 +162,18 @@ fn unknown_fields(meta: &TemplateMeta, data: &Map<String, Json>) -> Vec<ErrorDet
 
 fn read_only(f: &FieldMeta) -> ErrorDetail {
     detail(
-        f,
+        "data",
+        f.name,
         DetailCode::ReadOnly,
         "is set by the server and cannot be written".into(),
     )
 }
 
-fn detail(f: &FieldMeta, code: DetailCode, message: String) -> ErrorDetail {
+fn detail(at: &str, name: &str, code: DetailCode, message: String) -> ErrorDetail {
     ErrorDetail {
-        field: format!("data.{}", f.name),
+        field: format!("{at}.{name}"),
         code,
-        message: format!("{} {message}", f.name),
+        message: format!("{name} {message}"),
     }
 }
 
@@ -178,11 +188,18 @@ fn default_value(d: Option<DefaultValue>) -> Value {
 }
 
 /// Converts and checks one caller-supplied JSON value against its declared field.
-fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, ErrorDetail> {
+/// `at` and `name` place it in error details (`data.handle`, `params.author`).
+pub(crate) fn field_value(
+    f: &FieldMeta,
+    j: &Json,
+    patterns: &Patterns,
+    at: &str,
+    name: &str,
+) -> Result<Value, ErrorDetail> {
     let wrong = || {
         let found = match j {
             Json::Null => {
-                return detail(f, DetailCode::NotNullable, "cannot be null".into());
+                return detail(at, name, DetailCode::NotNullable, "cannot be null".into());
             }
             Json::Bool(_) => "a bool",
             Json::Number(_) => "a number",
@@ -191,7 +208,8 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
             Json::Object(_) => "an object",
         };
         detail(
-            f,
+            at,
+            name,
             DetailCode::WrongType,
             format!("must be {}, found {found}", f.kind.expected()),
         )
@@ -200,14 +218,16 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
         let len = s.chars().count();
         if let Some(max) = max.filter(|m| len > *m as usize) {
             return Err(detail(
-                f,
+                at,
+                name,
                 DetailCode::TooLong,
                 format!("must be at most {max} characters, found {len}"),
             ));
         }
         if len < min as usize {
             return Err(detail(
-                f,
+                at,
+                name,
                 DetailCode::TooShort,
                 format!("must be at least {min} characters, found {len}"),
             ));
@@ -222,7 +242,8 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
                 && !patterns.is_match(p, s)
             {
                 return Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::InvalidFormat,
                     format!("must match `{p}`"),
                 ));
@@ -238,14 +259,16 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
             let i = j.as_i64().ok_or_else(wrong)?;
             if i < min {
                 return Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::BelowMin,
                     format!("must be at least {min}"),
                 ));
             }
             if i > max {
                 return Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::AboveMax,
                     format!("must be at most {max}"),
                 ));
@@ -256,14 +279,16 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
             let x = j.as_f64().ok_or_else(wrong)?;
             if let Some(min) = min.filter(|m| x < *m) {
                 return Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::BelowMin,
                     format!("must be at least {min}"),
                 ));
             }
             if let Some(max) = max.filter(|m| x > *m) {
                 return Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::AboveMax,
                     format!("must be at most {max}"),
                 ));
@@ -277,7 +302,8 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
                 .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
                 .map_err(|e| {
                     detail(
-                        f,
+                        at,
+                        name,
                         DetailCode::InvalidFormat,
                         format!("is not an RFC 3339 timestamp: {e}"),
                     )
@@ -289,7 +315,8 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
                 .map(Value::Date)
                 .map_err(|e| {
                     detail(
-                        f,
+                        at,
+                        name,
                         DetailCode::InvalidFormat,
                         format!("is not a YYYY-MM-DD date: {e}"),
                     )
@@ -301,7 +328,8 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
                 Ok(Value::Text(s.to_string()))
             } else {
                 Err(detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::InvalidFormat,
                     format!("must be one of {}, found `{s}`", values.join(", ")),
                 ))
@@ -315,12 +343,106 @@ fn field_value(f: &FieldMeta, j: &Json, patterns: &Patterns) -> Result<Value, Er
             let s = j.as_str().ok_or_else(wrong)?;
             parse_uuid(s).map(Value::Uuid).ok_or_else(|| {
                 detail(
-                    f,
+                    at,
+                    name,
                     DetailCode::InvalidFormat,
                     format!("is not a UUID: `{s}`"),
                 )
             })
         }
+    }
+}
+
+/// A parameter takes its field's type but not the record's constraints: a prefix may be
+/// shorter than `min`, a range bound may lie outside the stored values.
+fn as_param(f: &FieldMeta) -> FieldMeta {
+    let kind = match f.kind {
+        FieldKind::String { max, .. } => FieldKind::String {
+            min: 0,
+            max,
+            pattern: None,
+        },
+        FieldKind::Integer { .. } => FieldKind::Integer {
+            min: i64::from(i32::MIN),
+            max: i64::from(i32::MAX),
+        },
+        FieldKind::BigInt { .. } => FieldKind::BigInt {
+            min: i64::MIN,
+            max: i64::MAX,
+        },
+        FieldKind::Float { .. } => FieldKind::Float {
+            min: None,
+            max: None,
+        },
+        other => other,
+    };
+    FieldMeta { kind, ..*f }
+}
+
+/// Validates a query's parameters; one value per declared parameter, in order.
+pub fn query_params(
+    q: &QueryMeta,
+    params: Option<&Map<String, Json>>,
+    patterns: &Patterns,
+) -> Result<Vec<Value>, BedsError> {
+    let empty = Map::new();
+    let params = params.unwrap_or(&empty);
+    let mut details: Vec<ErrorDetail> = params
+        .keys()
+        .filter(|k| !q.params.iter().any(|p| p.name == k.as_str()))
+        .map(|k| ErrorDetail {
+            field: format!("params.{k}"),
+            code: DetailCode::Unknown,
+            message: format!("query `{}` has no parameter `{k}`", q.name),
+        })
+        .collect();
+    let mut values = Vec::with_capacity(q.params.len());
+    for p in q.params {
+        let one = |j: &Json| match p.kind {
+            ParamKind::Field(f) => field_value(&as_param(f), j, patterns, "params", p.name),
+            ParamKind::Id(_) => j
+                .as_str()
+                .and_then(parse_uuid)
+                .map(Value::Uuid)
+                .ok_or_else(|| {
+                    detail(
+                        "params",
+                        p.name,
+                        DetailCode::InvalidFormat,
+                        "must be a UUID string".into(),
+                    )
+                }),
+        };
+        let v = match params.get(p.name) {
+            None | Some(Json::Null) if p.optional => Ok(Value::Null),
+            None => Err(detail(
+                "params",
+                p.name,
+                DetailCode::Missing,
+                "is required".into(),
+            )),
+            Some(Json::Array(items)) if p.list => items
+                .iter()
+                .map(one)
+                .collect::<Result<_, _>>()
+                .map(Value::List),
+            Some(_) if p.list => Err(detail(
+                "params",
+                p.name,
+                DetailCode::WrongType,
+                "must be a list".into(),
+            )),
+            Some(j) => one(j),
+        };
+        match v {
+            Ok(v) => values.push(v),
+            Err(d) => details.push(d),
+        }
+    }
+    if details.is_empty() {
+        Ok(values)
+    } else {
+        Err(BedsError::invalid(details))
     }
 }
 

@@ -67,6 +67,7 @@ static DOMAIN: rt::DomainMeta = rt::DomainMeta {
     name: "lab",
     version: 1,
     templates: &[<Gadget as rt::Record>::META],
+    queries: &[],
 };
 static CATALOG: rt::Catalog = rt::Catalog {
     domains: &[&DOMAIN],

@@ -1,0 +1,272 @@
+//! Named queries over AMQP: equality, ranges, membership, prefixes, joins through
+//! references, keyset pages, counts, and their errors.
+
+use std::collections::HashSet;
+
+use beds::spew::{
+    self, SpewCountByAuthor, SpewCountByAuthorParams, SpewCreate, SpewsByAuthorsParams,
+    SpewsByHandleParams, UserCreate, UserTimeline, UserTimelineParams, UsersByHandlePrefixParams,
+};
+use beds_runtime::{ClientError, Cursor, DetailCode, ErrorCode};
+use serde_json::json;
+
+use crate::support::TestEnv;
+
+#[tokio::test]
+async fn named_queries_filter_join_page_and_count() {
+    let env = TestEnv::new("queries");
+    let server = env.start().await;
+    let client = env.client().await;
+    let api = spew::client(&client);
+    let mut users = Vec::new();
+    for h in ["ann", "anna", "bob"] {
+        users.push(
+            api.user()
+                .create(&UserCreate {
+                    handle: h.into(),
+                    display_name: h.into(),
+                    bio: None,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let (ann, anna, bob) = (&users[0], &users[1], &users[2]);
+    let mut ann_spews = Vec::new();
+    for i in 0..25 {
+        let s = api
+            .spew()
+            .create(&SpewCreate {
+                author: ann.id,
+                body: format!("ann {i}"),
+            })
+            .await
+            .unwrap();
+        ann_spews.push(s);
+        if i % 5 == 0 {
+            api.spew()
+                .create(&SpewCreate {
+                    author: bob.id,
+                    body: format!("bob {i}"),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    // Keyset pages: newest first, no gaps, no duplicates, a cursor while pages are full.
+    let timeline = api.user_timeline();
+    let params = UserTimelineParams {
+        author: ann.id,
+        before: None,
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = timeline
+            .page(&params, Some(10), cursor.take())
+            .await
+            .unwrap();
+        assert!(page.items.iter().all(|s| s.author == ann.id));
+        seen.extend(page.items.iter().map(|s| s.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        // A spew arriving between pages is newer than the cursor: it never shows up late.
+        api.spew()
+            .create(&SpewCreate {
+                author: ann.id,
+                body: "late".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let expected: Vec<_> = ann_spews.iter().rev().map(|s| s.id).collect();
+    assert_eq!(seen, expected, "every spew once, newest first");
+
+    // Optional range parameter.
+    let before = ann_spews[5].created_at;
+    let older = timeline
+        .page(
+            &UserTimelineParams {
+                author: ann.id,
+                before: Some(before),
+            },
+            Some(100),
+            None,
+        )
+        .await
+        .unwrap();
+    let older_ids: Vec<_> = older.items.iter().map(|s| s.id).collect();
+    assert_eq!(
+        older_ids,
+        ann_spews[..5]
+            .iter()
+            .rev()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    );
+
+    // Join through the author reference.
+    let by_handle = api
+        .spews_by_handle()
+        .page(
+            &SpewsByHandleParams {
+                handle: "bob".into(),
+            },
+            Some(100),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_handle.items.len(), 5);
+    assert!(by_handle.items.iter().all(|s| s.author == bob.id));
+
+    // Membership.
+    let both = api
+        .spews_by_authors()
+        .page(
+            &SpewsByAuthorsParams {
+                authors: vec![anna.id, bob.id],
+            },
+            Some(100),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.items.len(), 5);
+    let none = api
+        .spews_by_authors()
+        .page(&SpewsByAuthorsParams { authors: vec![] }, None, None)
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+
+    // Prefix, case-sensitive, ordered by handle.
+    let an = api
+        .users_by_handle_prefix()
+        .page(
+            &UsersByHandlePrefixParams {
+                prefix: "an".into(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let handles: Vec<&str> = an.items.iter().map(|u| u.handle.as_str()).collect();
+    assert_eq!(handles, ["ann", "anna"]);
+    let upper = api
+        .users_by_handle_prefix()
+        .page(
+            &UsersByHandlePrefixParams {
+                prefix: "AN".into(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(upper.items.is_empty());
+
+    // Counts equal the rows.
+    let count = client
+        .query::<SpewCountByAuthor>()
+        .count(&SpewCountByAuthorParams { author: ann.id })
+        .await
+        .unwrap();
+    let db = env.db().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spw_spews WHERE author_spw = ?")
+        .bind(ann.id.to_string())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(count, rows as u64);
+    assert_eq!(count, 25 + 2, "25 spews plus one late spew per full page");
+
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len());
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn query_errors_are_replies() {
+    let env = TestEnv::new("query_errors");
+    let server = env.start().await;
+    let raw = env.raw().await;
+    let read = env.queue("rec.read");
+    let ask = |extra: serde_json::Value| {
+        let mut req = json!({"v": 1, "id": uuid::Uuid::now_v7(), "domain": "spew", "op": "query"});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&req).unwrap()
+    };
+    let code = |reply: &serde_json::Value| reply["error"]["code"].as_str().unwrap().to_string();
+
+    let r = raw.request(&read, &ask(json!({"query": "nope"}))).await;
+    assert_eq!(code(&r), "unknown_query", "{r}");
+    let r = raw
+        .request(
+            &read,
+            &ask(json!({"query": "user_timeline", "params": {"autor": "x"}})),
+        )
+        .await;
+    let details: Vec<(&str, &str)> = r["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["field"].as_str().unwrap(), d["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        details,
+        [("params.autor", "unknown"), ("params.author", "missing")],
+        "{r}"
+    );
+    let r = raw
+        .request(&read, &ask(json!({"query": "user_timeline", "params": {"author": uuid::Uuid::now_v7()}, "cursor": [1]})))
+        .await;
+    assert_eq!(
+        (
+            code(&r).as_str(),
+            r["error"]["details"][0]["field"].as_str()
+        ),
+        ("invalid_input", Some("cursor"))
+    );
+    let r = raw
+        .request(&read, &ask(json!({"query": "user_timeline", "params": {"author": uuid::Uuid::now_v7()}, "limit": 101})))
+        .await;
+    assert_eq!(r["error"]["details"][0]["code"], "above_max");
+    let r = raw
+        .request(
+            &env.queue("rec.write"),
+            &ask(json!({"query": "user_timeline"})),
+        )
+        .await;
+    assert_eq!(code(&r), "wrong_queue");
+
+    let client = env.client().await;
+    let e = client
+        .query::<UserTimeline>()
+        .page(
+            &UserTimelineParams {
+                author: spew::UserId(uuid::Uuid::now_v7()),
+                before: None,
+            },
+            Some(0),
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Remote(e) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (e.code, e.details[0].code),
+        (ErrorCode::InvalidInput, DetailCode::BelowMin)
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
