@@ -64,10 +64,6 @@ impl Ctx {
         }
     }
 
-    pub(crate) fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.push(pos, path, message.into(), None);
-    }
-
     pub(crate) fn error_hint(
         &mut self,
         pos: Pos,

@@ -53,11 +53,10 @@ pub(crate) fn field(
         if let Some(n) = get(entries, key)
             && !allowed(ty.name()).contains(&key)
         {
-            cx.error(
+            cx.error_hint(
                 n.pos,
                 &format!("{path}.{key}"),
-                format!("`{key}` does not apply to a {} field", ty.name()),
-            );
+                format!("`{key}` does not apply to a field of type `{}`", ty.name()), "remove the key; see the field table in wiki/declarations.md for what each type takes");
         }
     }
     let set = set_on(cx, path, entries, &ty)?;
@@ -65,10 +64,11 @@ pub(crate) fn field(
         None => None,
         Some(n) => {
             if set.is_some() {
-                cx.error(
+                cx.error_hint(
                     n.pos,
                     &format!("{path}.default"),
                     "a server-set field cannot have a default",
+                    "remove `default`; the server sets this field",
                 );
             }
             literal(cx, &format!("{path}.default"), n, &ty)
@@ -118,10 +118,11 @@ fn field_type(
         (Some(t), None) => {
             let p = format!("{path}.type");
             let Some(name) = t.as_str() else {
-                cx.error(
+                cx.error_hint(
                     t.pos,
                     &p,
                     format!("expected a type name, found {}", t.describe()),
+                    "write a type name such as `type: string`",
                 );
                 return None;
             };
@@ -138,13 +139,19 @@ fn field_type(
                         return None;
                     };
                     if max == 0 {
-                        cx.error(spec.pos, &format!("{path}.max"), "`max` must be at least 1");
+                        cx.error_hint(
+                            spec.pos,
+                            &format!("{path}.max"),
+                            "`max` must be at least 1",
+                            "set `max` to the longest allowed length, at least 1",
+                        );
                     }
                     if min.is_some_and(|m| m > max) {
-                        cx.error(
+                        cx.error_hint(
                             spec.pos,
                             &format!("{path}.min"),
                             "`min` is greater than `max`",
+                            "swap the bounds, or fix the one that is wrong",
                         );
                     }
                     let pattern = get(entries, "pattern").and_then(|n| pattern(cx, path, n));
@@ -174,10 +181,11 @@ fn field_type(
                     if let (Some(lo), Some(hi)) = (min, max)
                         && lo > hi
                     {
-                        cx.error(
+                        cx.error_hint(
                             spec.pos,
                             &format!("{path}.min"),
                             "`min` is greater than `max`",
+                            "swap the bounds, or fix the one that is wrong",
                         );
                     }
                     if name == "integer" {
@@ -191,10 +199,11 @@ fn field_type(
                         let n = get(entries, key)?;
                         let v = n.as_f64();
                         if v.is_none() {
-                            cx.error(
+                            cx.error_hint(
                                 n.pos,
                                 &format!("{path}.{key}"),
                                 format!("expected a number, found {}", n.describe()),
+                                "write a plain number, e.g. `0.5`",
                             );
                         }
                         v
@@ -203,10 +212,11 @@ fn field_type(
                     if let (Some(lo), Some(hi)) = (min, max)
                         && lo > hi
                     {
-                        cx.error(
+                        cx.error_hint(
                             spec.pos,
                             &format!("{path}.min"),
                             "`min` is greater than `max`",
+                            "swap the bounds, or fix the one that is wrong",
                         );
                     }
                     FieldType::Float { min, max }
@@ -255,10 +265,11 @@ fn reference(
             return None;
         }
         None => {
-            cx.error(
+            cx.error_hint(
                 r.pos,
                 &p,
                 format!("expected a template name, found {}", r.describe()),
+                "write the name of a template of this domain, e.g. `ref: account`",
             );
             return None;
         }
@@ -297,10 +308,11 @@ fn reference(
 fn pattern(cx: &mut Ctx, path: &str, n: &Node) -> Option<String> {
     let p = format!("{path}.pattern");
     let Some(src) = n.as_str() else {
-        cx.error(
+        cx.error_hint(
             n.pos,
             &p,
             format!("expected a regular expression, found {}", n.describe()),
+            "quote the pattern, e.g. pattern: '^[a-z]+$'",
         );
         return None;
     };
@@ -335,7 +347,12 @@ fn enum_values(
         return None;
     };
     let Some(items) = node.as_seq().filter(|i| !i.is_empty()) else {
-        cx.error(node.pos, &p, "expected a non-empty list of values");
+        cx.error_hint(
+            node.pos,
+            &p,
+            "expected a non-empty list of values",
+            "e.g. `values: [draft, published]`",
+        );
         return None;
     };
     let mut values: Vec<String> = Vec::new();
@@ -344,13 +361,14 @@ fn enum_values(
             Some(v) if is_snake(v) && !values.iter().any(|x| camel(x) == camel(v)) => {
                 values.push(v.to_string());
             }
-            Some(v) if is_snake(v) => cx.error(
+            Some(v) if is_snake(v) => cx.error_hint(
                 item.pos,
                 &p,
                 format!(
                     "value `{v}` repeats another value (as a Rust variant, `{}`)",
                     camel(v)
                 ),
+                "values must differ even when written in CamelCase; rename one",
             ),
             _ => cx.error_hint(
                 item.pos,
@@ -403,10 +421,11 @@ fn set_on(
 /// Checks a default against the field's type and constraints.
 fn literal(cx: &mut Ctx, path: &str, n: &Node, ty: &FieldType) -> Option<Literal> {
     let wrong = |cx: &mut Ctx, what: &str| {
-        cx.error(
+        cx.error_hint(
             n.pos,
             path,
             format!("the default must be {what}, found {}", n.describe()),
+            "write a default of the field's type",
         );
         None
     };
@@ -420,10 +439,11 @@ fn literal(cx: &mut Ctx, path: &str, n: &Node, ty: &FieldType) -> Option<Literal
                 return wrong(cx, "an integer");
             };
             if min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) {
-                cx.error(
+                cx.error_hint(
                     n.pos,
                     path,
                     "the default is outside the field's `min`..`max`",
+                    "pick a default within `min`..`max`, or widen the bounds",
                 );
             }
             Some(Literal::Int(v))
@@ -433,10 +453,11 @@ fn literal(cx: &mut Ctx, path: &str, n: &Node, ty: &FieldType) -> Option<Literal
                 return wrong(cx, "a number");
             };
             if min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) {
-                cx.error(
+                cx.error_hint(
                     n.pos,
                     path,
                     "the default is outside the field's `min`..`max`",
+                    "pick a default within `min`..`max`, or widen the bounds",
                 );
             }
             Some(Literal::Float(v))
@@ -449,20 +470,31 @@ fn literal(cx: &mut Ctx, path: &str, n: &Node, ty: &FieldType) -> Option<Literal
             match ty {
                 FieldType::String { min, max, pattern } => {
                     if len > *max || min.is_some_and(|m| len < m) {
-                        cx.error(n.pos, path, "the default breaks the field's length limits");
+                        cx.error_hint(
+                            n.pos,
+                            path,
+                            "the default breaks the field's length limits",
+                            "pick a default within the length limits",
+                        );
                     }
                     if let Some(p) = pattern
                         && !regex::Regex::new(p).is_ok_and(|re| re.is_match(v))
                     {
-                        cx.error(
+                        cx.error_hint(
                             n.pos,
                             path,
                             "the default does not match the field's `pattern`",
+                            "pick a default that matches `pattern`",
                         );
                     }
                 }
                 FieldType::Text { max: Some(max) } if len > *max => {
-                    cx.error(n.pos, path, "the default is longer than `max`");
+                    cx.error_hint(
+                        n.pos,
+                        path,
+                        "the default is longer than `max`",
+                        "shorten the default or raise `max`",
+                    );
                 }
                 FieldType::Enum { values } if !values.iter().any(|x| x == v) => {
                     cx.error_hint(
@@ -477,10 +509,11 @@ fn literal(cx: &mut Ctx, path: &str, n: &Node, ty: &FieldType) -> Option<Literal
             Some(Literal::Text(v.to_string()))
         }
         other => {
-            cx.error(
+            cx.error_hint(
                 n.pos,
                 path,
-                format!("a {} field cannot have a default", other.name()),
+                format!("a field of type `{}` cannot have a default", other.name()),
+                "remove `default`; set the value on create instead (or make the field optional)",
             );
             None
         }

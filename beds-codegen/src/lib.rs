@@ -37,7 +37,12 @@ pub fn compile_source(file: &str, source: &str) -> Result<model::Domain, Diagnos
                 return Ok(domain);
             }
         }
-        Err(e) => cx.error(e.pos, "", format!("invalid YAML: {}", e.message)),
+        Err(e) => cx.error_hint(
+            e.pos,
+            "",
+            format!("invalid YAML: {}", e.message),
+            "fix the YAML syntax at this position (indentation, brackets, quotes)",
+        ),
     }
     Err(Diagnostics(cx.diags))
 }

@@ -30,7 +30,12 @@ pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> 
             continue;
         };
         if out.iter().any(|q| q.name == name) {
-            cx.error(key.pos, &path, format!("query `{name}` is declared twice"));
+            cx.error_hint(
+                key.pos,
+                &path,
+                format!("query `{name}` is declared twice"),
+                "remove or rename one of the two",
+            );
             continue;
         }
         if let Some(mut q) = query(cx, &path, name, body, domain) {
@@ -87,7 +92,12 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         if let Some(pmap) = expect_map(cx, params, &ppath) {
             for (k, v) in pmap {
                 let Some(pname) = k.as_str().filter(|p| is_snake(p)) else {
-                    cx.error(k.pos, &ppath, "parameter names are snake_case");
+                    cx.error_hint(
+                        k.pos,
+                        &ppath,
+                        "parameter names are snake_case",
+                        "a lowercase letter, then lowercase letters, digits or `_`",
+                    );
                     continue;
                 };
                 let p = format!("{ppath}.{pname}");
@@ -196,7 +206,12 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
     if let Some(o) = get(entries, "order") {
         let opath = format!("{path}.order");
         if count {
-            cx.error(o.pos, &opath, "a count query has no order");
+            cx.error_hint(
+                o.pos,
+                &opath,
+                "a count query has no order",
+                "remove `order`, or `count: true`",
+            );
         }
         match o.as_seq() {
             Some(items) if items.len() <= MAX_ORDER => {
@@ -206,14 +221,24 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
                     }
                 }
             }
-            Some(_) => cx.error(o.pos, &opath, format!("at most {MAX_ORDER} sort keys")),
+            Some(_) => cx.error_hint(
+                o.pos,
+                &opath,
+                format!("at most {MAX_ORDER} sort keys"),
+                "keep the keys that matter; the id is added as tie-breaker anyway",
+            ),
             None => cx.error_hint(o.pos, &opath, "expected a list", "e.g. `[created_at desc]`"),
         }
     }
     let mut q_page = Page::default();
     if let Some(p) = get(entries, "page") {
         if count {
-            cx.error(p.pos, &format!("{path}.page"), "a count query has no pages");
+            cx.error_hint(
+                p.pos,
+                &format!("{path}.page"),
+                "a count query has no pages",
+                "remove `page`, or `count: true`",
+            );
         }
         q_page = page(cx, &format!("{path}.page"), p);
     }
@@ -345,11 +370,10 @@ fn check_op(cx: &mut Ctx, cpath: &str, node: &Node, op: CondOp, ty: &FieldType) 
         CondOp::Eq => true,
     };
     if !fits {
-        cx.error(
+        cx.error_hint(
             node.pos,
             cpath,
-            format!("`{}` cannot be applied to a {} field", op.name(), ty.name()),
-        );
+            format!("`{}` cannot be applied to a field of type `{}`", op.name(), ty.name()), "`prefix` needs a string or text field; ranges need an ordered type; json takes no conditions");
     }
 }
 

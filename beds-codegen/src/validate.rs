@@ -61,7 +61,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
             }
         }
         None => cx.error_hint(
-            root.pos,
+            Pos { line: 1, col: 1 },
             "domain",
             "missing `domain`",
             "start the file with `domain: <name>`, a snake_case name",
@@ -70,16 +70,17 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
     if let Some(n) = get(entries, "version") {
         match n.as_i64() {
             Some(v) if v >= 1 => out.version = v,
-            _ => cx.error(
+            _ => cx.error_hint(
                 n.pos,
                 "version",
                 format!("expected a positive integer, found {}", n.describe()),
+                "write a whole number, 1 or more",
             ),
         }
     }
     let Some(templates) = get(entries, "templates") else {
         cx.error_hint(
-            root.pos,
+            Pos { line: 1, col: 1 },
             "templates",
             "missing `templates`",
             "declare at least one template under `templates:`",
@@ -90,10 +91,11 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         return out;
     };
     if tmap.is_empty() {
-        cx.error(
+        cx.error_hint(
             templates.pos,
             "templates",
             "no templates declared; a domain needs at least one",
+            "declare a template, e.g. `item: { fields: { name: { type: string, max: 50 } } }`",
         );
     }
     let names: Vec<&str> = tmap.iter().filter_map(|(k, _)| k.as_str()).collect();
@@ -104,10 +106,11 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
             continue;
         };
         if !seen.insert(name.clone()) {
-            cx.error(
+            cx.error_hint(
                 key.pos,
                 &path,
                 format!("template `{name}` is declared twice"),
+                "remove or rename one of the two",
             );
             continue;
         }
@@ -233,10 +236,11 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
                 format!("unknown id kind `{other}`"),
                 suggest(other, IdKind::NAMES),
             ),
-            None => cx.error(
+            None => cx.error_hint(
                 n.pos,
                 &p,
                 format!("expected an id kind, found {}", n.describe()),
+                "write `id: uuid7`",
             ),
         }
     }
@@ -266,7 +270,12 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
                         continue;
                     }
                     if !seen.insert(fname.clone()) {
-                        cx.error(key.pos, &p, format!("field `{fname}` is declared twice"));
+                        cx.error_hint(
+                            key.pos,
+                            &p,
+                            format!("field `{fname}` is declared twice"),
+                            "remove or rename one of the two",
+                        );
                         continue;
                     }
                     if let Some(f) = field(cx, &p, fname, spec, templates, &column_for) {
@@ -279,13 +288,14 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
                 for f in &t.fields {
                     if let Some(other) = columns.insert(&f.column, &f.name) {
                         let pos = key_pos(fmap, &f.name);
-                        cx.error(
+                        cx.error_hint(
                             pos,
                             &format!("{fpath}.{}", f.name),
                             format!(
                                 "column `{}` is used by both `{other}` and `{}`",
                                 f.column, f.name
                             ),
+                            "give one of the fields its own `column`",
                         );
                     }
                 }
@@ -308,10 +318,11 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
             .filter(|v| *v >= 1)
         {
             Some(v) => t.version = v,
-            None => cx.error(
+            None => cx.error_hint(
                 n.pos,
                 &format!("{path}.version"),
                 format!("expected a positive integer, found {}", n.describe()),
+                "write a whole number, 1 or more",
             ),
         }
     }
@@ -478,7 +489,12 @@ fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
         for item in items {
             match item.as_str().filter(|s| is_snake(s)) {
                 Some(s) => who.push(s.to_string()),
-                None => cx.error(item.pos, &p, "principals and roles are snake_case names"),
+                None => cx.error_hint(
+                    item.pos,
+                    &p,
+                    "principals and roles are snake_case names",
+                    "e.g. `[public]`, `[owner, admin]`",
+                ),
             }
         }
         rules.push((op.to_string(), who));
@@ -488,10 +504,11 @@ fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
 
 fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<String>> {
     let Some(items) = node.as_seq() else {
-        cx.error(
+        cx.error_hint(
             node.pos,
             path,
             format!("expected a list, found {}", node.describe()),
+            "write a YAML list, e.g. `[a, b]`",
         );
         return Vec::new();
     };
@@ -518,7 +535,12 @@ fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<Strin
                     format!("`{name}` is not a field of this template"),
                     suggest(name, &known),
                 ),
-                None => cx.error(f.pos, &p, "expected a field name"),
+                None => cx.error_hint(
+                    f.pos,
+                    &p,
+                    "expected a field name",
+                    "write the name of a field of this template",
+                ),
             }
         }
         out.push(names);
@@ -528,10 +550,11 @@ fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<Strin
 
 fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
     let Some(items) = node.as_seq() else {
-        cx.error(
+        cx.error_hint(
             node.pos,
             path,
             format!("expected a list, found {}", node.describe()),
+            "write a YAML list, e.g. `[a, b]`",
         );
         return Vec::new();
     };
@@ -554,10 +577,11 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
             continue;
         };
         let Some(list) = fields.as_seq().filter(|l| !l.is_empty()) else {
-            cx.error(
+            cx.error_hint(
                 fields.pos,
                 &format!("{p}.fields"),
                 "expected a non-empty list of field names",
+                "e.g. `{ fields: [handle] }`",
             );
             continue;
         };
@@ -571,7 +595,12 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
                     format!("`{name}` is not a field of this template"),
                     suggest(name, &known),
                 ),
-                None => cx.error(f.pos, &format!("{p}.fields"), "expected a field name"),
+                None => cx.error_hint(
+                    f.pos,
+                    &format!("{p}.fields"),
+                    "expected a field name",
+                    "write the name of a field of this template",
+                ),
             }
         }
         if case_insensitive
@@ -579,10 +608,11 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
                 .iter()
                 .any(|n| !matches!(t.field(n).map(|f| &f.ty), Some(FieldType::String { .. })))
         {
-            cx.error(
+            cx.error_hint(
                 item.pos,
                 &format!("{p}.case_insensitive"),
                 "`case_insensitive` needs every field of the index to be a string",
+                "remove `case_insensitive`, or index only string fields",
             );
         }
         out.push(Unique {
@@ -606,13 +636,14 @@ pub(crate) fn page(cx: &mut Ctx, path: &str, node: &Node) -> Page {
         page.max = v as u32;
     }
     if page.default == 0 || page.default > page.max {
-        cx.error(
+        cx.error_hint(
             node.pos,
             path,
             format!(
                 "page sizes must satisfy 1 <= default <= max (default {}, max {})",
                 page.default, page.max
             ),
+            "e.g. `page: { default: 20, max: 100 }`",
         );
     }
     page
@@ -624,13 +655,14 @@ fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     for t in &domain.templates {
         if let Some(other) = tables.insert(&t.table, &t.name) {
             let pos = key_pos(tmap, &t.name);
-            cx.error(
+            cx.error_hint(
                 pos,
                 &format!("templates.{}.table", t.name),
                 format!(
                     "table `{}` is used by both `{other}` and `{}`",
                     t.table, t.name
                 ),
+                "give one of the templates its own `table`",
             );
         }
     }
@@ -657,10 +689,11 @@ pub(crate) fn expect_map<'a>(
 ) -> Option<&'a [(Node, Node)]> {
     let map = node.as_map();
     if map.is_none() {
-        cx.error(
+        cx.error_hint(
             node.pos,
             path,
             format!("expected a mapping, found {}", node.describe()),
+            "write a YAML mapping of `key: value` lines (or `{ key: value }`)",
         );
     }
     map
@@ -676,7 +709,12 @@ pub(crate) fn check_keys(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, kno
                 format!("unknown key `{key}`"),
                 suggest(key, known),
             ),
-            None => cx.error(k.pos, path, "keys must be plain names"),
+            None => cx.error_hint(
+                k.pos,
+                path,
+                "keys must be plain names",
+                "write the key as a plain word, without quotes or special characters",
+            ),
         }
     }
 }
@@ -685,10 +723,11 @@ pub(crate) fn flag(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str
     match get(entries, key) {
         None => false,
         Some(n) => n.as_bool().unwrap_or_else(|| {
-            cx.error(
+            cx.error_hint(
                 n.pos,
                 &join(path, key),
                 format!("expected true or false, found {}", n.describe()),
+                "write `true` or `false`, unquoted",
             );
             false
         }),
@@ -704,10 +743,11 @@ pub(crate) fn integer(
     let n = get(entries, key)?;
     let v = n.as_i64();
     if v.is_none() {
-        cx.error(
+        cx.error_hint(
             n.pos,
             &join(path, key),
             format!("expected an integer, found {}", n.describe()),
+            "write a whole number, unquoted",
         );
     }
     v
@@ -719,10 +759,11 @@ pub(crate) fn bound(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &st
     match n.as_i64() {
         Some(v) if (0..=i64::from(u32::MAX)).contains(&v) => Some(v),
         _ => {
-            cx.error(
+            cx.error_hint(
                 n.pos,
                 &join(path, key),
                 format!("expected a non-negative integer, found {}", n.describe()),
+                "write a whole number, 0 or more, unquoted",
             );
             None
         }
@@ -732,10 +773,11 @@ pub(crate) fn bound(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &st
 /// An API name: snake_case, usable as a Rust identifier.
 fn ident(cx: &mut Ctx, node: &Node, path: &str, what: &str) -> Option<String> {
     let Some(s) = node.as_str() else {
-        cx.error(
+        cx.error_hint(
             node.pos,
             path,
             format!("expected a {what}, found {}", node.describe()),
+            "write a snake_case name",
         );
         return None;
     };

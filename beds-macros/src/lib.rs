@@ -181,10 +181,16 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             _ => {}
         }
         let mut f = FieldAttrs::default();
+        let mut parsed = true;
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("beds")) {
             if let Err(e) = attr.parse_nested_meta(|meta| field_attr(&mut f, &meta)) {
                 errors.push(e);
+                parsed = false;
             }
+        }
+        if !parsed {
+            // One error per mistake: the attribute error already says what is wrong.
+            continue;
         }
         match field_meta(&fname, &f, &field.ty) {
             Ok((meta, check, contract)) => {

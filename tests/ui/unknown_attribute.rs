@@ -1,0 +1,23 @@
+use beds_runtime::support as rt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThingId(pub uuid::Uuid);
+impl rt::Key for ThingId {
+    fn uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+#[derive(Serialize)]
+pub struct In;
+
+#[derive(Serialize, Deserialize, rt::Record)]
+#[beds(domain = "d", template = "thing", create = In, patch = In)]
+pub struct Thing {
+    pub id: ThingId,
+    pub version: i64,
+    #[beds(strin, max = 5)]
+    pub name: String,
+}
+
+fn main() {}
