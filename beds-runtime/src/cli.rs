@@ -42,7 +42,12 @@ enum Command {
     /// Validate the configuration and compiled domains, and say what would be served.
     Check,
     /// Print the DDL generated from the compiled domains.
-    Schema,
+    Schema {
+        /// Print the JSON Schema of every template's inputs and outputs and every query's
+        /// parameters and results instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point of the `beds` binary.
@@ -77,7 +82,15 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
             print!("{}", describe(&cli.config, &config, catalog));
             Ok(())
         }
-        Command::Schema => {
+        Command::Schema { json: true } => {
+            let schema = crate::json_schema::catalog(catalog);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("schemas serialize")
+            );
+            Ok(())
+        }
+        Command::Schema { json: false } => {
             for statement in store::schema(catalog) {
                 println!("{statement};\n");
             }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;
+pub mod json_schema;
 pub mod meta;
 pub mod record;
 pub mod server;

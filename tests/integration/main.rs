@@ -4,6 +4,7 @@
 mod concurrency;
 mod errors;
 mod field_kinds;
+mod json_schema;
 mod queries;
 mod round_trip;
 mod spawn;

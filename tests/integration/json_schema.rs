@@ -1,0 +1,87 @@
+//! `beds schema --json`: a JSON Schema entry for every template and query in the catalog,
+//! matching what the server actually accepts and returns.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use beds::spew::{self, UserCreate};
+use serde_json::Value as Json;
+
+use crate::support::TestEnv;
+
+fn keys(v: &Json) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn schema_covers_the_catalog_and_matches_replies() {
+    let out = Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["schema", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: Json = serde_json::from_slice(&out.stdout).expect("beds schema --json prints JSON");
+    let defs = &schema["$defs"];
+    for (d, t) in beds::CATALOG.templates() {
+        for part in ["record", "create", "patch"] {
+            assert!(
+                defs.get(format!("{}.{}.{part}", d.name, t.name)).is_some(),
+                "{}.{} {part}",
+                d.name,
+                t.name
+            );
+        }
+    }
+    for d in beds::CATALOG.domains {
+        for q in d.queries {
+            for part in ["params", "result"] {
+                assert!(
+                    defs.get(format!("{}.{}.{part}", d.name, q.name)).is_some(),
+                    "{}",
+                    q.name
+                );
+            }
+        }
+    }
+
+    let env = TestEnv::new("json_schema");
+    let server = env.start().await;
+    let client = env.client().await;
+    let user = spew::client(&client)
+        .user()
+        .create(&UserCreate {
+            handle: "schema".into(),
+            display_name: "S".into(),
+            bio: None,
+        })
+        .await
+        .unwrap();
+    let reply = serde_json::to_value(&user).unwrap();
+    let record = &defs["spew.user.record"];
+    assert_eq!(
+        keys(&reply),
+        keys(&record["properties"]),
+        "the record schema lists exactly the reply's fields"
+    );
+    let required: BTreeSet<String> = record["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(required, keys(&reply));
+    assert_eq!(
+        defs["spew.user.create"]["required"],
+        serde_json::json!(["handle", "display_name"])
+    );
+    assert_eq!(
+        defs["spew.user.create"]["properties"]["handle"]["pattern"],
+        "^[A-Za-z0-9_]+$"
+    );
+    assert_eq!(
+        defs["spew.spews_by_authors.params"]["properties"]["authors"]["type"],
+        "array"
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
