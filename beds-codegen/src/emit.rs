@@ -7,7 +7,7 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::model::{
-    Domain, Field, FieldType, Literal, OnDelete, Query, SetOn, Template, camel, enum_type,
+    Domain, Field, FieldType, Literal, OnDelete, Query, SetOn, Template, camel, enum_type, key_type,
 };
 
 /// The whole generated file for a set of domains.
@@ -255,6 +255,34 @@ fn template(domain: &str, t: &Template) -> TokenStream {
     let page_default = t.page.default;
     let page_max = t.page.max;
     let enums = t.fields.iter().filter_map(|f| enum_def(&t.name, f));
+    let keys = t.unique.iter().map(|u| {
+        let ty = Ident::new(&key_type(&t.name, &u.fields), Span::call_site());
+        let doc = format!(
+            "Names one `{}` by its unique {}.",
+            t.name,
+            u.fields.join(" and ")
+        );
+        let fields = u.fields.iter().map(|name| {
+            let f = t.field(name).expect("validated");
+            let n = ident(name);
+            let ty = rust_type(
+                &t.name,
+                &Field {
+                    optional: false,
+                    ..f.clone()
+                },
+            );
+            quote!(pub #n: #ty,)
+        });
+        quote! {
+            #[doc = #doc]
+            #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
+            #[serde(crate = "::beds_runtime::support::serde")]
+            pub struct #ty {
+                #(#fields)*
+            }
+        }
+    });
     let version = t.version;
     let mut flags = Vec::new();
     for (on, flag) in [
@@ -399,6 +427,7 @@ fn template(domain: &str, t: &Template) -> TokenStream {
         }
 
         #(#enums)*
+        #(#keys)*
 
         pub static #routes: rt::Routes = rt::Routes::of::<#ty>();
     }

@@ -247,6 +247,12 @@ pub fn camel(name: &str) -> String {
 /// Type names the generated module defines besides each template's own.
 pub const MODULE_TYPES: &[&str] = &["Templates"];
 
+/// The Rust struct generated for a unique key: `UserByHandle`, `LoanByBookAndMember`.
+pub fn key_type(template: &str, fields: &[String]) -> String {
+    let fields: Vec<String> = fields.iter().map(|f| camel(f)).collect();
+    format!("{}By{}", camel(template), fields.join("And"))
+}
+
 /// The Rust enum generated for an enum field: template and field names, camel-cased.
 pub fn enum_type(template: &str, field: &str) -> String {
     format!("{}{}", camel(template), camel(field))

@@ -6,7 +6,7 @@ use crate::diag::{Ctx, suggest};
 use crate::fields::field;
 use crate::model::{
     Capabilities, Domain, FieldType, IdKind, MODULE_TYPES, OPERATIONS, Page, Retention, SetOn,
-    TYPE_SUFFIXES, Template, Unique, camel, enum_type,
+    TYPE_SUFFIXES, Template, Unique, camel, enum_type, key_type,
 };
 use crate::yaml::{Node, Pos};
 
@@ -139,6 +139,7 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
             .iter()
             .map(|suffix| format!("{}{suffix}", camel(&t.name)))
             .chain(enums.map(|f| enum_type(&t.name, &f.name)))
+            .chain(t.unique.iter().map(|u| key_type(&t.name, &u.fields)))
             .collect();
         for ty in types {
             if let Some(other) = owners.insert(ty.clone(), &t.name) {

@@ -261,6 +261,30 @@ impl<T: Record> TemplateClient<'_, T> {
         self.client.request(req).await.map(drop)
     }
 
+    /// The record with the given unique key, e.g. the generated `UserByHandle`.
+    pub async fn fetch_by(&self, key: &impl serde::Serialize) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Fetch);
+        req.key = Some(object(key)?);
+        self.send(req).await
+    }
+
+    pub async fn update_by(
+        &self,
+        key: &impl serde::Serialize,
+        patch: &T::Patch,
+    ) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Update);
+        req.key = Some(object(key)?);
+        req.data = Some(object(patch)?);
+        self.send(req).await
+    }
+
+    pub async fn delete_by(&self, key: &impl serde::Serialize) -> Result<(), ClientError> {
+        let mut req = self.request(Op::Delete);
+        req.key = Some(object(key)?);
+        self.client.request(req).await.map(drop)
+    }
+
     /// A page of records in key order; `limit` defaults to the template's page size.
     pub async fn list(
         &self,

@@ -12,7 +12,7 @@ use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{PageMeta, QueryMeta, TemplateMeta};
 use crate::record::Record;
 use crate::store::Store;
-use crate::value;
+use crate::value::{self, RecordKey};
 
 /// What handlers need from the running node.
 #[derive(Debug, Clone)]
@@ -70,8 +70,11 @@ fn data(req: &Request) -> Result<&Map<String, Json>, BedsError> {
     })
 }
 
-fn not_found(t: &TemplateMeta, id: Uuid) -> BedsError {
-    BedsError::new(ErrorCode::NotFound, format!("no `{}` with id {id}", t.name))
+fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
+    BedsError::new(
+        ErrorCode::NotFound,
+        format!("no `{}` with {}", t.name, key.describe(t)),
+    )
 }
 
 async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
@@ -80,28 +83,27 @@ async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Js
 }
 
 async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
-    let id = value::key_id(req.key.as_ref())?;
+    let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
     ctx.store
-        .fetch(t, id)
+        .fetch(t, &key)
         .await?
-        .ok_or_else(|| not_found(t, id))
+        .ok_or_else(|| not_found(t, &key))
 }
 
 async fn update(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
-    let id = value::key_id(req.key.as_ref())?;
+    let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
     let changes = value::patch_values(t, data(req)?, &ctx.patterns)?;
     ctx.store
-        .update(t, id, changes)
+        .update(t, &key, changes)
         .await?
-        .ok_or_else(|| not_found(t, id))
+        .ok_or_else(|| not_found(t, &key))
 }
 
 async fn delete(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
-    let id = value::key_id(req.key.as_ref())?;
-    if ctx.store.delete(t, id).await? {
-        Ok(serde_json::json!({ "id": id, "deleted": true }))
-    } else {
-        Err(not_found(t, id))
+    let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
+    match ctx.store.delete(t, &key).await? {
+        Some(id) => Ok(serde_json::json!({ "id": id, "deleted": true })),
+        None => Err(not_found(t, &key)),
     }
 }
 

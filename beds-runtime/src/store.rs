@@ -16,7 +16,7 @@ use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::meta::{
     Catalog, CondOp, DomainMeta, FieldKind, FieldMeta, OnDelete, QueryMeta, TemplateMeta,
 };
-use crate::value::{Value, format_timestamp};
+use crate::value::{RecordKey, Value, format_timestamp};
 
 /// Where and how to open the database.
 #[derive(Debug, Clone)]
@@ -47,14 +47,15 @@ pub enum StoreError {
 #[derive(Debug)]
 struct Statements {
     insert: SqlStr,
-    fetch: SqlStr,
-    delete: SqlStr,
+    /// By key slot: 0 is the id, then one per unique index.
+    fetch: Vec<SqlStr>,
+    delete: Vec<SqlStr>,
     list_first: SqlStr,
     list_after: SqlStr,
     /// `UPDATE t SET "version" = "version" + 1`; the changed columns follow per request.
     update_head: String,
-    /// ` WHERE id = ? RETURNING …`
-    update_tail: String,
+    /// ` WHERE <key> RETURNING …`, by key slot.
+    update_tail: Vec<String>,
 }
 
 /// A named query's statement and how to bind it.
@@ -158,9 +159,12 @@ impl Store {
         record(t, &row)
     }
 
-    pub async fn fetch(&self, t: &TemplateMeta, id: Uuid) -> Result<Option<Json>, BedsError> {
-        let row = sqlx::query(self.sql(t).fetch.clone())
-            .bind(id.to_string())
+    pub async fn fetch(
+        &self,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> Result<Option<Json>, BedsError> {
+        let row = bind_key(sqlx::query(self.sql(t).fetch[key.slot].clone()), key)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(t, e, Write::None))?;
@@ -171,7 +175,7 @@ impl Store {
     pub async fn update(
         &self,
         t: &TemplateMeta,
-        id: Uuid,
+        key: &RecordKey,
         changes: Vec<(&FieldMeta, Value)>,
     ) -> Result<Option<Json>, BedsError> {
         let s = self.sql(t);
@@ -179,27 +183,30 @@ impl Store {
         for (f, _) in &changes {
             sql.push_str(&format!(", {} = ?", quote(f.column)));
         }
-        sql.push_str(&s.update_tail);
+        sql.push_str(&s.update_tail[key.slot]);
         let mut q = sqlx::query(trusted(sql));
         for (_, v) in changes {
             q = bind(q, v);
         }
-        let row = q
-            .bind(id.to_string())
+        let row = bind_key(q, key)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(t, e, Write::Update))?;
         row.map(|r| record(t, &r)).transpose()
     }
 
-    /// Deletes a record; false when there was none.
-    pub async fn delete(&self, t: &TemplateMeta, id: Uuid) -> Result<bool, BedsError> {
-        let done = sqlx::query(self.sql(t).delete.clone())
-            .bind(id.to_string())
-            .execute(&self.pool)
+    /// Deletes a record; its id, or `None` when there was none.
+    pub async fn delete(
+        &self,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> Result<Option<String>, BedsError> {
+        let row = bind_key(sqlx::query(self.sql(t).delete[key.slot].clone()), key)
+            .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(t, e, Write::Delete))?;
-        Ok(done.rows_affected() > 0)
+        row.map(|r| r.try_get::<String, _>(0).map_err(|e| internal(t, &e)))
+            .transpose()
     }
 
     /// Up to `limit` records in key order, starting after `after`.
@@ -274,6 +281,13 @@ fn bind_json<'q>(q: Query<'q>, v: Option<&Json>) -> Query<'q> {
         },
         _ => q.bind(None::<String>),
     }
+}
+
+fn bind_key<'q>(mut q: Query<'q>, key: &RecordKey) -> Query<'q> {
+    for v in &key.values {
+        q = bind(q, v.clone());
+    }
+    q
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
@@ -615,12 +629,36 @@ fn statements(t: &TemplateMeta) -> Statements {
         .collect();
     let cols = columns.join(", ");
     let marks = vec!["?"; columns.len()].join(", ");
+    // One WHERE per key slot: the id, then each unique index (with its collation).
+    let wheres: Vec<String> = std::iter::once(format!("{id} = ?"))
+        .chain(t.unique.iter().map(|u| {
+            u.fields
+                .iter()
+                .map(|f| {
+                    let col = quote(t.field(f).expect("declared").column);
+                    let collate = if u.case_insensitive {
+                        " COLLATE NOCASE"
+                    } else {
+                        ""
+                    };
+                    format!("{col} = ?{collate}")
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        }))
+        .collect();
     Statements {
         insert: trusted(format!(
             "INSERT INTO {table} ({cols}) VALUES ({marks}) RETURNING {cols}"
         )),
-        fetch: trusted(format!("SELECT {cols} FROM {table} WHERE {id} = ?")),
-        delete: trusted(format!("DELETE FROM {table} WHERE {id} = ?")),
+        fetch: wheres
+            .iter()
+            .map(|w| trusted(format!("SELECT {cols} FROM {table} WHERE {w}")))
+            .collect(),
+        delete: wheres
+            .iter()
+            .map(|w| trusted(format!("DELETE FROM {table} WHERE {w} RETURNING {id}")))
+            .collect(),
         list_first: trusted(format!("SELECT {cols} FROM {table} ORDER BY {id} LIMIT ?")),
         list_after: trusted(format!(
             "SELECT {cols} FROM {table} WHERE {id} > ? ORDER BY {id} LIMIT ?"
@@ -629,7 +667,10 @@ fn statements(t: &TemplateMeta) -> Statements {
             "UPDATE {table} SET {v} = {v} + 1",
             v = quote(t.version_column)
         ),
-        update_tail: format!(" WHERE {id} = ? RETURNING {cols}"),
+        update_tail: wheres
+            .iter()
+            .map(|w| format!(" WHERE {w} RETURNING {cols}"))
+            .collect(),
     }
 }
 

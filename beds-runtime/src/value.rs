@@ -446,40 +446,120 @@ pub fn query_params(
     }
 }
 
-/// Reads the record key of a fetch, update or delete: `{"id": "<uuid>"}`.
-pub fn key_id(key: Option<&Map<String, Json>>) -> Result<Uuid, BedsError> {
-    let Some(key) = key else {
+/// Which record a fetch, update or delete means: by `id` (slot 0) or by the fields of
+/// unique index `slot - 1`, with the key's values in index order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordKey {
+    pub slot: usize,
+    pub values: Vec<Value>,
+}
+
+impl RecordKey {
+    /// `id 0192…` or `handle = "bob"`, for messages.
+    pub fn describe(&self, t: &TemplateMeta) -> String {
+        let names: Vec<&str> = match self.slot {
+            0 => vec!["id"],
+            i => t.unique[i - 1].fields.to_vec(),
+        };
+        names
+            .iter()
+            .zip(&self.values)
+            .map(|(n, v)| match v {
+                Value::Uuid(u) => format!("{n} {u}"),
+                Value::Text(s) => format!("{n} {s:?}"),
+                other => format!("{n} {other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads the key of a fetch, update or delete: `{"id": "<uuid>"}`, or the fields of one of
+/// the template's unique indexes, e.g. `{"handle": "bob"}`.
+pub fn record_key(
+    t: &TemplateMeta,
+    key: Option<&Map<String, Json>>,
+    patterns: &Patterns,
+) -> Result<RecordKey, BedsError> {
+    let ways = || {
+        std::iter::once("{\"id\": \"<uuid>\"}".to_string())
+            .chain(
+                t.unique
+                    .iter()
+                    .map(|u| format!("{{{}}}", u.fields.join(", "))),
+            )
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Err(BedsError::detail(
             "key",
             DetailCode::Missing,
-            "this operation needs `key`, e.g. {\"id\": \"<uuid>\"}",
+            format!("this operation needs `key`: {}", ways()),
         ));
     };
-    if let Some(other) = key.keys().find(|k| *k != "id") {
-        return Err(BedsError::detail(
-            format!("key.{other}"),
-            DetailCode::Unknown,
-            format!("records are keyed by `id`; `{other}` is not a key"),
-        ));
+    if key.contains_key("id") {
+        if let Some(other) = key.keys().find(|k| *k != "id") {
+            return Err(BedsError::detail(
+                format!("key.{other}"),
+                DetailCode::Unknown,
+                format!("a key by `id` has no other fields; `{other}` is not part of it"),
+            ));
+        }
+        let id = match &key["id"] {
+            Json::String(s) => parse_uuid(s).ok_or_else(|| {
+                BedsError::detail(
+                    "key.id",
+                    DetailCode::InvalidFormat,
+                    format!("key.id is not a UUID: `{s}`"),
+                )
+            })?,
+            _ => {
+                return Err(BedsError::detail(
+                    "key.id",
+                    DetailCode::WrongType,
+                    "key.id must be a UUID string",
+                ));
+            }
+        };
+        return Ok(RecordKey {
+            slot: 0,
+            values: vec![Value::Uuid(id)],
+        });
     }
-    match key.get("id") {
-        None => Err(BedsError::detail(
-            "key.id",
-            DetailCode::Missing,
-            "key.id is required",
-        )),
-        Some(Json::String(s)) => parse_uuid(s).ok_or_else(|| {
-            BedsError::detail(
-                "key.id",
-                DetailCode::InvalidFormat,
-                format!("key.id is not a UUID: `{s}`"),
-            )
-        }),
-        Some(_) => Err(BedsError::detail(
-            "key.id",
-            DetailCode::WrongType,
-            "key.id must be a UUID string",
-        )),
+    let Some(slot) = t
+        .unique
+        .iter()
+        .position(|u| u.fields.len() == key.len() && u.fields.iter().all(|f| key.contains_key(*f)))
+    else {
+        let given: Vec<&str> = key.keys().map(String::as_str).collect();
+        return Err(BedsError::detail(
+            "key",
+            DetailCode::Unknown,
+            format!(
+                "`{}` is not a key of `{}`; use {}",
+                given.join(", "),
+                t.name,
+                ways()
+            ),
+        ));
+    };
+    let mut values = Vec::new();
+    let mut details = Vec::new();
+    for name in t.unique[slot].fields {
+        let f = t.field(name).expect("unique fields are declared");
+        match field_value(&as_param(f), &key[*name], patterns, "key", name) {
+            Ok(v) => values.push(v),
+            Err(d) => details.push(d),
+        }
+    }
+    if details.is_empty() {
+        Ok(RecordKey {
+            slot: slot + 1,
+            values,
+        })
+    } else {
+        Err(BedsError::invalid(details))
     }
 }
 

@@ -240,6 +240,62 @@ async fn unique_handle_is_case_insensitive() {
         )
     );
     assert_eq!(e.details[0].field, "data.handle");
+
+    // The unique handle is also a key: fetch, update and delete by it, in any case.
+    let bob = users
+        .fetch_by(&spew::UserByHandle {
+            handle: "BOB".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob.handle, "Bob");
+    let patch = UserPatch {
+        display_name: Some("Robert".into()),
+        ..Default::default()
+    };
+    let robert = users
+        .update_by(
+            &spew::UserByHandle {
+                handle: "bob".into(),
+            },
+            &patch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (robert.id, robert.display_name.as_str(), robert.version),
+        (bob.id, "Robert", 2)
+    );
+    users
+        .delete_by(&spew::UserByHandle {
+            handle: "bOb".into(),
+        })
+        .await
+        .unwrap();
+    let gone = users
+        .fetch_by(&spew::UserByHandle {
+            handle: "bob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::NotFound));
+    let beds_runtime::ClientError::Remote(gone) = gone else {
+        unreachable!()
+    };
+    assert_eq!(gone.message, "no `user` with handle \"bob\"");
+    // A key that is neither the id nor a unique index is refused, naming the ways that work.
+    let bad = users
+        .fetch_by(&serde_json::json!({ "display_name": "Robert" }))
+        .await
+        .unwrap_err();
+    let beds_runtime::ClientError::Remote(bad) = bad else {
+        panic!("{bad:?}")
+    };
+    assert_eq!(
+        (bad.code, bad.details[0].field.as_str()),
+        (ErrorCode::InvalidInput, "key")
+    );
+    assert!(bad.message.contains("{handle}"), "{}", bad.message);
     client.close().await.unwrap();
     server.stop().await;
 }
