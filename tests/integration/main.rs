@@ -2,6 +2,7 @@
 //! Each test has its own queue tag and data directory.
 
 mod concurrency;
+mod conformance;
 mod errors;
 mod field_kinds;
 mod json_schema;
