@@ -7,7 +7,8 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::model::{
-    Domain, Field, FieldType, Literal, OnDelete, Query, SetOn, Template, camel, enum_type, key_type,
+    Domain, Field, FieldType, IdKind, Literal, OnDelete, Query, SetOn, Template, camel, enum_type,
+    key_type,
 };
 
 /// The whole generated file for a set of domains.
@@ -59,7 +60,7 @@ fn domain_module(d: &Domain) -> TokenStream {
     let name = &d.name;
     let version = d.version as u32;
     let doc = format!("Domain `{}`, compiled from `{}`.", d.name, d.file);
-    let templates = d.templates.iter().map(|t| template(&d.name, t));
+    let templates = d.templates.iter().map(|t| template(d, t));
     let metas = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
         quote!(<#ty as rt::Record>::META)
@@ -241,7 +242,8 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     }
 }
 
-fn template(domain: &str, t: &Template) -> TokenStream {
+fn template(d: &Domain, t: &Template) -> TokenStream {
+    let domain = &d.name;
     let ty = type_ident(&t.name);
     let id_ty = format_ident!("{}Id", ty);
     let create_ty = format_ident!("{}Create", ty);
@@ -252,6 +254,10 @@ fn template(domain: &str, t: &Template) -> TokenStream {
     let id_column = &t.id_column;
     let version_column = &t.version_column;
     let id_kind = t.id.name();
+    let id_inner = match t.id {
+        IdKind::Uuid7 => quote!(rt::Uuid),
+        IdKind::Sequence => quote!(i64),
+    };
     let page_default = t.page.default;
     let page_max = t.page.max;
     let enums = t.fields.iter().filter_map(|f| enum_def(&t.name, f));
@@ -320,7 +326,7 @@ fn template(domain: &str, t: &Template) -> TokenStream {
     let record_fields = t.fields.iter().map(|f| {
         let n = ident(&f.name);
         let ty = rust_type(&t.name, f);
-        let attr = field_attr(f);
+        let attr = field_attr(d, f);
         let doc = field_doc(f);
         quote! {
             #[doc = #doc]
@@ -374,13 +380,9 @@ fn template(domain: &str, t: &Template) -> TokenStream {
             rt::serde::Serialize, rt::serde::Deserialize,
         )]
         #[serde(crate = "::beds_runtime::support::serde", transparent)]
-        pub struct #id_ty(pub rt::Uuid);
+        pub struct #id_ty(pub #id_inner);
 
-        impl rt::Key for #id_ty {
-            fn uuid(&self) -> rt::Uuid {
-                self.0
-            }
-        }
+        impl rt::Key for #id_ty {}
 
         impl ::core::fmt::Display for #id_ty {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
@@ -434,7 +436,7 @@ fn template(domain: &str, t: &Template) -> TokenStream {
 }
 
 /// The `#[beds(...)]` attribute that tells the `Record` derive what a field is.
-fn field_attr(f: &Field) -> TokenStream {
+fn field_attr(d: &Domain, f: &Field) -> TokenStream {
     let mut parts: Vec<TokenStream> = Vec::new();
     let kind = Ident::new(f.ty.name(), Span::call_site());
     let int = |parts: &mut Vec<TokenStream>, key: &str, v: &Option<i64>| {
@@ -480,6 +482,14 @@ fn field_attr(f: &Field) -> TokenStream {
         } => {
             let od = on_delete.name();
             parts.push(quote!(reference = #template, on_delete = #od));
+            let target = d
+                .templates
+                .iter()
+                .find(|t| &t.name == template)
+                .expect("validated");
+            if target.id == IdKind::Sequence {
+                parts.push(quote!(reference_id = "sequence"));
+            }
         }
         FieldType::Bool
         | FieldType::Timestamp

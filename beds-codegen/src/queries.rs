@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::diag::{Ctx, suggest};
-use crate::model::{CondOp, Condition, Domain, FieldType, IdKind, Page, Param, Query, Template};
+use crate::model::{CondOp, Condition, Domain, FieldType, Page, Param, Query, Template};
 use crate::validate::{check_keys, expect_map, flag, get, is_snake, page};
 use crate::yaml::Node;
 
@@ -308,11 +308,9 @@ fn resolve(
 
 /// The key of a template, as the type a parameter compared with it has.
 fn id_type(t: &Template) -> FieldType {
-    match t.id {
-        IdKind::Uuid7 => FieldType::Ref {
-            template: t.name.clone(),
-            on_delete: crate::model::OnDelete::Restrict,
-        },
+    FieldType::Ref {
+        template: t.name.clone(),
+        on_delete: crate::model::OnDelete::Restrict,
     }
 }
 

@@ -231,6 +231,7 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
         let p = format!("{path}.id");
         match n.as_str() {
             Some("uuid7") => t.id = IdKind::Uuid7,
+            Some("sequence") => t.id = IdKind::Sequence,
             Some(other) => cx.error_hint(
                 n.pos,
                 &p,

@@ -52,6 +52,8 @@ struct TemplateAttrs {
     cache_ttl_ms: Option<u64>,
     retention: Option<(u64, String)>,
     access: Vec<(String, Vec<String>)>,
+    /// `id = "sequence"`: database-assigned integers instead of UUIDv7.
+    sequence: bool,
 }
 
 const FLAGS: &[&str] = &["append_only", "internal", "audit", "journal", "locking"];
@@ -102,6 +104,8 @@ struct FieldAttrs {
     default: Option<Lit>,
     column: Option<String>,
     on_delete: Option<String>,
+    /// The target's id kind: `reference_id = "sequence"` (default uuid7).
+    reference_id: Option<String>,
 }
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
@@ -264,9 +268,15 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         quote!((rt::Op::#op, &[#(#who),*]))
     });
     let version = t.version.unwrap_or(1);
+    let id_kind = if t.sequence {
+        quote!(rt::IdKind::Sequence)
+    } else {
+        quote!(rt::IdKind::Uuid7)
+    };
     // The contract as a client sees it: storage names are left out on purpose.
     let mut contract = format!(
-        "{domain}.{template} v{version} append_only={append_only} internal={internal} fields:"
+        "{domain}.{template} v{version} id={} append_only={append_only} internal={internal} fields:",
+        if t.sequence { "sequence" } else { "uuid7" }
     );
     for c in &contracts {
         contract.push_str(c);
@@ -294,7 +304,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
                     domain: #domain,
                     name: #template,
                     table: #table,
-                    id: rt::IdKind::Uuid7,
+                    id: #id_kind,
                     id_column: #id_column,
                     version_column: #version_column,
                     fields: &[#(#metas),*],
@@ -488,11 +498,13 @@ fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()>
         f.column = Some(string(meta)?);
     } else if p.is_ident("on_delete") {
         f.on_delete = Some(string(meta)?);
+    } else if p.is_ident("reference_id") {
+        f.reference_id = Some(string(meta)?);
     } else {
         return Err(meta.error(
             "unknown field attribute; expected a kind (string, text, integer, bigint, float, bool, \
              timestamp, date, uuid, json, enumeration = \"a,b\", reference = \"template\") or \
-             min, max, pattern, optional, default, set, column, on_delete",
+             min, max, pattern, optional, default, set, column, on_delete, reference_id",
         ));
     }
     Ok(())
@@ -624,9 +636,21 @@ fn field_meta(
                     ));
                 }
             };
-            contract.push_str(&format!("->{template}/{:?}", f.on_delete));
+            let id = match f.reference_id.as_deref() {
+                None | Some("uuid7") => quote!(rt::IdKind::Uuid7),
+                Some("sequence") => quote!(rt::IdKind::Sequence),
+                Some(other) => {
+                    return Err(format!(
+                        "unknown reference_id `{other}`; expected uuid7 or sequence"
+                    ));
+                }
+            };
+            contract.push_str(&format!(
+                "->{template}/{:?}/{:?}",
+                f.on_delete, f.reference_id
+            ));
             (
-                quote!(rt::FieldKind::Ref { template: #template, on_delete: #on_delete }),
+                quote!(rt::FieldKind::Ref { template: #template, on_delete: #on_delete, id: #id }),
                 quote!(rt::kinds::Ref),
             )
         }
@@ -647,8 +671,10 @@ fn field_meta(
     if f.pattern.is_some() && !matches!(kind, Kind::String) {
         return Err(format!("`{name}`: pattern applies only to a string field"));
     }
-    if f.on_delete.is_some() && !matches!(kind, Kind::Ref(_)) {
-        return Err(format!("`{name}`: on_delete applies only to a reference"));
+    if (f.on_delete.is_some() || f.reference_id.is_some()) && !matches!(kind, Kind::Ref(_)) {
+        return Err(format!(
+            "`{name}`: on_delete and reference_id apply only to a reference"
+        ));
     }
     let set = match f.set.as_deref() {
         None => quote!(::core::option::Option::None),

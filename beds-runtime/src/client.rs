@@ -293,7 +293,7 @@ impl<T: Record> TemplateClient<'_, T> {
     ) -> Result<Page<T>, ClientError> {
         let mut req = self.request(Op::List);
         req.limit = limit;
-        req.after = after.map(|a| a.uuid());
+        req.after = after.map(serde_json::to_value).transpose()?;
         self.send(req).await
     }
 }
@@ -360,7 +360,8 @@ impl<Q: Query> QueryClient<'_, Q> {
 }
 
 fn key(id: impl Key) -> Map<String, Json> {
-    Map::from_iter([("id".to_string(), Json::String(id.uuid().to_string()))])
+    let id = serde_json::to_value(id).expect("keys serialize");
+    Map::from_iter([("id".to_string(), id)])
 }
 
 fn object(value: &impl serde::Serialize) -> Result<Map<String, Json>, ClientError> {

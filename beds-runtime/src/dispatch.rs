@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::envelope::Request;
 use crate::error::{BedsError, DetailCode, ErrorCode};
-use crate::meta::{PageMeta, QueryMeta, TemplateMeta};
+use crate::meta::{IdKind, PageMeta, QueryMeta, TemplateMeta};
 use crate::record::Record;
 use crate::store::Store;
 use crate::value::{self, RecordKey};
@@ -79,7 +79,11 @@ fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
 
 async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let values = value::create_values(t, data(req)?, &ctx.patterns)?;
-    ctx.store.insert(t, Uuid::now_v7(), values).await
+    let id = match t.id {
+        IdKind::Uuid7 => Some(Uuid::now_v7()),
+        IdKind::Sequence => None,
+    };
+    ctx.store.insert(t, id, values).await
 }
 
 async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
@@ -127,7 +131,13 @@ fn page_limit(req: &Request, page: PageMeta, what: &str) -> Result<u32, BedsErro
 
 async fn list(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let limit = page_limit(req, t.page, t.name)?;
-    let items = ctx.store.list(t, limit, req.after).await?;
+    let after = req
+        .after
+        .as_ref()
+        .map(|a| value::id_value(t.id, a))
+        .transpose()
+        .map_err(|m| BedsError::detail("after", DetailCode::InvalidFormat, format!("after {m}")))?;
+    let items = ctx.store.list(t, limit, after).await?;
     // A full page may have more after it; its last id is the cursor.
     let next = match items.last() {
         Some(last) if items.len() == limit as usize => {

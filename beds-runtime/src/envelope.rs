@@ -99,9 +99,9 @@ pub struct Request {
     /// Page size for list (the template's default when absent, capped at its max).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Keyset cursor for list: the `next` value of the previous page.
+    /// Keyset cursor for list: the `next` value of the previous page (an id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<Uuid>,
+    pub after: Option<Json>,
     /// The named query, for `query`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::meta::{
-    Catalog, DefaultValue, FieldKind, FieldMeta, ParamKind, QueryMeta, TemplateMeta,
+    Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, TemplateMeta,
 };
 
 /// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` and
@@ -35,7 +35,7 @@ pub fn catalog(catalog: &Catalog) -> Json {
 
 fn record(t: &TemplateMeta) -> Json {
     let mut props = Map::new();
-    props.insert("id".into(), json!({ "type": "string", "format": "uuid" }));
+    props.insert("id".into(), id(t.id));
     props.insert("version".into(), json!({ "type": "integer", "minimum": 1 }));
     for f in t.fields {
         props.insert(f.name.into(), nullable(kind(f.kind), f.optional));
@@ -84,7 +84,7 @@ fn params(q: &QueryMeta) -> Json {
     for p in q.params {
         let base = match p.kind {
             ParamKind::Field(f) => param_kind(f),
-            ParamKind::Id(_) => kind(FieldKind::Uuid),
+            ParamKind::Id(t) => id(t.id),
         };
         let schema = if p.list {
             json!({ "type": "array", "items": base })
@@ -166,6 +166,13 @@ fn param_kind(f: &FieldMeta) -> Json {
     schema
 }
 
+fn id(kind: IdKind) -> Json {
+    match kind {
+        IdKind::Uuid7 => json!({ "type": "string", "format": "uuid" }),
+        IdKind::Sequence => json!({ "type": "integer", "minimum": 1 }),
+    }
+}
+
 fn kind(k: FieldKind) -> Json {
     let mut s = Map::new();
     let mut put = |key: &str, v: Json| {
@@ -211,10 +218,8 @@ fn kind(k: FieldKind) -> Json {
             put("type", json!("string"));
             put("format", json!("date"));
         }
-        FieldKind::Uuid | FieldKind::Ref { .. } => {
-            put("type", json!("string"));
-            put("format", json!("uuid"));
-        }
+        FieldKind::Uuid => return id(IdKind::Uuid7),
+        FieldKind::Ref { id: kind, .. } => return id(kind),
         FieldKind::Enum { values } => {
             put("type", json!("string"));
             put("enum", json!(values));

@@ -27,10 +27,9 @@ pub trait Query: 'static {
     const META: &'static crate::meta::QueryMeta;
 }
 
-/// A record key: a UUID with its template in the type.
-pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
-    fn uuid(&self) -> Uuid;
-}
+/// A record key (a UUID or a sequence number) with its template in the type; it
+/// serialises as the `id` the envelope carries.
+pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {}
 
 /// Marker kinds the derive uses to check that a field's Rust type matches its declaration.
 pub mod kinds {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::meta::{
-    Catalog, CondOp, DomainMeta, FieldKind, FieldMeta, OnDelete, QueryMeta, TemplateMeta,
+    Catalog, CondOp, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete, QueryMeta, TemplateMeta,
 };
 use crate::value::{RecordKey, Value, format_timestamp};
 
@@ -143,12 +143,15 @@ impl Store {
     pub async fn insert(
         &self,
         t: &TemplateMeta,
-        id: Uuid,
+        id: Option<Uuid>,
         values: Vec<Value>,
     ) -> Result<Json, BedsError> {
-        let mut q = sqlx::query(self.sql(t).insert.clone())
-            .bind(id.to_string())
-            .bind(1_i64);
+        let mut q = sqlx::query(self.sql(t).insert.clone());
+        // Sequence ids are left to the database.
+        if let Some(id) = id {
+            q = q.bind(id.to_string());
+        }
+        q = q.bind(1_i64);
         for v in values {
             q = bind(q, v);
         }
@@ -214,12 +217,12 @@ impl Store {
         &self,
         t: &TemplateMeta,
         limit: u32,
-        after: Option<Uuid>,
+        after: Option<Value>,
     ) -> Result<Vec<Json>, BedsError> {
         let s = self.sql(t);
         let q = match after {
             None => sqlx::query(s.list_first.clone()),
-            Some(a) => sqlx::query(s.list_after.clone()).bind(a.to_string()),
+            Some(a) => bind(sqlx::query(s.list_after.clone()), a),
         };
         let rows = q
             .bind(i64::from(limit))
@@ -320,7 +323,11 @@ fn record(t: &TemplateMeta, row: &SqliteRow) -> Result<Json, BedsError> {
         )
     };
     let mut out = Map::with_capacity(t.fields.len() + 2);
-    out.insert("id".into(), Json::String(row.try_get(0).map_err(decode)?));
+    let id = match t.id {
+        IdKind::Uuid7 => Json::String(row.try_get(0).map_err(decode)?),
+        IdKind::Sequence => Json::from(row.try_get::<i64, _>(0).map_err(decode)?),
+    };
+    out.insert("id".into(), id);
     out.insert(
         "version".into(),
         Json::from(row.try_get::<i64, _>(1).map_err(decode)?),
@@ -628,7 +635,13 @@ fn statements(t: &TemplateMeta) -> Statements {
         .map(quote)
         .collect();
     let cols = columns.join(", ");
-    let marks = vec!["?"; columns.len()].join(", ");
+    // A sequence id is assigned by the database, so it is not inserted.
+    let inserted = match t.id {
+        IdKind::Uuid7 => &columns[..],
+        IdKind::Sequence => &columns[1..],
+    };
+    let marks = vec!["?"; inserted.len()].join(", ");
+    let insert_cols = inserted.join(", ");
     // One WHERE per key slot: the id, then each unique index (with its collation).
     let wheres: Vec<String> = std::iter::once(format!("{id} = ?"))
         .chain(t.unique.iter().map(|u| {
@@ -649,7 +662,7 @@ fn statements(t: &TemplateMeta) -> Statements {
         .collect();
     Statements {
         insert: trusted(format!(
-            "INSERT INTO {table} ({cols}) VALUES ({marks}) RETURNING {cols}"
+            "INSERT INTO {table} ({insert_cols}) VALUES ({marks}) RETURNING {cols}"
         )),
         fetch: wheres
             .iter()
@@ -759,14 +772,25 @@ fn query_index(q: &QueryMeta) -> Option<String> {
 
 fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
     let table = quote(t.table);
+    let id = match t.id {
+        IdKind::Uuid7 => "TEXT NOT NULL PRIMARY KEY",
+        // INTEGER PRIMARY KEY aliases the rowid; AUTOINCREMENT never reuses a deleted id.
+        IdKind::Sequence => "INTEGER PRIMARY KEY AUTOINCREMENT",
+    };
     let mut cols = vec![
-        format!("{} TEXT NOT NULL PRIMARY KEY", quote(t.id_column)),
+        format!("{} {id}", quote(t.id_column)),
         format!("{} INTEGER NOT NULL", quote(t.version_column)),
     ];
     let mut indexes = Vec::new();
     for f in t.fields {
         let ty = match f.kind {
-            FieldKind::Integer { .. } | FieldKind::BigInt { .. } | FieldKind::Bool => "INTEGER",
+            FieldKind::Integer { .. }
+            | FieldKind::BigInt { .. }
+            | FieldKind::Bool
+            | FieldKind::Ref {
+                id: IdKind::Sequence,
+                ..
+            } => "INTEGER",
             FieldKind::Float { .. } => "REAL",
             _ => "TEXT",
         };
@@ -775,6 +799,7 @@ fn table_ddl(all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
         if let FieldKind::Ref {
             template,
             on_delete,
+            ..
         } = f.kind
         {
             let target = all

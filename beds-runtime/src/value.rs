@@ -8,7 +8,7 @@ use crate::error::{BedsError, DetailCode, ErrorDetail};
 use std::collections::HashMap;
 
 use crate::meta::{
-    Catalog, DefaultValue, FieldKind, FieldMeta, ParamKind, QueryMeta, SetOn, TemplateMeta,
+    Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, SetOn, TemplateMeta,
 };
 
 /// A timestamp as records carry it: UTC, microsecond precision.
@@ -339,6 +339,11 @@ pub(crate) fn field_value(
             Json::Null => Err(wrong()),
             j => Ok(Value::Json(j.clone())),
         },
+        FieldKind::Ref {
+            id: IdKind::Sequence,
+            ..
+        } => id_value(IdKind::Sequence, j)
+            .map_err(|m| detail(at, name, DetailCode::InvalidFormat, m)),
         FieldKind::Uuid | FieldKind::Ref { .. } => {
             let s = j.as_str().ok_or_else(wrong)?;
             parse_uuid(s).map(Value::Uuid).ok_or_else(|| {
@@ -466,6 +471,7 @@ impl RecordKey {
             .zip(&self.values)
             .map(|(n, v)| match v {
                 Value::Uuid(u) => format!("{n} {u}"),
+                Value::Int(i) => format!("{n} {i}"),
                 Value::Text(s) => format!("{n} {s:?}"),
                 other => format!("{n} {other:?}"),
             })
@@ -506,25 +512,12 @@ pub fn record_key(
                 format!("a key by `id` has no other fields; `{other}` is not part of it"),
             ));
         }
-        let id = match &key["id"] {
-            Json::String(s) => parse_uuid(s).ok_or_else(|| {
-                BedsError::detail(
-                    "key.id",
-                    DetailCode::InvalidFormat,
-                    format!("key.id is not a UUID: `{s}`"),
-                )
-            })?,
-            _ => {
-                return Err(BedsError::detail(
-                    "key.id",
-                    DetailCode::WrongType,
-                    "key.id must be a UUID string",
-                ));
-            }
-        };
+        let id = id_value(t.id, &key["id"]).map_err(|m| {
+            BedsError::detail("key.id", DetailCode::InvalidFormat, format!("key.id {m}"))
+        })?;
         return Ok(RecordKey {
             slot: 0,
-            values: vec![Value::Uuid(id)],
+            values: vec![id],
         });
     }
     let Some(slot) = t
@@ -560,6 +553,22 @@ pub fn record_key(
         })
     } else {
         Err(BedsError::invalid(details))
+    }
+}
+
+/// An id as the wire carries it: a UUID string, or a positive integer for sequences.
+pub fn id_value(kind: IdKind, j: &Json) -> Result<Value, String> {
+    match kind {
+        IdKind::Uuid7 => j
+            .as_str()
+            .and_then(parse_uuid)
+            .map(Value::Uuid)
+            .ok_or_else(|| format!("must be a UUID string, found {j}")),
+        IdKind::Sequence => j
+            .as_i64()
+            .filter(|i| *i > 0)
+            .map(Value::Int)
+            .ok_or_else(|| format!("must be a positive integer id, found {j}")),
     }
 }
 

@@ -27,8 +27,15 @@ async fn every_template_and_query_conforms() {
         let mut made: Made = HashMap::new();
         for t in &order {
             if t.internal {
-                let e = send(&client, d.name, t.name, Op::List, |_| {}).await.unwrap_err();
-                assert_eq!(code(&e), Some(ErrorCode::UnknownTemplate), "{}: internal templates are not routed", t.name);
+                let e = send(&client, d.name, t.name, Op::List, |_| {})
+                    .await
+                    .unwrap_err();
+                assert_eq!(
+                    code(&e),
+                    Some(ErrorCode::UnknownTemplate),
+                    "{}: internal templates are not routed",
+                    t.name
+                );
                 continue;
             }
             invalid_inputs(&client, d.name, t, &made).await;
@@ -63,7 +70,9 @@ fn creation_order(templates: &[&'static TemplateMeta]) -> Vec<&'static TemplateM
             .iter()
             .position(|t| {
                 t.fields.iter().all(|f| match f.kind {
-                    FieldKind::Ref { template, .. } => template == t.name || out.iter().any(|o| o.name == template),
+                    FieldKind::Ref { template, .. } => {
+                        template == t.name || out.iter().any(|o| o.name == template)
+                    }
                     _ => true,
                 })
             })
@@ -91,13 +100,22 @@ fn code(e: &ClientError) -> Option<ErrorCode> {
 
 fn detail(e: &ClientError) -> Vec<(String, DetailCode)> {
     match e {
-        ClientError::Remote(e) => e.details.iter().map(|d| (d.field.clone(), d.code)).collect(),
+        ClientError::Remote(e) => e
+            .details
+            .iter()
+            .map(|d| (d.field.clone(), d.code))
+            .collect(),
         _ => panic!("expected an error reply, got {e}"),
     }
 }
 
-fn id_of(record: &Json) -> String {
-    record["id"].as_str().expect("records have a string id").to_string()
+fn id_of(record: &Json) -> Json {
+    let id = record["id"].clone();
+    assert!(
+        id.is_string() || id.as_i64().is_some_and(|i| i > 0),
+        "ids are UUID strings or positive integers: {id}"
+    );
+    id
 }
 
 /// A valid value of field `f` (the `n`th variant, so unique fields differ).
@@ -117,10 +135,14 @@ fn valid(f: &FieldMeta, n: usize, made: &Made) -> Json {
                 .map(|c| fit(c, min as usize, max as usize))
                 .find(|c| re.as_ref().is_none_or(|re| re.is_match(c)))
                 .map(Json::String)
-                .unwrap_or_else(|| panic!("{}: no sample value matches pattern {pattern:?}", f.name))
+                .unwrap_or_else(|| {
+                    panic!("{}: no sample value matches pattern {pattern:?}", f.name)
+                })
         }
         FieldKind::Text { max } => json!(fit(&format!("text {n}"), 1, max.unwrap_or(100) as usize)),
-        FieldKind::Integer { min, max } | FieldKind::BigInt { min, max } => json!((min.max(1) + n as i64).min(max)),
+        FieldKind::Integer { min, max } | FieldKind::BigInt { min, max } => {
+            json!((min.max(1) + n as i64).min(max))
+        }
         FieldKind::Float { min, max } => {
             let x = min.unwrap_or(0.0) + 1.5 + n as f64;
             json!(max.map_or(x, |m| x.min(m)))
@@ -134,7 +156,7 @@ fn valid(f: &FieldMeta, n: usize, made: &Made) -> Json {
         FieldKind::Ref { template, .. } => {
             let targets = made.get(template).filter(|v| !v.is_empty());
             match targets {
-                Some(v) => json!(id_of(&v[n % v.len()])),
+                Some(v) => id_of(&v[n % v.len()]),
                 None => Json::Null,
             }
         }
@@ -178,30 +200,78 @@ fn same(f: &FieldMeta, sent: &Json, got: &Json) -> bool {
     }
 }
 
-async fn create_valid(client: &Client, db: &SqlitePool, domain: &str, t: &TemplateMeta, n: usize, made: &Made) -> Json {
+async fn create_valid(
+    client: &Client,
+    db: &SqlitePool,
+    domain: &str,
+    t: &TemplateMeta,
+    n: usize,
+    made: &Made,
+) -> Json {
     let data = valid_data(t, n, made);
-    let record = send(client, domain, t.name, Op::Create, |r| r.data = Some(data.clone()))
-        .await
-        .unwrap_or_else(|e| panic!("{domain}.{}: valid create #{n} failed: {e}\n{data:?}", t.name));
-    assert_eq!(record["version"], 1, "{}: new records are version 1", t.name);
+    let record = send(client, domain, t.name, Op::Create, |r| {
+        r.data = Some(data.clone())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{domain}.{}: valid create #{n} failed: {e}\n{data:?}",
+            t.name
+        )
+    });
+    assert_eq!(
+        record["version"], 1,
+        "{}: new records are version 1",
+        t.name
+    );
     for f in t.fields {
         let got = &record[f.name];
         match data.get(f.name) {
-            Some(sent) => assert!(same(f, sent, got), "{}.{}: sent {sent}, stored {got}", t.name, f.name),
-            None if f.set.is_some() => assert!(got.is_string(), "{}.{} is set by the server", t.name, f.name),
+            Some(sent) => assert!(
+                same(f, sent, got),
+                "{}.{}: sent {sent}, stored {got}",
+                t.name,
+                f.name
+            ),
+            None if f.set.is_some() => assert!(
+                got.is_string(),
+                "{}.{} is set by the server",
+                t.name,
+                f.name
+            ),
             None => match f.default {
                 Some(_) => assert!(!got.is_null(), "{}.{}: the default applies", t.name, f.name),
-                None => assert!(got.is_null(), "{}.{}: absent optional field is null", t.name, f.name),
+                None => assert!(
+                    got.is_null(),
+                    "{}.{}: absent optional field is null",
+                    t.name,
+                    f.name
+                ),
             },
         }
     }
-    assert_eq!(rows(db, t, &id_of(&record)).await, 1, "{}: the row is stored", t.name);
+    assert_eq!(
+        rows(db, t, &id_of(&record)).await,
+        1,
+        "{}: the row is stored",
+        t.name
+    );
     record
 }
 
-async fn rows(db: &SqlitePool, t: &TemplateMeta, id: &str) -> i64 {
-    let sql = format!("SELECT COUNT(*) FROM \"{}\" WHERE \"{}\" = ?", t.table, t.id_column);
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(db).await.unwrap()
+async fn rows(db: &SqlitePool, t: &TemplateMeta, id: &Json) -> i64 {
+    let sql = format!(
+        "SELECT COUNT(*) FROM \"{}\" WHERE \"{}\" = ?",
+        t.table, t.id_column
+    );
+    let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    match id {
+        Json::String(s) => q.bind(s.clone()),
+        other => q.bind(other.as_i64()),
+    }
+    .fetch_one(db)
+    .await
+    .unwrap()
 }
 
 async fn invalid_inputs(client: &Client, domain: &str, t: &TemplateMeta, made: &Made) {
@@ -217,15 +287,27 @@ async fn invalid_inputs(client: &Client, domain: &str, t: &TemplateMeta, made: &
         match f.kind {
             FieldKind::String { min, max, .. } => {
                 with(f.name, json!(42), DetailCode::WrongType);
-                with(f.name, json!("x".repeat(max as usize + 1)), DetailCode::TooLong);
+                with(
+                    f.name,
+                    json!("x".repeat(max as usize + 1)),
+                    DetailCode::TooLong,
+                );
                 if min > 1 {
-                    with(f.name, json!("x".repeat(min as usize - 1)), DetailCode::TooShort);
+                    with(
+                        f.name,
+                        json!("x".repeat(min as usize - 1)),
+                        DetailCode::TooShort,
+                    );
                 }
             }
             FieldKind::Text { max } => {
                 with(f.name, json!(true), DetailCode::WrongType);
                 if let Some(max) = max {
-                    with(f.name, json!("x".repeat(max as usize + 1)), DetailCode::TooLong);
+                    with(
+                        f.name,
+                        json!("x".repeat(max as usize + 1)),
+                        DetailCode::TooLong,
+                    );
                 }
             }
             FieldKind::Integer { min, max } | FieldKind::BigInt { min, max } => {
@@ -249,8 +331,12 @@ async fn invalid_inputs(client: &Client, domain: &str, t: &TemplateMeta, made: &
             FieldKind::Bool => with(f.name, json!("yes"), DetailCode::WrongType),
             FieldKind::Timestamp => with(f.name, json!("yesterday"), DetailCode::InvalidFormat),
             FieldKind::Date => with(f.name, json!("2026-13-01"), DetailCode::InvalidFormat),
-            FieldKind::Uuid | FieldKind::Ref { .. } => with(f.name, json!("not-a-uuid"), DetailCode::InvalidFormat),
-            FieldKind::Enum { .. } => with(f.name, json!("no_such_value"), DetailCode::InvalidFormat),
+            FieldKind::Uuid | FieldKind::Ref { .. } => {
+                with(f.name, json!("not-a-uuid"), DetailCode::InvalidFormat)
+            }
+            FieldKind::Enum { .. } => {
+                with(f.name, json!("no_such_value"), DetailCode::InvalidFormat)
+            }
             FieldKind::Json => {}
         }
         if !f.optional && f.default.is_none() {
@@ -265,13 +351,27 @@ async fn invalid_inputs(client: &Client, domain: &str, t: &TemplateMeta, made: &
         with(f.name, json!("2026-01-01T00:00:00Z"), DetailCode::ReadOnly);
     }
     with("no_such_field", json!(1), DetailCode::Unknown);
-    cases.extend(with_missing.into_iter().map(|(d, f)| (d, f, DetailCode::Missing)));
+    cases.extend(
+        with_missing
+            .into_iter()
+            .map(|(d, f)| (d, f, DetailCode::Missing)),
+    );
     for (data, field, expected) in cases {
         let e = send(client, domain, t.name, Op::Create, |r| r.data = Some(data))
             .await
             .expect_err("invalid input is refused");
-        assert_eq!(code(&e), Some(ErrorCode::InvalidInput), "{}: {field}", t.name);
-        assert_eq!(detail(&e), vec![(field.clone(), expected)], "{}: {field}", t.name);
+        assert_eq!(
+            code(&e),
+            Some(ErrorCode::InvalidInput),
+            "{}: {field}",
+            t.name
+        );
+        assert_eq!(
+            detail(&e),
+            vec![(field.clone(), expected)],
+            "{}: {field}",
+            t.name
+        );
     }
 }
 
@@ -279,29 +379,67 @@ async fn read_back(client: &Client, domain: &str, t: &TemplateMeta, made: &Made)
     let mine = &made[t.name];
     for record in mine {
         let id = id_of(record);
-        let got = send(client, domain, t.name, Op::Fetch, |r| r.key = Some(key(&id))).await.unwrap();
-        assert_eq!(&got, record, "{}: fetch returns what create returned", t.name);
+        let got = send(client, domain, t.name, Op::Fetch, |r| {
+            r.key = Some(key(&id))
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            &got, record,
+            "{}: fetch returns what create returned",
+            t.name
+        );
     }
-    let page = send(client, domain, t.name, Op::List, |r| r.limit = Some(t.page.max)).await.unwrap();
+    let page = send(client, domain, t.name, Op::List, |r| {
+        r.limit = Some(t.page.max)
+    })
+    .await
+    .unwrap();
     let listed: Vec<&Json> = page["items"].as_array().unwrap().iter().collect();
     for record in mine {
-        assert!(listed.contains(&record), "{}: list contains every record", t.name);
+        assert!(
+            listed.contains(&record),
+            "{}: list contains every record",
+            t.name
+        );
     }
     // Each unique index is a key too.
     for u in t.unique {
-        let k: Map<String, Json> = u.fields.iter().map(|f| (f.to_string(), mine[0][*f].clone())).collect();
-        let got = send(client, domain, t.name, Op::Fetch, |r| r.key = Some(k.clone())).await.unwrap();
-        assert_eq!(got, mine[0], "{}: fetch by unique key {:?}", t.name, u.fields);
+        let k: Map<String, Json> = u
+            .fields
+            .iter()
+            .map(|f| (f.to_string(), mine[0][*f].clone()))
+            .collect();
+        let got = send(client, domain, t.name, Op::Fetch, |r| {
+            r.key = Some(k.clone())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            got, mine[0],
+            "{}: fetch by unique key {:?}",
+            t.name, u.fields
+        );
     }
 }
 
-fn key(id: &str) -> Map<String, Json> {
-    Map::from_iter([("id".to_string(), json!(id))])
+fn key(id: &Json) -> Map<String, Json> {
+    Map::from_iter([("id".to_string(), id.clone())])
 }
 
-async fn update_one(client: &Client, db: &SqlitePool, domain: &str, t: &TemplateMeta, made: &mut Made) {
+async fn update_one(
+    client: &Client,
+    db: &SqlitePool,
+    domain: &str,
+    t: &TemplateMeta,
+    made: &mut Made,
+) {
     let id = id_of(&made[t.name][0]);
-    let Some(f) = t.fields.iter().find(|f| f.is_input() && !matches!(f.kind, FieldKind::Ref { .. })) else {
+    let Some(f) = t
+        .fields
+        .iter()
+        .find(|f| f.is_input() && !matches!(f.kind, FieldKind::Ref { .. }))
+    else {
         return;
     };
     let value = valid(f, 5, made);
@@ -312,14 +450,36 @@ async fn update_one(client: &Client, db: &SqlitePool, domain: &str, t: &Template
     })
     .await;
     if t.append_only {
-        assert_eq!(code(&result.unwrap_err()), Some(ErrorCode::OperationNotAllowed), "{}", t.name);
+        assert_eq!(
+            code(&result.unwrap_err()),
+            Some(ErrorCode::OperationNotAllowed),
+            "{}",
+            t.name
+        );
         return;
     }
     let updated = result.unwrap_or_else(|e| panic!("{}: update failed: {e}", t.name));
-    assert_eq!(updated["version"], 2, "{}: an update bumps the version", t.name);
-    assert!(same(f, &value, &updated[f.name]), "{}.{} updated", t.name, f.name);
-    let sql = format!("SELECT \"{}\" FROM \"{}\" WHERE \"{}\" = ?", t.version_column, t.table, t.id_column);
-    let version: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&id).fetch_one(db).await.unwrap();
+    assert_eq!(
+        updated["version"], 2,
+        "{}: an update bumps the version",
+        t.name
+    );
+    assert!(
+        same(f, &value, &updated[f.name]),
+        "{}.{} updated",
+        t.name,
+        f.name
+    );
+    let sql = format!(
+        "SELECT \"{}\" FROM \"{}\" WHERE \"{}\" = ?",
+        t.version_column, t.table, t.id_column
+    );
+    let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    let q = match &id {
+        Json::String(s) => q.bind(s.clone()),
+        other => q.bind(other.as_i64()),
+    };
+    let version: i64 = q.fetch_one(db).await.unwrap();
     assert_eq!(version, 2, "{}: the row carries the new version", t.name);
     made.get_mut(t.name).unwrap()[0] = updated;
 }
@@ -339,7 +499,10 @@ fn value_at(made: &Made, from: &TemplateMeta, record: &Json, path: &[&str]) -> J
         .iter()
         .find_map(|d| d.template(template))
         .unwrap();
-    let next = made[template].iter().find(|r| r["id"] == v).expect("referenced record was made");
+    let next = made[template]
+        .iter()
+        .find(|r| r["id"] == v)
+        .expect("referenced record was made");
     value_at(made, target, next, rest)
 }
 
@@ -359,7 +522,10 @@ async fn run_query(client: &Client, domain: &str, q: &QueryMeta, made: &Made) {
         params.insert(c.param.to_string(), arg);
     }
     // Strict ranges exclude the sample itself; everything else must find it.
-    let must_find = q.filter.iter().all(|c| !matches!(c.op, CondOp::Lt | CondOp::Gt));
+    let must_find = q
+        .filter
+        .iter()
+        .all(|c| !matches!(c.op, CondOp::Lt | CondOp::Gt));
     let reply = send(client, domain, "", Op::Query, |r| {
         r.query = Some(q.name.to_string());
         r.params = Some(params.clone());
@@ -374,7 +540,11 @@ async fn run_query(client: &Client, domain: &str, q: &QueryMeta, made: &Made) {
     }
     let items = reply["items"].as_array().unwrap();
     if must_find {
-        assert!(items.iter().any(|i| i["id"] == sample["id"]), "query {}: finds the sample", q.name);
+        assert!(
+            items.iter().any(|i| i["id"] == sample["id"]),
+            "query {}: finds the sample",
+            q.name
+        );
     }
     // The declared order holds across the page.
     for pair in items.windows(2) {
@@ -388,15 +558,27 @@ async fn run_query(client: &Client, domain: &str, q: &QueryMeta, made: &Made) {
     })
     .await
     .unwrap_err();
-    assert!(detail(&empty).contains(&("params.no_such_param".to_string(), DetailCode::Unknown)), "query {}", q.name);
+    assert!(
+        detail(&empty).contains(&("params.no_such_param".to_string(), DetailCode::Unknown)),
+        "query {}",
+        q.name
+    );
 }
 
 async fn delete_all(client: &Client, db: &SqlitePool, domain: &str, t: &TemplateMeta, made: &Made) {
     for record in made.get(t.name).into_iter().flatten() {
         let id = id_of(record);
-        let result = send(client, domain, t.name, Op::Delete, |r| r.key = Some(key(&id))).await;
+        let result = send(client, domain, t.name, Op::Delete, |r| {
+            r.key = Some(key(&id))
+        })
+        .await;
         if t.append_only {
-            assert_eq!(code(&result.unwrap_err()), Some(ErrorCode::OperationNotAllowed), "{}", t.name);
+            assert_eq!(
+                code(&result.unwrap_err()),
+                Some(ErrorCode::OperationNotAllowed),
+                "{}",
+                t.name
+            );
             continue;
         }
         match result {
@@ -404,8 +586,17 @@ async fn delete_all(client: &Client, db: &SqlitePool, domain: &str, t: &Template
             // Already removed by a cascade from a record deleted before it.
             Err(e) => assert_eq!(code(&e), Some(ErrorCode::NotFound), "{}: {e}", t.name),
         }
-        let gone = send(client, domain, t.name, Op::Fetch, |r| r.key = Some(key(&id))).await.unwrap_err();
-        assert_eq!(code(&gone), Some(ErrorCode::NotFound), "{}: deleted records are gone", t.name);
+        let gone = send(client, domain, t.name, Op::Fetch, |r| {
+            r.key = Some(key(&id))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            code(&gone),
+            Some(ErrorCode::NotFound),
+            "{}: deleted records are gone",
+            t.name
+        );
         assert_eq!(rows(db, t, &id).await, 0, "{}: the row is gone", t.name);
     }
 }

@@ -11,11 +11,7 @@ use crate::support::TestEnv;
 #[serde(transparent)]
 pub struct GadgetId(pub uuid::Uuid);
 
-impl rt::Key for GadgetId {
-    fn uuid(&self) -> uuid::Uuid {
-        self.0
-    }
-}
+impl rt::Key for GadgetId {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,11 +3,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThingId(pub uuid::Uuid);
-impl rt::Key for ThingId {
-    fn uuid(&self) -> uuid::Uuid {
-        self.0
-    }
-}
+impl rt::Key for ThingId {}
 #[derive(Serialize)]
 pub struct In;
 
