@@ -350,12 +350,16 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         t.table = Some(string(meta)?);
     } else if p.is_ident("id") {
         let kind = meta.value()?.parse::<LitStr>()?;
-        if kind.value() != "uuid7" {
-            return Err(syn::Error::new_spanned(
-                kind,
-                "the only id kind is \"uuid7\"",
-            ));
-        }
+        t.sequence = match kind.value().as_str() {
+            "uuid7" => false,
+            "sequence" => true,
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    kind,
+                    "the id kind is \"uuid7\" or \"sequence\"",
+                ));
+            }
+        };
     } else if p.is_ident("id_column") {
         t.id_column = Some(string(meta)?);
     } else if p.is_ident("version_column") {

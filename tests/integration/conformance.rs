@@ -147,7 +147,7 @@ fn valid(f: &FieldMeta, n: usize, made: &Made) -> Json {
             let x = min.unwrap_or(0.0) + 1.5 + n as f64;
             json!(max.map_or(x, |m| x.min(m)))
         }
-        FieldKind::Bool => json!(n % 2 == 0),
+        FieldKind::Bool => json!(n.is_multiple_of(2)),
         FieldKind::Timestamp => json!(format!("2026-01-0{}T10:00:00Z", n % 9 + 1)),
         FieldKind::Date => json!(format!("2026-02-1{}", n % 9)),
         FieldKind::Uuid => json!(uuid::Uuid::now_v7()),
