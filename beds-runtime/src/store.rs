@@ -335,7 +335,12 @@ fn record(t: &TemplateMeta, row: &SqliteRow) -> Result<Json, BedsError> {
     for (i, f) in t.fields.iter().enumerate() {
         let col = i + 2;
         let v = match f.kind {
-            FieldKind::Integer { .. } | FieldKind::BigInt { .. } => row
+            FieldKind::Integer { .. }
+            | FieldKind::BigInt { .. }
+            | FieldKind::Ref {
+                id: IdKind::Sequence,
+                ..
+            } => row
                 .try_get::<Option<i64>, _>(col)
                 .map(|v| v.map(Json::from)),
             FieldKind::Float { .. } => row
