@@ -203,13 +203,16 @@ impl Store {
         &self,
         t: &TemplateMeta,
         key: &RecordKey,
-    ) -> Result<Option<String>, BedsError> {
+    ) -> Result<Option<Json>, BedsError> {
         let row = bind_key(sqlx::query(self.sql(t).delete[key.slot].clone()), key)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(t, e, Write::Delete))?;
-        row.map(|r| r.try_get::<String, _>(0).map_err(|e| internal(t, &e)))
-            .transpose()
+        let id = |r: SqliteRow| match t.id {
+            IdKind::Uuid7 => r.try_get::<String, _>(0).map(Json::String),
+            IdKind::Sequence => r.try_get::<i64, _>(0).map(Json::from),
+        };
+        row.map(|r| id(r).map_err(|e| internal(t, &e))).transpose()
     }
 
     /// Up to `limit` records in key order, starting after `after`.

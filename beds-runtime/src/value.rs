@@ -405,18 +405,8 @@ pub fn query_params(
     for p in q.params {
         let one = |j: &Json| match p.kind {
             ParamKind::Field(f) => field_value(&as_param(f), j, patterns, "params", p.name),
-            ParamKind::Id(_) => j
-                .as_str()
-                .and_then(parse_uuid)
-                .map(Value::Uuid)
-                .ok_or_else(|| {
-                    detail(
-                        "params",
-                        p.name,
-                        DetailCode::InvalidFormat,
-                        "must be a UUID string".into(),
-                    )
-                }),
+            ParamKind::Id(t) => id_value(t.id, j)
+                .map_err(|m| detail("params", p.name, DetailCode::InvalidFormat, m)),
         };
         let v = match params.get(p.name) {
             None | Some(Json::Null) if p.optional => Ok(Value::Null),

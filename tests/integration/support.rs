@@ -27,6 +27,8 @@ impl TestEnv {
     /// A configuration of the repository's config file with the `test` overlay, a unique
     /// queue tag and a temporary data directory.
     pub fn new(name: &str) -> TestEnv {
+        // Server errors show in the test output; RUST_LOG widens it.
+        beds_runtime::telemetry::init("error");
         let mut env = vec![("BEDS_ENV".to_string(), "test".to_string())];
         if let Ok(url) = std::env::var("BEDS_AMQP__URL") {
             env.push(("BEDS_AMQP__URL".into(), url));
