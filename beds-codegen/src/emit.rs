@@ -337,11 +337,17 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
     let input_fields: Vec<&Field> = t.fields.iter().filter(|f| f.set.is_none()).collect();
     let create_fields = input_fields.iter().map(|f| {
         let n = ident(&f.name);
-        let ty = rust_type(&t.name, f);
+        // A defaulted field may be left out too: `None` lets the declared default apply.
+        let omittable = f.optional || f.default.is_some();
+        let ty = rust_type(
+            &t.name,
+            &Field {
+                optional: omittable,
+                ..(*f).clone()
+            },
+        );
         let doc = field_doc(f);
-        let skip = f
-            .optional
-            .then(|| quote!(#[serde(skip_serializing_if = "Option::is_none")]));
+        let skip = omittable.then(|| quote!(#[serde(skip_serializing_if = "Option::is_none")]));
         quote! {
             #[doc = #doc]
             #skip
