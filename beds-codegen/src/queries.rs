@@ -271,18 +271,7 @@ fn resolve(
             return Some(id_type(t));
         }
         let Some(f) = t.field(seg) else {
-            let known: Vec<&str> = t
-                .fields
-                .iter()
-                .map(|f| f.name.as_str())
-                .chain(["id"])
-                .collect();
-            cx.error_hint(
-                key.pos,
-                cpath,
-                format!("`{}` has no field `{seg}`", t.name),
-                suggest(seg, &known),
-            );
+            no_field(cx, key.pos, cpath, t, seg);
             return None;
         };
         if last {
@@ -405,18 +394,7 @@ fn order_key(cx: &mut Ctx, opath: &str, item: &Node, from: &Template) -> Option<
         return Some((field.to_string(), desc));
     }
     let Some(f) = from.field(field) else {
-        let known: Vec<&str> = from
-            .fields
-            .iter()
-            .map(|f| f.name.as_str())
-            .chain(["id"])
-            .collect();
-        cx.error_hint(
-            item.pos,
-            opath,
-            format!("`{}` has no field `{field}`", from.name),
-            suggest(field, &known),
-        );
+        no_field(cx, item.pos, opath, from, field);
         return None;
     };
     if f.optional || f.ty == FieldType::Json {
@@ -429,4 +407,19 @@ fn order_key(cx: &mut Ctx, opath: &str, item: &Node, from: &Template) -> Option<
         return None;
     }
     Some((field.to_string(), desc))
+}
+
+fn no_field(cx: &mut Ctx, pos: crate::yaml::Pos, path: &str, t: &Template, name: &str) {
+    let known: Vec<&str> = t
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(["id"])
+        .collect();
+    cx.error_hint(
+        pos,
+        path,
+        format!("`{}` has no field `{name}`", t.name),
+        suggest(name, &known),
+    );
 }

@@ -505,62 +505,84 @@ fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
 }
 
 fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<String>> {
-    let Some(items) = node.as_seq() else {
+    let Some(items) = list(cx, path, node) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            field_names(
+                cx,
+                &format!("{path}[{i}]"),
+                item,
+                t,
+                true,
+                "e.g. `[author, created_at]`",
+            )
+        })
+        .collect()
+}
+
+fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
+    let items = node.as_seq();
+    if items.is_none() {
         cx.error_hint(
             node.pos,
             path,
             format!("expected a list, found {}", node.describe()),
             "write a YAML list, e.g. `[a, b]`",
         );
-        return Vec::new();
+    }
+    items
+}
+
+/// A non-empty list of the template's field names (`id` too when `with_id`).
+fn field_names(
+    cx: &mut Ctx,
+    path: &str,
+    node: &Node,
+    t: &Template,
+    with_id: bool,
+    example: &str,
+) -> Option<Vec<String>> {
+    let Some(items) = node.as_seq().filter(|l| !l.is_empty()) else {
+        cx.error_hint(
+            node.pos,
+            path,
+            "expected a non-empty list of field names",
+            example,
+        );
+        return None;
     };
     let known: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let p = format!("{path}[{i}]");
-        let Some(list) = item.as_seq().filter(|l| !l.is_empty()) else {
-            cx.error_hint(
-                item.pos,
-                &p,
-                "expected a non-empty list of field names",
-                "e.g. `[author, created_at]`",
-            );
-            continue;
-        };
-        let mut names = Vec::new();
-        for f in list {
-            match f.as_str() {
-                Some(name) if known.contains(&name) || name == "id" => names.push(name.to_string()),
-                Some(name) => cx.error_hint(
-                    f.pos,
-                    &p,
-                    format!("`{name}` is not a field of this template"),
-                    suggest(name, &known),
-                ),
-                None => cx.error_hint(
-                    f.pos,
-                    &p,
-                    "expected a field name",
-                    "write the name of a field of this template",
-                ),
+    let mut names = Vec::new();
+    for f in items {
+        match f.as_str() {
+            Some(name) if known.contains(&name) || (with_id && name == "id") => {
+                names.push(name.to_string())
             }
+            Some(name) => cx.error_hint(
+                f.pos,
+                path,
+                format!("`{name}` is not a field of this template"),
+                suggest(name, &known),
+            ),
+            None => cx.error_hint(
+                f.pos,
+                path,
+                "expected a field name",
+                "write the name of a field of this template",
+            ),
         }
-        out.push(names);
     }
-    out
+    Some(names)
 }
 
 fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
-    let Some(items) = node.as_seq() else {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("expected a list, found {}", node.describe()),
-            "write a YAML list, e.g. `[a, b]`",
-        );
+    let Some(items) = list(cx, path, node) else {
         return Vec::new();
     };
-    let known: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -578,33 +600,10 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
             );
             continue;
         };
-        let Some(list) = fields.as_seq().filter(|l| !l.is_empty()) else {
-            cx.error_hint(
-                fields.pos,
-                &format!("{p}.fields"),
-                "expected a non-empty list of field names",
-                "e.g. `{ fields: [handle] }`",
-            );
+        let example = "e.g. `{ fields: [handle] }`";
+        let Some(names) = field_names(cx, &format!("{p}.fields"), fields, t, false, example) else {
             continue;
         };
-        let mut names = Vec::new();
-        for f in list {
-            match f.as_str() {
-                Some(name) if known.contains(&name) => names.push(name.to_string()),
-                Some(name) => cx.error_hint(
-                    f.pos,
-                    &format!("{p}.fields"),
-                    format!("`{name}` is not a field of this template"),
-                    suggest(name, &known),
-                ),
-                None => cx.error_hint(
-                    f.pos,
-                    &format!("{p}.fields"),
-                    "expected a field name",
-                    "write the name of a field of this template",
-                ),
-            }
-        }
         if case_insensitive
             && names
                 .iter()

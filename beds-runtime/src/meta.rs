@@ -104,6 +104,28 @@ impl DomainMeta {
     pub fn template(&self, name: &str) -> Option<&'static TemplateMeta> {
         self.templates.iter().copied().find(|t| t.name == name)
     }
+
+    /// The templates ordered so that each comes after the templates it references (for
+    /// creating tables and records); references in a cycle keep declaration order.
+    pub fn in_reference_order(&self) -> Vec<&'static TemplateMeta> {
+        let mut done: Vec<&'static TemplateMeta> = Vec::new();
+        let mut pending = self.templates.to_vec();
+        while !pending.is_empty() {
+            let ready = pending
+                .iter()
+                .position(|t| {
+                    t.fields.iter().all(|f| match f.kind {
+                        FieldKind::Ref { template, .. } => {
+                            template == t.name || done.iter().any(|d| d.name == template)
+                        }
+                        _ => true,
+                    })
+                })
+                .unwrap_or(0);
+            done.push(pending.remove(ready));
+        }
+        done
+    }
 }
 
 /// One template: its API shape and its storage names.

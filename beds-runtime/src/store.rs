@@ -699,24 +699,7 @@ fn statements(t: &TemplateMeta) -> Statements {
 pub fn schema(catalog: &Catalog) -> Vec<String> {
     let mut out = Vec::new();
     for d in catalog.domains {
-        let mut done: Vec<&str> = Vec::new();
-        let mut pending: Vec<&TemplateMeta> = d.templates.to_vec();
-        while !pending.is_empty() {
-            // A template is ready once every other template it references is created;
-            // if only cycles remain, SQLite accepts forward references anyway.
-            let ready = pending
-                .iter()
-                .position(|t| {
-                    t.fields.iter().all(|f| match f.kind {
-                        FieldKind::Ref { template, .. } => {
-                            template == t.name || done.contains(&template)
-                        }
-                        _ => true,
-                    })
-                })
-                .unwrap_or(0);
-            let t = pending.remove(ready);
-            done.push(t.name);
+        for t in d.in_reference_order() {
             out.extend(table_ddl(d.templates, t));
         }
         out.extend(d.queries.iter().filter_map(|q| query_index(q)));

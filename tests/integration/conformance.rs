@@ -23,7 +23,7 @@ async fn every_template_and_query_conforms() {
     let db = env.db().await;
     let mut exercised = Vec::new();
     for d in beds::CATALOG.domains {
-        let order = creation_order(d.templates);
+        let order = d.in_reference_order();
         let mut made: Made = HashMap::new();
         for t in &order {
             if t.internal {
@@ -59,27 +59,6 @@ async fn every_template_and_query_conforms() {
     assert!(!exercised.is_empty());
     client.close().await.unwrap();
     server.stop().await;
-}
-
-/// Templates ordered so that every reference points at one created earlier.
-fn creation_order(templates: &[&'static TemplateMeta]) -> Vec<&'static TemplateMeta> {
-    let mut out: Vec<&'static TemplateMeta> = Vec::new();
-    let mut pending = templates.to_vec();
-    while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|t| {
-                t.fields.iter().all(|f| match f.kind {
-                    FieldKind::Ref { template, .. } => {
-                        template == t.name || out.iter().any(|o| o.name == template)
-                    }
-                    _ => true,
-                })
-            })
-            .expect("references form no cycle through required fields");
-        out.push(pending.remove(ready));
-    }
-    out
 }
 
 async fn send(
@@ -264,6 +243,11 @@ async fn rows(db: &SqlitePool, t: &TemplateMeta, id: &Json) -> i64 {
         "SELECT COUNT(*) FROM \"{}\" WHERE \"{}\" = ?",
         t.table, t.id_column
     );
+    scalar_by_id(db, sql, id).await
+}
+
+/// Runs `sql` with the record id (a UUID string or an integer) as its one parameter.
+async fn scalar_by_id(db: &SqlitePool, sql: String, id: &Json) -> i64 {
     let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     match id {
         Json::String(s) => q.bind(s.clone()),
@@ -474,12 +458,7 @@ async fn update_one(
         "SELECT \"{}\" FROM \"{}\" WHERE \"{}\" = ?",
         t.version_column, t.table, t.id_column
     );
-    let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    let q = match &id {
-        Json::String(s) => q.bind(s.clone()),
-        other => q.bind(other.as_i64()),
-    };
-    let version: i64 = q.fetch_one(db).await.unwrap();
+    let version = scalar_by_id(db, sql, &id).await;
     assert_eq!(version, 2, "{}: the row carries the new version", t.name);
     made.get_mut(t.name).unwrap()[0] = updated;
 }

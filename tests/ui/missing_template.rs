@@ -1,11 +1,7 @@
 use beds_runtime::support as rt;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ThingId(pub uuid::Uuid);
-impl rt::Key for ThingId {}
-#[derive(Serialize)]
-pub struct In;
+include!("shared/key.rs");
 
 #[derive(Serialize, Deserialize, rt::Record)]
 pub struct Thing {
