@@ -69,6 +69,7 @@ pub struct Config {
     pub brokers: BrokersConfig,
     pub database: DatabaseConfig,
     pub shutdown: ShutdownConfig,
+    pub idempotency: IdempotencyConfig,
     pub client: ClientConfig,
     pub log: LogConfig,
 }
@@ -84,6 +85,7 @@ impl Default for Config {
             brokers: BrokersConfig::default(),
             database: DatabaseConfig::default(),
             shutdown: ShutdownConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
         }
@@ -213,6 +215,21 @@ impl Default for ShutdownConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long the reply of an applied write is kept for replays of its key.
+    pub ttl: Millis,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// How long a client waits for a reply.
     pub timeout: Millis,
@@ -283,9 +300,11 @@ impl<'de> Deserialize<'de> for Millis {
             "" | "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => {
                 return Err(serde::de::Error::custom(format!(
-                    "invalid duration unit in `{text}`; use ms, s or m"
+                    "invalid duration unit in `{text}`; use ms, s, m, h or d"
                 )));
             }
         };

@@ -11,7 +11,7 @@ use crate::envelope::Request;
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{IdKind, PageMeta, QueryMeta, TemplateMeta};
 use crate::record::Record;
-use crate::store::Store;
+use crate::store::{Store, WriteOp};
 use crate::value::{self, RecordKey};
 
 /// What handlers need from the running node.
@@ -77,13 +77,22 @@ fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
     )
 }
 
+/// The key under which a write's reply is remembered.
+fn idempotency_key(req: &Request) -> String {
+    req.idempotency_key
+        .clone()
+        .unwrap_or_else(|| req.id.to_string())
+}
+
 async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let values = value::create_values(t, data(req)?, &ctx.patterns)?;
     let id = match t.id {
         IdKind::Uuid7 => Some(Uuid::now_v7()),
         IdKind::Sequence => None,
     };
-    ctx.store.insert(t, id, values).await
+    ctx.store
+        .write(t, &idempotency_key(req), WriteOp::Insert { id, values })
+        .await
 }
 
 async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
@@ -97,18 +106,21 @@ async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Jso
 async fn update(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
     let changes = value::patch_values(t, data(req)?, &ctx.patterns)?;
-    ctx.store
-        .update(t, &key, changes)
-        .await?
-        .ok_or_else(|| not_found(t, &key))
+    let op = WriteOp::Update {
+        key,
+        changes,
+        expect_version: req.expect_version,
+    };
+    ctx.store.write(t, &idempotency_key(req), op).await
 }
 
 async fn delete(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
-    match ctx.store.delete(t, &key).await? {
-        Some(id) => Ok(serde_json::json!({ "id": id, "deleted": true })),
-        None => Err(not_found(t, &key)),
-    }
+    let op = WriteOp::Delete {
+        key,
+        expect_version: req.expect_version,
+    };
+    ctx.store.write(t, &idempotency_key(req), op).await
 }
 
 /// The page size a request asks for, within the declared cap.

@@ -93,6 +93,13 @@ pub struct Request {
     /// The record's key, e.g. `{"id": "…"}`, for fetch, update and delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Map<String, Json>>,
+    /// Replays of a write with the same key return the first reply and change nothing;
+    /// defaults to the request `id`, so redeliveries and resends of one message are safe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// For update and delete: apply only if the record is at this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_version: Option<i64>,
     /// Field values for create and update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
@@ -127,6 +134,8 @@ impl Request {
             template: template.to_string(),
             op: op.as_str().to_string(),
             key: None,
+            idempotency_key: None,
+            expect_version: None,
             data: None,
             limit: None,
             after: None,

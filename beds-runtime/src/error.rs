@@ -37,6 +37,10 @@ pub enum ErrorCode {
     UniqueViolation,
     ReferenceNotFound,
     StillReferenced,
+    /// `expect_version` did not match; `current_version` says what it is.
+    VersionConflict,
+    /// An idempotency key was reused for a different operation.
+    IdempotencyKeyReused,
     DatabaseUnavailable,
     Internal,
     /// A code this client does not know yet (sent by a newer server).
@@ -53,7 +57,8 @@ impl ErrorCode {
             | WrongQueue => ErrorClass::Contract,
             InvalidInput => ErrorClass::Validation,
             NotFound => ErrorClass::NotFound,
-            UniqueViolation | ReferenceNotFound | StillReferenced => ErrorClass::Conflict,
+            UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
+            | IdempotencyKeyReused => ErrorClass::Conflict,
             DatabaseUnavailable => ErrorClass::Transient,
             Internal | Unknown => ErrorClass::Internal,
         }
@@ -96,6 +101,9 @@ pub struct BedsError {
     pub message: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<ErrorDetail>,
+    /// For `version_conflict`: the record's version now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
 }
 
 impl BedsError {
@@ -105,6 +113,7 @@ impl BedsError {
             class: code.class(),
             message: message.into(),
             details: Vec::new(),
+            current_version: None,
         }
     }
 

@@ -63,6 +63,28 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ServerError> {
     })
 }
 
+/// Forgets idempotency keys past their time to live, a few times per TTL (at least
+/// once a minute), until the node stops.
+async fn expire_idempotency(store: Store, ttl: std::time::Duration, stop: CancellationToken) {
+    let every = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store.expire_idempotency(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring idempotency keys failed; retrying later")
+            }
+        }
+    }
+}
+
 /// A started node. Call [`Server::stop`] (or trigger its [`Server::stop_token`]) to
 /// stop consuming, finish in-flight messages and close.
 #[derive(Debug)]
@@ -117,6 +139,11 @@ impl Server {
         });
         let stop = CancellationToken::new();
         let mut workers = JoinSet::new();
+        tokio::spawn(expire_idempotency(
+            store.clone(),
+            config.idempotency.ttl.duration(),
+            stop.clone(),
+        ));
         for &lane in lanes {
             let pool = match lane {
                 Lane::Read => config.brokers.read,

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr, SqlitePool};
 use uuid::Uuid;
 
@@ -54,8 +56,39 @@ struct Statements {
     list_after: SqlStr,
     /// `UPDATE t SET "version" = "version" + 1`; the changed columns follow per request.
     update_head: String,
-    /// ` WHERE <key> RETURNING …`, by key slot.
+    /// ` WHERE <key> AND <version matches> RETURNING …`, by key slot.
     update_tail: Vec<String>,
+    /// The current version of a record, by key slot.
+    version: Vec<SqlStr>,
+}
+
+/// One change to a record, applied by [`Store::write`].
+#[derive(Debug)]
+pub enum WriteOp {
+    Insert {
+        /// `None` for sequence ids, which the database assigns.
+        id: Option<Uuid>,
+        values: Vec<Value>,
+    },
+    Update {
+        key: RecordKey,
+        changes: Vec<(&'static FieldMeta, Value)>,
+        expect_version: Option<i64>,
+    },
+    Delete {
+        key: RecordKey,
+        expect_version: Option<i64>,
+    },
+}
+
+impl WriteOp {
+    fn name(&self) -> &'static str {
+        match self {
+            WriteOp::Insert { .. } => "create",
+            WriteOp::Update { .. } => "update",
+            WriteOp::Delete { .. } => "delete",
+        }
+    }
 }
 
 /// A named query's statement and how to bind it.
@@ -139,9 +172,85 @@ impl Store {
         &self.statements[&(t.domain, t.name)]
     }
 
-    /// Inserts a record; `values` holds one value per declared field.
-    pub async fn insert(
+    /// Applies one write in a transaction together with its idempotency record: a key seen
+    /// before returns the reply stored with it and changes nothing.
+    pub async fn write(
         &self,
+        t: &TemplateMeta,
+        idempotency_key: &str,
+        op: WriteOp,
+    ) -> Result<Json, BedsError> {
+        let target = format!("{}.{}.{}", t.domain, t.name, op.name());
+        // IMMEDIATE takes the write lock up front, so two deliveries of one key serialise
+        // instead of both missing the lookup.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| db_error(t, e, Write::None))?;
+        let seen: Option<(String, String)> =
+            sqlx::query_as("SELECT target, reply FROM beds_idempotency WHERE key = ?")
+                .bind(idempotency_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error(t, e, Write::None))?;
+        if let Some((seen_target, reply)) = seen {
+            if seen_target != target {
+                return Err(BedsError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    format!(
+                        "idempotency key `{idempotency_key}` was used for {seen_target}; use a new key for {target}"
+                    ),
+                ));
+            }
+            return serde_json::from_str(&reply).map_err(|e| {
+                tracing::error!(error = %e, "stored idempotent reply is not JSON");
+                BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
+            });
+        }
+        let reply = match op {
+            WriteOp::Insert { id, values } => self.insert(&mut tx, t, id, values).await?,
+            WriteOp::Update {
+                key,
+                changes,
+                expect_version,
+            } => {
+                self.update(&mut tx, t, &key, changes, expect_version)
+                    .await?
+            }
+            WriteOp::Delete {
+                key,
+                expect_version,
+            } => self.delete(&mut tx, t, &key, expect_version).await?,
+        };
+        sqlx::query(
+            "INSERT INTO beds_idempotency (key, target, reply, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(idempotency_key)
+        .bind(&target)
+        .bind(reply.to_string())
+        .bind(format_timestamp(&crate::value::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(t, e, Write::None))?;
+        tx.commit().await.map_err(|e| db_error(t, e, Write::None))?;
+        Ok(reply)
+    }
+
+    /// Forgets idempotency keys older than `ttl`; returns how many.
+    pub async fn expire_idempotency(&self, ttl: Duration) -> Result<u64, sqlx::Error> {
+        let cutoff =
+            crate::value::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query("DELETE FROM beds_idempotency WHERE created_at < ?")
+            .bind(format_timestamp(&cutoff))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut SqliteConnection,
         t: &TemplateMeta,
         id: Option<Uuid>,
         values: Vec<Value>,
@@ -156,7 +265,7 @@ impl Store {
             q = bind(q, v);
         }
         let row = q
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| db_error(t, e, Write::Insert))?;
         record(t, &row)
@@ -174,13 +283,15 @@ impl Store {
         row.map(|r| record(t, &r)).transpose()
     }
 
-    /// Applies `changes` and bumps the version; `None` when there is no such record.
-    pub async fn update(
+    /// Applies `changes` and bumps the version, if the version is `expect_version`.
+    async fn update(
         &self,
+        conn: &mut SqliteConnection,
         t: &TemplateMeta,
         key: &RecordKey,
-        changes: Vec<(&FieldMeta, Value)>,
-    ) -> Result<Option<Json>, BedsError> {
+        changes: Vec<(&'static FieldMeta, Value)>,
+        expect_version: Option<i64>,
+    ) -> Result<Json, BedsError> {
         let s = self.sql(t);
         let mut sql = s.update_head.clone();
         for (f, _) in &changes {
@@ -192,27 +303,72 @@ impl Store {
             q = bind(q, v);
         }
         let row = bind_key(q, key)
-            .fetch_optional(&self.pool)
+            .bind(expect_version)
+            .bind(expect_version)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(|e| db_error(t, e, Write::Update))?;
-        row.map(|r| record(t, &r)).transpose()
+        match row {
+            Some(r) => record(t, &r),
+            None => Err(self.missed(conn, t, key).await),
+        }
     }
 
-    /// Deletes a record; its id, or `None` when there was none.
-    pub async fn delete(
+    /// Deletes a record if its version is `expect_version`.
+    async fn delete(
         &self,
+        conn: &mut SqliteConnection,
         t: &TemplateMeta,
         key: &RecordKey,
-    ) -> Result<Option<Json>, BedsError> {
+        expect_version: Option<i64>,
+    ) -> Result<Json, BedsError> {
         let row = bind_key(sqlx::query(self.sql(t).delete[key.slot].clone()), key)
-            .fetch_optional(&self.pool)
+            .bind(expect_version)
+            .bind(expect_version)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(|e| db_error(t, e, Write::Delete))?;
-        let id = |r: SqliteRow| match t.id {
-            IdKind::Uuid7 => r.try_get::<String, _>(0).map(Json::String),
-            IdKind::Sequence => r.try_get::<i64, _>(0).map(Json::from),
+        let Some(row) = row else {
+            return Err(self.missed(conn, t, key).await);
         };
-        row.map(|r| id(r).map_err(|e| internal(t, &e))).transpose()
+        let id = match t.id {
+            IdKind::Uuid7 => row.try_get::<String, _>(0).map(Json::String),
+            IdKind::Sequence => row.try_get::<i64, _>(0).map(Json::from),
+        }
+        .map_err(|e| internal(t, &e))?;
+        Ok(serde_json::json!({ "id": id, "deleted": true }))
+    }
+
+    /// Why an update or delete matched no row: no record, or another version of it.
+    async fn missed(
+        &self,
+        conn: &mut SqliteConnection,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> BedsError {
+        let current = bind_key(sqlx::query(self.sql(t).version[key.slot].clone()), key)
+            .fetch_optional(&mut *conn)
+            .await;
+        match current {
+            Ok(Some(row)) => {
+                let version: i64 = row.try_get(0).unwrap_or_default();
+                let mut e = BedsError::new(
+                    ErrorCode::VersionConflict,
+                    format!(
+                        "`{}` with {} is at version {version}, not the expected one",
+                        t.name,
+                        key.describe(t)
+                    ),
+                );
+                e.current_version = Some(version);
+                e
+            }
+            Ok(None) => BedsError::new(
+                ErrorCode::NotFound,
+                format!("no `{}` with {}", t.name, key.describe(t)),
+            ),
+            Err(e) => db_error(t, e, Write::None),
+        }
     }
 
     /// Up to `limit` records in key order, starting after `after`.
@@ -668,6 +824,9 @@ fn statements(t: &TemplateMeta) -> Statements {
                 .join(" AND ")
         }))
         .collect();
+    // `expect_version` binds last; NULL means "any version".
+    let v = quote(t.version_column);
+    let expect = format!("(? IS NULL OR {v} = ?)");
     Statements {
         insert: trusted(format!(
             "INSERT INTO {table} ({insert_cols}) VALUES ({marks}) RETURNING {cols}"
@@ -678,7 +837,15 @@ fn statements(t: &TemplateMeta) -> Statements {
             .collect(),
         delete: wheres
             .iter()
-            .map(|w| trusted(format!("DELETE FROM {table} WHERE {w} RETURNING {id}")))
+            .map(|w| {
+                trusted(format!(
+                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {id}"
+                ))
+            })
+            .collect(),
+        version: wheres
+            .iter()
+            .map(|w| trusted(format!("SELECT {v} FROM {table} WHERE {w}")))
             .collect(),
         list_first: trusted(format!("SELECT {cols} FROM {table} ORDER BY {id} LIMIT ?")),
         list_after: trusted(format!(
@@ -690,14 +857,18 @@ fn statements(t: &TemplateMeta) -> Statements {
         ),
         update_tail: wheres
             .iter()
-            .map(|w| format!(" WHERE {w} RETURNING {cols}"))
+            .map(|w| format!(" WHERE {w} AND {expect} RETURNING {cols}"))
             .collect(),
     }
 }
 
 /// The DDL for every template, referenced tables first.
 pub fn schema(catalog: &Catalog) -> Vec<String> {
-    let mut out = Vec::new();
+    // The runtime's own table: replies of applied writes, by idempotency key.
+    let mut out = vec![
+        "CREATE TABLE IF NOT EXISTS \"beds_idempotency\" (\n  \"key\" TEXT NOT NULL PRIMARY KEY,\n  \"target\" TEXT NOT NULL,\n  \"reply\" TEXT NOT NULL,\n  \"created_at\" TEXT NOT NULL\n) STRICT".to_string(),
+        "CREATE INDEX IF NOT EXISTS \"beds_idempotency_created_at_idx\" ON \"beds_idempotency\" (\"created_at\")".to_string(),
+    ];
     for d in catalog.domains {
         for t in d.in_reference_order() {
             out.extend(table_ddl(d.templates, t));

@@ -7,6 +7,7 @@ mod errors;
 mod field_kinds;
 mod json_schema;
 mod queries;
+mod reliability;
 mod round_trip;
 mod spawn;
 mod support;

@@ -28,7 +28,7 @@ impl TestEnv {
     /// queue tag and a temporary data directory.
     pub fn new(name: &str) -> TestEnv {
         // Server errors show in the test output; RUST_LOG widens it.
-        beds_runtime::telemetry::init("error");
+        beds_runtime::telemetry::init("error,lapin=off");
         let mut env = vec![("BEDS_ENV".to_string(), "test".to_string())];
         if let Ok(url) = std::env::var("BEDS_AMQP__URL") {
             env.push(("BEDS_AMQP__URL".into(), url));

@@ -1,0 +1,151 @@
+//! Reliability guarantees against the real broker and database: duplicate deliveries
+//! change nothing twice, optimistic concurrency lets exactly one writer win.
+
+use beds::spew::{self, UserCreate, UserPatch};
+use beds_runtime::{ClientError, ErrorCode, Op, Request};
+use serde_json::json;
+
+use crate::support::{TestEnv, envelope};
+
+/// The same request published three times changes the database once and gets three
+/// identical replies.
+#[tokio::test]
+async fn duplicate_deliveries_apply_once_and_answer_alike() {
+    let env = TestEnv::new("duplicates");
+    let server = env.start().await;
+    let raw = env.raw().await;
+    let write = env.queue("rec.write");
+    let body = envelope(
+        "user",
+        "create",
+        json!({"data": {"handle": "dup", "display_name": "Dup"}}),
+    );
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(raw.request(&write, &body).await);
+    }
+    assert_eq!(replies[0]["status"], "ok", "{}", replies[0]);
+    for r in &replies[1..] {
+        assert_eq!(
+            r["data"], replies[0]["data"],
+            "a replay answers with the first reply"
+        );
+        assert_eq!(r["causation_id"], replies[0]["causation_id"]);
+    }
+    let db = env.db().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spw_users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "the create was applied once");
+
+    // An explicit idempotency key covers resends with a new message id, and refuses reuse
+    // for another operation.
+    let client = env.client().await;
+    let mut first = Request::new("spew", "user", Op::Create);
+    first.idempotency_key = Some("signup-42".into());
+    first.data =
+        Some(serde_json::from_value(json!({"handle": "once", "display_name": "O"})).unwrap());
+    let a = client.request(first.clone()).await.unwrap();
+    let mut resend = first.clone();
+    resend.id = uuid::Uuid::now_v7();
+    assert_eq!(client.request(resend).await.unwrap(), a);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spw_users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    let mut other = Request::new("spew", "user", Op::Update);
+    other.idempotency_key = Some("signup-42".into());
+    other.key = Some(serde_json::from_value(json!({"id": a["id"]})).unwrap());
+    other.data = Some(serde_json::from_value(json!({"bio": "x"})).unwrap());
+    assert_eq!(
+        client.request(other).await.unwrap_err().code(),
+        Some(ErrorCode::IdempotencyKeyReused)
+    );
+
+    // Keys expire after their time to live.
+    let store = beds_runtime::store::Store::open(
+        &beds_runtime::store::StoreOptions {
+            sqlite_file: env.config.database.sqlite_path(),
+            max_connections: 1,
+            busy_timeout: std::time::Duration::from_secs(5),
+        },
+        &beds::CATALOG,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .expire_idempotency(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Two concurrent updates with the same `expect_version`: exactly one wins, the other
+/// gets `version_conflict` carrying the current version.
+#[tokio::test]
+async fn concurrent_updates_with_one_expected_version_let_one_win() {
+    let env = TestEnv::new("occ");
+    let server = env.start().await;
+    let client = env.client().await;
+    let users = spew::client(&client).user();
+    let u = users
+        .create(&UserCreate {
+            handle: "occ".into(),
+            display_name: "O".into(),
+            bio: None,
+        })
+        .await
+        .unwrap();
+    let update = |bio: &str| {
+        let mut req = Request::new("spew", "user", Op::Update);
+        req.key = Some(serde_json::from_value(json!({"id": u.id})).unwrap());
+        req.expect_version = Some(1);
+        req.data = Some(serde_json::from_value(json!({"bio": bio})).unwrap());
+        client.request(req)
+    };
+    let (a, b) = tokio::join!(update("first"), update("second"));
+    let (won, lost) = match (a, b) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        (a, b) => panic!("exactly one update must win: {a:?} / {b:?}"),
+    };
+    assert_eq!(won["version"], 2);
+    let ClientError::Remote(lost) = lost else {
+        panic!("{lost:?}")
+    };
+    assert_eq!(
+        (lost.code, lost.current_version),
+        (ErrorCode::VersionConflict, Some(2))
+    );
+    let stored = users.fetch(u.id).await.unwrap();
+    assert_eq!(
+        json!(stored.bio),
+        won["bio"],
+        "the winner's change is the stored one"
+    );
+
+    // Delete honours expect_version too; a stale one changes nothing.
+    let mut stale = Request::new("spew", "user", Op::Delete);
+    stale.key = Some(serde_json::from_value(json!({"id": u.id})).unwrap());
+    stale.expect_version = Some(1);
+    assert_eq!(
+        client.request(stale).await.unwrap_err().code(),
+        Some(ErrorCode::VersionConflict)
+    );
+    let patch = UserPatch {
+        display_name: Some("P".into()),
+        ..UserPatch::default()
+    };
+    assert_eq!(
+        users.update(u.id, &patch).await.unwrap().version,
+        3,
+        "no expectation: last writer wins"
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
