@@ -6,19 +6,20 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::PoolConfig;
+use crate::config::{AmqpConfig, PoolConfig};
 use crate::dispatch::Ctx;
 use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{Catalog, RouteError};
+use crate::topology;
 use crate::topology::{READ_KEY, WRITE_KEY};
 
 /// Which queue a pool consumes, and so which operations it accepts.
@@ -62,31 +63,66 @@ pub(crate) struct Shared {
 /// One consumer of a pool: its own channel, its own prefetch window.
 pub(crate) struct Worker {
     pub lane: Lane,
-    pub queue: String,
+    pub amqp: AmqpConfig,
     pub tag: String,
     pub pool: PoolConfig,
     pub shared: Arc<Shared>,
 }
 
+/// Why a worker's run ended.
+#[derive(Debug)]
+pub(crate) enum WorkerExit {
+    /// The stop token fired and in-flight deliveries were finished.
+    Stopped,
+    /// The run failed; the supervisor starts a new one.
+    Failed(String),
+}
+
 impl Worker {
-    /// Consumes until `stop` fires, then cancels the consumer, finishes every delivery
-    /// already received and closes the channel; unacked messages go back to the queue.
-    pub async fn run(self, channel: Channel, stop: CancellationToken) -> lapin::Result<()> {
-        channel
+    /// Declares its queue (so a deleted queue comes back), consumes until `stop` fires,
+    /// then cancels the consumer, finishes every delivery already received and closes the
+    /// channel; unacked messages go back to the queue. Connection losses are waited out
+    /// (lapin recovers the channel and the consumer); anything else ends the run.
+    pub async fn run(&self, conn: &Connection, stop: &CancellationToken) -> WorkerExit {
+        let queue = self.amqp.queue(self.lane.key());
+        let fail = |what: &str, e: lapin::Error| WorkerExit::Failed(format!("{what}: {e}"));
+        let channel = match conn.create_channel().await {
+            Ok(c) => c,
+            Err(e) => return fail("opening a channel", e),
+        };
+        if let Err(e) = topology::declare(&channel, &self.amqp, &[self.lane.key()]).await {
+            return fail("declaring the queue", e);
+        }
+        // Replies to writes are confirmed by the broker before the request is acked.
+        if self.lane == Lane::Write
+            && let Err(e) = channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+        {
+            return fail("enabling publisher confirms", e);
+        }
+        if let Err(e) = channel
             .basic_qos(self.pool.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
+            .await
+        {
+            return fail("setting prefetch", e);
+        }
+        let mut consumer = match channel
             .basic_consume(
-                self.queue.as_str().into(),
+                queue.as_str().into(),
                 self.tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        tracing::debug!(queue = %self.queue, tag = %self.tag, "consuming");
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return fail("consuming", e),
+        };
+        tracing::debug!(queue = %queue, tag = %self.tag, "consuming");
         let in_flight = TaskTracker::new();
         let mut cancelled = false;
-        loop {
+        let exit = loop {
             let next = if cancelled {
                 consumer.next().await
             } else {
@@ -95,9 +131,13 @@ impl Worker {
                     () = stop.cancelled() => {
                         cancelled = true;
                         // Deliveries already buffered still arrive before the stream ends.
-                        channel
+                        if let Err(e) = channel
                             .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-                            .await?;
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cancelling the consumer failed");
+                            break WorkerExit::Stopped;
+                        }
                         continue;
                     }
                     next = consumer.next() => next,
@@ -111,17 +151,22 @@ impl Worker {
                     in_flight.spawn(handle(shared, channel, lane, delivery));
                 }
                 Some(Err(e)) => {
-                    tracing::error!(queue = %self.queue, error = %e, "consumer failed");
-                    in_flight.close();
-                    in_flight.wait().await;
-                    return Err(e);
+                    tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
+                    if let Err(e) = channel.wait_for_recovery(e).await {
+                        break fail("consumer", e);
+                    }
+                    tracing::info!(queue = %queue, "consumer recovered");
                 }
-                None => break,
+                None if cancelled => break WorkerExit::Stopped,
+                None => break WorkerExit::Failed("the broker cancelled the consumer".into()),
             }
-        }
+        };
         in_flight.close();
         in_flight.wait().await;
-        channel.close(200, "shutdown".into()).await
+        if let Err(e) = channel.close(200, "worker done".into()).await {
+            tracing::debug!(error = %e, "channel close");
+        }
+        exit
     }
 }
 
@@ -164,19 +209,42 @@ async fn handle(
         .with_content_type("application/json".into())
         .with_correlation_id(correlation)
         .with_message_id(reply.id.to_string().into());
+    // Write replies are mandatory and confirmed: the request is acked only once the broker
+    // has the reply (or has said no one can receive it).
+    let confirmed = lane == Lane::Write;
     let published = channel
         .basic_publish(
             "".into(),
             reply_to.clone(),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory: confirmed,
+                ..BasicPublishOptions::default()
+            },
             &body,
             properties,
         )
         .await;
-    if let Err(e) = published {
-        // Not acked: the request returns to the queue when the channel closes.
-        tracing::error!(reply_to = %reply_to, error = %e, "publishing the reply failed");
-        return;
+    let confirmation = match published {
+        Ok(pending) if confirmed => pending.await,
+        Ok(_) => Ok(lapin::Confirmation::NotRequested),
+        Err(e) => Err(e),
+    };
+    match confirmation {
+        Ok(lapin::Confirmation::Nack(_)) => {
+            // Not acked: redelivered, then answered from the idempotency record.
+            tracing::warn!(reply_to = %reply_to, "the broker refused the reply; the request will be redelivered");
+            return;
+        }
+        Ok(lapin::Confirmation::Ack(Some(_))) => {
+            // The write is done and remembered; a resend with the same key gets this reply.
+            tracing::warn!(reply_to = %reply_to, "reply unroutable: the caller's reply queue is gone");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // Not acked: the request returns to the queue when the channel closes.
+            tracing::warn!(reply_to = %reply_to, error = %e, "publishing the reply failed");
+            return;
+        }
     }
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::error!(error = %e, "ack failed; the request may be redelivered");

@@ -110,7 +110,8 @@ async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), String> 
         stop.cancel();
     });
     tracing::info!(role = config.role.name(), node = %config.node, "serving");
-    server.run().await.map_err(|e| e.to_string())
+    server.run().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -1,12 +1,14 @@
 //! A running node: storage opened, topology declared, the role's broker pools consuming.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Lane, Shared, Worker};
+use crate::broker::{Lane, Shared, Worker, WorkerExit};
 use crate::config::{Config, Role};
 use crate::dispatch::Ctx;
 use crate::meta::Catalog;
@@ -33,13 +35,6 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
-    #[error("{broker} worker ended unexpectedly: {why}")]
-    WorkerEnded { broker: &'static str, why: String },
-    #[error("{broker} worker failed: {source}")]
-    Worker {
-        broker: &'static str,
-        source: lapin::Error,
-    },
 }
 
 /// The lanes a role consumes.
@@ -52,9 +47,13 @@ pub fn lanes(role: Role) -> &'static [Lane] {
 
 /// Connects to RabbitMQ, naming the URL and how to start the broker on failure.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, ServerError> {
+    // Auto-recovery reconnects and replays channels, consumers and declarations after the
+    // broker closes the connection or restarts.
     Connection::connect(
         url,
-        ConnectionProperties::default().with_connection_name(name.into()),
+        ConnectionProperties::default()
+            .with_connection_name(name.into())
+            .enable_auto_recover(),
     )
     .await
     .map_err(|source| ServerError::Connect {
@@ -65,11 +64,8 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ServerError> {
 
 /// Forgets idempotency keys past their time to live, a few times per TTL (at least
 /// once a minute), until the node stops.
-async fn expire_idempotency(store: Store, ttl: std::time::Duration, stop: CancellationToken) {
-    let every = (ttl / 4).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(60),
-    );
+async fn expire_idempotency(store: Store, ttl: Duration, stop: CancellationToken) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -85,15 +81,39 @@ async fn expire_idempotency(store: Store, ttl: std::time::Duration, stop: Cancel
     }
 }
 
+/// What a node reports about itself: ready when connected and every worker consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The AMQP connection is up (not reconnecting).
+    pub connected: bool,
+    /// Workers currently between a failure and their restart.
+    pub workers_down: usize,
+    /// Worker restarts since start.
+    pub restarts: u64,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.connected && self.workers_down == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    down: AtomicUsize,
+    restarts: AtomicU64,
+}
+
 /// A started node. Call [`Server::stop`] (or trigger its [`Server::stop_token`]) to
 /// stop consuming, finish in-flight messages and close.
 #[derive(Debug)]
 pub struct Server {
-    conn: Connection,
+    conn: Arc<Connection>,
     store: Store,
     stop: CancellationToken,
-    workers: JoinSet<(Lane, lapin::Result<()>)>,
-    drain: std::time::Duration,
+    workers: JoinSet<()>,
+    counters: Arc<Counters>,
+    drain: Duration,
 }
 
 impl Server {
@@ -103,6 +123,7 @@ impl Server {
             return Err(ServerError::RoleNotServed(config.role));
         }
         catalog.check().map_err(ServerError::Catalog)?;
+        let patterns = Patterns::compile(catalog).map_err(ServerError::Catalog)?;
         let store = Store::open(
             &StoreOptions {
                 sqlite_file: config.database.sqlite_path(),
@@ -115,11 +136,14 @@ impl Server {
         if config.database.apply_schema {
             store.apply_schema(catalog).await?;
         }
-        let conn = connect(
-            &config.amqp.url,
-            &format!("beds {} {}", config.role.name(), config.node),
-        )
-        .await?;
+        let conn = Arc::new(
+            connect(
+                &config.amqp.url,
+                &format!("beds {} {}", config.role.name(), config.node),
+            )
+            .await?,
+        );
+        // Declared once up front so that a bad broker setup fails the start, not a worker.
         let channel = conn.create_channel().await.map_err(ServerError::Topology)?;
         let keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
         topology::declare(&channel, &config.amqp, &keys)
@@ -133,11 +157,12 @@ impl Server {
         let shared = Arc::new(Shared {
             ctx: Ctx {
                 store: store.clone(),
-                patterns: Arc::new(Patterns::compile(catalog).map_err(ServerError::Catalog)?),
+                patterns: Arc::new(patterns),
             },
             catalog,
         });
         let stop = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
         let mut workers = JoinSet::new();
         tokio::spawn(expire_idempotency(
             store.clone(),
@@ -152,7 +177,7 @@ impl Server {
             for i in 0..pool.workers {
                 let worker = Worker {
                     lane,
-                    queue: config.amqp.queue(lane.key()),
+                    amqp: config.amqp.clone(),
                     tag: format!(
                         "{}.{}.{}.{i}",
                         config.node,
@@ -162,15 +187,12 @@ impl Server {
                     pool,
                     shared: shared.clone(),
                 };
-                let channel =
-                    conn.create_channel()
-                        .await
-                        .map_err(|source| ServerError::Worker {
-                            broker: lane.broker(),
-                            source,
-                        })?;
-                let stop = stop.clone();
-                workers.spawn(async move { (lane, worker.run(channel, stop).await) });
+                workers.spawn(supervise(
+                    worker,
+                    conn.clone(),
+                    stop.clone(),
+                    counters.clone(),
+                ));
             }
             tracing::info!(
                 broker = lane.broker(),
@@ -185,6 +207,7 @@ impl Server {
             store,
             stop,
             workers,
+            counters,
             drain: config.shutdown.drain_timeout.duration(),
         })
     }
@@ -194,31 +217,20 @@ impl Server {
         self.stop.clone()
     }
 
-    /// Runs until the stop token fires, then stops. A worker that ends before that (its
-    /// channel failed, or the broker cancelled its consumer) stops the node with an error
-    /// rather than leaving it half-serving; restarting workers in place is supervision's job.
-    pub async fn run(mut self) -> Result<(), ServerError> {
-        let ended = tokio::select! {
-            () = self.stop.cancelled() => None,
-            Some(done) = self.workers.join_next() => Some(done),
-        };
-        let result = match ended {
-            None => Ok(()),
-            Some(Ok((lane, Err(source)))) => Err(ServerError::Worker {
-                broker: lane.broker(),
-                source,
-            }),
-            Some(Ok((lane, Ok(())))) => Err(ServerError::WorkerEnded {
-                broker: lane.broker(),
-                why: "the broker cancelled its consumer (was the queue deleted?)".into(),
-            }),
-            Some(Err(join)) => Err(ServerError::WorkerEnded {
-                broker: "a",
-                why: format!("its task failed: {join}"),
-            }),
-        };
+    /// Readiness and restart counts, for health checks and tests.
+    pub fn health(&self) -> Health {
+        Health {
+            connected: self.conn.status().connected(),
+            workers_down: self.counters.down.load(Ordering::Relaxed),
+            restarts: self.counters.restarts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs until the stop token fires, then stops. Failed workers are restarted by their
+    /// supervisors meanwhile; the node does not stop on its own.
+    pub async fn run(self) {
+        self.stop.cancelled().await;
         self.stop().await;
-        result
     }
 
     /// Stops consuming, lets in-flight messages finish (up to the drain timeout), then
@@ -226,11 +238,7 @@ impl Server {
     pub async fn stop(mut self) {
         self.stop.cancel();
         let drained = tokio::time::timeout(self.drain, async {
-            while let Some(done) = self.workers.join_next().await {
-                if let Ok((lane, Err(e))) = done {
-                    tracing::warn!(broker = lane.broker(), error = %e, "worker ended with an error during shutdown");
-                }
-            }
+            while self.workers.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
@@ -245,5 +253,48 @@ impl Server {
         }
         self.store.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Keeps one worker running: a failed run is logged, counted and restarted after an
+/// exponential backoff (100 ms doubling to 10 s; reset after a run that lasted a minute).
+async fn supervise(
+    worker: Worker,
+    conn: Arc<Connection>,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match worker.run(&conn, &stop).await {
+            WorkerExit::Stopped => return,
+            WorkerExit::Failed(why) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    failures = 0;
+                }
+                failures += 1;
+                counters.restarts.fetch_add(1, Ordering::Relaxed);
+                counters.down.fetch_add(1, Ordering::Relaxed);
+                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(7)))
+                    .min(Duration::from_secs(10));
+                tracing::error!(
+                    broker = worker.lane.broker(),
+                    tag = %worker.tag,
+                    failures,
+                    backoff_ms = backoff.as_millis() as u64,
+                    why = %why,
+                    "worker failed; restarting"
+                );
+                let stopped = tokio::select! {
+                    () = stop.cancelled() => true,
+                    () = tokio::time::sleep(backoff) => false,
+                };
+                counters.down.fetch_sub(1, Ordering::Relaxed);
+                if stopped {
+                    return;
+                }
+            }
+        }
     }
 }
