@@ -255,7 +255,15 @@ async fn handle(
 async fn answer(shared: &Shared, lane: Lane, body: &[u8]) -> Reply {
     match Request::decode(body) {
         Ok(req) => {
-            let result = dispatch(shared, lane, &req).await;
+            let result = match req.deadline {
+                Some(deadline) if deadline < chrono::Utc::now() => Err(BedsError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!(
+                        "the request's deadline {deadline} passed before it ran; it was not executed"
+                    ),
+                )),
+                _ => dispatch(shared, lane, &req).await,
+            };
             if let Err(e) = &result {
                 tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
@@ -64,6 +64,11 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
     #[error("the client's reply consumer stopped")]
     Closed,
+    /// No queue is bound to the routing key: no node of this queue tag has declared it.
+    #[error(
+        "no queue takes routing key `{routing_key}` on beds.events: start an appServer with the same amqp.queue_tag"
+    )]
+    Unroutable { routing_key: String },
 }
 
 impl ClientError {
@@ -83,6 +88,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 pub struct Client {
     conn: Connection,
     channel: Channel,
+    confirmed: Channel,
     reply_queue: String,
     pending: Pending,
     options: ClientOptions,
@@ -94,11 +100,31 @@ impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let conn = connect(&options.url, &format!("beds client {}", options.service)).await?;
         let channel = conn.create_channel().await?;
-        let (reply_queue, mut consumer) = topology::reply_queue(&channel).await?;
+        // Writes go through a confirming channel, so a write is only "sent" once the broker
+        // has routed and stored it.
+        let confirmed = conn.create_channel().await?;
+        confirmed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // A named queue survives reconnection: lapin re-declares it under the same name.
+        let name = format!("beds.reply.{}", Uuid::now_v7().simple());
+        let (reply_queue, mut consumer) = topology::reply_queue(&channel, &name).await?;
         let pending: Pending = Arc::default();
         let routes = pending.clone();
+        let replies = channel.clone();
         tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
+            loop {
+                let delivery = match consumer.next().await {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => match replies.wait_for_recovery(e).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reply consumer stopped");
+                            break;
+                        }
+                    },
+                    None => break,
+                };
                 let Some(id) = delivery.properties.correlation_id() else {
                     tracing::warn!("reply without correlation id dropped");
                     continue;
@@ -115,6 +141,7 @@ impl Client {
             routes.lock().expect("pending map").clear();
         });
         Ok(Client {
+            confirmed,
             read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
             conn,
@@ -151,11 +178,13 @@ impl Client {
                 env: self.options.env.clone(),
             });
         }
-        let op = Op::parse(&req.op);
-        let routing_key = match op.map(Lane::of) {
-            Some(Lane::Write) => &self.write_key,
-            _ => &self.read_key,
-        };
+        let write = Op::parse(&req.op).is_some_and(Op::is_write);
+        let started = tokio::time::Instant::now();
+        // The server refuses to run a request whose caller has given up on it.
+        req.deadline.get_or_insert_with(|| {
+            crate::value::now()
+                + chrono::Duration::from_std(self.options.timeout).unwrap_or_default()
+        });
         let id = req.id.to_string();
         let body = serde_json::to_vec(&req)?;
         let (tx, rx) = oneshot::channel();
@@ -168,22 +197,20 @@ impl Client {
             .with_correlation_id(id.as_str().into())
             .with_message_id(id.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into())
-            .with_delivery_mode(if op.is_some_and(Op::is_write) { 2 } else { 1 });
-        let sent = self
-            .channel
-            .basic_publish(
-                EXCHANGE.into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await;
+            .with_delivery_mode(if write { 2 } else { 1 });
+        let sent =
+            tokio::time::timeout(self.options.timeout, self.publish(write, &body, properties))
+                .await;
+        let sent = sent.unwrap_or(Err(ClientError::Timeout {
+            id: req.id,
+            after: self.options.timeout,
+        }));
         if let Err(e) = sent {
             self.pending.lock().expect("pending map").remove(&id);
-            return Err(e.into());
+            return Err(e);
         }
-        let body = match tokio::time::timeout(self.options.timeout, rx).await {
+        let remaining = self.options.timeout.saturating_sub(started.elapsed());
+        let body = match tokio::time::timeout(remaining, rx).await {
             Ok(Ok(body)) => body,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
@@ -196,6 +223,55 @@ impl Client {
         };
         let reply: Reply = serde_json::from_slice(&body)?;
         reply.into_result().map_err(ClientError::Remote)
+    }
+
+    /// Publishes a request, waiting out a connection recovery; a write also waits for the
+    /// broker's confirm and fails at once if no queue takes it.
+    async fn publish(
+        &self,
+        write: bool,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), ClientError> {
+        let (channel, key) = if write {
+            (&self.confirmed, &self.write_key)
+        } else {
+            (&self.channel, &self.read_key)
+        };
+        loop {
+            let published = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: write,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties.clone(),
+                )
+                .await;
+            let confirmed = match published {
+                Ok(pending) if write => pending.await,
+                Ok(_) => return Ok(()),
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok(lapin::Confirmation::Ack(None)) | Ok(lapin::Confirmation::NotRequested) => {
+                    return Ok(());
+                }
+                Ok(lapin::Confirmation::Ack(Some(_))) => {
+                    return Err(ClientError::Unroutable {
+                        routing_key: key.clone(),
+                    });
+                }
+                // Refused by the broker (e.g. a queue limit): the same bytes may be retried.
+                Ok(lapin::Confirmation::Nack(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => channel.wait_for_recovery(e).await?,
+            }
+        }
     }
 
     pub async fn close(self) -> Result<(), ClientError> {

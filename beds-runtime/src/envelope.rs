@@ -93,6 +93,9 @@ pub struct Request {
     /// The record's key, e.g. `{"id": "…"}`, for fetch, update and delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Map<String, Json>>,
+    /// When the caller stops waiting; an expired request is answered, not executed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// Replays of a write with the same key return the first reply and change nothing;
     /// defaults to the request `id`, so redeliveries and resends of one message are safe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +137,7 @@ impl Request {
             template: template.to_string(),
             op: op.as_str().to_string(),
             key: None,
+            deadline: None,
             idempotency_key: None,
             expect_version: None,
             data: None,

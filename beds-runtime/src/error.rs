@@ -42,6 +42,8 @@ pub enum ErrorCode {
     /// An idempotency key was reused for a different operation.
     IdempotencyKeyReused,
     DatabaseUnavailable,
+    /// The request's deadline passed before it ran; it was not executed.
+    DeadlineExceeded,
     Internal,
     /// A code this client does not know yet (sent by a newer server).
     #[serde(other)]
@@ -59,7 +61,7 @@ impl ErrorCode {
             NotFound => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
             | IdempotencyKeyReused => ErrorClass::Conflict,
-            DatabaseUnavailable => ErrorClass::Transient,
+            DatabaseUnavailable | DeadlineExceeded => ErrorClass::Transient,
             Internal | Unknown => ErrorClass::Internal,
         }
     }

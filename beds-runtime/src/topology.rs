@@ -71,12 +71,15 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     Ok(())
 }
 
-/// A private, server-named reply queue that disappears with its connection, and a
-/// consumer on it that needs no acks (a reply is worth nothing once its caller is gone).
-pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Consumer)> {
+/// A private reply queue that disappears with its connection, and a consumer on it that
+/// needs no acks (a reply is worth nothing once its caller is gone).
+pub async fn reply_queue(
+    channel: &Channel,
+    name: &str,
+) -> lapin::Result<(String, lapin::Consumer)> {
     let queue = channel
         .queue_declare(
-            "".into(),
+            name.into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,

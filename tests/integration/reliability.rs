@@ -149,3 +149,56 @@ async fn concurrent_updates_with_one_expected_version_let_one_win() {
     client.close().await.unwrap();
     server.stop().await;
 }
+
+/// A request whose deadline has passed is answered with `deadline_exceeded` and not run.
+#[tokio::test]
+async fn expired_requests_are_answered_not_executed() {
+    let env = TestEnv::new("deadline");
+    let server = env.start().await;
+    let raw = env.raw().await;
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let body = envelope(
+        "user",
+        "create",
+        json!({"deadline": past, "data": {"handle": "late", "display_name": "L"}}),
+    );
+    let reply = raw.request(&env.queue("rec.write"), &body).await;
+    assert_eq!(
+        (
+            reply["error"]["code"].as_str(),
+            reply["error"]["class"].as_str()
+        ),
+        (Some("deadline_exceeded"), Some("transient"))
+    );
+    let db = env.db().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spw_users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "an expired request is not executed");
+    server.stop().await;
+}
+
+/// A write that no queue takes fails at once with a clear error instead of timing out.
+#[tokio::test]
+async fn unroutable_writes_fail_fast() {
+    let env = TestEnv::new("unroutable");
+    let client = env.client().await;
+    let started = std::time::Instant::now();
+    let e = spew::client(&client)
+        .user()
+        .create(&UserCreate {
+            handle: "nobody".into(),
+            display_name: "N".into(),
+            bio: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Unroutable { .. }), "{e}");
+    assert!(e.to_string().contains("start an appServer"), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "no wait for the timeout"
+    );
+    client.close().await.unwrap();
+}

@@ -74,7 +74,8 @@ impl TestEnv {
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ at {}: {e}", self.config.amqp.url));
         let channel = conn.create_channel().await.expect("channel");
-        let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel)
+        let name = format!("test.reply.{}", uuid::Uuid::now_v7().simple());
+        let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel, &name)
             .await
             .expect("reply queue");
         Raw {
