@@ -122,12 +122,21 @@ impl Worker {
         tracing::debug!(queue = %queue, tag = %self.tag, "consuming");
         let in_flight = TaskTracker::new();
         let mut cancelled = false;
+        // A connection lapin has given up on ends the run, so the supervisor reconnects.
+        let mut watchdog = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut watch = crate::link::Watch::default();
         let exit = loop {
             let next = if cancelled {
                 consumer.next().await
             } else {
                 tokio::select! {
                     biased;
+                    _ = watchdog.tick() => {
+                        if watch.dead(conn) {
+                            break WorkerExit::Failed("the connection is closed and will not recover".into());
+                        }
+                        continue;
+                    }
                     () = stop.cancelled() => {
                         cancelled = true;
                         // Deliveries already buffered still arrive before the stream ends.
@@ -152,10 +161,13 @@ impl Worker {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
-                    if let Err(e) = channel.wait_for_recovery(e).await {
-                        break fail("consumer", e);
+                    // Bounded: if lapin gives up silently, the watchdog ends the run.
+                    let wait = std::time::Duration::from_secs(5);
+                    match tokio::time::timeout(wait, channel.wait_for_recovery(e)).await {
+                        Ok(Ok(())) => tracing::info!(queue = %queue, "consumer recovered"),
+                        Ok(Err(e)) => break fail("consumer", e),
+                        Err(_) => {}
                     }
-                    tracing::info!(queue = %queue, "consumer recovered");
                 }
                 None if cancelled => break WorkerExit::Stopped,
                 None => break WorkerExit::Failed("the broker cancelled the consumer".into()),

@@ -11,7 +11,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
-use tokio::sync::oneshot;
+use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
 use crate::broker::Lane;
@@ -81,14 +81,15 @@ impl ClientError {
     }
 }
 
+/// How long to wait for lapin's recovery before checking whether the connection is dead.
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 
 /// A connection to BEDS. Cheap to share by reference; requests may run concurrently.
 #[derive(Debug)]
 pub struct Client {
-    conn: Connection,
-    channel: Channel,
-    confirmed: Channel,
+    session: RwLock<Arc<Session>>,
     reply_queue: String,
     pending: Pending,
     options: ClientOptions,
@@ -96,20 +97,31 @@ pub struct Client {
     write_key: String,
 }
 
-impl Client {
-    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+/// One AMQP connection's worth of client state; replaced when the connection is lost for
+/// good (the reply queue keeps its name, so replies still find their waiters).
+#[derive(Debug)]
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    /// Writes go through a confirming channel, so a write is only "sent" once the broker
+    /// has routed and stored it.
+    confirmed: Channel,
+}
+
+impl Session {
+    async fn open(
+        options: &ClientOptions,
+        reply_queue: &str,
+        pending: &Pending,
+    ) -> Result<Session, ClientError> {
         let conn = connect(&options.url, &format!("beds client {}", options.service)).await?;
         let channel = conn.create_channel().await?;
-        // Writes go through a confirming channel, so a write is only "sent" once the broker
-        // has routed and stored it.
         let confirmed = conn.create_channel().await?;
         confirmed
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         // A named queue survives reconnection: lapin re-declares it under the same name.
-        let name = format!("beds.reply.{}", Uuid::now_v7().simple());
-        let (reply_queue, mut consumer) = topology::reply_queue(&channel, &name).await?;
-        let pending: Pending = Arc::default();
+        let (_, mut consumer) = topology::reply_queue(&channel, reply_queue).await?;
         let routes = pending.clone();
         let replies = channel.clone();
         tokio::spawn(async move {
@@ -137,19 +149,49 @@ impl Client {
                     None => tracing::debug!(correlation_id = %id, "late reply dropped"),
                 }
             }
-            // Dropping the senders wakes every waiter with `Closed`.
-            routes.lock().expect("pending map").clear();
         });
-        Ok(Client {
-            confirmed,
-            read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
-            write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
+        Ok(Session {
             conn,
             channel,
+            confirmed,
+        })
+    }
+}
+
+impl Client {
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let reply_queue = format!("beds.reply.{}", Uuid::now_v7().simple());
+        let pending: Pending = Arc::default();
+        let session = Session::open(&options, &reply_queue, &pending).await?;
+        Ok(Client {
+            session: RwLock::new(Arc::new(session)),
+            read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
+            write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
             reply_queue,
             pending,
             options,
         })
+    }
+
+    /// Replaces a session whose connection lapin could not recover.
+    async fn reconnect(&self, broken: &Arc<Session>) {
+        let mut current = self.session.write().await;
+        if !Arc::ptr_eq(&current, broken) {
+            return;
+        }
+        match Session::open(&self.options, &self.reply_queue, &self.pending).await {
+            Ok(s) => {
+                tracing::info!("client reconnected to RabbitMQ");
+                let stale = std::mem::replace(&mut *current, Arc::new(s));
+                // Stop lapin's own attempts on the abandoned connection.
+                tokio::spawn(async move { stale.conn.close(320, "replaced".into()).await });
+            }
+            Err(e) => {
+                drop(current);
+                tracing::warn!(error = %e, "client reconnect failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 
     /// Typed requests for the record type `T`.
@@ -185,7 +227,9 @@ impl Client {
             crate::value::now()
                 + chrono::Duration::from_std(self.options.timeout).unwrap_or_default()
         });
-        let id = req.id.to_string();
+        // Each send has its own correlation id: a resend of the same request (same id, same
+        // idempotency key) must not take the reply meant for an earlier, stale copy.
+        let id = Uuid::now_v7().to_string();
         let body = serde_json::to_vec(&req)?;
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -195,7 +239,7 @@ impl Client {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_correlation_id(id.as_str().into())
-            .with_message_id(id.as_str().into())
+            .with_message_id(req.id.to_string().into())
             .with_reply_to(self.reply_queue.as_str().into())
             .with_delivery_mode(if write { 2 } else { 1 });
         let sent =
@@ -233,12 +277,18 @@ impl Client {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), ClientError> {
-        let (channel, key) = if write {
-            (&self.confirmed, &self.write_key)
+        let key = if write {
+            &self.write_key
         } else {
-            (&self.channel, &self.read_key)
+            &self.read_key
         };
         loop {
+            let session = self.session.read().await.clone();
+            let channel = if write {
+                &session.confirmed
+            } else {
+                &session.channel
+            };
             let published = channel
                 .basic_publish(
                     EXCHANGE.into(),
@@ -269,13 +319,22 @@ impl Client {
                 Ok(lapin::Confirmation::Nack(_)) => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
-                Err(e) => channel.wait_for_recovery(e).await?,
+                Err(e) => {
+                    // lapin may give up on a connection without saying so: after a while,
+                    // a dead connection is replaced.
+                    let recovered =
+                        tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(e)).await;
+                    if !matches!(recovered, Ok(Ok(()))) && !session.conn.status().connected() {
+                        self.reconnect(&session).await;
+                    }
+                }
             }
         }
     }
 
     pub async fn close(self) -> Result<(), ClientError> {
-        self.conn.close(200, "client closed".into()).await?;
+        let session = self.session.read().await.clone();
+        session.conn.close(200, "client closed".into()).await?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod json_schema;
+mod link;
 pub mod meta;
 pub mod record;
 pub mod server;

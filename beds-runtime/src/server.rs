@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Lane, Shared, Worker, WorkerExit};
 use crate::config::{Config, Role};
 use crate::dispatch::Ctx;
+use crate::link::Link;
 use crate::meta::Catalog;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::topology;
@@ -108,7 +109,7 @@ struct Counters {
 /// stop consuming, finish in-flight messages and close.
 #[derive(Debug)]
 pub struct Server {
-    conn: Arc<Connection>,
+    link: Arc<Link>,
     store: Store,
     stop: CancellationToken,
     workers: JoinSet<()>,
@@ -136,13 +137,14 @@ impl Server {
         if config.database.apply_schema {
             store.apply_schema(catalog).await?;
         }
-        let conn = Arc::new(
-            connect(
+        let link = Arc::new(
+            Link::open(
                 &config.amqp.url,
                 &format!("beds {} {}", config.role.name(), config.node),
             )
             .await?,
         );
+        let conn = link.get().await;
         // Declared once up front so that a bad broker setup fails the start, not a worker.
         let channel = conn.create_channel().await.map_err(ServerError::Topology)?;
         let keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
@@ -189,7 +191,7 @@ impl Server {
                 };
                 workers.spawn(supervise(
                     worker,
-                    conn.clone(),
+                    link.clone(),
                     stop.clone(),
                     counters.clone(),
                 ));
@@ -203,7 +205,7 @@ impl Server {
             );
         }
         Ok(Server {
-            conn,
+            link,
             store,
             stop,
             workers,
@@ -220,7 +222,7 @@ impl Server {
     /// Readiness and restart counts, for health checks and tests.
     pub fn health(&self) -> Health {
         Health {
-            connected: self.conn.status().connected(),
+            connected: self.link.connected(),
             workers_down: self.counters.down.load(Ordering::Relaxed),
             restarts: self.counters.restarts.load(Ordering::Relaxed),
         }
@@ -248,9 +250,7 @@ impl Server {
             );
             self.workers.abort_all();
         }
-        if let Err(e) = self.conn.close(200, "shutdown".into()).await {
-            tracing::debug!(error = %e, "connection close");
-        }
+        self.link.close().await;
         self.store.close().await;
         tracing::info!("stopped");
     }
@@ -260,13 +260,14 @@ impl Server {
 /// exponential backoff (100 ms doubling to 10 s; reset after a run that lasted a minute).
 async fn supervise(
     worker: Worker,
-    conn: Arc<Connection>,
+    link: Arc<Link>,
     stop: CancellationToken,
     counters: Arc<Counters>,
 ) {
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
+        let conn = link.get().await;
         match worker.run(&conn, &stop).await {
             WorkerExit::Stopped => return,
             WorkerExit::Failed(why) => {

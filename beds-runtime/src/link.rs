@@ -1,0 +1,93 @@
+//! An AMQP connection that outlives lapin's own recovery.
+//!
+//! lapin's auto-recovery handles a closed connection, but after a broker restart it can stay
+//! "reconnecting" for ever (seen here with `rabbitmqctl stop_app` / `start_app`, when an
+//! attempt lands while the broker boots). A [`Link`] treats a connection that is closed,
+//! errored, or not connected for [`STALLED`] as dead and opens a new one, so the supervisors
+//! that ask it for a connection get a live one once the broker is back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::Connection;
+use tokio::sync::Mutex;
+
+use crate::server::{ServerError, connect};
+
+/// How long a connection may stay unconnected before it is given up on.
+pub const STALLED: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Link {
+    url: String,
+    name: String,
+    current: Mutex<(Arc<Connection>, Watch)>,
+}
+
+/// Remembers since when a connection has been down.
+#[derive(Debug, Default)]
+pub struct Watch {
+    down_since: Option<Instant>,
+}
+
+impl Watch {
+    /// Closed, errored, or down for longer than [`STALLED`].
+    pub fn dead(&mut self, conn: &Connection) -> bool {
+        let status = conn.status();
+        if status.connected() {
+            self.down_since = None;
+            return false;
+        }
+        if status.closed() || status.errored() {
+            return true;
+        }
+        self.down_since.get_or_insert_with(Instant::now).elapsed() >= STALLED
+    }
+}
+
+impl Link {
+    pub async fn open(url: &str, name: &str) -> Result<Link, ServerError> {
+        let conn = connect(url, name).await?;
+        Ok(Link {
+            url: url.to_string(),
+            name: name.to_string(),
+            current: Mutex::new((Arc::new(conn), Watch::default())),
+        })
+    }
+
+    /// The live connection, reconnecting first if the current one is dead for good. If the
+    /// broker is still away, the dead connection is returned and the caller backs off.
+    pub async fn get(&self) -> Arc<Connection> {
+        let mut current = self.current.lock().await;
+        let (conn, watch) = &mut *current;
+        if watch.dead(conn) {
+            match connect(&self.url, &self.name).await {
+                Ok(fresh) => {
+                    tracing::info!(name = %self.name, "reconnected to RabbitMQ");
+                    let stale = std::mem::replace(conn, Arc::new(fresh));
+                    *watch = Watch::default();
+                    // Stop lapin's own attempts on the abandoned connection.
+                    tokio::spawn(async move { stale.close(320, "replaced".into()).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnecting failed; retrying after a backoff")
+                }
+            }
+        }
+        conn.clone()
+    }
+
+    /// Whether the connection is up, without waiting (false while a reconnect is underway).
+    pub fn connected(&self) -> bool {
+        self.current
+            .try_lock()
+            .is_ok_and(|c| c.0.status().connected())
+    }
+
+    pub async fn close(&self) {
+        let conn = self.current.lock().await.0.clone();
+        if let Err(e) = conn.close(200, "shutdown".into()).await {
+            tracing::debug!(error = %e, "connection close");
+        }
+    }
+}
