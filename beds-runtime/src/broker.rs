@@ -8,13 +8,13 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{AmqpConfig, PoolConfig};
+use crate::config::{AmqpConfig, DEAD_LETTER_EXCHANGE, PoolConfig, RetryConfig};
 use crate::dispatch::Ctx;
 use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
@@ -58,6 +58,7 @@ impl Lane {
 pub(crate) struct Shared {
     pub ctx: Ctx,
     pub catalog: &'static Catalog,
+    pub retry: RetryConfig,
 }
 
 /// One consumer of a pool: its own channel, its own prefetch window.
@@ -215,6 +216,35 @@ async fn handle(
             return reject(&delivery, "the handler panicked").await;
         }
     };
+    // A write that failed transiently goes round the retry lane, until its attempts run out;
+    // then it is dead-lettered with the reason and answered with the error.
+    if lane == Lane::Write
+        && let Some(error) = reply
+            .error
+            .as_ref()
+            .filter(|e| e.code == ErrorCode::DatabaseUnavailable)
+    {
+        let attempt = attempts(&delivery) + 1;
+        let parked = if attempt < shared.retry.max_attempts {
+            retry(&channel, &delivery, attempt, &shared.retry).await
+        } else {
+            dead_letter(&channel, &delivery, error, attempt).await
+        };
+        match parked {
+            Err(e) => {
+                // Not acked: the request is redelivered and tried again.
+                tracing::warn!(error = %e, "could not park a failed write; leaving it unacked");
+                return;
+            }
+            Ok(()) if attempt < shared.retry.max_attempts => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(error = %e, "ack failed; the request may be redelivered");
+                }
+                return;
+            }
+            Ok(()) => {}
+        }
+    }
     let body = serde_json::to_vec(&reply).expect("replies serialize");
     let correlation = correlation.unwrap_or_else(|| reply.causation_id.to_string().into());
     let properties = BasicProperties::default()
@@ -260,6 +290,142 @@ async fn handle(
     }
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::error!(error = %e, "ack failed; the request may be redelivered");
+    }
+}
+
+/// Header counting the attempts a request has had.
+const ATTEMPT_HEADER: &str = "x-beds-attempt";
+
+fn attempts(delivery: &lapin::message::Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The original message with `extra` headers added, persistent.
+fn republished(
+    delivery: &lapin::message::Delivery,
+    extra: &[(&str, AMQPValue)],
+) -> BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    for (k, v) in extra {
+        headers.insert((*k).into(), v.clone());
+    }
+    delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
+/// Parks a failed write in the retry lane for an exponential, jittered delay.
+async fn retry(
+    channel: &Channel,
+    delivery: &lapin::message::Delivery,
+    attempt: u32,
+    cfg: &RetryConfig,
+) -> Result<(), String> {
+    let base = cfg
+        .backoff
+        .0
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(cfg.max_backoff.0);
+    // Up to a quarter more, so retries of a burst spread out.
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) % (base / 4 + 1);
+    let props = republished(
+        delivery,
+        &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(i64::from(attempt)))],
+    )
+    .with_expiration((base + jitter).to_string().into());
+    tracing::info!(
+        attempt,
+        delay_ms = base + jitter,
+        "transient failure; retrying later"
+    );
+    confirm(
+        channel
+            .basic_publish(
+                "".into(),
+                topology::retry_queue(delivery.routing_key.as_str())
+                    .as_str()
+                    .into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                props,
+            )
+            .await,
+    )
+    .await
+}
+
+/// Sends a request that ran out of attempts to the dead-letter queue, saying why.
+async fn dead_letter(
+    channel: &Channel,
+    delivery: &lapin::message::Delivery,
+    error: &BedsError,
+    attempt: u32,
+) -> Result<(), String> {
+    let class = serde_json::to_value(error.class).unwrap_or_default();
+    let code = serde_json::to_value(error.code).unwrap_or_default();
+    let props = republished(
+        delivery,
+        &[
+            (ATTEMPT_HEADER, AMQPValue::LongLongInt(i64::from(attempt))),
+            (
+                "x-beds-reason",
+                AMQPValue::LongString(error.message.as_str().into()),
+            ),
+            (
+                "x-beds-error-class",
+                AMQPValue::LongString(class.as_str().unwrap_or_default().into()),
+            ),
+            (
+                "x-beds-error-code",
+                AMQPValue::LongString(code.as_str().unwrap_or_default().into()),
+            ),
+        ],
+    );
+    tracing::warn!(attempt, code = ?error.code, "attempts exhausted; dead-lettering");
+    confirm(
+        channel
+            .basic_publish(
+                DEAD_LETTER_EXCHANGE.into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                props,
+            )
+            .await,
+    )
+    .await
+}
+
+/// Waits for the broker to take a message; a refusal or no route is an error.
+async fn confirm(published: lapin::Result<lapin::PublisherConfirm>) -> Result<(), String> {
+    match published.map_err(|e| e.to_string())?.await {
+        Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested) => Ok(()),
+        Ok(_) => Err("the broker refused the message or could not route it".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

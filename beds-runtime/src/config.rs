@@ -70,6 +70,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub shutdown: ShutdownConfig,
     pub idempotency: IdempotencyConfig,
+    pub retry: RetryConfig,
     pub client: ClientConfig,
     pub log: LogConfig,
 }
@@ -86,6 +87,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             shutdown: ShutdownConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            retry: RetryConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
         }
@@ -224,6 +226,29 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+/// Retries of writes that failed with a transient error, through the retry lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; after the last, the request is dead-lettered
+    /// and answered with its error.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time, with jitter.
+    pub backoff: Millis,
+    /// Longest delay between attempts.
+    pub max_backoff: Millis,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 5,
+            backoff: Millis(200),
+            max_backoff: Millis(10_000),
         }
     }
 }
@@ -422,6 +447,9 @@ impl Config {
                     "brokers.{name}: workers and prefetch must be at least 1"
                 ));
             }
+        }
+        if self.retry.max_attempts == 0 {
+            return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());

@@ -162,6 +162,7 @@ impl Server {
                 patterns: Arc::new(patterns),
             },
             catalog,
+            retry: config.retry,
         });
         let stop = CancellationToken::new();
         let counters = Arc::new(Counters::default());

@@ -67,8 +67,29 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
                 FieldTable::default(),
             )
             .await?;
+        if *key == WRITE_KEY {
+            // The retry lane: messages wait out their per-message TTL here, then dead-letter
+            // back to the work queue.
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(EXCHANGE.into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(queue.as_str().into()),
+            );
+            channel
+                .queue_declare(retry_queue(&queue).as_str().into(), durable, args)
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// The retry lane of a work queue.
+pub fn retry_queue(queue: &str) -> String {
+    format!("{queue}.retry")
 }
 
 /// A private reply queue that disappears with its connection, and a consumer on it that
@@ -113,7 +134,7 @@ pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), crate::serve
         .map_err(crate::server::ServerError::Topology)?;
     for key in keys {
         let queue = amqp.queue(key);
-        for name in [format!("{queue}.dlq"), queue] {
+        for name in [format!("{queue}.dlq"), retry_queue(&queue), queue] {
             channel
                 .queue_delete(
                     name.as_str().into(),

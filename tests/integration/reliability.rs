@@ -202,3 +202,104 @@ async fn unroutable_writes_fail_fast() {
     );
     client.close().await.unwrap();
 }
+
+/// The database is locked by another writer: writes fail transiently, go round the retry
+/// lane and succeed once the lock is gone; a write that runs out of attempts is answered
+/// with the error and dead-lettered with the reason, class, code and attempt count.
+#[tokio::test]
+async fn database_outage_retries_then_succeeds_or_dead_letters() {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+    use sqlx::Connection;
+
+    let mut env = TestEnv::new("db_outage");
+    env.config.database.busy_timeout = beds_runtime::config::Millis(50);
+    env.config.retry.max_attempts = 4;
+    env.config.retry.backoff = beds_runtime::config::Millis(100);
+    env.config.client.timeout = beds_runtime::config::Millis(20_000);
+    let server = env.start().await;
+    let client = env.client().await;
+    let users = spew::client(&client).user();
+    let make = |h: &str| UserCreate {
+        handle: h.into(),
+        display_name: "X".into(),
+        bio: None,
+    };
+    users.create(&make("before")).await.unwrap();
+
+    let lock = || async {
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    };
+
+    // A short outage: the write is retried and succeeds.
+    let mut held = lock().await;
+    let pending = tokio::spawn({
+        let input = make("during");
+        let client = env.client().await;
+        async move {
+            let r = spew::client(&client).user().create(&input).await;
+            client.close().await.unwrap();
+            r
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+    drop(held);
+    let created = pending.await.unwrap().expect("retried after the outage");
+    assert_eq!(created.handle, "during");
+
+    // A long outage: attempts run out.
+    let mut held = lock().await;
+    let e = users.create(&make("lost")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::DatabaseUnavailable), "{e}");
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+    drop(held);
+
+    let db = env.db().await;
+    let handles: Vec<String> =
+        sqlx::query_scalar("SELECT handle_usr FROM spw_users ORDER BY handle_usr")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        handles,
+        ["before", "during"],
+        "applied once each; the dead-lettered write is not applied"
+    );
+
+    let raw = env.raw().await;
+    let dead = raw
+        .channel
+        .basic_get(
+            format!("{}.dlq", env.queue("rec.write")).as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the exhausted write is in the dead-letter queue");
+    let headers = dead.properties.headers().clone().unwrap_or_default();
+    let text = |k: &str| match headers.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("header {k}: {other:?}"),
+    };
+    assert_eq!(text("x-beds-error-code"), "database_unavailable");
+    assert_eq!(text("x-beds-error-class"), "transient");
+    assert!(text("x-beds-reason").contains("unavailable"));
+    assert_eq!(
+        headers.inner().get("x-beds-attempt"),
+        Some(&AMQPValue::LongLongInt(4))
+    );
+    let body: serde_json::Value = serde_json::from_slice(&dead.delivery.data).unwrap();
+    assert_eq!(body["data"]["handle"], "lost");
+    client.close().await.unwrap();
+    server.stop().await;
+}
