@@ -48,6 +48,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Count dead letters by queue and error code.
+    List,
+    /// Print dead letter N (from 1, in `list` order): code, reason, attempts, body.
+    Show { n: usize },
+    /// Move dead letters back to their work queue with fresh attempts.
+    Replay {
+        /// Only those with this error code (e.g. `database_unavailable`, `rejected`).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Drop every dead letter.
+    Purge,
 }
 
 /// Entry point of the `beds` binary.
@@ -90,6 +111,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Dlq { action } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            rt.block_on(dlq(&config, action))
+        }
         Command::Schema { json: false } => {
             for statement in store::schema(catalog) {
                 println!("{statement};\n");
@@ -111,6 +139,49 @@ async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), String> 
     });
     tracing::info!(role = config.role.name(), node = %config.node, "serving");
     server.run().await;
+    Ok(())
+}
+
+async fn dlq(config: &Config, action: DlqAction) -> Result<(), String> {
+    use crate::dead_letters;
+    let amqp = &config.amqp;
+    match action {
+        DlqAction::List => {
+            let letters = dead_letters::list(amqp).await?;
+            if letters.is_empty() {
+                println!("no dead letters for queue tag `{}`", amqp.queue_tag);
+            }
+            for ((queue, code), n) in dead_letters::summary(&letters) {
+                println!("{queue}.dlq  {code:<24} {n}");
+            }
+        }
+        DlqAction::Show { n } => {
+            let letters = dead_letters::list(amqp).await?;
+            let l = n
+                .checked_sub(1)
+                .and_then(|i| letters.get(i))
+                .ok_or_else(|| {
+                    format!(
+                        "there are {} dead letters; pick 1..={}",
+                        letters.len(),
+                        letters.len()
+                    )
+                })?;
+            println!("queue:    {}.dlq", l.queue);
+            println!("code:     {}", l.code);
+            println!("reason:   {}", l.reason);
+            println!("attempts: {}", l.attempts);
+            println!("body:     {}", String::from_utf8_lossy(&l.body));
+        }
+        DlqAction::Replay { code } => {
+            let n = dead_letters::replay(amqp, code.as_deref()).await?;
+            println!("replayed {n} dead letters to their work queues");
+        }
+        DlqAction::Purge => {
+            let n = dead_letters::purge(amqp).await?;
+            println!("purged {n} dead letters");
+        }
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dead_letters;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;

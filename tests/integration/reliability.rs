@@ -281,7 +281,7 @@ async fn database_outage_retries_then_succeeds_or_dead_letters() {
         .channel
         .basic_get(
             format!("{}.dlq", env.queue("rec.write")).as_str().into(),
-            BasicGetOptions { no_ack: true },
+            BasicGetOptions { no_ack: false },
         )
         .await
         .unwrap()
@@ -300,6 +300,70 @@ async fn database_outage_retries_then_succeeds_or_dead_letters() {
     );
     let body: serde_json::Value = serde_json::from_slice(&dead.delivery.data).unwrap();
     assert_eq!(body["data"]["handle"], "lost");
+    // Back into the dead-letter queue, for `beds dlq`.
+    dead.delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // `beds dlq`: list by code, show one, replay it once the database is back.
+    let dlq = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
+            .arg("dlq")
+            .args(args)
+            .arg("--config")
+            .arg(crate::support::repo_config_path())
+            .env("BEDS_AMQP__URL", &env.config.amqp.url)
+            .env("BEDS_AMQP__QUEUE_TAG", &env.config.amqp.queue_tag)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "beds dlq {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = dlq(&["list"]);
+    assert!(
+        listed.contains("rec.write.dlq")
+            && listed.contains("database_unavailable")
+            && listed.trim_end().ends_with('1'),
+        "{listed}"
+    );
+    let shown = dlq(&["show", "1"]);
+    assert!(
+        shown.contains("attempts: 4") && shown.contains("\"lost\""),
+        "{shown}"
+    );
+    assert_eq!(
+        dlq(&["replay", "--code", "rejected"]).trim(),
+        "replayed 0 dead letters to their work queues"
+    );
+    assert_eq!(
+        dlq(&["replay", "--code", "database_unavailable"]).trim(),
+        "replayed 1 dead letters to their work queues"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spw_users WHERE handle_usr = 'lost'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replayed write was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(dlq(&["list"]).contains("no dead letters"));
     client.close().await.unwrap();
     server.stop().await;
 }

@@ -1,0 +1,186 @@
+//! `beds dlq`: inspect, replay and purge the dead-letter queues `{tag}rec.*.dlq`.
+
+use std::collections::BTreeMap;
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+
+use crate::config::{AmqpConfig, EXCHANGE};
+use crate::server::connect;
+use crate::topology::{READ_KEY, WRITE_KEY};
+
+/// One dead letter, read without removing it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The work queue it came from (its original routing key).
+    pub queue: String,
+    /// Our error code, or RabbitMQ's `x-death` reason (e.g. `rejected`).
+    pub code: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub body: Vec<u8>,
+}
+
+/// Reads every dead letter of the tag; they stay in their queues.
+pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, String> {
+    let (conn, channel) = open(amqp).await?;
+    let mut out = Vec::new();
+    for key in [READ_KEY, WRITE_KEY] {
+        let queue = amqp.queue(key);
+        let dlq = format!("{queue}.dlq");
+        // Unacked gets come back to the queue, in order, when the channel closes.
+        while let Some(msg) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| format!("reading {dlq}: {e}"))?
+        {
+            out.push(describe(
+                &queue,
+                &msg.delivery.properties,
+                msg.delivery.data.clone(),
+            ));
+        }
+    }
+    let _ = conn.close(200, "dlq list".into()).await;
+    Ok(out)
+}
+
+/// Moves dead letters back to their work queue (all, or those with `code`), with fresh
+/// attempts; returns how many.
+pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, String> {
+    let (conn, channel) = open(amqp).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut moved = 0;
+    for key in [READ_KEY, WRITE_KEY] {
+        let queue = amqp.queue(key);
+        let dlq = format!("{queue}.dlq");
+        let mut skipped = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| format!("reading {dlq}: {e}"))?
+        {
+            let d = &msg.delivery;
+            let letter = describe(&queue, &d.properties, Vec::new());
+            if code.is_some_and(|c| c != letter.code) {
+                skipped.push(d.acker.clone());
+                continue;
+            }
+            let mut headers = FieldTable::default();
+            for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
+                // A replay starts over: no attempt count, no history of its death.
+                if !k.as_str().starts_with("x-beds-") && k.as_str() != "x-death" {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+            let props = d.properties.clone().with_headers(headers);
+            let confirmed = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &d.data,
+                    props,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            if !matches!(confirmed, lapin::Confirmation::Ack(None)) {
+                return Err(format!(
+                    "the broker did not take the replayed message for {queue}: is the queue declared?"
+                ));
+            }
+            d.acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            moved += 1;
+        }
+        for acker in skipped {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+    let _ = conn.close(200, "dlq replay".into()).await;
+    Ok(moved)
+}
+
+/// Empties the dead-letter queues of the tag; returns how many messages were dropped.
+pub async fn purge(amqp: &AmqpConfig) -> Result<u32, String> {
+    let (conn, channel) = open(amqp).await?;
+    let mut dropped = 0;
+    for key in [READ_KEY, WRITE_KEY] {
+        let dlq = format!("{}.dlq", amqp.queue(key));
+        dropped += channel
+            .queue_purge(dlq.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .map_err(|e| format!("purging {dlq}: {e}"))?;
+    }
+    let _ = conn.close(200, "dlq purge".into()).await;
+    Ok(dropped)
+}
+
+/// Counts by (queue, code), for `beds dlq list`.
+pub fn summary(letters: &[DeadLetter]) -> BTreeMap<(String, String), usize> {
+    let mut groups = BTreeMap::new();
+    for l in letters {
+        *groups.entry((l.queue.clone(), l.code.clone())).or_insert(0) += 1;
+    }
+    groups
+}
+
+async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), String> {
+    let conn = connect(&amqp.url, "beds dlq")
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    Ok((conn, channel))
+}
+
+fn describe(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLetter {
+    let headers = props.headers().clone().unwrap_or_default();
+    let text = |k: &str| match headers.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    let death_reason = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().first().and_then(|d| match d {
+            AMQPValue::FieldTable(t) => match t.inner().get("reason") {
+                Some(AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            },
+            _ => None,
+        }),
+        _ => None,
+    };
+    let attempts = match headers.inner().get("x-beds-attempt") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        _ => 1,
+    };
+    DeadLetter {
+        queue: queue.to_string(),
+        code: text("x-beds-error-code")
+            .or(death_reason.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        reason: text("x-beds-reason").or(death_reason).unwrap_or_default(),
+        attempts,
+        body,
+    }
+}
