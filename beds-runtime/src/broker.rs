@@ -192,7 +192,11 @@ async fn handle(
 ) {
     let props = &delivery.properties;
     let Some(reply_to) = props.reply_to().clone() else {
-        return reject(&delivery, "no reply_to: the request cannot be answered").await;
+        let e = BedsError::new(
+            ErrorCode::NoReplyTo,
+            "no reply_to: the request cannot be answered",
+        );
+        return reject(&channel, &delivery, e).await;
     };
     if props
         .content_type()
@@ -200,7 +204,11 @@ async fn handle(
         .is_some_and(|ct| ct.as_str() != "application/json")
         || std::str::from_utf8(&delivery.data).is_err()
     {
-        return reject(&delivery, "undecodable body: not UTF-8 JSON").await;
+        let e = BedsError::new(
+            ErrorCode::Undecodable,
+            "undecodable body: not UTF-8 JSON (or a content type other than application/json)",
+        );
+        return reject(&channel, &delivery, e).await;
     }
     // The reply echoes the AMQP correlation id the caller matches on.
     let correlation = props.correlation_id().clone();
@@ -213,7 +221,11 @@ async fn handle(
         Ok(reply) => reply,
         Err(e) => {
             tracing::error!(error = %e, "handler panicked");
-            return reject(&delivery, "the handler panicked").await;
+            let e = BedsError::new(
+                ErrorCode::HandlerPanicked,
+                format!("the handler panicked: {e}"),
+            );
+            return reject(&channel, &delivery, e).await;
         }
     };
     // A write that failed transiently goes round the retry lane, until its attempts run out;
@@ -558,14 +570,24 @@ fn known(
 }
 
 /// Rejects without requeue: the queue dead-letters it to `{queue}.dlq`.
-async fn reject(delivery: &lapin::message::Delivery, reason: &str) {
+/// Dead-letters a message that cannot be answered, with the reason in headers, then acks
+/// it; if that publish fails, rejects it so the queue's DLX still catches it (x-death only).
+async fn reject(channel: &Channel, delivery: &lapin::message::Delivery, error: BedsError) {
     tracing::warn!(
         routing_key = %delivery.routing_key,
         message_id = ?delivery.properties.message_id(),
-        reason,
-        "rejecting message to the dead-letter queue"
+        code = ?error.code,
+        reason = %error.message,
+        "dead-lettering a message that cannot be answered"
     );
-    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-        tracing::error!(error = %e, "reject failed");
+    let done = match dead_letter(channel, delivery, &error, attempts(delivery) + 1).await {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(why) => {
+            tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
+            delivery.reject(BasicRejectOptions { requeue: false }).await
+        }
+    };
+    if let Err(e) = done {
+        tracing::error!(error = %e, "settling the dead letter failed");
     }
 }

@@ -44,6 +44,12 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     /// The request's deadline passed before it ran; it was not executed.
     DeadlineExceeded,
+    /// Dead-letter only: the message had no `reply_to`.
+    NoReplyTo,
+    /// Dead-letter only: the body was not UTF-8 JSON.
+    Undecodable,
+    /// Dead-letter only: the handler panicked on this message.
+    HandlerPanicked,
     Internal,
     /// A code this client does not know yet (sent by a newer server).
     #[serde(other)]
@@ -62,7 +68,8 @@ impl ErrorCode {
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
             | IdempotencyKeyReused => ErrorClass::Conflict,
             DatabaseUnavailable | DeadlineExceeded => ErrorClass::Transient,
-            Internal | Unknown => ErrorClass::Internal,
+            NoReplyTo | Undecodable => ErrorClass::Contract,
+            HandlerPanicked | Internal | Unknown => ErrorClass::Internal,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Errors are replies: each bad input gets its stable code and class and is acked;
-//! unanswerable messages are rejected to the dead-letter queue.
+//! unanswerable messages are dead-lettered with the reason in headers.
 
 use std::time::Duration;
 
@@ -204,23 +204,29 @@ async fn unanswerable_messages_go_to_the_dead_letter_queue() {
             .await
             .unwrap()
         {
-            let reason = msg
+            let header = |k: &str| match msg
                 .properties
                 .headers()
                 .as_ref()
-                .and_then(|h| h.inner().get("x-death").cloned())
-                .and_then(|d| match d {
-                    AMQPValue::FieldArray(a) => a.as_slice().first().cloned(),
-                    _ => None,
-                })
-                .and_then(|first| match first {
-                    AMQPValue::FieldTable(t) => t.inner().get("reason").cloned(),
-                    _ => None,
-                });
-            assert!(
-                matches!(&reason, Some(AMQPValue::LongString(r)) if r.as_bytes() == b"rejected"),
-                "dead-lettered as rejected: {reason:?}"
+                .and_then(|h| h.inner().get(k).cloned())
+            {
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
+                other => panic!("dead letter header {k}: {other:?}"),
+            };
+            let expected = if msg.delivery.data == no_reply_to {
+                "no_reply_to"
+            } else {
+                "undecodable"
+            };
+            assert_eq!(
+                header("x-beds-error-code"),
+                expected,
+                "the reason travels with the dead letter"
             );
+            assert_eq!(header("x-beds-error-class"), "contract");
+            assert!(!header("x-beds-reason").is_empty());
             dead.push(msg.delivery.data.clone());
             if dead.len() == 2 {
                 break;
