@@ -368,23 +368,8 @@ async fn retry(
         delay_ms = base + jitter,
         "transient failure; retrying later"
     );
-    confirm(
-        channel
-            .basic_publish(
-                "".into(),
-                topology::retry_queue(delivery.routing_key.as_str())
-                    .as_str()
-                    .into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                props,
-            )
-            .await,
-    )
-    .await
+    let lane = topology::retry_queue(delivery.routing_key.as_str());
+    park(channel, "", &lane, delivery, props).await
 }
 
 /// Sends a request that ran out of attempts to the dead-letter queue, saying why.
@@ -414,26 +399,32 @@ async fn dead_letter(
             ),
         ],
     );
-    tracing::warn!(attempt, code = ?error.code, "attempts exhausted; dead-lettering");
-    confirm(
-        channel
-            .basic_publish(
-                DEAD_LETTER_EXCHANGE.into(),
-                delivery.routing_key.clone(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                props,
-            )
-            .await,
-    )
-    .await
+    tracing::warn!(attempt, code = ?error.code, "dead-lettering");
+    let key = delivery.routing_key.as_str();
+    park(channel, DEAD_LETTER_EXCHANGE, key, delivery, props).await
 }
 
-/// Waits for the broker to take a message; a refusal or no route is an error.
-async fn confirm(published: lapin::Result<lapin::PublisherConfirm>) -> Result<(), String> {
+/// Republishes a delivery's body (mandatory) and waits for the broker to take it; a
+/// refusal or no route is an error.
+async fn park(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    delivery: &lapin::message::Delivery,
+    props: BasicProperties,
+) -> Result<(), String> {
+    let published = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            props,
+        )
+        .await;
     match published.map_err(|e| e.to_string())?.await {
         Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested) => Ok(()),
         Ok(_) => Err("the broker refused the message or could not route it".into()),
