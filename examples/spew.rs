@@ -38,6 +38,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(ClientOptions::from_config(&config, "spew-example")).await?;
     let result = script(&client).await;
     client.close().await?;
+    // Stop serving before the queues go, so no worker sees its consumer vanish.
+    server.stop().await;
     beds_runtime::topology::remove(
         &config.amqp,
         &[
@@ -46,7 +48,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ],
     )
     .await?;
-    server.stop().await;
     result
 }
 
