@@ -100,6 +100,18 @@ pub struct AmqpConfig {
     pub url: String,
     /// Prefix of every queue name and routing key, so environments can share a broker.
     pub queue_tag: String,
+    /// Type of the work queues: `classic`, or `quorum` (replicated, with a delivery limit).
+    pub queue_type: QueueType,
+    /// Quorum queues only: deliveries after which RabbitMQ dead-letters a message that was
+    /// never acked (e.g. one that crashes or hangs the node every time).
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
 }
 
 impl Default for AmqpConfig {
@@ -107,6 +119,8 @@ impl Default for AmqpConfig {
         AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_tag: String::new(),
+            queue_type: QueueType::Classic,
+            delivery_limit: 5,
         }
     }
 }
@@ -447,6 +461,9 @@ impl Config {
                     "brokers.{name}: workers and prefetch must be at least 1"
                 ));
             }
+        }
+        if self.amqp.queue_type == QueueType::Quorum && self.amqp.delivery_limit == 0 {
+            return Err("amqp.delivery_limit must be at least 1 for quorum queues".into());
         }
         if self.retry.max_attempts == 0 {
             return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());

@@ -304,13 +304,15 @@ pub struct PageMeta {
 
 /// A template's dispatch entry: its metadata and a handler per operation.
 #[derive(Debug)]
+/// Generated code builds it with [`Routes::of`]; written by hand, a handler can be swapped
+/// (`Routes { create: my_handler, ..Routes::of::<T>() }`).
 pub struct Routes {
     pub meta: &'static TemplateMeta,
-    create: Handler,
-    fetch: Handler,
-    update: Handler,
-    delete: Handler,
-    list: Handler,
+    pub create: Handler,
+    pub fetch: Handler,
+    pub update: Handler,
+    pub delete: Handler,
+    pub list: Handler,
 }
 
 impl Routes {

@@ -4,7 +4,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::{AmqpConfig, DEAD_LETTER_EXCHANGE, EXCHANGE};
+use crate::config::{AmqpConfig, DEAD_LETTER_EXCHANGE, EXCHANGE, QueueType};
 
 /// Routing key (before the queue tag) of reads.
 pub const READ_KEY: &str = "rec.read";
@@ -55,6 +55,16 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
         );
+        if amqp.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
+            );
+        }
         channel
             .queue_declare(queue.as_str().into(), durable, args)
             .await?;

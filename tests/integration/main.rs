@@ -6,6 +6,7 @@ mod conformance;
 mod errors;
 mod field_kinds;
 mod json_schema;
+mod poison;
 mod queries;
 mod reliability;
 mod round_trip;
