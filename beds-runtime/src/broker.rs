@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions,
@@ -212,18 +212,21 @@ async fn handle(
     }
     // The reply echoes the AMQP correlation id the caller matches on.
     let correlation = props.correlation_id().clone();
-    let work = {
-        let shared = shared.clone();
-        let body = delivery.data.clone();
-        tokio::spawn(async move { answer(&shared, lane, &body).await })
-    };
+    // Each delivery already runs in its own task; catching the unwind here keeps a panicking
+    // handler from taking its worker down, without a second task or a copy of the body.
+    let work = std::panic::AssertUnwindSafe(answer(&shared, lane, &delivery.data)).catch_unwind();
     let reply = match work.await {
         Ok(reply) => reply,
-        Err(e) => {
-            tracing::error!(error = %e, "handler panicked");
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "handler panicked");
             let e = BedsError::new(
                 ErrorCode::HandlerPanicked,
-                format!("the handler panicked: {e}"),
+                format!("the handler panicked: {what}"),
             );
             return reject(&channel, &delivery, e).await;
         }

@@ -62,7 +62,9 @@ pub enum ClientError {
     Transport(#[from] lapin::Error),
     #[error("the reply could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
-    #[error("the client's reply consumer stopped")]
+    /// The request was dropped from the client's table of pending replies before its
+    /// reply arrived.
+    #[error("the reply to this request can no longer be received")]
     Closed,
     /// No queue is bound to the routing key: no node of this queue tag has declared it.
     #[error(
