@@ -7,8 +7,8 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::model::{
-    Domain, Field, FieldType, IdKind, Literal, OnDelete, Query, SetOn, Template, camel, enum_type,
-    key_type,
+    Condition, Domain, Field, FieldType, IdKind, Literal, OnDelete, Operand, ParamTarget, Query,
+    SetOn, Template, WithWhat, camel, enum_type, key_type,
 };
 
 /// The whole generated file for a set of domains.
@@ -125,11 +125,12 @@ fn domain_module(d: &Domain) -> TokenStream {
     }
 }
 
-/// A named query: a unit type implementing `Query`, its typed parameters and metadata.
+/// A named query: a unit type implementing `Query`, its typed parameters and metadata,
+/// and for a query with `with` its item type.
 fn query(d: &Domain, q: &Query) -> TokenStream {
     let ty = Ident::new(&camel(&q.name), Span::call_site());
     let params_ty = format_ident!("{}Params", ty);
-    let item = type_ident(&q.from);
+    let record = type_ident(&q.from);
     let (domain, name) = (&d.name, &q.name);
     let template = |name: &str| {
         d.templates
@@ -142,29 +143,24 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     for p in &q.params {
         let n = ident(&p.name);
         let pname = &p.name;
-        // Where the parameter is compared decides its type.
-        let cond = q
-            .filter
-            .iter()
-            .find(|c| c.param == p.name)
-            .expect("params are used");
-        let mut t = template(&q.from);
-        for seg in &cond.path[..cond.path.len() - 1] {
-            let Some(FieldType::Ref { template: next, .. }) = t.field(seg).map(|f| &f.ty) else {
-                unreachable!("validated paths follow references");
-            };
-            t = template(next);
-        }
-        let last = cond.path.last().expect("non-empty path");
-        let t_ty = type_ident(&t.name);
-        let (base, kind) = match t.fields.iter().position(|f| &f.name == last) {
-            Some(i) => {
-                let f = &t.fields[i];
+        // What the parameter is compared with decides its type.
+        let (base, kind) = match &p.target {
+            ParamTarget::Field {
+                template: tname,
+                field,
+            } => {
+                let t = template(tname);
+                let i = t
+                    .fields
+                    .iter()
+                    .position(|f| &f.name == field)
+                    .expect("validated");
+                let t_ty = type_ident(tname);
                 let base = rust_type(
-                    &t.name,
+                    tname,
                     &Field {
                         optional: false,
-                        ..f.clone()
+                        ..t.fields[i].clone()
                     },
                 );
                 (
@@ -172,11 +168,27 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                     quote!(rt::ParamKind::Field(&<#t_ty as rt::Record>::META.fields[#i])),
                 )
             }
-            None => {
+            ParamTarget::Id { template: tname } => {
+                let t_ty = type_ident(tname);
                 let id = format_ident!("{}Id", t_ty);
                 (
                     quote!(#id),
                     quote!(rt::ParamKind::Id(<#t_ty as rt::Record>::META)),
+                )
+            }
+            ParamTarget::Token {
+                template: tname,
+                set,
+            } => {
+                let i = template(tname)
+                    .tokens
+                    .iter()
+                    .position(|s| &s.name == set)
+                    .expect("validated");
+                let t_ty = type_ident(tname);
+                (
+                    quote!(::std::string::String),
+                    quote!(rt::ParamKind::Token(&<#t_ty as rt::Record>::META.tokens[#i])),
                 )
             }
         };
@@ -198,14 +210,21 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             rt::ParamMeta { name: #pname, kind: #kind, optional: #optional, list: #list }
         });
     }
-    let conditions = q.filter.iter().map(|c| {
-        let path = &c.path;
-        let op = Ident::new(&camel(c.op.name()), Span::call_site());
-        let param = &c.param;
-        quote!(rt::ConditionMeta { path: &[#(#path),*], op: rt::CondOp::#op, param: #param })
+    let conditions = q.filter.iter().map(condition);
+    let any = q.any.iter().map(|g| {
+        let group = g.iter().map(condition);
+        quote!(&[#(#group),*])
     });
     let order = q.order.iter().map(|(f, desc)| quote!((#f, #desc)));
     let (page_default, page_max, count) = (q.page.default, q.page.max, q.count);
+    let with_metas = q.with.iter().map(|w| {
+        let (wname, path) = (&w.name, &w.path);
+        let what = match &w.what {
+            WithWhat::Count(c) => quote!(rt::WithKind::Count(#c)),
+            WithWhat::Field(f, _) => quote!(rt::WithKind::Field(#f)),
+        };
+        quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
+    });
     let doc = format!(
         "Named query `{}`: {} `{}` records.",
         q.name,
@@ -213,6 +232,61 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         q.from
     );
     let params_doc = format!("Parameters of `{}`.", q.name);
+    let (item, item_defs) = if q.with.is_empty() {
+        (quote!(#record), quote!())
+    } else {
+        let item_ty = format_ident!("{}Item", ty);
+        let with_ty = format_ident!("{}With", ty);
+        let fields = q.with.iter().map(|w| {
+            let n = ident(&w.name);
+            let rust = match &w.what {
+                WithWhat::Count(_) => quote!(i64),
+                WithWhat::Field(f, fty) => {
+                    // The template at the end of the path names enum types.
+                    let mut t = template(&q.from);
+                    for seg in &w.path {
+                        let Some(FieldType::Ref { template: next, .. }) =
+                            t.field(seg).map(|f| &f.ty)
+                        else {
+                            unreachable!("validated paths follow references")
+                        };
+                        t = template(next);
+                    }
+                    rust_type(
+                        &t.name,
+                        &Field {
+                            optional: w.nullable,
+                            ty: fty.clone(),
+                            ..t.field(f).expect("validated").clone()
+                        },
+                    )
+                }
+            };
+            quote!(pub #n: #rust,)
+        });
+        let item_doc = format!("An item of `{}`: the record and its `with` values.", q.name);
+        let with_doc = format!("The `with` values of an item of `{}`.", q.name);
+        (
+            quote!(#item_ty),
+            quote! {
+                #[doc = #item_doc]
+                #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
+                #[serde(crate = "::beds_runtime::support::serde")]
+                pub struct #item_ty {
+                    #[serde(flatten)]
+                    pub record: #record,
+                    pub with: #with_ty,
+                }
+
+                #[doc = #with_doc]
+                #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
+                #[serde(crate = "::beds_runtime::support::serde")]
+                pub struct #with_ty {
+                    #(#fields)*
+                }
+            },
+        )
+    };
     quote! {
         #[doc = #doc]
         #[derive(Debug, Clone, Copy)]
@@ -225,21 +299,45 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             #(#param_fields)*
         }
 
+        #item_defs
+
         impl rt::Query for #ty {
             type Params = #params_ty;
             type Item = #item;
             const META: &'static rt::QueryMeta = &rt::QueryMeta {
                 domain: #domain,
                 name: #name,
-                from: <#item as rt::Record>::META,
+                from: <#record as rt::Record>::META,
                 params: &[#(#param_metas),*],
                 filter: &[#(#conditions),*],
+                any: &[#(#any),*],
                 order: &[#(#order),*],
                 page: rt::PageMeta { default: #page_default, max: #page_max },
                 count: #count,
+                with: &[#(#with_metas),*],
             };
         }
     }
+}
+
+/// A condition's metadata; a sub-select's as a nested static.
+fn condition(c: &Condition) -> TokenStream {
+    let path = &c.path;
+    let op = Ident::new(&camel(c.op.name()), Span::call_site());
+    let operand = match &c.operand {
+        Operand::Param(p) => quote!(rt::Operand::Param(#p)),
+        Operand::Select(s) => {
+            let from = type_ident(&s.from);
+            let select = &s.select;
+            let inner = s.filter.iter().map(condition);
+            quote!(rt::Operand::Select(&rt::SelectMeta {
+                from: <#from as rt::Record>::META,
+                select: #select,
+                filter: &[#(#inner),*],
+            }))
+        }
+    };
+    quote!(rt::ConditionMeta { path: &[#(#path),*], op: rt::CondOp::#op, operand: #operand })
 }
 
 fn template(d: &Domain, t: &Template) -> TokenStream {
@@ -322,6 +420,21 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
         let fields = u.fields.join(",");
         let ci = u.case_insensitive.then(|| quote!(, case_insensitive));
         quote!(#[beds(unique(fields = #fields #ci))])
+    });
+    let tokens = t.tokens.iter().map(|set| {
+        let (name, from, pattern, max_len, table) =
+            (&set.name, &set.from, &set.pattern, set.max_len, &set.table);
+        let lower = set.lowercase.then(|| quote!(, lowercase));
+        quote!(#[beds(tokens(name = #name, from = #from, pattern = #pattern, max_len = #max_len, table = #table #lower))])
+    });
+    let counts = t.counts.iter().map(|c| {
+        let (name, from, by) = (&c.name, &c.from, &c.by);
+        quote!(#[beds(count(name = #name, template = #from, by = #by))])
+    });
+    let checks = t.checks.iter().map(|c| {
+        let fields = c.differ.join(",");
+        let message = &c.message;
+        quote!(#[beds(differ(fields = #fields, message = #message))])
     });
     let record_fields = t.fields.iter().map(|f| {
         let n = ident(&f.name);
@@ -412,6 +525,9 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
         #(#uniques)*
         #(#indexes)*
         #(#access)*
+        #(#tokens)*
+        #(#counts)*
+        #(#checks)*
         pub struct #ty {
             /// The record's key, generated by the server.
             pub id: #id_ty,

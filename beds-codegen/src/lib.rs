@@ -12,6 +12,7 @@
 //! }
 //! ```
 
+mod derived;
 mod diag;
 mod emit;
 mod fields;

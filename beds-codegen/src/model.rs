@@ -35,6 +35,41 @@ pub struct Template {
     pub capabilities: Capabilities,
     /// Who may call each operation: (operation, principals).
     pub access: Vec<(String, Vec<String>)>,
+    /// Token sets derived from text fields at write time.
+    pub tokens: Vec<TokenSet>,
+    /// Counts of referencing records, returned by queries that ask (`with`).
+    pub counts: Vec<Count>,
+    /// Cross-field rules.
+    pub checks: Vec<Check>,
+}
+
+/// `tokens: { tags: { from: body, pattern: '#(\w+)', lowercase: true } }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSet {
+    pub name: String,
+    pub from: String,
+    pub pattern: String,
+    pub lowercase: bool,
+    pub max_len: u32,
+    /// Storage name of the token table (defaults to `<table>_<name>`).
+    pub table: String,
+}
+
+/// `counts: { likes: { from: like, by: spew } }`: how many `from` records reference
+/// this one through their field `by`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Count {
+    pub name: String,
+    pub from: String,
+    pub by: String,
+    pub pos: crate::yaml::Pos,
+}
+
+/// `checks: [{ differ: [a, b], message: ... }]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub differ: [String; 2],
+    pub message: String,
 }
 
 /// Per-template capability toggles, carried into the registry.
@@ -66,6 +101,10 @@ pub const OPERATIONS: &[&str] = &["create", "fetch", "update", "delete", "list"]
 impl Template {
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn token_set(&self, name: &str) -> Option<&TokenSet> {
+        self.tokens.iter().find(|t| t.name == name)
     }
 }
 
@@ -275,6 +314,10 @@ pub struct Query {
     pub params: Vec<Param>,
     /// Conjunction of conditions.
     pub filter: Vec<Condition>,
+    /// Alternatives: at least one group (a conjunction) must hold, if any are declared.
+    pub any: Vec<Vec<Condition>>,
+    /// Values returned with each item.
+    pub with: Vec<With>,
     /// Sort keys on fields of `from`; `id` is appended as the final tie-breaker.
     pub order: Vec<(String, bool)>,
     pub page: Page,
@@ -290,14 +333,58 @@ pub struct Param {
     pub optional: bool,
     /// A list of values, for `in`.
     pub list: bool,
+    /// What it is compared with.
+    pub target: ParamTarget,
+}
+
+/// What a parameter is compared with, which decides its type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamTarget {
+    Field { template: String, field: String },
+    Id { template: String },
+    Token { template: String, set: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
-    /// Field path from `from`, following references: `["author", "handle"]`.
+    /// Path from the query's (or sub-select's) template, following references:
+    /// `["author", "handle"]`; the last segment is a field, `id` or a token set.
     pub path: Vec<String>,
     pub op: CondOp,
-    pub param: String,
+    pub operand: Operand,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Param(String),
+    /// `in: { from: follow, select: followee, where: { follower: $user } }`.
+    Select(Box<Select>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Select {
+    pub from: String,
+    pub select: String,
+    pub filter: Vec<Condition>,
+}
+
+/// A value returned with each item: `likes`, `author.followers`, `author.handle`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct With {
+    /// The key under `with`: the path joined with `_`.
+    pub name: String,
+    /// References followed from the query's template.
+    pub path: Vec<String>,
+    pub what: WithWhat,
+    /// Whether it can be null (a field that is optional or behind an optional reference).
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WithWhat {
+    Count(String),
+    /// A field of the template at the end of the path: name and type.
+    Field(String, FieldType),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

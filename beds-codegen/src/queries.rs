@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 
 use crate::diag::{Ctx, suggest};
-use crate::model::{CondOp, Condition, Domain, FieldType, Page, Param, Query, Template};
+use crate::model::{
+    CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query, Select,
+    Template, With, WithWhat,
+};
 use crate::validate::{check_keys, expect_map, flag, get, is_snake, page};
 use crate::yaml::Node;
 
-const QUERY_KEYS: &[&str] = &["from", "params", "where", "order", "page", "count"];
+const QUERY_KEYS: &[&str] = &["from", "params", "where", "order", "page", "count", "with"];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
 const MAX_ORDER: usize = 3;
@@ -125,74 +128,39 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         }
     }
 
+    // Each used parameter's type, list-ness and target, from its first use.
+    let mut used: HashMap<String, Use> = HashMap::new();
     let mut filter = Vec::new();
-    // Each used parameter's type and list-ness, from its first use.
-    let mut used: HashMap<String, (FieldType, bool)> = HashMap::new();
+    let mut any = Vec::new();
     if let Some(w) = get(entries, "where") {
         let wpath = format!("{path}.where");
+        let mut scope = Scope {
+            domain,
+            declared: &declared,
+            used: &mut used,
+        };
         if let Some(wmap) = expect_map(cx, w, &wpath) {
             for (k, v) in wmap {
-                let Some(field_path) = k.as_str() else {
+                if k.as_str() == Some("any") {
+                    any = alternatives(cx, &format!("{wpath}.any"), v, from, &mut scope);
                     continue;
-                };
-                let cpath = format!("{wpath}.{field_path}");
-                let Some(ty) = resolve(cx, &cpath, k, field_path, from, domain) else {
-                    continue;
-                };
-                let ops: Vec<(CondOp, &Node)> = match v.as_map() {
-                    None => vec![(CondOp::Eq, v)],
-                    Some(m) => m
-                        .iter()
-                        .filter_map(|(opk, pv)| {
-                            let op = opk.as_str().and_then(CondOp::parse);
-                            if op.is_none() {
-                                cx.error_hint(
-                                    opk.pos,
-                                    &cpath,
-                                    format!("unknown condition `{}`", opk.as_str().unwrap_or("?")),
-                                    suggest(opk.as_str().unwrap_or(""), CondOp::NAMES),
-                                );
-                            }
-                            op.map(|op| (op, pv))
-                        })
-                        .collect(),
-                };
-                for (op, pv) in ops {
-                    let Some(param) = param_ref(cx, &cpath, pv, &declared) else {
-                        continue;
-                    };
-                    check_op(cx, &cpath, pv, op, &ty);
-                    let list = op == CondOp::In;
-                    match used.get(&param) {
-                        Some((t, l)) if !compatible(t, &ty) || *l != list => cx.error_hint(
-                            pv.pos,
-                            &cpath,
-                            format!("`${param}` is used with two different types or shapes"),
-                            "declare a separate parameter for each use",
-                        ),
-                        Some(_) => {}
-                        None => {
-                            used.insert(param.clone(), (ty.clone(), list));
-                        }
-                    }
-                    filter.push(Condition {
-                        path: field_path.split('.').map(str::to_string).collect(),
-                        op,
-                        param,
-                    });
                 }
+                filter.extend(condition(cx, &wpath, k, v, from, &mut scope, true));
             }
         }
     }
     let mut params = Vec::new();
     for (pname, optional, node) in &declared {
         match used.get(pname) {
-            Some((ty, list)) => params.push(Param {
+            Some(u) => params.push(Param {
                 name: pname.clone(),
-                ty: ty.clone(),
+                ty: u.ty.clone(),
                 optional: *optional,
-                list: *list,
+                list: u.list,
+                target: u.target.clone(),
             }),
+            // A use in a condition that failed to compile was reported already.
+            None if get(entries, "where").is_some_and(|w| mentions(w, pname)) => {}
             None => cx.error_hint(
                 node.pos,
                 &format!("{path}.params.{pname}"),
@@ -242,19 +210,432 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         }
         q_page = page(cx, &format!("{path}.page"), p);
     }
+    let mut with = Vec::new();
+    if let Some(w) = get(entries, "with") {
+        let wpath = format!("{path}.with");
+        if count {
+            cx.error_hint(
+                w.pos,
+                &wpath,
+                "a count query returns no items to add values to",
+                "remove `with`, or `count: true`",
+            );
+        }
+        with = with_values(cx, &wpath, w, from, domain);
+    }
     Some(Query {
         pos: body.pos,
         name: name.to_string(),
         from: from.name.clone(),
         params,
         filter,
+        any,
+        with,
         order,
         page: q_page,
         count,
     })
 }
 
-/// The type at the end of a dotted field path, following references.
+/// Whether `$name` appears anywhere in `node`.
+fn mentions(node: &Node, name: &str) -> bool {
+    if node.as_str().and_then(|s| s.strip_prefix('$')) == Some(name) {
+        return true;
+    }
+    node.as_map()
+        .map(|m| m.iter().any(|(_, v)| mentions(v, name)))
+        .or_else(|| node.as_seq().map(|l| l.iter().any(|v| mentions(v, name))))
+        .unwrap_or(false)
+}
+
+/// A parameter's first use.
+struct Use {
+    ty: FieldType,
+    list: bool,
+    target: ParamTarget,
+}
+
+/// What conditions are checked against: the domain and the query's parameters.
+struct Scope<'a> {
+    domain: &'a Domain,
+    declared: &'a [(String, bool, &'a Node)],
+    used: &'a mut HashMap<String, Use>,
+}
+
+/// `any: [ {conditions}, {conditions} ]`: at least one group must hold.
+fn alternatives(
+    cx: &mut Ctx,
+    apath: &str,
+    node: &Node,
+    from: &Template,
+    scope: &mut Scope<'_>,
+) -> Vec<Vec<Condition>> {
+    let Some(items) = node.as_seq().filter(|l| l.len() >= 2) else {
+        cx.error_hint(
+            node.pos,
+            apath,
+            "`any` takes a list of at least two groups of conditions",
+            "e.g. `any: [ { author: $user }, { reply_to: $spew } ]`",
+        );
+        return Vec::new();
+    };
+    let mut groups = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let gpath = format!("{apath}[{i}]");
+        let Some(gmap) = expect_map(cx, item, &gpath) else {
+            continue;
+        };
+        let mut group = Vec::new();
+        for (k, v) in gmap {
+            if k.as_str() == Some("any") {
+                cx.error_hint(
+                    k.pos,
+                    &gpath,
+                    "`any` cannot be nested",
+                    "list every alternative in the one top-level `any`",
+                );
+                continue;
+            }
+            group.extend(condition(cx, &gpath, k, v, from, scope, true));
+        }
+        if group.is_empty() {
+            cx.error_hint(
+                item.pos,
+                &gpath,
+                "an alternative needs at least one condition",
+                "add a condition or remove the group",
+            );
+        }
+        groups.push(group);
+    }
+    groups
+}
+
+/// The conditions of one `where` entry: `path: $param` or `path: { op: operand, ... }`.
+/// `paths` allows dotted paths and token sets (the main query); sub-selects compare
+/// single fields.
+fn condition(
+    cx: &mut Ctx,
+    wpath: &str,
+    k: &Node,
+    v: &Node,
+    from: &Template,
+    scope: &mut Scope<'_>,
+    paths: bool,
+) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let Some(field_path) = k.as_str() else {
+        return out;
+    };
+    let cpath = format!("{wpath}.{field_path}");
+    if !paths && field_path.contains('.') {
+        cx.error_hint(
+            k.pos,
+            &cpath,
+            "a sub-select compares fields of its own template only",
+            "name a field of the sub-select's `from` template, without `.`",
+        );
+        return out;
+    }
+    let Some((ty, target, token)) = resolve(cx, &cpath, k, field_path, from, scope.domain) else {
+        return out;
+    };
+    if token && !paths {
+        cx.error_hint(
+            k.pos,
+            &cpath,
+            "token sets can be compared in the main query only",
+            "move the condition out of the sub-select",
+        );
+        return out;
+    }
+    let ops: Vec<(CondOp, &Node)> = match v.as_map() {
+        None => vec![(CondOp::Eq, v)],
+        Some(m) => m
+            .iter()
+            .filter_map(|(opk, pv)| {
+                let op = opk.as_str().and_then(CondOp::parse);
+                if op.is_none() {
+                    cx.error_hint(
+                        opk.pos,
+                        &cpath,
+                        format!("unknown condition `{}`", opk.as_str().unwrap_or("?")),
+                        suggest(opk.as_str().unwrap_or(""), CondOp::NAMES),
+                    );
+                }
+                op.map(|op| (op, pv))
+            })
+            .collect(),
+    };
+    let path: Vec<String> = field_path.split('.').map(str::to_string).collect();
+    for (op, pv) in ops {
+        if token && !matches!(op, CondOp::Eq | CondOp::In) {
+            cx.error_hint(
+                pv.pos,
+                &cpath,
+                format!("`{}` cannot be applied to a token set", op.name()),
+                "a token set is matched with `eq` (contains the token) or `in` (contains one of them)",
+            );
+            continue;
+        }
+        if op == CondOp::In && pv.as_map().is_some() {
+            if let Some(select) = sub_select(cx, &cpath, pv, &ty, scope) {
+                out.push(Condition {
+                    path: path.clone(),
+                    op,
+                    operand: Operand::Select(Box::new(select)),
+                });
+            }
+            continue;
+        }
+        let Some(param) = param_ref(cx, &cpath, pv, scope.declared) else {
+            continue;
+        };
+        if !token {
+            check_op(cx, &cpath, pv, op, &ty);
+        }
+        let list = op == CondOp::In;
+        match scope.used.get(&param) {
+            Some(u) if !compatible(&u.ty, &ty) || u.list != list => cx.error_hint(
+                pv.pos,
+                &cpath,
+                format!("`${param}` is used with two different types or shapes"),
+                "declare a separate parameter for each use",
+            ),
+            Some(_) => {}
+            None => {
+                scope.used.insert(
+                    param.clone(),
+                    Use {
+                        ty: ty.clone(),
+                        list,
+                        target: target.clone(),
+                    },
+                );
+            }
+        }
+        out.push(Condition {
+            path: path.clone(),
+            op,
+            operand: Operand::Param(param),
+        });
+    }
+    out
+}
+
+const SELECT_KEYS: &[&str] = &["from", "select", "where"];
+
+/// `in: { from: follow, select: followee, where: { follower: $user } }`.
+fn sub_select(
+    cx: &mut Ctx,
+    cpath: &str,
+    node: &Node,
+    outer: &FieldType,
+    scope: &mut Scope<'_>,
+) -> Option<Select> {
+    let spath = format!("{cpath}.in");
+    let m = node.as_map()?;
+    check_keys(cx, m, &spath, SELECT_KEYS);
+    let names: Vec<&str> = scope
+        .domain
+        .templates
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let from = match get(m, "from").and_then(|n| n.as_str()) {
+        Some(f) => match scope.domain.templates.iter().find(|t| t.name == f) {
+            Some(t) => t,
+            None => {
+                cx.error_hint(
+                    node.pos,
+                    &format!("{spath}.from"),
+                    format!("`{f}` is not a template of this domain"),
+                    suggest(f, &names),
+                );
+                return None;
+            }
+        },
+        None => {
+            cx.error_hint(
+                node.pos,
+                &format!("{spath}.from"),
+                "missing `from`",
+                "name the template the sub-select reads",
+            );
+            return None;
+        }
+    };
+    let select = get(m, "select").and_then(|n| n.as_str()).unwrap_or("");
+    let selected = if select == "id" {
+        Some(id_type(from))
+    } else {
+        from.field(select).map(|f| f.ty.clone())
+    };
+    match selected {
+        Some(ty) if compatible(&ty, outer) => {}
+        Some(ty) => {
+            cx.error_hint(
+                node.pos,
+                &format!("{spath}.select"),
+                format!(
+                    "`{}.{select}` is a {}, but it is compared with a {}",
+                    from.name,
+                    ty.name(),
+                    outer.name()
+                ),
+                "select a field of the same type (for a reference: one to the same template, or `id`)",
+            );
+            return None;
+        }
+        None => {
+            let mut known: Vec<&str> = from.fields.iter().map(|f| f.name.as_str()).collect();
+            known.push("id");
+            cx.error_hint(
+                node.pos,
+                &format!("{spath}.select"),
+                if select.is_empty() {
+                    "missing `select`".to_string()
+                } else {
+                    format!("`{select}` is not a field of `{}`", from.name)
+                },
+                suggest(select, &known),
+            );
+            return None;
+        }
+    }
+    let mut filter = Vec::new();
+    if let Some(w) = get(m, "where") {
+        let wpath = format!("{spath}.where");
+        if let Some(wmap) = expect_map(cx, w, &wpath) {
+            for (k, v) in wmap {
+                filter.extend(condition(cx, &wpath, k, v, from, scope, false));
+            }
+        }
+    }
+    Some(Select {
+        from: from.name.clone(),
+        select: select.to_string(),
+        filter,
+    })
+}
+
+/// `with: [likes, author.followers, author.handle]`.
+fn with_values(
+    cx: &mut Ctx,
+    wpath: &str,
+    node: &Node,
+    from: &Template,
+    domain: &Domain,
+) -> Vec<With> {
+    let Some(items) = node.as_seq() else {
+        cx.error_hint(
+            node.pos,
+            wpath,
+            format!("expected a list, found {}", node.describe()),
+            "e.g. `with: [likes, author.handle]`",
+        );
+        return Vec::new();
+    };
+    let mut out: Vec<With> = Vec::new();
+    for item in items {
+        let Some(text) = item.as_str() else {
+            cx.error_hint(
+                item.pos,
+                wpath,
+                "expected a count or a field path",
+                "e.g. `likes` or `author.handle`",
+            );
+            continue;
+        };
+        let segments: Vec<&str> = text.split('.').collect();
+        let (last, refs) = segments.split_last().expect("split yields one part");
+        let mut t = from;
+        let mut nullable = false;
+        let mut ok = true;
+        for seg in refs {
+            match t.field(seg) {
+                Some(f) => {
+                    match &f.ty {
+                        FieldType::Ref { template, .. } => {
+                            nullable |= f.optional;
+                            t = domain
+                                .templates
+                                .iter()
+                                .find(|x| &x.name == template)
+                                .expect("references are checked");
+                        }
+                        _ => {
+                            cx.error_hint(
+                            item.pos,
+                            wpath,
+                            format!("`{seg}` is not a reference, so the path cannot continue past it"),
+                            "only `ref` fields can be followed with `.`",
+                        );
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    no_field(cx, item.pos, wpath, t, seg);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let what = if t.counts.iter().any(|c| c.name == *last) {
+            WithWhat::Count(last.to_string())
+        } else if let Some(f) = t.field(last) {
+            nullable |= f.optional;
+            WithWhat::Field(last.to_string(), f.ty.clone())
+        } else {
+            let known: Vec<&str> = t
+                .counts
+                .iter()
+                .map(|c| c.name.as_str())
+                .chain(t.fields.iter().map(|f| f.name.as_str()))
+                .collect();
+            cx.error_hint(
+                item.pos,
+                wpath,
+                format!("`{last}` is neither a count nor a field of `{}`", t.name),
+                if t.counts.is_empty() {
+                    format!(
+                        "declare it under `templates.{}.counts`, or {}",
+                        t.name,
+                        suggest(last, &known)
+                    )
+                } else {
+                    suggest(last, &known)
+                },
+            );
+            continue;
+        };
+        let name = segments.join("_");
+        if out.iter().any(|w| w.name == name) {
+            cx.error_hint(
+                item.pos,
+                wpath,
+                format!("`{text}` is listed twice"),
+                "list each value once",
+            );
+            continue;
+        }
+        out.push(With {
+            name,
+            path: refs.iter().map(|s| s.to_string()).collect(),
+            what,
+            nullable,
+        });
+    }
+    out
+}
+
+/// What a dotted path ends at, following references: its type, what a parameter
+/// compared with it targets, and whether it is a token set.
 fn resolve(
     cx: &mut Ctx,
     cpath: &str,
@@ -262,20 +643,34 @@ fn resolve(
     field_path: &str,
     from: &Template,
     domain: &Domain,
-) -> Option<FieldType> {
+) -> Option<(FieldType, ParamTarget, bool)> {
     let mut t = from;
     let segments: Vec<&str> = field_path.split('.').collect();
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         if *seg == "id" && last {
-            return Some(id_type(t));
+            let target = ParamTarget::Id {
+                template: t.name.clone(),
+            };
+            return Some((id_type(t), target, false));
+        }
+        if last && let Some(set) = t.token_set(seg) {
+            let target = ParamTarget::Token {
+                template: t.name.clone(),
+                set: set.name.clone(),
+            };
+            return Some((FieldType::Text { max: None }, target, true));
         }
         let Some(f) = t.field(seg) else {
             no_field(cx, key.pos, cpath, t, seg);
             return None;
         };
         if last {
-            return Some(f.ty.clone());
+            let target = ParamTarget::Field {
+                template: t.name.clone(),
+                field: f.name.clone(),
+            };
+            return Some((f.ty.clone(), target, false));
         }
         match &f.ty {
             FieldType::Ref { template, .. } => {

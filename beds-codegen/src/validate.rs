@@ -24,6 +24,9 @@ const TEMPLATE_KEYS: &[&str] = &[
     "internal",
     "capabilities",
     "access",
+    "tokens",
+    "counts",
+    "checks",
 ];
 const CAPABILITY_KEYS: &[&str] = &["audit", "journal", "locking", "cache", "retention"];
 const UNIQUE_KEYS: &[&str] = &["fields", "case_insensitive"];
@@ -117,6 +120,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         out.templates.push(template(cx, &path, name, body, &names));
     }
     check_tables(cx, &out, tmap);
+    crate::derived::check_counts(cx, &out);
     if let Some(q) = get(entries, "queries") {
         out.queries = crate::queries::queries(cx, q, &out);
     }
@@ -209,6 +213,9 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
         internal: false,
         capabilities: Capabilities::default(),
         access: Vec::new(),
+        tokens: Vec::new(),
+        counts: Vec::new(),
+        checks: Vec::new(),
     };
     let Some(entries) = expect_map(cx, body, path) else {
         return t;
@@ -335,6 +342,15 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
     }
     if let Some(n) = get(entries, "access") {
         t.access = access(cx, &format!("{path}.access"), n);
+    }
+    if let Some(n) = get(entries, "tokens") {
+        t.tokens = crate::derived::tokens(cx, &format!("{path}.tokens"), n, &t);
+    }
+    if let Some(n) = get(entries, "counts") {
+        t.counts = crate::derived::counts(cx, &format!("{path}.counts"), n, &t);
+    }
+    if let Some(n) = get(entries, "checks") {
+        t.checks = crate::derived::checks(cx, &format!("{path}.checks"), n, &t);
     }
     coherence(cx, path, body, &t);
     t
@@ -538,7 +554,7 @@ fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
 }
 
 /// A non-empty list of the template's field names (`id` too when `with_id`).
-fn field_names(
+pub(crate) fn field_names(
     cx: &mut Ctx,
     path: &str,
     node: &Node,

@@ -54,6 +54,22 @@ struct TemplateAttrs {
     access: Vec<(String, Vec<String>)>,
     /// `id = "sequence"`: database-assigned integers instead of UUIDv7.
     sequence: bool,
+    tokens: Vec<TokenAttrs>,
+    /// (name, template, by)
+    counts: Vec<(String, String, String, Span)>,
+    /// (fields, message, name)
+    differ: Vec<(Vec<String>, String, Option<String>, Span)>,
+}
+
+#[derive(Default)]
+struct TokenAttrs {
+    name: String,
+    from: String,
+    pattern: String,
+    lowercase: bool,
+    max_len: Option<u32>,
+    table: Option<String>,
+    span: Option<Span>,
 }
 
 const FLAGS: &[&str] = &["append_only", "internal", "audit", "journal", "locking"];
@@ -249,6 +265,58 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             quote!(&[#(#fields),*])
         })
         .collect();
+    let table = t.table.clone().unwrap_or_else(|| template.clone());
+    let tokens: Vec<TokenStream2> = t
+        .tokens
+        .iter()
+        .map(|s| {
+            if !field_names.contains(&s.from) {
+                errors.push(syn::Error::new(
+                    s.span.unwrap_or_else(Span::call_site),
+                    format!(
+                        "tokens `{}` are taken from unknown field `{}`",
+                        s.name, s.from
+                    ),
+                ));
+            }
+            let (name, from, pattern, lowercase) = (&s.name, &s.from, &s.pattern, s.lowercase);
+            let max_len = s.max_len.unwrap_or(64);
+            let token_table = s.table.clone().unwrap_or_else(|| format!("{table}_{name}"));
+            quote!(rt::TokenSetMeta {
+                name: #name, source: #from, pattern: #pattern, lowercase: #lowercase,
+                max_len: #max_len, table: #token_table,
+            })
+        })
+        .collect();
+    let counts = t.counts.iter().map(|(name, template, by, _)| {
+        quote!(rt::CountMeta { name: #name, template: #template, by: #by })
+    });
+    let differ: Vec<TokenStream2> = t
+        .differ
+        .iter()
+        .map(|(fields, message, cname, span)| {
+            if fields.len() != 2 {
+                errors.push(syn::Error::new(
+                    *span,
+                    "differ needs exactly two fields: `fields = \"a,b\"`",
+                ));
+                return quote!();
+            }
+            for f in fields {
+                if !field_names.contains(f) {
+                    errors.push(syn::Error::new(
+                        *span,
+                        format!("differ names unknown field `{f}`"),
+                    ));
+                }
+            }
+            let (a, b) = (&fields[0], &fields[1]);
+            let cname = cname
+                .clone()
+                .unwrap_or_else(|| format!("{table}_{a}_{b}_check"));
+            quote!(rt::CheckMeta { name: #cname, differ: [#a, #b], message: #message })
+        })
+        .collect();
     errors.finish()?;
     let flag = |name: &str| t.flags.iter().any(|f| f == name);
     let (append_only, internal) = (flag("append_only"), flag("internal"));
@@ -285,9 +353,20 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
     for (fields, ci, _) in &t.unique {
         contract.push_str(&format!(" unique({}, ci={ci})", fields.join(",")));
     }
+    for s in &t.tokens {
+        contract.push_str(&format!(
+            " tokens({} from {} /{}/ lower={} max={:?})",
+            s.name, s.from, s.pattern, s.lowercase, s.max_len
+        ));
+    }
+    for (name, template, by, _) in &t.counts {
+        contract.push_str(&format!(" count({name} of {template} by {by})"));
+    }
+    for (fields, _, _, _) in &t.differ {
+        contract.push_str(&format!(" differ({})", fields.join(",")));
+    }
     let fingerprint = format!("{:016x}", fnv1a(contract.as_bytes()));
 
-    let table = t.table.unwrap_or_else(|| template.clone());
     let id_column = t.id_column.unwrap_or_else(|| "id".into());
     let version_column = t.version_column.unwrap_or_else(|| "version".into());
     let page_default = t.page_default.unwrap_or(20);
@@ -323,6 +402,9 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
                         retention: #retention,
                     },
                     access: &[#(#access),*],
+                    tokens: &[#(#tokens),*],
+                    counts: &[#(#counts),*],
+                    checks: &[#(#differ),*],
                 };
             }
 
@@ -439,12 +521,83 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
             }
         })?;
         t.unique.push((fields, ci, span));
+    } else if p.is_ident("tokens") {
+        let mut s = TokenAttrs {
+            span: Some(p.require_ident()?.span()),
+            ..TokenAttrs::default()
+        };
+        meta.parse_nested_meta(|inner| {
+            let text = |inner: &ParseNestedMeta<'_>| -> syn::Result<String> {
+                Ok(inner.value()?.parse::<LitStr>()?.value())
+            };
+            let q = &inner.path;
+            if q.is_ident("name") {
+                s.name = text(&inner)?;
+            } else if q.is_ident("from") {
+                s.from = text(&inner)?;
+            } else if q.is_ident("pattern") {
+                s.pattern = text(&inner)?;
+            } else if q.is_ident("table") {
+                s.table = Some(text(&inner)?);
+            } else if q.is_ident("lowercase") {
+                s.lowercase = true;
+            } else if q.is_ident("max_len") {
+                s.max_len = Some(inner.value()?.parse::<LitInt>()?.base10_parse()?);
+            } else {
+                return Err(
+                    inner.error("expected name, from, pattern, lowercase, max_len or table")
+                );
+            }
+            Ok(())
+        })?;
+        if s.name.is_empty() || s.from.is_empty() || s.pattern.is_empty() {
+            return Err(meta.error("tokens needs `name`, `from` and `pattern`"));
+        }
+        t.tokens.push(s);
+    } else if p.is_ident("count") {
+        let span = p.require_ident()?.span();
+        let (mut name, mut template, mut by) = (None, None, None);
+        meta.parse_nested_meta(|inner| {
+            let v = inner.value()?.parse::<LitStr>()?.value();
+            if inner.path.is_ident("name") {
+                name = Some(v);
+            } else if inner.path.is_ident("template") {
+                template = Some(v);
+            } else if inner.path.is_ident("by") {
+                by = Some(v);
+            } else {
+                return Err(inner.error("expected `name`, `template` or `by`"));
+            }
+            Ok(())
+        })?;
+        match (name, template, by) {
+            (Some(n), Some(t2), Some(b)) => t.counts.push((n, t2, b, span)),
+            _ => return Err(meta.error("count needs `name`, `template` and `by`")),
+        }
+    } else if p.is_ident("differ") {
+        let span = p.require_ident()?.span();
+        let (mut fields, mut message, mut cname) = (Vec::new(), None, None);
+        meta.parse_nested_meta(|inner| {
+            let v = inner.value()?.parse::<LitStr>()?.value();
+            if inner.path.is_ident("fields") {
+                fields = v.split(',').map(|s| s.trim().to_string()).collect();
+            } else if inner.path.is_ident("message") {
+                message = Some(v);
+            } else if inner.path.is_ident("name") {
+                cname = Some(v);
+            } else {
+                return Err(inner.error("expected `fields`, `message` or `name`"));
+            }
+            Ok(())
+        })?;
+        let message = message.ok_or_else(|| meta.error("differ needs a `message` for callers"))?;
+        t.differ.push((fields, message, cname, span));
     } else {
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
              version_column, page_default, page_max, create, patch, version, append_only, \
              internal, audit, journal, locking, cache_ttl_ms, retention(...), access(...), \
-             index(...) or unique(...)",
+             index(...), unique(...), tokens(...), count(...) or differ(...)",
         ));
     }
     Ok(())

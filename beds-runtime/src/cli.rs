@@ -119,7 +119,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
             rt.block_on(dlq(&config, action))
         }
         Command::Schema { json: false } => {
-            for statement in store::schema(catalog) {
+            for statement in store::schema(config.database.driver.dialect(), catalog) {
                 println!("{statement};\n");
             }
             Ok(())
@@ -238,8 +238,8 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
     let _ = writeln!(out, "amqp {}", config.amqp.redacted_url());
     let _ = writeln!(
         out,
-        "database sqlite {} (schema applied at start: {})",
-        config.database.sqlite_path().display(),
+        "database {} (schema applied at start: {})",
+        store::StoreOptions::from_config(&config.database).describe(),
         if config.database.apply_schema {
             "yes"
         } else {

@@ -442,8 +442,8 @@ pub struct Cursor(pub Vec<Json>);
 
 /// One page of a named query.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(bound = "T: Record")]
-pub struct QueryPage<T: Record> {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+pub struct QueryPage<T> {
     pub items: Vec<T>,
     pub next: Option<Cursor>,
 }

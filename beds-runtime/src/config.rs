@@ -177,7 +177,22 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
+    /// Embedded, in `data_dir/sqlite_file`; the default.
     Sqlite,
+    /// A PostgreSQL server at `url`.
+    Postgres,
+    /// A MariaDB server at `url` (the MySQL protocol).
+    Mariadb,
+}
+
+impl Driver {
+    pub fn dialect(self) -> crate::store::Dialect {
+        match self {
+            Driver::Sqlite => crate::store::Dialect::Sqlite,
+            Driver::Postgres => crate::store::Dialect::Postgres,
+            Driver::Mariadb => crate::store::Dialect::MariaDb,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +203,8 @@ pub struct DatabaseConfig {
     pub data_dir: PathBuf,
     /// SQLite file name inside `data_dir` (or an absolute path).
     pub sqlite_file: PathBuf,
+    /// PostgreSQL and MariaDB: `postgres://user@host:5432/db`, `mysql://user@host:3306/db`.
+    pub url: Option<String>,
     pub max_connections: u32,
     pub busy_timeout: Millis,
     /// Create missing tables and indexes at start-up.
@@ -200,6 +217,7 @@ impl Default for DatabaseConfig {
             driver: Driver::Sqlite,
             data_dir: PathBuf::from("data"),
             sqlite_file: PathBuf::from("beds.sqlite"),
+            url: None,
             max_connections: 4,
             busy_timeout: Millis(5_000),
             apply_schema: true,
@@ -470,6 +488,34 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
+        }
+        match (self.database.driver, self.database.url.as_deref()) {
+            (Driver::Sqlite, Some(_)) => {
+                return Err("database.url is for postgres and mariadb; sqlite uses database.data_dir and database.sqlite_file".into());
+            }
+            (Driver::Postgres, None) => {
+                return Err("database.driver postgres needs database.url, e.g. postgres://postgres@127.0.0.1:5432/beds".into());
+            }
+            (Driver::Mariadb, None) => {
+                return Err("database.driver mariadb needs database.url, e.g. mysql://root@127.0.0.1:3306/beds".into());
+            }
+            (Driver::Postgres, Some(url))
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
+            {
+                return Err(format!(
+                    "database.url for postgres must start with postgres://, not `{}`",
+                    redact(url)
+                ));
+            }
+            (Driver::Mariadb, Some(url))
+                if !url.starts_with("mysql://") && !url.starts_with("mariadb://") =>
+            {
+                return Err(format!(
+                    "database.url for mariadb must start with mysql://, not `{}`",
+                    redact(url)
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

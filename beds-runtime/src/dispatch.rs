@@ -86,13 +86,14 @@ fn idempotency_key(req: &Request) -> String {
 
 async fn create(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let values = value::create_values(t, data(req)?, &ctx.patterns)?;
+    value::check_rules(t, &values)?;
+    let tokens = value::derive_tokens(t, t.fields.iter().zip(&values), &ctx.patterns)?;
     let id = match t.id {
         IdKind::Uuid7 => Some(Uuid::now_v7()),
         IdKind::Sequence => None,
     };
-    ctx.store
-        .write(t, &idempotency_key(req), WriteOp::Insert { id, values })
-        .await
+    let op = WriteOp::Insert { id, values, tokens };
+    ctx.store.write(t, &idempotency_key(req), op).await
 }
 
 async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
@@ -106,10 +107,12 @@ async fn fetch(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Jso
 async fn update(ctx: &Ctx, t: &'static TemplateMeta, req: &Request) -> Result<Json, BedsError> {
     let key = value::record_key(t, req.key.as_ref(), &ctx.patterns)?;
     let changes = value::patch_values(t, data(req)?, &ctx.patterns)?;
+    let tokens = value::derive_tokens(t, changes.iter().map(|(f, v)| (*f, v)), &ctx.patterns)?;
     let op = WriteOp::Update {
         key,
         changes,
         expect_version: req.expect_version,
+        tokens,
     };
     ctx.store.write(t, &idempotency_key(req), op).await
 }
@@ -173,23 +176,11 @@ pub(crate) async fn query(
     }
     let limit = page_limit(req, q.page, q.name)?;
     let keys = q.keys();
-    let cursor = match &req.cursor {
-        None => None,
-        Some(c)
-            if c.len() == keys.len()
-                && c.iter()
-                    .all(|v| !v.is_array() && !v.is_object() && !v.is_null()) =>
-        {
-            Some(c.as_slice())
-        }
-        Some(_) => {
-            return Err(BedsError::detail(
-                "cursor",
-                DetailCode::InvalidFormat,
-                "cursor must be the `next` value of a previous page of this query, unchanged",
-            ));
-        }
-    };
+    let cursor = req
+        .cursor
+        .as_deref()
+        .map(|c| value::cursor_values(q, c, &ctx.patterns))
+        .transpose()?;
     let items = ctx.store.query(q, params, cursor, limit).await?;
     let next = match items.last() {
         Some(last) if items.len() == limit as usize => Json::Array(

@@ -4,7 +4,8 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::meta::{
-    Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, TemplateMeta,
+    Catalog, DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta,
+    TemplateMeta, WithKind,
 };
 
 /// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` and
@@ -23,7 +24,7 @@ pub fn catalog(catalog: &Catalog) -> Json {
         for q in d.queries {
             let base = format!("{}.{}", d.name, q.name);
             defs.insert(format!("{base}.params"), params(q));
-            defs.insert(format!("{base}.result"), result(d.name, q));
+            defs.insert(format!("{base}.result"), result(d, q));
         }
     }
     json!({
@@ -85,6 +86,7 @@ fn params(q: &QueryMeta) -> Json {
         let base = match p.kind {
             ParamKind::Field(f) => param_kind(f),
             ParamKind::Id(t) => id(t.id),
+            ParamKind::Token(_) => json!({ "type": "string" }),
         };
         let schema = if p.list {
             json!({ "type": "array", "items": base })
@@ -99,7 +101,40 @@ fn params(q: &QueryMeta) -> Json {
     object(&format!("`params` of query `{}`", q.name), props, required)
 }
 
-fn result(domain: &str, q: &QueryMeta) -> Json {
+/// An item of a query with `with`: the record's properties and the `with` object.
+fn with_item(d: &DomainMeta, q: &QueryMeta) -> Json {
+    let mut item = record(q.from);
+    let mut props = Map::new();
+    for w in q.with {
+        let mut t = q.from;
+        let mut optional = false;
+        for seg in w.path {
+            let f = t.field(seg).expect("checked at build time");
+            optional |= f.optional;
+            if let FieldKind::Ref { template, .. } = f.kind {
+                t = d.template(template).expect("checked at build time");
+            }
+        }
+        let schema = match w.what {
+            WithKind::Count(_) => json!({ "type": "integer", "minimum": 0 }),
+            WithKind::Field(name) => {
+                let f = t.field(name).expect("checked at build time");
+                nullable(kind(f.kind), optional || f.optional)
+            }
+        };
+        props.insert(w.name.into(), schema);
+    }
+    let names: Vec<&str> = q.with.iter().map(|w| w.name).collect();
+    item["properties"]["with"] = object(&format!("`with` values of `{}`", q.name), props, names);
+    item["required"]
+        .as_array_mut()
+        .expect("records list required properties")
+        .push(json!("with"));
+    item["title"] = json!(format!("An item of query `{}`", q.name));
+    item
+}
+
+fn result(d: &DomainMeta, q: &QueryMeta) -> Json {
     if q.count {
         return object(
             &format!("reply `data` of count query `{}`", q.name),
@@ -110,7 +145,11 @@ fn result(domain: &str, q: &QueryMeta) -> Json {
             vec!["count"],
         );
     }
-    let item = json!({ "$ref": format!("#/$defs/{domain}.{}.record", q.from.name) });
+    let item = if q.with.is_empty() {
+        json!({ "$ref": format!("#/$defs/{}.{}.record", d.name, q.from.name) })
+    } else {
+        with_item(d, q)
+    };
     let props = Map::from_iter([
         (
             "items".to_string(),

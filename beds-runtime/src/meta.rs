@@ -80,6 +80,29 @@ impl Catalog {
                     }
                 }
             }
+            for c in t.counts {
+                let by = d
+                    .template(c.template)
+                    .and_then(|counted| counted.field(c.by));
+                if !matches!(by.map(|f| f.kind), Some(FieldKind::Ref { template, .. }) if template == t.name)
+                {
+                    return Err(format!(
+                        "{}.{} count `{}`: `{}.{}` is not a reference to `{}`",
+                        d.name, t.name, c.name, c.template, c.by, t.name
+                    ));
+                }
+            }
+            for set in t.tokens {
+                if !matches!(
+                    t.field(set.source).map(|f| f.kind),
+                    Some(FieldKind::String { .. } | FieldKind::Text { .. })
+                ) {
+                    return Err(format!(
+                        "{}.{} tokens `{}`: `{}` is not a string or text field",
+                        d.name, t.name, set.name, set.source
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -154,6 +177,47 @@ pub struct TemplateMeta {
     pub capabilities: Capabilities,
     /// Declared principals per operation; enforcement arrives with authorization.
     pub access: &'static [(Op, &'static [&'static str])],
+    /// Token sets derived from text fields at write time (hashtags, mentions, …).
+    pub tokens: &'static [TokenSetMeta],
+    /// Counts of referencing records a query can return with each item.
+    pub counts: &'static [CountMeta],
+    /// Rules across fields, enforced on every write and by the database.
+    pub checks: &'static [CheckMeta],
+}
+
+/// A set of tokens taken from a text field by a pattern each time the field is written,
+/// stored in a table of its own and queryable like a field.
+#[derive(Debug, PartialEq)]
+pub struct TokenSetMeta {
+    pub name: &'static str,
+    /// The field the tokens are taken from.
+    pub source: &'static str,
+    /// Every match is a token: its first capture group if it has one, else the match.
+    pub pattern: &'static str,
+    /// Tokens (and the parameters compared with them) are lowercased.
+    pub lowercase: bool,
+    /// Longer matches are not tokens.
+    pub max_len: u32,
+    /// `(owner, token)` rows, one per distinct token of a record.
+    pub table: &'static str,
+}
+
+/// The number of `template` records whose reference `by` points at a record.
+#[derive(Debug, PartialEq)]
+pub struct CountMeta {
+    pub name: &'static str,
+    pub template: &'static str,
+    pub by: &'static str,
+}
+
+/// A rule across fields: `fields[0]` and `fields[1]` must differ.
+#[derive(Debug, PartialEq)]
+pub struct CheckMeta {
+    /// The database constraint's name.
+    pub name: &'static str,
+    pub differ: [&'static str; 2],
+    /// What the caller is told when the rule is broken.
+    pub message: &'static str,
 }
 
 /// Capability toggles as declared; what each does at run time comes with its feature.
@@ -176,6 +240,14 @@ pub struct RetentionMeta {
 impl TemplateMeta {
     pub fn field(&self, name: &str) -> Option<&'static FieldMeta> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn token_set(&self, name: &str) -> Option<&'static TokenSetMeta> {
+        self.tokens.iter().find(|t| t.name == name)
+    }
+
+    pub fn count(&self, name: &str) -> Option<&'static CountMeta> {
+        self.counts.iter().find(|c| c.name == name)
     }
 }
 
@@ -361,11 +433,15 @@ pub struct QueryMeta {
     pub params: &'static [ParamMeta],
     /// All must hold.
     pub filter: &'static [ConditionMeta],
+    /// Alternatives: when not empty, at least one group must hold (all of its conditions).
+    pub any: &'static [&'static [ConditionMeta]],
     /// Sort keys on fields of `from` (`id` allowed), `true` for descending; the runtime
     /// appends `id` as the final tie-breaker.
     pub order: &'static [(&'static str, bool)],
     pub page: PageMeta,
     pub count: bool,
+    /// Values returned with each item under `with`: counts and fields through references.
+    pub with: &'static [WithMeta],
 }
 
 impl QueryMeta {
@@ -377,6 +453,13 @@ impl QueryMeta {
             keys.push(("id", keys.last().is_some_and(|k| k.1)));
         }
         keys
+    }
+
+    /// Every condition, top-level and in alternatives (not inside sub-selects).
+    pub fn conditions(&self) -> impl Iterator<Item = &'static ConditionMeta> {
+        self.filter
+            .iter()
+            .chain(self.any.iter().flat_map(|g| g.iter()))
     }
 }
 
@@ -396,14 +479,54 @@ pub enum ParamKind {
     Field(&'static FieldMeta),
     /// Compared with the key of this template.
     Id(&'static TemplateMeta),
+    /// Compared with the tokens of this set.
+    Token(&'static TokenSetMeta),
 }
 
 #[derive(Debug)]
 pub struct ConditionMeta {
-    /// Field path from `from`, through references (`["author", "handle"]`).
+    /// Path from the query's template, through references (`["author", "handle"]`); its
+    /// last segment is a field, `id` or a token set.
     pub path: &'static [&'static str],
     pub op: CondOp,
-    pub param: &'static str,
+    pub operand: Operand,
+}
+
+/// What a condition compares with.
+#[derive(Debug)]
+pub enum Operand {
+    /// A parameter, by name.
+    Param(&'static str),
+    /// The values of one field of the records a sub-select matches (with `in`).
+    Select(&'static SelectMeta),
+}
+
+/// `select` of the `from` records matching `filter`.
+#[derive(Debug)]
+pub struct SelectMeta {
+    pub from: &'static TemplateMeta,
+    /// A field of `from`, or `id`.
+    pub select: &'static str,
+    /// All must hold; paths are single fields of `from`.
+    pub filter: &'static [ConditionMeta],
+}
+
+/// One value returned with each item of a query.
+#[derive(Debug)]
+pub struct WithMeta {
+    /// Its key under `with` (`author_followers` for `author.followers`).
+    pub name: &'static str,
+    /// References followed from the query's template before `what`.
+    pub path: &'static [&'static str],
+    pub what: WithKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum WithKind {
+    /// A declared count of the template at the end of the path.
+    Count(&'static str),
+    /// A field of the template at the end of the path.
+    Field(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

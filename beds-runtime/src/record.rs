@@ -22,8 +22,8 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
 pub trait Query: 'static {
     /// The typed parameters a caller sends.
     type Params: Serialize + Send + Sync;
-    /// The records it returns.
-    type Item: Record;
+    /// What each item of a page is: the record, or the record with its `with` values.
+    type Item: DeserializeOwned + Send + 'static;
     const META: &'static crate::meta::QueryMeta;
 }
 

@@ -125,15 +125,7 @@ impl Server {
         }
         catalog.check().map_err(ServerError::Catalog)?;
         let patterns = Patterns::compile(catalog).map_err(ServerError::Catalog)?;
-        let store = Store::open(
-            &StoreOptions {
-                sqlite_file: config.database.sqlite_path(),
-                max_connections: config.database.max_connections,
-                busy_timeout: config.database.busy_timeout.duration(),
-            },
-            catalog,
-        )
-        .await?;
+        let store = Store::open(&StoreOptions::from_config(&config.database), catalog).await?;
         if config.database.apply_schema {
             store.apply_schema(catalog).await?;
         }

@@ -9,9 +9,10 @@ pub use uuid::Uuid;
 pub use crate::client::{Client, QueryClient, TemplateClient};
 pub use crate::envelope::Op;
 pub use crate::meta::{
-    Capabilities, Catalog, CondOp, ConditionMeta, DefaultValue, DomainMeta, FieldKind, FieldMeta,
-    IdKind, OnDelete, PageMeta, ParamKind, ParamMeta, QueryMeta, RetentionMeta, RouteError, Routes,
-    SetOn, TemplateMeta, UniqueMeta,
+    Capabilities, Catalog, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta,
+    FieldKind, FieldMeta, IdKind, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
+    RetentionMeta, RouteError, Routes, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta,
+    WithKind, WithMeta,
 };
 pub use crate::record::{FieldType, Key, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Timestamp};

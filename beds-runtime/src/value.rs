@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::meta::{
     Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, SetOn, TemplateMeta,
+    TokenSetMeta,
 };
 
 /// A timestamp as records carry it: UTC, microsecond precision.
@@ -51,6 +52,11 @@ impl Patterns {
                     map.insert(p, re);
                 }
             }
+            for set in t.tokens {
+                let re = regex::Regex::new(set.pattern)
+                    .map_err(|e| format!("{}.tokens.{}: invalid pattern: {e}", t.name, set.name))?;
+                map.insert(set.pattern, re);
+            }
         }
         Ok(Patterns(map))
     }
@@ -58,6 +64,115 @@ impl Patterns {
     fn is_match(&self, pattern: &str, s: &str) -> bool {
         self.0.get(pattern).is_some_and(|re| re.is_match(s))
     }
+
+    /// The distinct tokens of `text`, in order of first appearance: each match's first
+    /// capture group (or the whole match), lowercased if declared, at most `max_len`
+    /// characters.
+    pub fn tokens(&self, set: &TokenSetMeta, text: &str) -> Vec<String> {
+        let Some(re) = self.0.get(set.pattern) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for caps in re.captures_iter(text) {
+            let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
+                continue;
+            };
+            let token = if set.lowercase {
+                m.as_str().to_lowercase()
+            } else {
+                m.as_str().to_string()
+            };
+            let len = token.chars().count();
+            if len == 0 || len > set.max_len as usize || out.contains(&token) {
+                continue;
+            }
+            out.push(token);
+        }
+        out
+    }
+}
+
+/// More tokens than this in one field is refused rather than indexed in part.
+pub const MAX_TOKENS: usize = 256;
+
+/// The tokens of every set whose source field is among `written` (field, value), by set
+/// index, for [`crate::store::WriteOp`].
+pub fn derive_tokens<'a>(
+    t: &TemplateMeta,
+    written: impl Iterator<Item = (&'a FieldMeta, &'a Value)> + Clone,
+    patterns: &Patterns,
+) -> Result<Vec<(usize, Vec<String>)>, BedsError> {
+    let mut out = Vec::new();
+    for (i, set) in t.tokens.iter().enumerate() {
+        let Some((_, v)) = written.clone().find(|(f, _)| f.name == set.source) else {
+            continue;
+        };
+        let tokens = match v {
+            Value::Text(text) => patterns.tokens(set, text),
+            _ => Vec::new(),
+        };
+        if tokens.len() > MAX_TOKENS {
+            return Err(BedsError::detail(
+                format!("data.{}", set.source),
+                DetailCode::AboveMax,
+                format!(
+                    "{} has {} distinct {}; at most {MAX_TOKENS} are indexed",
+                    set.source,
+                    tokens.len(),
+                    set.name
+                ),
+            ));
+        }
+        out.push((i, tokens));
+    }
+    Ok(out)
+}
+
+/// The declared cross-field rules a new record's values must meet.
+pub fn check_rules(t: &TemplateMeta, values: &[Value]) -> Result<(), BedsError> {
+    let value = |name: &str| {
+        t.fields
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| &values[i])
+    };
+    for c in t.checks {
+        let (a, b) = (value(c.differ[0]), value(c.differ[1]));
+        if a.is_some() && a == b && a != Some(&Value::Null) {
+            return Err(BedsError::detail(
+                format!("data.{}", c.differ[1]),
+                DetailCode::Other,
+                c.message,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A page cursor as values of the query's sort keys (as the previous page returned them).
+pub fn cursor_values(
+    q: &QueryMeta,
+    cursor: &[Json],
+    patterns: &Patterns,
+) -> Result<Vec<Value>, BedsError> {
+    let bad = || {
+        BedsError::detail(
+            "cursor",
+            DetailCode::InvalidFormat,
+            "cursor must be the `next` value of a previous page of this query, unchanged",
+        )
+    };
+    let keys = q.keys();
+    if cursor.len() != keys.len() {
+        return Err(bad());
+    }
+    keys.iter()
+        .zip(cursor)
+        .map(|((k, _), j)| match q.from.field(k) {
+            Some(f) => field_value(f, j, patterns, "cursor", k).map_err(|_| bad()),
+            None => id_value(q.from.id, j).map_err(|_| bad()),
+        })
+        .collect()
 }
 
 /// The one text form of a timestamp, used in JSON and in text-typed storage; fixed width
@@ -407,6 +522,16 @@ pub fn query_params(
             ParamKind::Field(f) => field_value(&as_param(f), j, patterns, "params", p.name),
             ParamKind::Id(t) => id_value(t.id, j)
                 .map_err(|m| detail("params", p.name, DetailCode::InvalidFormat, m)),
+            ParamKind::Token(set) => match j {
+                Json::String(s) if set.lowercase => Ok(Value::Text(s.to_lowercase())),
+                Json::String(s) => Ok(Value::Text(s.clone())),
+                _ => Err(detail(
+                    "params",
+                    p.name,
+                    DetailCode::WrongType,
+                    "must be a string".into(),
+                )),
+            },
         };
         let v = match params.get(p.name) {
             None | Some(Json::Null) if p.optional => Ok(Value::Null),

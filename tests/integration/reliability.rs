@@ -66,11 +66,7 @@ async fn duplicate_deliveries_apply_once_and_answer_alike() {
 
     // Keys expire after their time to live.
     let store = beds_runtime::store::Store::open(
-        &beds_runtime::store::StoreOptions {
-            sqlite_file: env.config.database.sqlite_path(),
-            max_connections: 1,
-            busy_timeout: std::time::Duration::from_secs(5),
-        },
+        &beds_runtime::store::StoreOptions::from_config(&env.config.database),
         &beds::CATALOG,
     )
     .await

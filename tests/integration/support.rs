@@ -21,6 +21,68 @@ pub fn repo_config_path() -> PathBuf {
 pub struct TestEnv {
     pub config: Config,
     _data: tempfile::TempDir,
+    /// A server database created for this test, dropped with it: (admin URL, name).
+    server_db: Option<(String, String)>,
+}
+
+/// The database a matrix test runs on: `BEDS_TEST_DATABASE` = `sqlite` (default),
+/// `postgres` or `mariadb`. Servers are found at `BEDS_TEST_POSTGRES_URL` /
+/// `BEDS_TEST_MARIADB_URL` (defaults: the local trust/root accounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDatabase {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+impl TestDatabase {
+    pub fn from_env() -> TestDatabase {
+        match std::env::var("BEDS_TEST_DATABASE").as_deref() {
+            Err(_) | Ok("" | "sqlite") => TestDatabase::Sqlite,
+            Ok("postgres") => TestDatabase::Postgres,
+            Ok("mariadb") => TestDatabase::MariaDb,
+            Ok(other) => panic!("BEDS_TEST_DATABASE is sqlite, postgres or mariadb, not `{other}`"),
+        }
+    }
+
+    fn admin_url(self) -> Option<String> {
+        let (var, default) = match self {
+            TestDatabase::Sqlite => return None,
+            TestDatabase::Postgres => (
+                "BEDS_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            TestDatabase::MariaDb => ("BEDS_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test"),
+        };
+        Some(std::env::var(var).unwrap_or_else(|_| default.to_string()))
+    }
+}
+
+/// Runs admin statements (create/drop a test database) on a fresh runtime and thread, so
+/// it works from sync code and from inside a test's runtime alike.
+fn admin(url: &str, statements: Vec<String>) -> Result<(), String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                sqlx::any::install_default_drivers();
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+                for s in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(s.clone()))
+                        .execute(&mut conn)
+                        .await
+                        .map_err(|e| format!("`{s}` failed: {e}"))?;
+                }
+                Ok(())
+            })
+    })
+    .join()
+    .expect("admin thread")
 }
 
 impl TestEnv {
@@ -41,13 +103,56 @@ impl TestEnv {
         TestEnv {
             config,
             _data: data,
+            server_db: None,
         }
+    }
+
+    /// Like [`TestEnv::new`], on the database `BEDS_TEST_DATABASE` names; a server
+    /// database gets a fresh database of its own, dropped when the test ends.
+    pub fn matrix(name: &str) -> TestEnv {
+        let mut env = TestEnv::new(name);
+        let which = TestDatabase::from_env();
+        let Some(admin_url) = which.admin_url() else {
+            return env;
+        };
+        let db = format!(
+            "beds_{}_{}",
+            name,
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        admin(&admin_url, vec![format!("CREATE DATABASE {db}")]).unwrap_or_else(|e| {
+            panic!("BEDS_TEST_DATABASE={which:?} needs a database server: {e}")
+        });
+        let base = admin_url.rsplit_once('/').expect("a URL with a database").0;
+        env.config.database.driver = match which {
+            TestDatabase::Postgres => beds_runtime::config::Driver::Postgres,
+            _ => beds_runtime::config::Driver::Mariadb,
+        };
+        env.config.database.url = Some(format!("{base}/{db}"));
+        env.server_db = Some((admin_url, db));
+        env
+    }
+
+    /// Read access to the node's database in whatever dialect it runs, for asserting rows.
+    pub async fn rows(&self) -> Rows {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = match &self.config.database.url {
+            Some(url) => (self.config.database.driver.dialect(), url.clone()),
+            None => (
+                beds_runtime::store::Dialect::Sqlite,
+                format!("sqlite://{}", self.config.database.sqlite_path().display()),
+            ),
+        };
+        let pool = sqlx::AnyPool::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("open the node's database {url}: {e}"));
+        Rows { pool, dialect }
     }
 
     pub async fn start(&self) -> Server {
         Server::start(&self.config, &beds::CATALOG)
             .await
-            .unwrap_or_else(|e| panic!("the test needs RabbitMQ and SQLite: {e}"))
+            .unwrap_or_else(|e| panic!("the test needs RabbitMQ and its database: {e}"))
     }
 
     pub async fn client(&self) -> Client {
@@ -112,8 +217,66 @@ impl TestEnv {
     }
 }
 
+/// The node's database, read with SQL that works in every dialect.
+pub struct Rows {
+    pool: sqlx::AnyPool,
+    dialect: beds_runtime::store::Dialect,
+}
+
+impl Rows {
+    fn quote(&self, ident: &str) -> String {
+        self.dialect.quote(ident)
+    }
+
+    /// `SELECT <select> FROM table WHERE column = value`, as one integer (a count or a
+    /// number column). `value` is a key as the API shows it: a UUID string or a number.
+    pub async fn int(&self, select: &str, table: &str, column: &str, value: &Json) -> i64 {
+        let column = match (self.dialect, value) {
+            // UUID columns compare with text only after a cast.
+            (beds_runtime::store::Dialect::Postgres, Json::String(_)) => {
+                format!("CAST({} AS text)", self.quote(column))
+            }
+            _ => self.quote(column),
+        };
+        let mark = match self.dialect {
+            beds_runtime::store::Dialect::Postgres => "$1",
+            _ => "?",
+        };
+        let sql = format!(
+            "SELECT {select} FROM {} WHERE {column} = {mark}",
+            self.quote(table)
+        );
+        let q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()));
+        match value {
+            Json::String(s) => q.bind(s.clone()),
+            other => q.bind(other.as_i64().expect("a key")),
+        }
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or_else(|e| panic!("`{sql}`: {e}"))
+    }
+
+    /// The number of rows of `table` whose `column` equals `value`.
+    pub async fn count(&self, table: &str, column: &str, value: &Json) -> i64 {
+        self.int("COUNT(*)", table, column, value).await
+    }
+
+    pub fn dialect(&self) -> beds_runtime::store::Dialect {
+        self.dialect
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if let Some((url, db)) = self.server_db.take() {
+            let drop = match TestDatabase::from_env() {
+                TestDatabase::Postgres => format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                _ => format!("DROP DATABASE IF EXISTS {db}"),
+            };
+            if let Err(e) = admin(&url, vec![drop]) {
+                eprintln!("test database {db} was not dropped: {e}");
+            }
+        }
         let amqp = self.config.amqp.clone();
         // A fresh runtime on its own thread: Drop may run inside or outside one.
         let _ = std::thread::spawn(move || {

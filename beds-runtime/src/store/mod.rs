@@ -1,0 +1,920 @@
+//! The storage adapter: compiled template metadata to SQL through sqlx.
+//!
+//! All dialect knowledge lives in this module ([`Dialect`] for SQL text, [`schema`] for
+//! DDL); nothing above it writes SQL. One code path serves SQLite (the embedded
+//! default), PostgreSQL and MariaDB through sqlx's `Any` driver: statements are built
+//! per dialect at start-up, values are bound in the few types every driver shares, and
+//! rows come back in one decodable form (see [`Dialect::select`]).
+
+mod dialect;
+mod schema;
+mod sql;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use uuid::Uuid;
+
+pub use dialect::Dialect;
+use dialect::Ty;
+use sql::{Arg, QuerySql, Statements, trusted};
+
+use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
+use crate::meta::{Catalog, FieldMeta, IdKind, QueryMeta, TemplateMeta};
+use crate::value::{RecordKey, Value, format_timestamp};
+
+/// Where and how to open the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub dialect: Dialect,
+    /// SQLite: the database file.
+    pub sqlite_file: PathBuf,
+    /// PostgreSQL and MariaDB: the connection URL.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// SQLite: how long a writer waits for the lock.
+    pub busy_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn from_config(c: &crate::config::DatabaseConfig) -> StoreOptions {
+        StoreOptions {
+            dialect: c.driver.dialect(),
+            sqlite_file: c.sqlite_path(),
+            url: c.url.clone(),
+            max_connections: c.max_connections,
+            busy_timeout: c.busy_timeout.duration(),
+        }
+    }
+
+    /// Where the data lives, for logs and `beds check` (passwords redacted).
+    pub fn describe(&self) -> String {
+        match (self.dialect, &self.url) {
+            (Dialect::Sqlite, _) | (_, None) => {
+                format!("{} {}", self.dialect.name(), self.sqlite_file.display())
+            }
+            (_, Some(url)) => format!("{} {}", self.dialect.name(), crate::config::redact(url)),
+        }
+    }
+}
+
+/// A failure to open or prepare the database at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the {dialect} database {target}: {source}")]
+    Open {
+        dialect: &'static str,
+        target: String,
+        source: sqlx::Error,
+    },
+    #[error("database.url is required for {0}; set it in the config or BEDS_DATABASE__URL")]
+    NoUrl(&'static str),
+    #[error("applying the schema failed at `{statement}`: {source}")]
+    Schema {
+        statement: String,
+        source: sqlx::Error,
+    },
+}
+
+/// One change to a record, applied by [`Store::write`].
+#[derive(Debug)]
+pub enum WriteOp {
+    Insert {
+        /// `None` for sequence ids, which the database assigns.
+        id: Option<Uuid>,
+        values: Vec<Value>,
+        /// The tokens of every token set, by set index.
+        tokens: Vec<(usize, Vec<String>)>,
+    },
+    Update {
+        key: RecordKey,
+        changes: Vec<(&'static FieldMeta, Value)>,
+        expect_version: Option<i64>,
+        /// New tokens of the sets whose source field changed.
+        tokens: Vec<(usize, Vec<String>)>,
+    },
+    Delete {
+        key: RecordKey,
+        expect_version: Option<i64>,
+    },
+}
+
+impl WriteOp {
+    fn name(&self) -> &'static str {
+        match self {
+            WriteOp::Insert { .. } => "create",
+            WriteOp::Update { .. } => "update",
+            WriteOp::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// The database behind the brokers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dialect: Dialect,
+    pool: AnyPool,
+    statements: Arc<HashMap<(&'static str, &'static str), Statements>>,
+    queries: Arc<HashMap<(&'static str, &'static str), QuerySql>>,
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
+
+/// How a write's idempotency claim went.
+enum Claim {
+    /// The key was new and is now held by this transaction.
+    Held,
+    /// Another delivery of the key committed first: its stored reply.
+    Replay(Json),
+}
+
+impl Store {
+    /// Opens the database (for SQLite creating the file and its directory if needed) and
+    /// prepares the statements of every template and query in `catalog`.
+    pub async fn open(options: &StoreOptions, catalog: &Catalog) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let d = options.dialect;
+        let (url, shown) = match d {
+            Dialect::Sqlite => {
+                let path = &options.sqlite_file;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                // The URL's path is percent-decoded by the driver.
+                let file = path
+                    .to_string_lossy()
+                    .replace('%', "%25")
+                    .replace('?', "%3F")
+                    .replace('#', "%23");
+                (
+                    format!("sqlite://{file}?mode=rwc"),
+                    path.display().to_string(),
+                )
+            }
+            Dialect::Postgres | Dialect::MariaDb => {
+                let url = options.url.clone().ok_or(StoreError::NoUrl(d.name()))?;
+                let shown = crate::config::redact(&url);
+                (url, shown)
+            }
+        };
+        let busy = options.busy_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    match d {
+                        Dialect::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute(trusted(d, format!("PRAGMA busy_timeout = {busy}")))
+                                .await?;
+                        }
+                        // Times are stored in UTC; sessions must not shift them.
+                        Dialect::MariaDb => {
+                            conn.execute("SET time_zone = '+00:00'").await?;
+                        }
+                        Dialect::Postgres => {
+                            conn.execute("SET TIME ZONE 'UTC'").await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open {
+                dialect: d.name(),
+                target: shown,
+                source,
+            })?;
+        let statements = catalog
+            .templates()
+            .map(|(_, t)| ((t.domain, t.name), sql::statements(d, t)))
+            .collect();
+        let queries = catalog
+            .domains
+            .iter()
+            .flat_map(|dm| {
+                dm.queries
+                    .iter()
+                    .map(move |q| ((dm.name, q.name), sql::query_sql(d, dm, q)))
+            })
+            .collect();
+        Ok(Store {
+            dialect: d,
+            pool,
+            statements: Arc::new(statements),
+            queries: Arc::new(queries),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Creates missing tables and indexes. Existing tables are left as they are.
+    pub async fn apply_schema(&self, catalog: &Catalog) -> Result<(), StoreError> {
+        for statement in schema(self.dialect, catalog) {
+            sqlx::query(trusted(self.dialect, statement.clone()))
+                .execute(&self.pool)
+                .await
+                .map_err(|source| StoreError::Schema { statement, source })?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn sql(&self, t: &TemplateMeta) -> &Statements {
+        // Every template of the catalog was prepared in `open`.
+        &self.statements[&(t.domain, t.name)]
+    }
+
+    /// A statement that is the same in every dialect but for placeholders.
+    fn fixed(&self, sql: &str) -> sqlx::SqlStr {
+        let q = |s: &str| self.dialect.quote(s);
+        trusted(
+            self.dialect,
+            sql.replace("{t}", &q("beds_idempotency"))
+                .replace("{key}", &q("key"))
+                .replace("{target}", &q("target"))
+                .replace("{reply}", &q("reply"))
+                .replace("{created_at}", &q("created_at")),
+        )
+    }
+
+    /// Applies one write in a transaction together with its idempotency record: a key seen
+    /// before returns the reply stored with it and changes nothing.
+    pub async fn write(
+        &self,
+        t: &TemplateMeta,
+        idempotency_key: &str,
+        op: WriteOp,
+    ) -> Result<Json, BedsError> {
+        let target = format!("{}.{}.{}", t.domain, t.name, op.name());
+        let mut tx = self
+            .pool
+            .begin_with(self.dialect.begin())
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        if let Claim::Replay(reply) = self.claim(&mut tx, t, idempotency_key, &target).await? {
+            return Ok(reply);
+        }
+        let reply = match op {
+            WriteOp::Insert { id, values, tokens } => {
+                let reply = self.insert(&mut tx, t, id, values).await?;
+                self.set_tokens(&mut tx, t, &reply, tokens).await?;
+                reply
+            }
+            WriteOp::Update {
+                key,
+                changes,
+                expect_version,
+                tokens,
+            } => {
+                let reply = self
+                    .update(&mut tx, t, &key, changes, expect_version)
+                    .await?;
+                self.set_tokens(&mut tx, t, &reply, tokens).await?;
+                reply
+            }
+            WriteOp::Delete {
+                key,
+                expect_version,
+            } => self.delete(&mut tx, t, &key, expect_version).await?,
+        };
+        sqlx::query(self.fixed("UPDATE {t} SET {reply} = ? WHERE {key} = ?"))
+            .bind(reply.to_string())
+            .bind(idempotency_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        Ok(reply)
+    }
+
+    /// Looks the key up and, if it is new, claims it by inserting its row first: a second
+    /// delivery of the key then waits on that row and replays the committed reply.
+    async fn claim(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &str,
+        target: &str,
+    ) -> Result<Claim, BedsError> {
+        let seen: Option<(String, String)> =
+            sqlx::query_as(self.fixed("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"))
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::None))?;
+        if let Some((seen_target, reply)) = seen {
+            if seen_target != target {
+                return Err(BedsError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    format!(
+                        "idempotency key `{key}` was used for {seen_target}; use a new key for {target}"
+                    ),
+                ));
+            }
+            return serde_json::from_str(&reply)
+                .map(Claim::Replay)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "stored idempotent reply is not JSON");
+                    BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
+                });
+        }
+        let claimed = sqlx::query(self.fixed(
+            "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)",
+        ))
+        .bind(key)
+        .bind(target)
+        .bind(format_timestamp(&crate::value::now()))
+        .execute(&mut *conn)
+        .await;
+        match claimed {
+            Ok(_) => Ok(Claim::Held),
+            // A concurrent delivery committed the key first; look again in a new transaction.
+            Err(sqlx::Error::Database(db))
+                if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+            {
+                Box::pin(self.replay(t, key, target)).await
+            }
+            Err(e) => Err(self.db_error(t, e, Write::None)),
+        }
+    }
+
+    async fn replay(&self, t: &TemplateMeta, key: &str, target: &str) -> Result<Claim, BedsError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        match self.claim(&mut conn, t, key, target).await? {
+            Claim::Replay(reply) => Ok(Claim::Replay(reply)),
+            // The other delivery rolled back: the key is free again; retry the write.
+            Claim::Held => Err(BedsError::new(
+                ErrorCode::DatabaseUnavailable,
+                "a concurrent delivery of this request was rolled back; retry",
+            )),
+        }
+    }
+
+    /// Forgets idempotency keys older than `ttl`; returns how many.
+    pub async fn expire_idempotency(&self, ttl: Duration) -> Result<u64, sqlx::Error> {
+        let cutoff =
+            crate::value::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query(self.fixed("DELETE FROM {t} WHERE {created_at} < ?"))
+            .bind(format_timestamp(&cutoff))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn bind<'q>(&self, q: Query<'q>, v: Value, ty: Ty) -> Query<'q> {
+        bind(self.dialect, q, v, ty)
+    }
+
+    /// Keys are never NULL, so their values need no type.
+    fn bind_key<'q>(&self, mut q: Query<'q>, key: &RecordKey) -> Query<'q> {
+        for v in &key.values {
+            q = self.bind(q, v.clone(), Ty::Text);
+        }
+        q
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        id: Option<Uuid>,
+        values: Vec<Value>,
+    ) -> Result<Json, BedsError> {
+        let mut q = sqlx::query(self.sql(t).insert.clone());
+        // Sequence ids are left to the database.
+        if let Some(id) = id {
+            q = q.bind(id.to_string());
+        }
+        q = q.bind(1_i64);
+        for (v, f) in values.into_iter().zip(t.fields) {
+            q = self.bind(q, v, Ty::of_field(f));
+        }
+        let row = q
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::Insert))?;
+        record(t, &row, &[])
+    }
+
+    /// Replaces the tokens of the written record for each given set.
+    async fn set_tokens(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        reply: &Json,
+        tokens: Vec<(usize, Vec<String>)>,
+    ) -> Result<(), BedsError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let owner = crate::value::id_value(t.id, reply.get("id").unwrap_or(&Json::Null))
+            .map_err(|m| BedsError::new(ErrorCode::Internal, format!("written id {m}")))?;
+        for (set, list) in tokens {
+            let s = &self.sql(t).tokens[set];
+            self.bind(sqlx::query(s.clear.clone()), owner.clone(), Ty::Text)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::None))?;
+            if list.is_empty() {
+                continue;
+            }
+            let rows = vec![s.row.as_str(); list.len()].join(", ");
+            let mut q = sqlx::query(trusted(self.dialect, format!("{}{rows}", s.insert_head)));
+            for token in list {
+                q = self.bind(q, owner.clone(), Ty::Text).bind(token);
+            }
+            q.execute(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::None))?;
+        }
+        Ok(())
+    }
+
+    pub async fn fetch(
+        &self,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> Result<Option<Json>, BedsError> {
+        let row = self
+            .bind_key(sqlx::query(self.sql(t).fetch[key.slot].clone()), key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        row.map(|r| record(t, &r, &[])).transpose()
+    }
+
+    /// Applies `changes` and bumps the version, if the version is `expect_version`.
+    async fn update(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &RecordKey,
+        changes: Vec<(&'static FieldMeta, Value)>,
+        expect_version: Option<i64>,
+    ) -> Result<Json, BedsError> {
+        let d = self.dialect;
+        let s = self.sql(t);
+        // Without UPDATE … RETURNING the record is found by id first, so a change of the
+        // key it was addressed by cannot lose it.
+        let (key, found_id) = if d.update_returning() {
+            (key.clone(), None)
+        } else {
+            match self.current(conn, t, key).await? {
+                Some((_, id)) => (
+                    RecordKey {
+                        slot: 0,
+                        values: vec![id.clone()],
+                    },
+                    Some(id),
+                ),
+                None => return Err(self.missed(conn, t, key).await),
+            }
+        };
+        let mut sql = s.update_head.clone();
+        for (f, _) in &changes {
+            sql.push_str(&format!(
+                ", {} = {}",
+                d.quote(f.column),
+                d.arg(Ty::of_field(f))
+            ));
+        }
+        sql.push_str(&s.update_tail[key.slot]);
+        let mut q = sqlx::query(trusted(d, sql));
+        for (f, v) in changes {
+            q = self.bind(q, v, Ty::of_field(f));
+        }
+        let q = self
+            .bind_key(q, &key)
+            .bind(expect_version)
+            .bind(expect_version);
+        let row = match found_id {
+            None => q
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::Update))?,
+            Some(id) => {
+                let done = q
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.db_error(t, e, Write::Update))?;
+                if done.rows_affected() == 0 {
+                    None
+                } else {
+                    self.bind(sqlx::query(s.fetch[0].clone()), id, Ty::Text)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| self.db_error(t, e, Write::None))?
+                }
+            }
+        };
+        match row {
+            Some(r) => record(t, &r, &[]),
+            None => Err(self.missed(conn, t, &key).await),
+        }
+    }
+
+    /// Deletes a record if its version is `expect_version`.
+    async fn delete(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &RecordKey,
+        expect_version: Option<i64>,
+    ) -> Result<Json, BedsError> {
+        let row = self
+            .bind_key(sqlx::query(self.sql(t).delete[key.slot].clone()), key)
+            .bind(expect_version)
+            .bind(expect_version)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::Delete))?;
+        let Some(row) = row else {
+            return Err(self.missed(conn, t, key).await);
+        };
+        let id = id_json(t, &row, 0).map_err(|e| internal(t, &e))?;
+        Ok(serde_json::json!({ "id": id, "deleted": true }))
+    }
+
+    /// The version and id of the record `key` names, if it exists.
+    async fn current(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> Result<Option<(i64, Value)>, BedsError> {
+        let row = self
+            .bind_key(sqlx::query(self.sql(t).version[key.slot].clone()), key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let version: i64 = row.try_get(0).map_err(|e| internal(t, &e))?;
+        let id = id_json(t, &row, 1).map_err(|e| internal(t, &e))?;
+        let id = crate::value::id_value(t.id, &id)
+            .map_err(|m| BedsError::new(ErrorCode::Internal, format!("stored id {m}")))?;
+        Ok(Some((version, id)))
+    }
+
+    /// Why an update or delete matched no row: no record, or another version of it.
+    async fn missed(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &RecordKey,
+    ) -> BedsError {
+        match self.current(conn, t, key).await {
+            Ok(Some((version, _))) => {
+                let mut e = BedsError::new(
+                    ErrorCode::VersionConflict,
+                    format!(
+                        "`{}` with {} is at version {version}, not the expected one",
+                        t.name,
+                        key.describe(t)
+                    ),
+                );
+                e.current_version = Some(version);
+                e
+            }
+            Ok(None) => BedsError::new(
+                ErrorCode::NotFound,
+                format!("no `{}` with {}", t.name, key.describe(t)),
+            ),
+            Err(e) => e,
+        }
+    }
+
+    /// Up to `limit` records in key order, starting after `after`.
+    pub async fn list(
+        &self,
+        t: &TemplateMeta,
+        limit: u32,
+        after: Option<Value>,
+    ) -> Result<Vec<Json>, BedsError> {
+        let s = self.sql(t);
+        let q = match after {
+            None => sqlx::query(s.list_first.clone()),
+            Some(a) => self.bind(sqlx::query(s.list_after.clone()), a, Ty::Text),
+        };
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+        rows.iter().map(|r| record(t, r, &[])).collect()
+    }
+
+    /// Binds a query's arguments in placeholder order.
+    fn bind_query<'q>(
+        &self,
+        s: &QuerySql,
+        params: &[Value],
+        cursor: Option<&[Value]>,
+        limit: u32,
+    ) -> Query<'q> {
+        let mut query = sqlx::query(s.sql.clone());
+        for arg in &s.args {
+            query = match arg {
+                Arg::Param(i, ty) => self.bind(query, params[*i].clone(), *ty),
+                Arg::Cursor(i, ty) => match cursor {
+                    Some(c) => self.bind(query, c[*i].clone(), *ty),
+                    None => self.bind(query, Value::Null, *ty),
+                },
+                Arg::Limit => query.bind(i64::from(limit)),
+            };
+        }
+        query
+    }
+
+    /// A page of a named query's records; `cursor` holds the previous page's last sort
+    /// keys. Each item carries the query's `with` values.
+    pub async fn query(
+        &self,
+        q: &QueryMeta,
+        params: Vec<Value>,
+        cursor: Option<Vec<Value>>,
+        limit: u32,
+    ) -> Result<Vec<Json>, BedsError> {
+        let s = &self.queries[&(q.domain, q.name)];
+        let rows = self
+            .bind_query(s, &params, cursor.as_deref(), limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(q.from, e, Write::None))?;
+        rows.iter().map(|r| record(q.from, r, &s.with)).collect()
+    }
+
+    /// The number of records a count query matches.
+    pub async fn count(&self, q: &QueryMeta, params: Vec<Value>) -> Result<i64, BedsError> {
+        let s = &self.queries[&(q.domain, q.name)];
+        let row = self
+            .bind_query(s, &params, None, 0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db_error(q.from, e, Write::None))?;
+        row.try_get::<i64, _>(0).map_err(|e| internal(q.from, &e))
+    }
+
+    /// Maps a database failure onto the error contract.
+    fn db_error(&self, t: &TemplateMeta, e: sqlx::Error, write: Write) -> BedsError {
+        use sqlx::error::ErrorKind;
+        match &e {
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::UniqueViolation => unique_violation(t, db.as_ref()),
+                ErrorKind::ForeignKeyViolation if write == Write::Delete => BedsError::new(
+                    ErrorCode::StillReferenced,
+                    format!("this `{}` is still referenced by other records", t.name),
+                ),
+                ErrorKind::ForeignKeyViolation => BedsError::new(
+                    ErrorCode::ReferenceNotFound,
+                    format!("a referenced record of this `{}` does not exist", t.name),
+                ),
+                ErrorKind::CheckViolation => check_violation(t, db.as_ref()),
+                _ if self.dialect.is_transient(db.as_ref()) => unavailable(&e),
+                _ => internal(t, &e),
+            },
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => unavailable(&e),
+            _ => internal(t, &e),
+        }
+    }
+}
+
+/// Binds one value in the form the dialect stores it; a NULL binds as `ty` (PostgreSQL
+/// will not put a text NULL into a number column).
+fn bind(d: Dialect, q: Query<'_>, v: Value, ty: Ty) -> Query<'_> {
+    match v {
+        Value::Null => match ty {
+            Ty::Int => q.bind(None::<i64>),
+            Ty::Float => q.bind(None::<f64>),
+            Ty::Bool => q.bind(None::<bool>),
+            _ => q.bind(None::<String>),
+        },
+        Value::Bool(b) => q.bind(b),
+        Value::Int(i) => q.bind(i),
+        Value::Float(x) => q.bind(x),
+        Value::Text(s) => q.bind(s),
+        // Lists bind as one JSON array, read back as rows in the statement.
+        Value::List(items) => {
+            q.bind(Json::Array(items.into_iter().map(|v| storage_json(d, v)).collect()).to_string())
+        }
+        other => match storage_json(d, other) {
+            Json::String(s) => q.bind(s),
+            j => q.bind(j.to_string()),
+        },
+    }
+}
+
+/// A value as the dialect reads it from text or JSON (for list parameters).
+fn storage_json(d: Dialect, v: Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(b),
+        Value::Int(i) => Json::from(i),
+        Value::Float(x) => Json::from(x),
+        Value::Text(s) => Json::String(s),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        // MariaDB's DATETIME reads neither `T` nor `Z`.
+        Value::Timestamp(t) if d == Dialect::MariaDb => {
+            Json::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+        }
+        Value::Timestamp(t) => Json::String(format_timestamp(&t)),
+        Value::Date(x) => Json::String(x.format("%Y-%m-%d").to_string()),
+        Value::Json(j) => Json::String(j.to_string()),
+        Value::List(items) => Json::Array(items.into_iter().map(|v| storage_json(d, v)).collect()),
+    }
+}
+
+fn id_json(t: &TemplateMeta, row: &AnyRow, col: usize) -> Result<Json, sqlx::Error> {
+    match t.id {
+        IdKind::Uuid7 => row.try_get::<String, _>(col).map(Json::String),
+        IdKind::Sequence => row.try_get::<i64, _>(col).map(Json::from),
+    }
+}
+
+/// One column in its API form (see [`Dialect::select`] for how each dialect delivers it).
+fn column(row: &AnyRow, col: usize, ty: Ty) -> Result<Json, sqlx::Error> {
+    let v = match ty {
+        Ty::Int => row.try_get::<Option<i64>, _>(col)?.map(Json::from),
+        Ty::Float => row.try_get::<Option<f64>, _>(col)?.map(Json::from),
+        Ty::Bool => row
+            .try_get::<Option<i64>, _>(col)?
+            .map(|i| Json::Bool(i != 0)),
+        Ty::Json => row
+            .try_get::<Option<String>, _>(col)?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        Ty::Text | Ty::Uuid | Ty::Timestamp | Ty::Date => {
+            row.try_get::<Option<String>, _>(col)?.map(Json::String)
+        }
+    };
+    Ok(v.unwrap_or(Json::Null))
+}
+
+/// A row as the API shows it: `id`, `version`, the declared fields by API name, then the
+/// query's `with` values (if any) under `with`.
+fn record(t: &TemplateMeta, row: &AnyRow, with: &[(&'static str, Ty)]) -> Result<Json, BedsError> {
+    let decode = |e: sqlx::Error| {
+        tracing::error!(template = t.name, error = %e, "stored row does not match the declaration");
+        BedsError::new(
+            ErrorCode::Internal,
+            format!("a stored `{}` row could not be read", t.name),
+        )
+    };
+    let mut out = Map::with_capacity(t.fields.len() + 3);
+    out.insert("id".into(), id_json(t, row, 0).map_err(decode)?);
+    out.insert(
+        "version".into(),
+        Json::from(row.try_get::<i64, _>(1).map_err(decode)?),
+    );
+    for (i, f) in t.fields.iter().enumerate() {
+        out.insert(
+            f.name.into(),
+            column(row, i + 2, Ty::of_field(f)).map_err(decode)?,
+        );
+    }
+    if !with.is_empty() {
+        let first = t.fields.len() + 2;
+        let mut extra = Map::with_capacity(with.len());
+        for (i, (name, ty)) in with.iter().enumerate() {
+            extra.insert((*name).into(), column(row, first + i, *ty).map_err(decode)?);
+        }
+        out.insert("with".into(), Json::Object(extra));
+    }
+    Ok(Json::Object(out))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    None,
+    Insert,
+    Update,
+    Delete,
+}
+
+fn unique_violation(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> BedsError {
+    let fields = unique_fields(t, db);
+    let mut err = BedsError::new(
+        ErrorCode::UniqueViolation,
+        format!(
+            "another `{}` already has this {}",
+            t.name,
+            fields.join(" and ")
+        ),
+    );
+    err.details = fields
+        .iter()
+        .map(|f| ErrorDetail {
+            field: format!("data.{f}"),
+            code: DetailCode::Other,
+            message: format!("{f} is already taken"),
+        })
+        .collect();
+    err
+}
+
+/// The API names of the fields of the unique index a violation names: PostgreSQL and
+/// MariaDB name the index (`spw_users_handle_usr_key`), SQLite the columns
+/// (`UNIQUE constraint failed: spw_users.handle_usr`).
+fn unique_fields(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> Vec<&'static str> {
+    let message = db.message();
+    let named = db.constraint().unwrap_or(message);
+    for u in t.unique {
+        let columns: Vec<&str> = u
+            .fields
+            .iter()
+            .filter_map(|f| t.field(f).map(|f| f.column))
+            .collect();
+        // Identifiers are cut at 63 characters by PostgreSQL.
+        let index = format!("{}_{}_key", t.table, columns.join("_"));
+        let index = &index[..index.len().min(63)];
+        let by_name = named.contains(index);
+        let by_columns = columns.iter().all(|c| {
+            message
+                .split([' ', ',', ':'])
+                .any(|part| part.rsplit('.').next() == Some(*c))
+        });
+        if by_name || by_columns {
+            return u.fields.to_vec();
+        }
+    }
+    t.unique
+        .first()
+        .map(|u| u.fields.to_vec())
+        .unwrap_or_default()
+}
+
+/// A broken cross-field check, told in the declaration's words.
+fn check_violation(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> BedsError {
+    let message = db.message();
+    let named = db.constraint().unwrap_or(message);
+    match t
+        .checks
+        .iter()
+        .find(|c| named.contains(c.name) || message.contains(c.name))
+    {
+        Some(c) => BedsError::detail(
+            format!("data.{}", c.differ[1]),
+            DetailCode::Other,
+            c.message.to_string(),
+        ),
+        None => BedsError::new(
+            ErrorCode::InvalidInput,
+            format!("this `{}` breaks a declared rule", t.name),
+        ),
+    }
+}
+
+fn unavailable(e: &sqlx::Error) -> BedsError {
+    tracing::warn!(error = %e, "database unavailable");
+    BedsError::new(
+        ErrorCode::DatabaseUnavailable,
+        "the database is unavailable; retry later",
+    )
+}
+
+fn internal(t: &TemplateMeta, e: &sqlx::Error) -> BedsError {
+    tracing::error!(template = t.name, error = %e, "unexpected database error");
+    BedsError::new(
+        ErrorCode::Internal,
+        format!("storing `{}` failed unexpectedly", t.name),
+    )
+}
+
+/// The DDL of a catalog in a dialect (for `beds schema` and `apply_schema`).
+pub fn schema(d: Dialect, catalog: &Catalog) -> Vec<String> {
+    schema::schema(d, catalog)
+}

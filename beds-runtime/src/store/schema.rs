@@ -1,0 +1,222 @@
+//! The DDL for a catalog in one dialect: tables, references, unique and query indexes,
+//! cross-field checks and token tables. Idempotent: only what is missing is created.
+
+use super::dialect::Dialect;
+use crate::meta::{Catalog, CondOp, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
+
+/// The DDL for every template, referenced tables first.
+pub fn schema(d: Dialect, catalog: &Catalog) -> Vec<String> {
+    let mut out = d.idempotency_table();
+    for domain in catalog.domains {
+        for t in domain.in_reference_order() {
+            out.extend(table_ddl(d, domain.templates, t));
+        }
+        out.extend(domain.queries.iter().filter_map(|q| query_index(d, q)));
+    }
+    out
+}
+
+fn index(d: Dialect, unique: bool, name: &str, table: &str, columns: &[String]) -> String {
+    format!(
+        "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
+        if unique { "UNIQUE " } else { "" },
+        d.quote(name),
+        d.quote(table),
+        columns.join(", ")
+    )
+}
+
+/// An index serving a query: its equality and membership columns on `from`, then its
+/// sort keys; none when a declared index already starts with those columns.
+fn query_index(d: Dialect, q: &QueryMeta) -> Option<String> {
+    let t = q.from;
+    let column = |name: &'static str| {
+        if name == "id" {
+            t.id_column
+        } else {
+            t.field(name).map_or(name, |f| f.column)
+        }
+    };
+    let mut cols: Vec<&str> = Vec::new();
+    for c in q
+        .filter
+        .iter()
+        .filter(|c| c.path.len() == 1 && matches!(c.op, CondOp::Eq | CondOp::In))
+        .filter(|c| t.field(c.path[0]).is_some() || c.path[0] == "id")
+    {
+        let col = column(c.path[0]);
+        if !cols.contains(&col) {
+            cols.push(col);
+        }
+    }
+    if !q.count {
+        // The key tie-breaker needs no column: an index entry already leads to its row.
+        for (k, _) in q.order.iter().copied() {
+            let col = column(k);
+            if !cols.contains(&col) {
+                cols.push(col);
+            }
+        }
+    }
+    if cols.is_empty() || cols == [t.id_column] {
+        return None;
+    }
+    let declared = t
+        .indexes
+        .iter()
+        .map(|fields| fields.iter().map(|f| column(f)).collect::<Vec<_>>())
+        .chain(
+            t.unique
+                .iter()
+                .map(|u| u.fields.iter().map(|f| column(f)).collect()),
+        );
+    if declared.into_iter().any(|idx| idx.starts_with(&cols)) {
+        return None;
+    }
+    let quoted: Vec<String> = cols.iter().map(|c| d.quote(c)).collect();
+    Some(index(
+        d,
+        false,
+        &format!("{}_q_{}", t.table, q.name),
+        t.table,
+        &quoted,
+    ))
+}
+
+fn table_ddl(d: Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
+    let q = |s: &str| d.quote(s);
+    let mut cols = vec![
+        format!("{} {}", q(t.id_column), d.id_column(t.id)),
+        format!(
+            "{} {} NOT NULL",
+            q(t.version_column),
+            d.key_type(IdKind::Sequence)
+        ),
+    ];
+    let mut indexes = Vec::new();
+    for f in t.fields {
+        let ci = t
+            .unique
+            .iter()
+            .any(|u| u.case_insensitive && u.fields.contains(&f.name));
+        let null = if f.optional { "" } else { " NOT NULL" };
+        let mut col = format!("{} {}{null}", q(f.column), d.column_type(f, ci));
+        if let FieldKind::Ref {
+            template,
+            on_delete,
+            ..
+        } = f.kind
+        {
+            let target = all
+                .iter()
+                .find(|x| x.name == template)
+                .expect("references are checked at build time");
+            let action = match on_delete {
+                OnDelete::Restrict => "RESTRICT",
+                OnDelete::Cascade => "CASCADE",
+                OnDelete::SetNull => "SET NULL",
+            };
+            col.push_str(&format!(
+                " REFERENCES {} ({}) ON DELETE {action}",
+                q(target.table),
+                q(target.id_column)
+            ));
+            // Deletes of the target and joins look rows up by this column.
+            indexes.push(index(
+                d,
+                false,
+                &format!("{}_{}_idx", t.table, f.column),
+                t.table,
+                &[q(f.column)],
+            ));
+        }
+        cols.push(col);
+    }
+    for c in t.checks {
+        let [a, b] = c.differ.map(|n| q(t.field(n).expect("checked").column));
+        cols.push(format!("CONSTRAINT {} CHECK ({a} <> {b})", q(c.name)));
+    }
+    for u in t.unique {
+        let fields: Vec<_> = u.fields.iter().filter_map(|name| t.field(name)).collect();
+        let name = format!(
+            "{}_{}_key",
+            t.table,
+            fields
+                .iter()
+                .map(|f| f.column)
+                .collect::<Vec<_>>()
+                .join("_")
+        );
+        let list: Vec<String> = fields
+            .iter()
+            .map(|f| match (d, u.case_insensitive) {
+                (Dialect::Sqlite, true) => format!("{} COLLATE NOCASE", q(f.column)),
+                (Dialect::Postgres, true) => format!("lower({})", q(f.column)),
+                // MariaDB: the column's own collation is case-insensitive.
+                _ => q(f.column),
+            })
+            .collect();
+        indexes.push(index(d, true, &name, t.table, &list));
+    }
+    for fields in t.indexes {
+        let columns: Vec<&str> = fields
+            .iter()
+            .filter_map(|name| {
+                if *name == "id" {
+                    Some(t.id_column)
+                } else {
+                    t.field(name).map(|f| f.column)
+                }
+            })
+            .collect();
+        indexes.push(index(
+            d,
+            false,
+            &format!("{}_{}_idx", t.table, columns.join("_")),
+            t.table,
+            &columns.iter().map(|c| q(c)).collect::<Vec<_>>(),
+        ));
+    }
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
+        q(t.table),
+        cols.join(",\n  "),
+        d.table_options()
+    )];
+    out.extend(indexes);
+    for set in t.tokens {
+        out.extend(token_ddl(d, t, set));
+    }
+    out
+}
+
+/// A token set's table: one row per distinct token of a record, removed with it.
+fn token_ddl(d: Dialect, t: &TemplateMeta, set: &crate::meta::TokenSetMeta) -> Vec<String> {
+    let q = |s: &str| d.quote(s);
+    let owner_ty = d.key_type(t.id);
+    let token_ty = match d {
+        Dialect::MariaDb => format!("VARCHAR({})", set.max_len),
+        _ => "TEXT".to_string(),
+    };
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {owner_ty} NOT NULL REFERENCES {} ({}) ON DELETE CASCADE,\n  {} {token_ty} NOT NULL,\n  PRIMARY KEY ({}, {})\n){}",
+            q(set.table),
+            q("owner"),
+            q(t.table),
+            q(t.id_column),
+            q("token"),
+            q("owner"),
+            q("token"),
+            d.table_options()
+        ),
+        // Queries look owners up by token.
+        index(
+            d,
+            false,
+            &format!("{}_token_idx", set.table),
+            set.table,
+            &[q("token"), q("owner")],
+        ),
+    ]
+}

@@ -1,0 +1,486 @@
+//! The statements of every template and named query, built once at start-up from the
+//! compiled metadata in the configured dialect. Placeholders are bound in the order they
+//! appear; each statement records what goes where.
+
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
+use super::dialect::{Dialect, Ty};
+use crate::meta::{
+    CondOp, ConditionMeta, DomainMeta, FieldKind, IdKind, Operand, QueryMeta, TemplateMeta,
+    TokenSetMeta, WithKind,
+};
+
+/// SQL built only from compiled, validated identifiers; values are always bound.
+pub(super) fn trusted(dialect: Dialect, sql: String) -> SqlStr {
+    AssertSqlSafe(Arc::<str>::from(dialect.finish(sql))).into_sql_str()
+}
+
+/// Statements prepared once per template at start-up.
+#[derive(Debug)]
+pub(super) struct Statements {
+    pub insert: SqlStr,
+    /// By key slot: 0 is the id, then one per unique index.
+    pub fetch: Vec<SqlStr>,
+    pub delete: Vec<SqlStr>,
+    pub list_first: SqlStr,
+    pub list_after: SqlStr,
+    /// `UPDATE t SET "version" = "version" + 1`; the changed columns follow per request.
+    pub update_head: String,
+    /// ` WHERE <key> AND <version matches>[ RETURNING …]`, by key slot.
+    pub update_tail: Vec<String>,
+    /// The current version and id of a record, by key slot.
+    pub version: Vec<SqlStr>,
+    /// Per token set, in declaration order.
+    pub tokens: Vec<TokenStatements>,
+}
+
+#[derive(Debug)]
+pub(super) struct TokenStatements {
+    pub clear: SqlStr,
+    /// `INSERT INTO t (owner, token) VALUES`; one `(?, ?)` per token follows.
+    pub insert_head: String,
+    pub row: String,
+}
+
+/// What a query placeholder is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arg {
+    /// A parameter, and the type its NULL binds as.
+    Param(usize, Ty),
+    Cursor(usize, Ty),
+    Limit,
+}
+
+/// A named query's statement and its binding plan.
+#[derive(Debug)]
+pub(super) struct QuerySql {
+    pub sql: SqlStr,
+    pub args: Vec<Arg>,
+    /// The `with` values after the record's columns: key and type.
+    pub with: Vec<(&'static str, Ty)>,
+}
+
+/// The columns every record row starts with: id, version, then the declared fields.
+pub(super) fn record_columns(d: Dialect, t: &TemplateMeta, alias: Option<&str>) -> Vec<String> {
+    let col = |c: &str| match alias {
+        Some(a) => format!("{a}.{}", d.quote(c)),
+        None => d.quote(c),
+    };
+    [
+        d.select(&col(t.id_column), Ty::of_id(t.id)),
+        col(t.version_column),
+    ]
+    .into_iter()
+    .chain(
+        t.fields
+            .iter()
+            .map(|f| d.select(&col(f.column), Ty::of_field(f))),
+    )
+    .collect()
+}
+
+pub(super) fn statements(d: Dialect, t: &TemplateMeta) -> Statements {
+    let q = |s: &str| d.quote(s);
+    let table = q(t.table);
+    let id = q(t.id_column);
+    let cols = record_columns(d, t, None).join(", ");
+    let id_ty = Ty::of_id(t.id);
+    // A sequence id is assigned by the database, so it is not inserted.
+    let mut inserted: Vec<(String, Ty)> = Vec::new();
+    if t.id == IdKind::Uuid7 {
+        inserted.push((id.clone(), id_ty));
+    }
+    inserted.push((q(t.version_column), Ty::Int));
+    inserted.extend(t.fields.iter().map(|f| (q(f.column), Ty::of_field(f))));
+    let insert_cols: Vec<&str> = inserted.iter().map(|(c, _)| c.as_str()).collect();
+    let marks: Vec<&str> = inserted.iter().map(|(_, ty)| d.arg(*ty)).collect();
+    // One WHERE per key slot: the id, then each unique index (with its collation).
+    let wheres: Vec<String> = std::iter::once(format!("{id} = {}", d.arg(id_ty)))
+        .chain(t.unique.iter().map(|u| {
+            u.fields
+                .iter()
+                .map(|name| {
+                    let f = t.field(name).expect("declared");
+                    let col = q(f.column);
+                    if u.case_insensitive {
+                        d.equals_ci(&col, Ty::of_field(f))
+                    } else {
+                        format!("{col} = {}", d.arg(Ty::of_field(f)))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        }))
+        .collect();
+    // `expect_version` binds last; NULL means "any version".
+    let v = q(t.version_column);
+    let expect = format!("(? IS NULL OR {v} = ?)");
+    let returning = if d.update_returning() {
+        format!(" RETURNING {cols}")
+    } else {
+        String::new()
+    };
+    let tr = |s: String| trusted(d, s);
+    Statements {
+        insert: tr(format!(
+            "INSERT INTO {table} ({}) VALUES ({}) RETURNING {cols}",
+            insert_cols.join(", "),
+            marks.join(", ")
+        )),
+        fetch: wheres
+            .iter()
+            .map(|w| tr(format!("SELECT {cols} FROM {table} WHERE {w}")))
+            .collect(),
+        delete: wheres
+            .iter()
+            .map(|w| {
+                tr(format!(
+                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {}",
+                    d.select(&id, id_ty)
+                ))
+            })
+            .collect(),
+        version: wheres
+            .iter()
+            .map(|w| {
+                tr(format!(
+                    "SELECT {v}, {} FROM {table} WHERE {w}",
+                    d.select(&id, id_ty)
+                ))
+            })
+            .collect(),
+        list_first: tr(format!("SELECT {cols} FROM {table} ORDER BY {id} LIMIT ?")),
+        list_after: tr(format!(
+            "SELECT {cols} FROM {table} WHERE {id} > {} ORDER BY {id} LIMIT ?",
+            d.arg(id_ty)
+        )),
+        update_head: format!("UPDATE {table} SET {v} = {v} + 1"),
+        update_tail: wheres
+            .iter()
+            .map(|w| format!(" WHERE {w} AND {expect}{returning}"))
+            .collect(),
+        tokens: t.tokens.iter().map(|s| token_statements(d, t, s)).collect(),
+    }
+}
+
+fn token_statements(d: Dialect, t: &TemplateMeta, s: &TokenSetMeta) -> TokenStatements {
+    let table = d.quote(s.table);
+    let owner = d.arg(Ty::of_id(t.id));
+    TokenStatements {
+        clear: trusted(
+            d,
+            format!("DELETE FROM {table} WHERE {} = {owner}", d.quote("owner")),
+        ),
+        insert_head: format!(
+            "INSERT INTO {table} ({}, {}) VALUES ",
+            d.quote("owner"),
+            d.quote("token")
+        ),
+        row: format!("({owner}, ?)"),
+    }
+}
+
+/// Builds one query's SQL: joins for reference paths, conditions with their arguments
+/// in placeholder order.
+struct Builder<'a> {
+    d: Dialect,
+    domain: &'a DomainMeta,
+    q: &'a QueryMeta,
+    /// `FROM t0` and its joins, one alias per distinct reference path.
+    from_sql: String,
+    joins: Vec<(Vec<&'static str>, String)>,
+    args: Vec<Arg>,
+    /// Aliases of sub-selects.
+    subs: usize,
+}
+
+/// Where a path ends: a column expression and its type, or a token set of the record
+/// whose id expression is given.
+enum Target {
+    Column(String, Ty),
+    Tokens(String, &'static TokenSetMeta),
+}
+
+impl<'a> Builder<'a> {
+    fn template(&self, name: &str) -> &'static TemplateMeta {
+        self.domain.template(name).expect("checked at build time")
+    }
+
+    /// The alias of the record at the end of a reference path, joining as needed.
+    fn alias(&mut self, path: &[&'static str]) -> (String, &'static TemplateMeta) {
+        let mut t = self.q.from;
+        let mut alias = "t0".to_string();
+        for i in 0..path.len() {
+            let f = t.field(path[i]).expect("checked at build time");
+            let FieldKind::Ref { template: next, .. } = f.kind else {
+                unreachable!("paths follow references")
+            };
+            let target = self.template(next);
+            let prefix = path[..=i].to_vec();
+            alias = match self.joins.iter().find(|(p, _)| *p == prefix) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let a = format!("t{}", self.joins.len() + 1);
+                    self.from_sql.push_str(&format!(
+                        " {}JOIN {} {a} ON {a}.{} = {alias}.{}",
+                        if f.optional { "LEFT " } else { "" },
+                        self.d.quote(target.table),
+                        self.d.quote(target.id_column),
+                        self.d.quote(f.column)
+                    ));
+                    self.joins.push((prefix, a.clone()));
+                    a
+                }
+            };
+            t = target;
+        }
+        (alias, t)
+    }
+
+    /// What `path` names. `…ref.id` is the reference column itself, without a join.
+    fn target(&mut self, path: &[&'static str]) -> Target {
+        let (last, refs) = path.split_last().expect("non-empty path");
+        if *last == "id" && !refs.is_empty() {
+            let (hop, head) = refs.split_last().expect("non-empty");
+            let (alias, t) = self.alias(head);
+            let f = t.field(hop).expect("checked");
+            return Target::Column(
+                format!("{alias}.{}", self.d.quote(f.column)),
+                Ty::of_field(f),
+            );
+        }
+        let (alias, t) = self.alias(refs);
+        let column = |c: &str| format!("{alias}.{}", self.d.quote(c));
+        if *last == "id" {
+            return Target::Column(column(t.id_column), Ty::of_id(t.id));
+        }
+        if let Some(f) = t.field(last) {
+            return Target::Column(column(f.column), Ty::of_field(f));
+        }
+        let set = t.token_set(last).expect("checked at build time");
+        Target::Tokens(column(t.id_column), set)
+    }
+
+    fn param(&self, name: &str) -> usize {
+        self.q
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .expect("declared")
+    }
+
+    fn optional(&self, name: &str) -> bool {
+        self.q.params.iter().any(|p| p.name == name && p.optional)
+    }
+
+    /// One condition on `path` of the main query.
+    fn condition(&mut self, c: &ConditionMeta) -> String {
+        match self.target(c.path) {
+            Target::Column(col, ty) => self.compare(&col, ty, c),
+            Target::Tokens(owner, set) => {
+                let table = self.d.quote(set.table);
+                let alias = self.sub_alias();
+                let token = format!("{alias}.{}", self.d.quote("token"));
+                let test = self.compare(&token, Ty::Text, c);
+                format!(
+                    "{owner} IN (SELECT {alias}.{} FROM {table} {alias} WHERE {test})",
+                    self.d.quote("owner")
+                )
+            }
+        }
+    }
+
+    fn sub_alias(&mut self) -> String {
+        self.subs += 1;
+        format!("s{}", self.subs)
+    }
+
+    /// `col <op> operand`, guarded when the parameter is optional (an absent one
+    /// disables the condition). Arguments are pushed in placeholder order.
+    fn compare(&mut self, col: &str, ty: Ty, c: &ConditionMeta) -> String {
+        let d = self.d;
+        match &c.operand {
+            Operand::Param(name) => {
+                let i = self.param(name);
+                let guard = self.optional(name);
+                // A list binds as one JSON array in text.
+                let bound = if c.op == CondOp::In { Ty::Text } else { ty };
+                let mut sql = String::new();
+                if guard {
+                    self.args.push(Arg::Param(i, bound));
+                    sql.push_str("(? IS NULL OR ");
+                }
+                let (test, uses) = match c.op {
+                    CondOp::Eq => (format!("{col} = {}", d.arg(ty)), 1),
+                    CondOp::Lt => (format!("{col} < {}", d.arg(ty)), 1),
+                    CondOp::Le => (format!("{col} <= {}", d.arg(ty)), 1),
+                    CondOp::Gt => (format!("{col} > {}", d.arg(ty)), 1),
+                    CondOp::Ge => (format!("{col} >= {}", d.arg(ty)), 1),
+                    CondOp::In => (d.in_list(col, ty), 1),
+                    CondOp::Prefix => (d.prefix(col), 2),
+                };
+                self.args
+                    .extend(std::iter::repeat_n(Arg::Param(i, bound), uses));
+                sql.push_str(&test);
+                if guard {
+                    sql.push(')');
+                }
+                sql
+            }
+            Operand::Select(s) => {
+                let alias = self.sub_alias();
+                let column = |name: &str| {
+                    let c = if name == "id" {
+                        s.from.id_column
+                    } else {
+                        s.from.field(name).expect("checked").column
+                    };
+                    format!("{alias}.{}", d.quote(c))
+                };
+                let selected = column(s.select);
+                let mut tests = Vec::new();
+                for inner in s.filter {
+                    let name = inner.path[0];
+                    let col = column(name);
+                    tests.push(self.compare(&col, Ty::of_name(s.from, name), inner));
+                }
+                let mut sql = format!(
+                    "{col} IN (SELECT {selected} FROM {} {alias}",
+                    d.quote(s.from.table)
+                );
+                if !tests.is_empty() {
+                    sql.push_str(&format!(" WHERE {}", tests.join(" AND ")));
+                }
+                sql.push(')');
+                sql
+            }
+        }
+    }
+}
+
+/// The one statement of a named query: parameters as they appear in the conditions (an
+/// absent optional one disables its condition), then the cursor's sort keys (all NULL
+/// on the first page), then the limit.
+pub(super) fn query_sql(d: Dialect, domain: &DomainMeta, q: &QueryMeta) -> QuerySql {
+    let mut b = Builder {
+        d,
+        domain,
+        q,
+        from_sql: format!("{} t0", d.quote(q.from.table)),
+        joins: Vec::new(),
+        args: Vec::new(),
+        subs: 0,
+    };
+    // Extra columns come first in the text but bind nothing, so building them first
+    // keeps placeholders in order.
+    let mut extra = Vec::new();
+    let mut with = Vec::new();
+    for w in q.with {
+        let (expr, ty) = match w.what {
+            WithKind::Field(name) => {
+                let mut path = w.path.to_vec();
+                path.push(name);
+                match b.target(&path) {
+                    Target::Column(col, ty) => (d.select(&col, ty), ty),
+                    Target::Tokens(..) => unreachable!("`with` names fields and counts"),
+                }
+            }
+            WithKind::Count(name) => {
+                let mut path = w.path.to_vec();
+                path.push("id");
+                let Target::Column(owner, _) = b.target(&path) else {
+                    unreachable!("ids are columns")
+                };
+                let (_, t) = b.alias(w.path);
+                let count = t.count(name).expect("checked at build time");
+                let counted = b.template(count.template);
+                let by = counted.field(count.by).expect("checked").column;
+                let alias = b.sub_alias();
+                let count = format!(
+                    "(SELECT COUNT(*) FROM {} {alias} WHERE {alias}.{} = {owner})",
+                    d.quote(counted.table),
+                    d.quote(by)
+                );
+                (count, Ty::Int)
+            }
+        };
+        extra.push(expr);
+        with.push((w.name, ty));
+    }
+    let mut conditions: Vec<String> = q.filter.iter().map(|c| b.condition(c)).collect();
+    if !q.any.is_empty() {
+        let groups: Vec<String> = q
+            .any
+            .iter()
+            .map(|g| {
+                let all: Vec<String> = g.iter().map(|c| b.condition(c)).collect();
+                format!("({})", all.join(" AND "))
+            })
+            .collect();
+        conditions.push(format!("({})", groups.join(" OR ")));
+    }
+    if q.count {
+        let mut sql = format!("SELECT COUNT(*) FROM {}", b.from_sql);
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+        }
+        return QuerySql {
+            sql: trusted(d, sql),
+            args: b.args,
+            with,
+        };
+    }
+    let keys = q.keys();
+    let key_cols: Vec<(String, Ty)> = keys
+        .iter()
+        .map(|(k, _)| {
+            let col = if *k == "id" {
+                q.from.id_column
+            } else {
+                q.from.field(k).expect("checked").column
+            };
+            (format!("t0.{}", d.quote(col)), Ty::of_name(q.from, k))
+        })
+        .collect();
+    // Keyset: (k1 > c1) OR (k1 = c1 AND k2 > c2) OR ..., `<` for descending keys.
+    b.args.push(Arg::Cursor(0, key_cols[0].1));
+    let mut alternatives = Vec::new();
+    for (i, (_, desc)) in keys.iter().enumerate() {
+        let mut terms = Vec::new();
+        for (j, (col, ty)) in key_cols.iter().enumerate().take(i) {
+            terms.push(format!("{col} = {}", d.arg(*ty)));
+            b.args.push(Arg::Cursor(j, *ty));
+        }
+        let (col, ty) = &key_cols[i];
+        terms.push(format!(
+            "{col} {} {}",
+            if *desc { "<" } else { ">" },
+            d.arg(*ty)
+        ));
+        b.args.push(Arg::Cursor(i, *ty));
+        alternatives.push(format!("({})", terms.join(" AND ")));
+    }
+    conditions.push(format!("(? IS NULL OR {})", alternatives.join(" OR ")));
+    let order: Vec<String> = keys
+        .iter()
+        .zip(&key_cols)
+        .map(|((_, desc), (col, _))| format!("{col} {}", if *desc { "DESC" } else { "ASC" }))
+        .collect();
+    let mut cols = record_columns(d, q.from, Some("t0"));
+    cols.extend(extra);
+    b.args.push(Arg::Limit);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ?",
+        cols.join(", "),
+        b.from_sql,
+        conditions.join(" AND "),
+        order.join(", "),
+    );
+    QuerySql {
+        sql: trusted(d, sql),
+        args: b.args,
+        with,
+    }
+}
