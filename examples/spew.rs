@@ -1,15 +1,32 @@
-//! SPEW end to end: an appServer in this process, and a client that talks to it over
-//! AMQP only, through the typed client generated from `domains/spew.yaml`.
+//! SPEW end to end: an appServer in this process, and a scripted social network driven
+//! over AMQP only, through the typed client generated from `domains/spew.yaml`: a few
+//! dozen users, a follow graph, a few hundred spews with replies, respews, hashtags and
+//! mentions, likes; then a home timeline with counts, a thread, a tag search and a
+//! follower list.
 //!
 //! `cargo run --example spew` — needs RabbitMQ at the configured URL
-//! (default amqp://guest:guest@127.0.0.1:5672/%2f; override with BEDS_AMQP__URL).
+//! (default amqp://guest:guest@127.0.0.1:5672/%2f; override with BEDS_AMQP__URL). The
+//! database is the configured one (SQLite in a temporary directory unless
+//! BEDS_DATABASE__DRIVER / BEDS_DATABASE__URL say otherwise).
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use beds::spew::{self, SpewCreate, UserCreate, UserPatch};
+use beds::spew::{
+    self, FollowCreate, FollowersParams, HomeTimelineParams, LikeByUserAndSpew, LikeCreate,
+    LikesOfSpewParams, Spew, SpewCreate, SpewsByTagParams, SpewsMentioningParams, ThreadParams,
+    User, UserCreate,
+};
 use beds_runtime::{Client, ClientError, ClientOptions, Config, Server};
+use futures_util::{StreamExt, stream};
+
+/// Requests kept in flight while seeding.
+const IN_FLIGHT: usize = 32;
+const USERS: usize = 36;
+const SPEWS: usize = 300;
+const LIKES: usize = 450;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,8 +49,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = Server::start(&config, &beds::CATALOG).await?;
     println!(
-        "appServer up: rBroker on {0}rec.read, wBroker on {0}rec.write",
-        config.amqp.queue_tag
+        "appServer up: rBroker on {0}rec.read, wBroker on {0}rec.write, {1:?} database",
+        config.amqp.queue_tag, config.database.driver
     );
     let client = Client::connect(ClientOptions::from_config(&config, "spew-example")).await?;
     let result = script(&client).await;
@@ -51,140 +68,350 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     result
 }
 
+/// A small deterministic generator: the same network every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Skewed towards 0: popular users are followed and liked more (power law-ish).
+    fn skewed(&mut self, n: usize) -> usize {
+        let a = self.below(n);
+        self.below(a + 1)
+    }
+}
+
+/// Counts every request sent and every error reply, expected or not.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicUsize,
+    errors: AtomicUsize,
+    /// Error replies the script provokes on purpose.
+    expected: AtomicUsize,
+}
+
+impl Tally {
+    fn note<T>(&self, r: &Result<T, ClientError>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if r.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+const FIRST: &[&str] = &[
+    "ada", "grace", "linus", "alan", "barbara", "edsger", "donald", "margaret", "ken", "dennis",
+    "frances", "john", "radia", "tim", "guido", "bjarne", "niklaus", "leslie",
+];
+const TOPICS: &[&str] = &[
+    "#Rust",
+    "#beds",
+    "#coffee",
+    "#café",
+    "#amqp",
+    "#databases",
+    "#weekend",
+    "#RUST",
+];
+const LINES: &[&str] = &[
+    "Shipping the new build today",
+    "Reading about message brokers",
+    "Who else is debugging on a Friday?",
+    "Benchmarks look good so far",
+    "Declarations beat hand-written CRUD",
+    "Tea or coffee? Asking for science.",
+    "Keyset pagination never skips a row",
+];
+
 async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let spew = spew::client(client);
-    let (users, spews) = (spew.user(), spew.spew());
-    let mut requests = 0;
-    let mut expected_errors = 0;
+    let tally = Tally::default();
+    let api = spew::client(client);
+    let mut rng = Rng(0x5eed_beef_cafe_f00d);
 
-    let mut people = Vec::new();
-    for (handle, name) in [
-        ("ada", "Ada Lovelace"),
-        ("grace", "Grace Hopper"),
-        ("linus", "Linus"),
-    ] {
-        let u = users
-            .create(&UserCreate {
-                handle: handle.into(),
-                display_name: name.into(),
-                bio: None,
-            })
-            .await?;
-        requests += 1;
-        println!(
-            "create user  @{:<6} -> id {} (version {})",
-            u.handle, u.id, u.version
-        );
-        people.push(u);
-    }
-    let (ada, grace) = (&people[0], &people[1]);
-
-    let mut posted = Vec::new();
-    for (author, body) in [
-        (ada, "The Analytical Engine weaves algebraic patterns."),
-        (grace, "It is easier to ask forgiveness than permission."),
-        (
-            ada,
-            "That brain of mine is something more than merely mortal.",
-        ),
-    ] {
-        let s = spews
-            .create(&SpewCreate {
-                author: author.id,
-                body: body.into(),
-            })
-            .await?;
-        requests += 1;
-        println!(
-            "create spew  @{:<6} -> \"{}\" at {}",
-            author.handle,
-            s.body,
-            s.created_at.format("%H:%M:%S%.3f")
-        );
-        posted.push(s);
-    }
-
-    let fetched = users.fetch(ada.id).await?;
-    requests += 1;
+    // Users.
+    let inputs: Vec<UserCreate> = (0..USERS)
+        .map(|i| UserCreate {
+            handle: format!("{}{}", FIRST[i % FIRST.len()], i / FIRST.len() + 1),
+            display_name: format!("{} #{}", capitalised(FIRST[i % FIRST.len()]), i + 1),
+            bio: (i % 3 == 0).then(|| "Writes code, drinks coffee.".to_string()),
+        })
+        .collect();
+    let (user_api, follow_api, spew_api, like_api) =
+        (api.user(), api.follow(), api.spew(), api.like());
+    let users: Vec<User> = in_flight(&tally, inputs.iter().map(|u| user_api.create(u))).await?;
     println!(
-        "fetch user   @{:<6} -> {:?}, bio {:?}",
-        fetched.handle, fetched.display_name, fetched.bio
+        "created {} users (@{} … @{})",
+        users.len(),
+        users[0].handle,
+        users[USERS - 1].handle
     );
 
-    let updated = users
-        .update(
-            ada.id,
-            &UserPatch {
-                bio: Some(Some("First programmer.".into())),
-                ..UserPatch::default()
+    // Follows: everyone follows a few, popular users more often.
+    let mut pairs = Vec::new();
+    for (i, _) in users.iter().enumerate() {
+        for _ in 0..3 + rng.below(6) {
+            let j = rng.skewed(USERS);
+            if j != i && !pairs.contains(&(i, j)) {
+                pairs.push((i, j));
+            }
+        }
+    }
+    let inputs: Vec<FollowCreate> = pairs
+        .iter()
+        .map(|&(i, j)| FollowCreate {
+            follower: users[i].id,
+            followee: users[j].id,
+        })
+        .collect();
+    let follows = in_flight(&tally, inputs.iter().map(|f| follow_api.create(f))).await?;
+    println!("created {} follows", follows.len());
+    let (a, b) = pairs[0];
+    let again = follow_api
+        .create(&FollowCreate {
+            follower: users[a].id,
+            followee: users[b].id,
+        })
+        .await;
+    expected(&tally, "follow twice", again)?;
+    let own = follow_api
+        .create(&FollowCreate {
+            follower: users[0].id,
+            followee: users[0].id,
+        })
+        .await;
+    expected(&tally, "follow yourself", own)?;
+
+    // Spews in rounds, so replies and respews point at spews that exist.
+    let mut spews: Vec<Spew> = Vec::new();
+    while spews.len() < SPEWS {
+        let round: Vec<SpewCreate> = (0..50)
+            .map(|_| {
+                let author = rng.skewed(USERS);
+                let mut body = LINES[rng.below(LINES.len())].to_string();
+                if rng.below(2) == 0 {
+                    body.push(' ');
+                    body.push_str(TOPICS[rng.below(TOPICS.len())]);
+                }
+                if rng.below(4) == 0 {
+                    body.push_str(&format!(" cc @{}", users[rng.skewed(USERS)].handle));
+                }
+                let (reply_to, respew_of) = match (spews.is_empty(), rng.below(10)) {
+                    (false, 0..=1) => (Some(spews[rng.below(spews.len())].id), None),
+                    (false, 2) => (None, Some(spews[rng.below(spews.len())].id)),
+                    _ => (None, None),
+                };
+                SpewCreate {
+                    author: users[author].id,
+                    body,
+                    reply_to,
+                    respew_of,
+                }
+            })
+            .collect();
+        spews.extend(in_flight(&tally, round.iter().map(|s| spew_api.create(s))).await?);
+    }
+    let replies = spews.iter().filter(|s| s.reply_to.is_some()).count();
+    let respews = spews.iter().filter(|s| s.respew_of.is_some()).count();
+    println!(
+        "created {} spews ({replies} replies, {respews} respews)",
+        spews.len()
+    );
+
+    // Likes, popular spews more often; one duplicate and one unlike.
+    let mut liked = Vec::new();
+    while liked.len() < LIKES {
+        let pair = (rng.below(USERS), spews.len() - 1 - rng.skewed(spews.len()));
+        if !liked.contains(&pair) {
+            liked.push(pair);
+        }
+    }
+    let inputs: Vec<LikeCreate> = liked
+        .iter()
+        .map(|&(u, s)| LikeCreate {
+            user: users[u].id,
+            spew: spews[s].id,
+        })
+        .collect();
+    let likes = in_flight(&tally, inputs.iter().map(|l| like_api.create(l))).await?;
+    let twice = like_api
+        .create(&LikeCreate {
+            user: likes[0].user,
+            spew: likes[0].spew,
+        })
+        .await;
+    expected(&tally, "like twice", twice)?;
+    let unlike = like_api
+        .delete_by(&LikeByUserAndSpew {
+            user: likes[0].user,
+            spew: likes[0].spew,
+        })
+        .await;
+    tally.note(&unlike);
+    unlike?;
+    println!("created {} likes, then unliked one", likes.len());
+
+    // Reads.
+    let me = &users[3];
+    let home = api
+        .home_timeline()
+        .page(&HomeTimelineParams { user: me.id }, Some(8), None)
+        .await;
+    tally.note(&home);
+    println!("\nhome timeline of @{} (first page):", me.handle);
+    for item in home?.items {
+        let w = &item.with;
+        println!(
+            "  {} @{:<10} {:<58} ♥{:<3} ↩{:<2} ⟳{:<2} (author: {} followers, {} following, {} spews)",
+            item.record.created_at.format("%H:%M:%S%.3f"),
+            w.author_handle,
+            item.record.body,
+            w.likes,
+            w.replies,
+            w.respews,
+            w.author_followers,
+            w.author_following,
+            w.author_spews
+        );
+    }
+
+    let root = spews
+        .iter()
+        .filter(|s| s.reply_to.is_none())
+        .max_by_key(|s| spews.iter().filter(|r| r.reply_to == Some(s.id)).count())
+        .expect("spews exist");
+    let thread = api
+        .thread()
+        .page(&ThreadParams { spew: root.id }, None, None)
+        .await;
+    tally.note(&thread);
+    println!("\nthread of {}:", root.id);
+    for (i, item) in thread?.items.iter().enumerate() {
+        println!(
+            "  {}@{:<10} {} (♥{})",
+            if i == 0 { "" } else { "  ↳ " },
+            item.with.author_handle,
+            item.record.body,
+            item.with.likes
+        );
+    }
+
+    let tagged = api
+        .spews_by_tag()
+        .page(&SpewsByTagParams { tag: "rust".into() }, Some(5), None)
+        .await;
+    tally.note(&tagged);
+    let tagged = tagged?;
+    println!("\n#rust (case-insensitive, newest 5):");
+    for item in &tagged.items {
+        println!("  @{:<10} {}", item.with.author_handle, item.record.body);
+    }
+
+    let star = &users[0];
+    let mentioning = api
+        .spews_mentioning()
+        .page(
+            &SpewsMentioningParams {
+                handle: star.handle.to_uppercase(),
             },
+            Some(3),
+            None,
         )
-        .await?;
-    requests += 1;
-    println!(
-        "update user  @{:<6} -> bio {:?} (version {})",
-        updated.handle, updated.bio, updated.version
-    );
-
-    let page = spews.list(Some(2), None).await?;
-    requests += 1;
-    println!(
-        "list spews   limit 2 -> {} items, more: {}",
-        page.items.len(),
-        page.next.is_some()
-    );
-    let rest = spews.list(Some(2), page.next).await?;
-    requests += 1;
-    println!(
-        "list spews   after   -> {} item, more: {}",
-        rest.items.len(),
-        rest.next.is_some()
-    );
-
-    let clash = users
-        .create(&UserCreate {
-            handle: "ADA".into(),
-            display_name: "Impostor".into(),
-            bio: None,
-        })
         .await;
-    requests += 1;
-    expected_errors += report("create user  @ADA   ", clash)?;
-    let too_long = spews
-        .create(&SpewCreate {
-            author: ada.id,
-            body: "x".repeat(281),
-        })
+    tally.note(&mentioning);
+    println!("\nmentioning @{} (newest 3):", star.handle);
+    for item in mentioning?.items {
+        println!("  @{:<10} {}", item.with.author_handle, item.record.body);
+    }
+
+    let followers = api
+        .followers()
+        .page(&FollowersParams { user: star.id }, Some(10), None)
         .await;
-    requests += 1;
-    expected_errors += report("create spew  281 ch ", too_long)?;
+    tally.note(&followers);
+    println!("\nfollowers of @{} (first 10 by handle):", star.handle);
+    for item in followers?.items {
+        println!(
+            "  @{:<10} {:<14} {} followers, {} following, {} spews",
+            item.record.handle,
+            item.record.display_name,
+            item.with.followers,
+            item.with.following,
+            item.with.spews
+        );
+    }
 
-    users.delete(grace.id).await?;
-    requests += 1;
-    println!("delete user  @grace  -> deleted; her spews cascade");
-    let gone = spews.fetch(posted[1].id).await;
-    requests += 1;
-    expected_errors += report("fetch spew   grace's", gone)?;
+    let hot = &spews[spews.len() - 1];
+    let likers = api
+        .likes_of_spew()
+        .page(&LikesOfSpewParams { spew: hot.id }, Some(5), None)
+        .await;
+    tally.note(&likers);
+    let handles: Vec<String> = likers?
+        .items
+        .iter()
+        .map(|l| format!("@{}", l.with.user_handle))
+        .collect();
+    println!("\nliked the latest spew: {}", handles.join(", "));
 
+    let (errors, wanted) = (
+        tally.errors.load(Ordering::Relaxed),
+        tally.expected.load(Ordering::Relaxed),
+    );
     println!(
-        "done: {requests} requests over AMQP, {expected_errors} expected errors, {} ms",
+        "\nsummary: {} requests over AMQP, {errors} error replies ({wanted} provoked on purpose), {} ms",
+        tally.requests.load(Ordering::Relaxed),
         started.elapsed().as_millis()
     );
+    if errors != wanted {
+        return Err(format!("{} unexpected error replies", errors - wanted).into());
+    }
     Ok(())
 }
 
+/// Runs `requests` with up to [`IN_FLIGHT`] outstanding, in order; stops at the first error.
+async fn in_flight<T, F>(
+    tally: &Tally,
+    requests: impl Iterator<Item = F>,
+) -> Result<Vec<T>, ClientError>
+where
+    F: Future<Output = Result<T, ClientError>>,
+{
+    let results: Vec<Result<T, ClientError>> =
+        stream::iter(requests).buffered(IN_FLIGHT).collect().await;
+    results.into_iter().inspect(|r| tally.note(r)).collect()
+}
+
 /// Prints an expected error reply; anything else is a failure of the example.
-fn report<T: std::fmt::Debug>(
+fn expected<T: std::fmt::Debug>(
+    tally: &Tally,
     what: &str,
     result: Result<T, ClientError>,
-) -> Result<usize, Box<dyn std::error::Error>> {
+) -> Result<(), Box<dyn std::error::Error>> {
+    tally.note(&result);
     match result {
         Err(ClientError::Remote(e)) => {
-            println!("{what} -> {:?}/{:?}: {}", e.class, e.code, e.message);
-            Ok(1)
+            tally.expected.fetch_add(1, Ordering::Relaxed);
+            println!("{what:<16} -> {:?}/{:?}: {}", e.class, e.code, e.message);
+            Ok(())
         }
         Err(other) => Err(other.into()),
         Ok(v) => Err(format!("{what} should have failed, got {v:?}").into()),
     }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }

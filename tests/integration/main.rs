@@ -11,4 +11,5 @@ mod queries;
 mod reliability;
 mod round_trip;
 mod spawn;
+mod spew;
 mod support;

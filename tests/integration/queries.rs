@@ -39,6 +39,8 @@ async fn named_queries_filter_join_page_and_count() {
             .create(&SpewCreate {
                 author: ann.id,
                 body: format!("ann {i}"),
+                reply_to: None,
+                respew_of: None,
             })
             .await
             .unwrap();
@@ -48,6 +50,8 @@ async fn named_queries_filter_join_page_and_count() {
                 .create(&SpewCreate {
                     author: bob.id,
                     body: format!("bob {i}"),
+                    reply_to: None,
+                    respew_of: None,
                 })
                 .await
                 .unwrap();
@@ -67,8 +71,8 @@ async fn named_queries_filter_join_page_and_count() {
             .page(&params, Some(10), cursor.take())
             .await
             .unwrap();
-        assert!(page.items.iter().all(|s| s.author == ann.id));
-        seen.extend(page.items.iter().map(|s| s.id));
+        assert!(page.items.iter().all(|s| s.record.author == ann.id));
+        seen.extend(page.items.iter().map(|s| s.record.id));
         match page.next {
             Some(next) => cursor = Some(next),
             None => break,
@@ -78,6 +82,8 @@ async fn named_queries_filter_join_page_and_count() {
             .create(&SpewCreate {
                 author: ann.id,
                 body: "late".into(),
+                reply_to: None,
+                respew_of: None,
             })
             .await
             .unwrap();
@@ -98,7 +104,7 @@ async fn named_queries_filter_join_page_and_count() {
         )
         .await
         .unwrap();
-    let older_ids: Vec<_> = older.items.iter().map(|s| s.id).collect();
+    let older_ids: Vec<_> = older.items.iter().map(|s| s.record.id).collect();
     assert_eq!(
         older_ids,
         ann_spews[..5]

@@ -138,6 +138,8 @@ async fn spew_operations_round_trip() {
         .create(&SpewCreate {
             author: author.id,
             body: body.clone(),
+            reply_to: None,
+            respew_of: None,
         })
         .await
         .unwrap();
@@ -187,6 +189,8 @@ async fn spew_operations_round_trip() {
         .create(&SpewCreate {
             author: author.id,
             body: "still here?".into(),
+            reply_to: None,
+            respew_of: None,
         })
         .await
         .unwrap();
@@ -207,6 +211,8 @@ async fn spew_operations_round_trip() {
         .create(&SpewCreate {
             author: author.id,
             body: "orphan".into(),
+            reply_to: None,
+            respew_of: None,
         })
         .await
         .unwrap_err();
