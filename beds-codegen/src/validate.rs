@@ -173,7 +173,12 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
             );
             continue;
         }
-        for ty in [camel(&q.name), format!("{}Params", camel(&q.name))] {
+        let mut types = vec![camel(&q.name), format!("{}Params", camel(&q.name))];
+        if !q.with.is_empty() {
+            types.push(format!("{}Item", camel(&q.name)));
+            types.push(format!("{}With", camel(&q.name)));
+        }
+        for ty in types {
             if let Some(other) = owners.insert(ty.clone(), &q.name) {
                 cx.error_hint(
                     pos,
@@ -528,16 +533,31 @@ fn indexes(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Vec<Strin
         .iter()
         .enumerate()
         .filter_map(|(i, item)| {
-            field_names(
-                cx,
-                &format!("{path}[{i}]"),
-                item,
-                t,
-                true,
-                "e.g. `[author, created_at]`",
-            )
+            let p = format!("{path}[{i}]");
+            let names = field_names(cx, &p, item, t, true, "e.g. `[author, created_at]`")?;
+            indexable(cx, &p, item, t, &names);
+            Some(names)
         })
         .collect()
+}
+
+/// `text` and `json` values have no bounded length, and MariaDB cannot index them.
+fn indexable(cx: &mut Ctx, path: &str, node: &Node, t: &Template, names: &[String]) {
+    for name in names {
+        if let Some(f) = t.field(name)
+            && matches!(f.ty, FieldType::Text { .. } | FieldType::Json)
+        {
+            cx.error_hint(
+                node.pos,
+                path,
+                format!(
+                    "`{name}` is of type `{}`, which cannot be indexed on every database",
+                    f.ty.name()
+                ),
+                "index a `string` field with a `max` instead",
+            );
+        }
+    }
 }
 
 fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
@@ -620,6 +640,7 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
         let Some(names) = field_names(cx, &format!("{p}.fields"), fields, t, false, example) else {
             continue;
         };
+        indexable(cx, &format!("{p}.fields"), fields, t, &names);
         if case_insensitive
             && names
                 .iter()
@@ -666,20 +687,26 @@ pub(crate) fn page(cx: &mut Ctx, path: &str, node: &Node) -> Page {
     page
 }
 
-/// Two templates must not share a table.
+/// Two templates (or token sets) must not share a table.
 fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     let mut tables: HashMap<&str, &str> = HashMap::new();
-    for t in &domain.templates {
-        if let Some(other) = tables.insert(&t.table, &t.name) {
+    let owners = domain.templates.iter().flat_map(|t| {
+        std::iter::once((&t.table, &t.name))
+            .chain(t.tokens.iter().map(move |s| (&s.table, &t.name)))
+    });
+    for (table, name) in owners {
+        let t = domain
+            .templates
+            .iter()
+            .find(|t| &t.name == name)
+            .expect("own template");
+        if let Some(other) = tables.insert(table, name) {
             let pos = key_pos(tmap, &t.name);
             cx.error_hint(
                 pos,
                 &format!("templates.{}.table", t.name),
-                format!(
-                    "table `{}` is used by both `{other}` and `{}`",
-                    t.table, t.name
-                ),
-                "give one of the templates its own `table`",
+                format!("table `{table}` is used by both `{other}` and `{}`", t.name),
+                "give one of the templates (or token sets) its own `table`",
             );
         }
     }

@@ -42,7 +42,12 @@ fn query_index(d: Dialect, q: &QueryMeta) -> Option<String> {
         .filter
         .iter()
         .filter(|c| c.path.len() == 1 && matches!(c.op, CondOp::Eq | CondOp::In))
-        .filter(|c| t.field(c.path[0]).is_some() || c.path[0] == "id")
+        .filter(|c| {
+            // Unbounded values cannot be index keys everywhere (MariaDB).
+            c.path[0] == "id"
+                || t.field(c.path[0])
+                    .is_some_and(|f| !matches!(f.kind, FieldKind::Text { .. } | FieldKind::Json))
+        })
     {
         let col = column(c.path[0]);
         if !cols.contains(&col) {
