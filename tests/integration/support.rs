@@ -261,6 +261,15 @@ impl Rows {
         self.int("COUNT(*)", table, column, value).await
     }
 
+    /// The number of rows of `table`.
+    pub async fn total(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.quote(table));
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("`{sql}`: {e}"))
+    }
+
     pub fn dialect(&self) -> beds_runtime::store::Dialect {
         self.dialect
     }

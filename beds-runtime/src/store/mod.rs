@@ -319,27 +319,8 @@ impl Store {
         key: &str,
         target: &str,
     ) -> Result<Claim, BedsError> {
-        let seen: Option<(String, String)> =
-            sqlx::query_as(self.fixed("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"))
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| self.db_error(t, e, Write::None))?;
-        if let Some((seen_target, reply)) = seen {
-            if seen_target != target {
-                return Err(BedsError::new(
-                    ErrorCode::IdempotencyKeyReused,
-                    format!(
-                        "idempotency key `{key}` was used for {seen_target}; use a new key for {target}"
-                    ),
-                ));
-            }
-            return serde_json::from_str(&reply)
-                .map(Claim::Replay)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "stored idempotent reply is not JSON");
-                    BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
-                });
+        if let Some(reply) = self.stored_reply(conn, t, key, target).await? {
+            return Ok(Claim::Replay(reply));
         }
         let claimed = sqlx::query(self.fixed(
             "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)",
@@ -351,30 +332,59 @@ impl Store {
         .await;
         match claimed {
             Ok(_) => Ok(Claim::Held),
-            // A concurrent delivery committed the key first; look again in a new transaction.
+            // A concurrent delivery committed the key first. This transaction cannot read
+            // any more (PostgreSQL) or sees an older snapshot (MariaDB): look on another
+            // connection.
             Err(sqlx::Error::Database(db))
                 if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
             {
-                Box::pin(self.replay(t, key, target)).await
+                let mut fresh = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| self.db_error(t, e, Write::None))?;
+                match self.stored_reply(&mut fresh, t, key, target).await? {
+                    Some(reply) => Ok(Claim::Replay(reply)),
+                    // The other delivery rolled back after all: the key is free; retry.
+                    None => Err(BedsError::new(
+                        ErrorCode::DatabaseUnavailable,
+                        "a concurrent delivery of this request was rolled back; retry",
+                    )),
+                }
             }
             Err(e) => Err(self.db_error(t, e, Write::None)),
         }
     }
 
-    async fn replay(&self, t: &TemplateMeta, key: &str, target: &str) -> Result<Claim, BedsError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.db_error(t, e, Write::None))?;
-        match self.claim(&mut conn, t, key, target).await? {
-            Claim::Replay(reply) => Ok(Claim::Replay(reply)),
-            // The other delivery rolled back: the key is free again; retry the write.
-            Claim::Held => Err(BedsError::new(
-                ErrorCode::DatabaseUnavailable,
-                "a concurrent delivery of this request was rolled back; retry",
-            )),
+    /// The reply stored with an idempotency key, if the key was used (for `target`).
+    async fn stored_reply(
+        &self,
+        conn: &mut AnyConnection,
+        t: &TemplateMeta,
+        key: &str,
+        target: &str,
+    ) -> Result<Option<Json>, BedsError> {
+        let seen: Option<(String, String)> =
+            sqlx::query_as(self.fixed("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"))
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::None))?;
+        let Some((seen_target, reply)) = seen else {
+            return Ok(None);
+        };
+        if seen_target != target {
+            return Err(BedsError::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "idempotency key `{key}` was used for {seen_target}; use a new key for {target}"
+                ),
+            ));
         }
+        serde_json::from_str(&reply).map(Some).map_err(|e| {
+            tracing::error!(error = %e, "stored idempotent reply is not JSON");
+            BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
+        })
     }
 
     /// Forgets idempotency keys older than `ttl`; returns how many.
