@@ -195,6 +195,13 @@ impl Driver {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    Full,
+    Normal,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
@@ -207,6 +214,9 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub max_connections: u32,
     pub busy_timeout: Millis,
+    /// SQLite: `full` syncs the write-ahead log on every commit; `normal` only at
+    /// checkpoints (faster writes; a power loss may lose the last commits, never corrupt).
+    pub sqlite_synchronous: SqliteSync,
     /// Create missing tables and indexes at start-up.
     pub apply_schema: bool,
 }
@@ -220,6 +230,7 @@ impl Default for DatabaseConfig {
             url: None,
             max_connections: 4,
             busy_timeout: Millis(5_000),
+            sqlite_synchronous: SqliteSync::Full,
             apply_schema: true,
         }
     }
@@ -344,15 +355,23 @@ impl<'de> Deserialize<'de> for Millis {
                 )));
             }
         };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `500`, `500ms`, `5s`, `2m`, `1h`, `1d` (also for command-line flags).
+impl std::str::FromStr for Millis {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Millis, String> {
+        let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len());
         let (num, unit) = text.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{text}`; write e.g. `500ms`, `5s` or `2m`"
-            ))
-        })?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration `{text}`; write e.g. `500ms`, `5s` or `2m`"))?;
         let factor = match unit.trim() {
             "" | "ms" => 1,
             "s" => 1_000,
@@ -360,9 +379,9 @@ impl<'de> Deserialize<'de> for Millis {
             "h" => 3_600_000,
             "d" => 86_400_000,
             _ => {
-                return Err(serde::de::Error::custom(format!(
+                return Err(format!(
                     "invalid duration unit in `{text}`; use ms, s, m, h or d"
-                )));
+                ));
             }
         };
         Ok(Millis(n * factor))

@@ -138,6 +138,12 @@ impl Dialect {
         }
     }
 
+    /// Whether `INSERT … ON CONFLICT DO NOTHING` exists (MariaDB's `INSERT IGNORE` also
+    /// hides other errors, so it takes the look-up-then-insert path).
+    pub fn insert_or_ignore(self) -> bool {
+        self != Dialect::MariaDb
+    }
+
     /// Whether `UPDATE … RETURNING` exists (MariaDB has it for INSERT and DELETE only).
     pub fn update_returning(self) -> bool {
         self != Dialect::MariaDb

@@ -39,6 +39,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// SQLite: how long a writer waits for the lock.
     pub busy_timeout: Duration,
+    /// SQLite: whether every commit syncs the log (`FULL`) or only checkpoints (`NORMAL`).
+    pub sqlite_sync_full: bool,
 }
 
 impl StoreOptions {
@@ -49,6 +51,7 @@ impl StoreOptions {
             url: c.url.clone(),
             max_connections: c.max_connections,
             busy_timeout: c.busy_timeout.duration(),
+            sqlite_sync_full: c.sqlite_synchronous == crate::config::SqliteSync::Full,
         }
     }
 
@@ -171,14 +174,23 @@ impl Store {
             }
         };
         let busy = options.busy_timeout.as_millis();
+        let sync = if options.sqlite_sync_full {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
+            // A pooled connection is known good; pinging it on every acquire costs a round trip
+            // (for SQLite, to its worker thread) per statement.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     match d {
                         Dialect::Sqlite => {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute(sync).await?;
                             conn.execute(trusted(d, format!("PRAGMA busy_timeout = {busy}")))
                                 .await?;
                         }
@@ -278,7 +290,7 @@ impl Store {
         let reply = match op {
             WriteOp::Insert { id, values, tokens } => {
                 let reply = self.insert(&mut tx, t, id, values).await?;
-                self.set_tokens(&mut tx, t, &reply, tokens).await?;
+                self.set_tokens(&mut tx, t, &reply, tokens, false).await?;
                 reply
             }
             WriteOp::Update {
@@ -290,7 +302,7 @@ impl Store {
                 let reply = self
                     .update(&mut tx, t, &key, changes, expect_version)
                     .await?;
-                self.set_tokens(&mut tx, t, &reply, tokens).await?;
+                self.set_tokens(&mut tx, t, &reply, tokens, true).await?;
                 reply
             }
             WriteOp::Delete {
@@ -319,6 +331,31 @@ impl Store {
         key: &str,
         target: &str,
     ) -> Result<Claim, BedsError> {
+        let now = format_timestamp(&crate::value::now());
+        if self.dialect.insert_or_ignore() {
+            // One statement in the common case: the claim either lands or meets the key.
+            let landed = sqlx::query(self.fixed(
+                "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
+            ))
+            .bind(key)
+            .bind(target)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
+            if landed.rows_affected() == 1 {
+                return Ok(Claim::Held);
+            }
+            // The key was used before (and, on PostgreSQL, committed by a concurrent
+            // delivery this statement waited for): a new statement sees its reply.
+            return match self.stored_reply(conn, t, key, target).await? {
+                Some(reply) => Ok(Claim::Replay(reply)),
+                None => Err(BedsError::new(
+                    ErrorCode::DatabaseUnavailable,
+                    "a concurrent delivery of this request was rolled back; retry",
+                )),
+            };
+        }
         if let Some(reply) = self.stored_reply(conn, t, key, target).await? {
             return Ok(Claim::Replay(reply));
         }
@@ -327,7 +364,7 @@ impl Store {
         ))
         .bind(key)
         .bind(target)
-        .bind(format_timestamp(&crate::value::now()))
+        .bind(now)
         .execute(&mut *conn)
         .await;
         match claimed {
@@ -440,6 +477,7 @@ impl Store {
         t: &TemplateMeta,
         reply: &Json,
         tokens: Vec<(usize, Vec<String>)>,
+        replace: bool,
     ) -> Result<(), BedsError> {
         if tokens.is_empty() {
             return Ok(());
@@ -448,10 +486,13 @@ impl Store {
             .map_err(|m| BedsError::new(ErrorCode::Internal, format!("written id {m}")))?;
         for (set, list) in tokens {
             let s = &self.sql(t).tokens[set];
-            self.bind(sqlx::query(s.clear.clone()), owner.clone(), Ty::Text)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.db_error(t, e, Write::None))?;
+            // A new record has no tokens to clear.
+            if replace {
+                self.bind(sqlx::query(s.clear.clone()), owner.clone(), Ty::Text)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.db_error(t, e, Write::None))?;
+            }
             if list.is_empty() {
                 continue;
             }
