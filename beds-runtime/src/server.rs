@@ -25,6 +25,12 @@ pub enum ServerError {
          `rabbitmq-server -detached` or point BEDS_AMQP__URL at a running broker"
     )]
     Connect { url: String, source: lapin::Error },
+    #[error(
+        "RabbitMQ at {url} accepted the connection but did not complete the handshake within \
+         {} s; it may still be starting",
+        .after.as_secs()
+    )]
+    ConnectTimeout { url: String, after: Duration },
     #[error("declaring the AMQP topology failed: {0}")]
     Topology(lapin::Error),
     #[error(transparent)]
@@ -46,21 +52,31 @@ pub fn lanes(role: Role) -> &'static [Lane] {
     }
 }
 
+/// How long one connection attempt may take. A broker that is booting can accept the TCP
+/// connection and leave the AMQP handshake hanging; without a bound, a reconnect made while
+/// holding the node's connection (see `Link::get`) would stall every worker for good.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to RabbitMQ, naming the URL and how to start the broker on failure.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, ServerError> {
     // Auto-recovery reconnects and replays channels, consumers and declarations after the
     // broker closes the connection or restarts.
-    Connection::connect(
+    let attempt = Connection::connect(
         url,
         ConnectionProperties::default()
             .with_connection_name(name.into())
             .enable_auto_recover(),
-    )
-    .await
-    .map_err(|source| ServerError::Connect {
-        url: url.to_string(),
-        source,
-    })
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result.map_err(|source| ServerError::Connect {
+            url: crate::config::redact(url),
+            source,
+        }),
+        Err(_) => Err(ServerError::ConnectTimeout {
+            url: crate::config::redact(url),
+            after: CONNECT_TIMEOUT,
+        }),
+    }
 }
 
 /// Forgets idempotency keys past their time to live, a few times per TTL (at least
