@@ -376,18 +376,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
             Some(ServerDb::create(driver, admin).await?)
         }
     };
-    let result = bench(
-        &args,
-        &config,
-        &tag,
-        &echo_tag,
-        data.path(),
+    let setup = Setup {
+        tag: tag.clone(),
+        echo_tag: echo_tag.clone(),
+        data: data.path().to_path_buf(),
         driver,
-        server_db.as_ref(),
+        database_url: server_db.as_ref().map(ServerDb::url),
         started,
         command,
-    )
-    .await;
+    };
+    let result = bench(&args, &config, setup).await;
     if let Some(db) = &server_db {
         db.drop_it().await;
     }
@@ -399,18 +397,30 @@ async fn run(args: Args) -> Result<(), BoxError> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn bench(
-    args: &Args,
-    config: &Config,
-    tag: &str,
-    echo_tag: &str,
-    data: &Path,
+/// What a run was started with, besides the flags.
+struct Setup {
+    tag: String,
+    echo_tag: String,
+    /// SQLite's data directory.
+    data: PathBuf,
     driver: Driver,
-    server_db: Option<&ServerDb>,
+    /// The benchmark database on a server, if not SQLite.
+    database_url: Option<String>,
     started: chrono::DateTime<chrono::Utc>,
     command: String,
-) -> Result<(), BoxError> {
+}
+
+async fn bench(args: &Args, config: &Config, setup: Setup) -> Result<(), BoxError> {
+    let Setup {
+        tag,
+        echo_tag,
+        data,
+        driver,
+        database_url,
+        started,
+        command,
+    } = setup;
+    let (tag, echo_tag) = (tag.as_str(), echo_tag.as_str());
     let exe = std::env::current_exe()?;
     let mut env: Vec<(String, String)> = vec![
         ("BEDS_AMQP__QUEUE_TAG".into(), tag.into()),
@@ -438,8 +448,8 @@ async fn bench(
             args.sqlite_synchronous.clone(),
         ),
     ];
-    if let Some(db) = server_db {
-        env.push(("BEDS_DATABASE__URL".into(), db.url()));
+    if let Some(url) = database_url {
+        env.push(("BEDS_DATABASE__URL".into(), url));
     }
     let spawn = |kind: &str, n: u64, tag: &str| -> std::io::Result<Child> {
         let mut cmd = Command::new(&exe);
