@@ -4,7 +4,7 @@
 use crate::diag::{Ctx, suggest};
 use crate::model::{Check, Count, Domain, FieldType, Template, TokenSet};
 use crate::validate::{
-    bound, check_keys, expect_map, field_names, flag, get, is_snake, storage_ident,
+    bound, check_keys, expect_map, field_names, flag, get, is_snake, list, storage_ident,
 };
 use crate::yaml::Node;
 
@@ -228,13 +228,7 @@ pub(crate) fn check_counts(cx: &mut Ctx, domain: &Domain) {
 /// `checks: [{ differ: [follower, followee], message: you cannot follow yourself }]`.
 pub(crate) fn checks(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Check> {
     let mut out = Vec::new();
-    let Some(items) = node.as_seq() else {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("expected a list, found {}", node.describe()),
-            "e.g. `- { differ: [a, b], message: ... }`",
-        );
+    let Some(items) = list(cx, path, node) else {
         return out;
     };
     for (i, item) in items.iter().enumerate() {

@@ -8,7 +8,7 @@ use crate::model::{
     CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query, Select,
     Template, With, WithWhat,
 };
-use crate::validate::{check_keys, expect_map, flag, get, is_snake, page};
+use crate::validate::{check_keys, expect_map, flag, get, is_snake, list, page};
 use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &["from", "params", "where", "order", "page", "count", "with"];
@@ -527,13 +527,7 @@ fn with_values(
     from: &Template,
     domain: &Domain,
 ) -> Vec<With> {
-    let Some(items) = node.as_seq() else {
-        cx.error_hint(
-            node.pos,
-            wpath,
-            format!("expected a list, found {}", node.describe()),
-            "e.g. `with: [likes, author.handle]`",
-        );
+    let Some(items) = list(cx, wpath, node) else {
         return Vec::new();
     };
     let mut out: Vec<With> = Vec::new();

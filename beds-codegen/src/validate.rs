@@ -560,7 +560,7 @@ fn indexable(cx: &mut Ctx, path: &str, node: &Node, t: &Template, names: &[Strin
     }
 }
 
-fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
+pub(crate) fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
     let items = node.as_seq();
     if items.is_none() {
         cx.error_hint(

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use dialect::Dialect;
 use dialect::Ty;
-use sql::{Arg, QuerySql, Statements, trusted};
+use sql::{Arg, IdempotencySql, QuerySql, Statements, trusted};
 
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::meta::{Catalog, FieldMeta, IdKind, QueryMeta, TemplateMeta};
@@ -129,6 +129,7 @@ pub struct Store {
     pool: AnyPool,
     statements: Arc<HashMap<(&'static str, &'static str), Statements>>,
     queries: Arc<HashMap<(&'static str, &'static str), QuerySql>>,
+    idempotency: Arc<IdempotencySql>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
@@ -230,6 +231,7 @@ impl Store {
             pool,
             statements: Arc::new(statements),
             queries: Arc::new(queries),
+            idempotency: Arc::new(sql::idempotency_sql(d)),
         })
     }
 
@@ -255,19 +257,6 @@ impl Store {
     fn sql(&self, t: &TemplateMeta) -> &Statements {
         // Every template of the catalog was prepared in `open`.
         &self.statements[&(t.domain, t.name)]
-    }
-
-    /// A statement that is the same in every dialect but for placeholders.
-    fn fixed(&self, sql: &str) -> sqlx::SqlStr {
-        let q = |s: &str| self.dialect.quote(s);
-        trusted(
-            self.dialect,
-            sql.replace("{t}", &q("beds_idempotency"))
-                .replace("{key}", &q("key"))
-                .replace("{target}", &q("target"))
-                .replace("{reply}", &q("reply"))
-                .replace("{created_at}", &q("created_at")),
-        )
     }
 
     /// Applies one write in a transaction together with its idempotency record: a key seen
@@ -310,7 +299,7 @@ impl Store {
                 expect_version,
             } => self.delete(&mut tx, t, &key, expect_version).await?,
         };
-        sqlx::query(self.fixed("UPDATE {t} SET {reply} = ? WHERE {key} = ?"))
+        sqlx::query(self.idempotency.store_reply.clone())
             .bind(reply.to_string())
             .bind(idempotency_key)
             .execute(&mut *tx)
@@ -334,15 +323,13 @@ impl Store {
         let now = format_timestamp(&crate::value::now());
         if self.dialect.insert_or_ignore() {
             // One statement in the common case: the claim either lands or meets the key.
-            let landed = sqlx::query(self.fixed(
-                "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
-            ))
-            .bind(key)
-            .bind(target)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| self.db_error(t, e, Write::None))?;
+            let landed = sqlx::query(self.idempotency.claim_or_ignore.clone())
+                .bind(key)
+                .bind(target)
+                .bind(&now)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(t, e, Write::None))?;
             if landed.rows_affected() == 1 {
                 return Ok(Claim::Held);
             }
@@ -359,14 +346,12 @@ impl Store {
         if let Some(reply) = self.stored_reply(conn, t, key, target).await? {
             return Ok(Claim::Replay(reply));
         }
-        let claimed = sqlx::query(self.fixed(
-            "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)",
-        ))
-        .bind(key)
-        .bind(target)
-        .bind(now)
-        .execute(&mut *conn)
-        .await;
+        let claimed = sqlx::query(self.idempotency.claim.clone())
+            .bind(key)
+            .bind(target)
+            .bind(now)
+            .execute(&mut *conn)
+            .await;
         match claimed {
             Ok(_) => Ok(Claim::Held),
             // A concurrent delivery committed the key first. This transaction cannot read
@@ -401,12 +386,11 @@ impl Store {
         key: &str,
         target: &str,
     ) -> Result<Option<Json>, BedsError> {
-        let seen: Option<(String, String)> =
-            sqlx::query_as(self.fixed("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"))
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| self.db_error(t, e, Write::None))?;
+        let seen: Option<(String, String)> = sqlx::query_as(self.idempotency.lookup.clone())
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(t, e, Write::None))?;
         let Some((seen_target, reply)) = seen else {
             return Ok(None);
         };
@@ -428,7 +412,7 @@ impl Store {
     pub async fn expire_idempotency(&self, ttl: Duration) -> Result<u64, sqlx::Error> {
         let cutoff =
             crate::value::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let done = sqlx::query(self.fixed("DELETE FROM {t} WHERE {created_at} < ?"))
+        let done = sqlx::query(self.idempotency.expire.clone())
             .bind(format_timestamp(&cutoff))
             .execute(&self.pool)
             .await?;

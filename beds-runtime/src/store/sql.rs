@@ -44,6 +44,39 @@ pub(super) struct TokenStatements {
     pub row: String,
 }
 
+/// The statements of the runtime's own idempotency table, prepared once.
+#[derive(Debug)]
+pub(super) struct IdempotencySql {
+    pub lookup: SqlStr,
+    pub claim: SqlStr,
+    /// The claim that meets an existing key without failing (not on MariaDB).
+    pub claim_or_ignore: SqlStr,
+    pub store_reply: SqlStr,
+    pub expire: SqlStr,
+}
+
+pub(super) fn idempotency_sql(d: Dialect) -> IdempotencySql {
+    let sql = |text: &str| {
+        let q = |s: &str| d.quote(s);
+        trusted(
+            d,
+            text.replace("{t}", &q("beds_idempotency"))
+                .replace("{key}", &q("key"))
+                .replace("{target}", &q("target"))
+                .replace("{reply}", &q("reply"))
+                .replace("{created_at}", &q("created_at")),
+        )
+    };
+    let claim = "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)";
+    IdempotencySql {
+        lookup: sql("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"),
+        claim: sql(claim),
+        claim_or_ignore: sql(&format!("{claim} ON CONFLICT DO NOTHING")),
+        store_reply: sql("UPDATE {t} SET {reply} = ? WHERE {key} = ?"),
+        expire: sql("DELETE FROM {t} WHERE {created_at} < ?"),
+    }
+}
+
 /// What a query placeholder is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arg {
