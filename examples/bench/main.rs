@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, default_value = "1s")]
     warmup: Millis,
     /// Open-loop offered rate, requests per second (0: no open-loop runs).
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// appServer processes (competing consumers on the same queues).
     #[arg(long, default_value_t = 1)]
