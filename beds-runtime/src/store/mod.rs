@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 pub use dialect::Dialect;
 use dialect::Ty;
+pub use schema::schema;
 use sql::{Arg, IdempotencySql, QuerySql, Statements, trusted};
 
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
@@ -235,10 +236,6 @@ impl Store {
         })
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Creates missing tables and indexes. Existing tables are left as they are.
     pub async fn apply_schema(&self, catalog: &Catalog) -> Result<(), StoreError> {
         for statement in schema(self.dialect, catalog) {
@@ -335,13 +332,7 @@ impl Store {
             }
             // The key was used before (and, on PostgreSQL, committed by a concurrent
             // delivery this statement waited for): a new statement sees its reply.
-            return match self.stored_reply(conn, t, key, target).await? {
-                Some(reply) => Ok(Claim::Replay(reply)),
-                None => Err(BedsError::new(
-                    ErrorCode::DatabaseUnavailable,
-                    "a concurrent delivery of this request was rolled back; retry",
-                )),
-            };
+            return replayed(self.stored_reply(conn, t, key, target).await?);
         }
         if let Some(reply) = self.stored_reply(conn, t, key, target).await? {
             return Ok(Claim::Replay(reply));
@@ -354,9 +345,8 @@ impl Store {
             .await;
         match claimed {
             Ok(_) => Ok(Claim::Held),
-            // A concurrent delivery committed the key first. This transaction cannot read
-            // any more (PostgreSQL) or sees an older snapshot (MariaDB): look on another
-            // connection.
+            // A concurrent delivery committed the key first. This transaction's snapshot
+            // predates it (MariaDB's repeatable read): look on another connection.
             Err(sqlx::Error::Database(db))
                 if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
             {
@@ -365,14 +355,7 @@ impl Store {
                     .acquire()
                     .await
                     .map_err(|e| self.db_error(t, e, Write::None))?;
-                match self.stored_reply(&mut fresh, t, key, target).await? {
-                    Some(reply) => Ok(Claim::Replay(reply)),
-                    // The other delivery rolled back after all: the key is free; retry.
-                    None => Err(BedsError::new(
-                        ErrorCode::DatabaseUnavailable,
-                        "a concurrent delivery of this request was rolled back; retry",
-                    )),
-                }
+                replayed(self.stored_reply(&mut fresh, t, key, target).await?)
             }
             Err(e) => Err(self.db_error(t, e, Write::None)),
         }
@@ -949,7 +932,13 @@ fn internal(t: &TemplateMeta, e: &sqlx::Error) -> BedsError {
     )
 }
 
-/// The DDL of a catalog in a dialect (for `beds schema` and `apply_schema`).
-pub fn schema(d: Dialect, catalog: &Catalog) -> Vec<String> {
-    schema::schema(d, catalog)
+/// A key another delivery claimed: its reply, or (if that delivery rolled back after all,
+/// leaving the key free) a transient error so the write is retried.
+fn replayed(reply: Option<Json>) -> Result<Claim, BedsError> {
+    reply.map(Claim::Replay).ok_or_else(|| {
+        BedsError::new(
+            ErrorCode::DatabaseUnavailable,
+            "a concurrent delivery of this request was rolled back; retry",
+        )
+    })
 }
