@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Role};
 use crate::envelope::Op;
 use crate::meta::Catalog;
-use crate::server::{Server, lanes};
+use crate::node::{Server, lanes};
 use crate::store;
 
 #[derive(Debug, Parser)]
@@ -222,8 +222,8 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
         let _ = writeln!(out, "role {}:", config.role.name());
         for lane in lanes {
             let pool = match lane {
-                crate::broker::Lane::Read => config.brokers.read,
-                crate::broker::Lane::Write => config.brokers.write,
+                crate::ingress::lane::Lane::Read => config.brokers.read,
+                crate::ingress::lane::Lane::Write => config.brokers.write,
             };
             let _ = writeln!(
                 out,

@@ -14,13 +14,13 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
-use crate::broker::Lane;
 use crate::config::{Config, EXCHANGE};
 use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
+use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
-use crate::server::{ServerError, connect};
-use crate::topology;
+use crate::transport::names;
+use crate::transport::{ConnectError, connect, topology};
 
 /// Where a client sends and how long it waits.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
-    Connect(#[from] ServerError),
+    Connect(#[from] ConnectError),
     /// The server answered with an error; `code` and `class` are the contract's.
     #[error("{}: {}", serde_json::to_string(&.0.code).unwrap_or_default(), .0.message)]
     Remote(BedsError),
@@ -162,7 +162,7 @@ impl Session {
 
 impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
-        let reply_queue = format!("beds.reply.{}", Uuid::now_v7().simple());
+        let reply_queue = names::reply_queue(&Uuid::now_v7().simple().to_string());
         let pending: Pending = Arc::default();
         let session = Session::open(&options, &reply_queue, &pending).await?;
         Ok(Client {

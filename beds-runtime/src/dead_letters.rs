@@ -10,8 +10,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
 use crate::config::{AmqpConfig, EXCHANGE};
-use crate::server::connect;
-use crate::topology::{READ_KEY, WRITE_KEY};
+use crate::transport::connect;
+use crate::transport::names::{READ_KEY, WRITE_KEY, dead_letter_queue, headers};
 
 /// One dead letter, read without removing it.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, String> {
     let mut out = Vec::new();
     for key in [READ_KEY, WRITE_KEY] {
         let queue = amqp.queue(key);
-        let dlq = format!("{queue}.dlq");
+        let dlq = dead_letter_queue(&queue);
         // Unacked gets come back to the queue, in order, when the channel closes.
         while let Some(msg) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
@@ -60,7 +60,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, Stri
     let mut moved = 0;
     for key in [READ_KEY, WRITE_KEY] {
         let queue = amqp.queue(key);
-        let dlq = format!("{queue}.dlq");
+        let dlq = dead_letter_queue(&queue);
         let mut skipped = Vec::new();
         while let Some(msg) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
@@ -76,7 +76,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, Stri
             let mut headers = FieldTable::default();
             for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
                 // A replay starts over: no attempt count, no history of its death.
-                if !k.as_str().starts_with("x-beds-") && k.as_str() != "x-death" {
+                if !k.as_str().starts_with(headers::PREFIX) && k.as_str() != headers::DEATH {
                     headers.insert(k.clone(), v.clone());
                 }
             }
@@ -125,7 +125,7 @@ pub async fn purge(amqp: &AmqpConfig) -> Result<u32, String> {
     let (conn, channel) = open(amqp).await?;
     let mut dropped = 0;
     for key in [READ_KEY, WRITE_KEY] {
-        let dlq = format!("{}.dlq", amqp.queue(key));
+        let dlq = dead_letter_queue(&amqp.queue(key));
         dropped += channel
             .queue_purge(dlq.as_str().into(), QueuePurgeOptions::default())
             .await
@@ -158,7 +158,7 @@ fn describe(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLetter {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     };
-    let death_reason = match headers.inner().get("x-death") {
+    let death_reason = match headers.inner().get(headers::DEATH) {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().first().and_then(|d| match d {
             AMQPValue::FieldTable(t) => match t.inner().get("reason") {
                 Some(AMQPValue::LongString(s)) => {
@@ -170,16 +170,16 @@ fn describe(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLetter {
         }),
         _ => None,
     };
-    let attempts = match headers.inner().get("x-beds-attempt") {
+    let attempts = match headers.inner().get(headers::ATTEMPT) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         _ => 1,
     };
     DeadLetter {
         queue: queue.to_string(),
-        code: text("x-beds-error-code")
+        code: text(headers::ERROR_CODE)
             .or(death_reason.clone())
             .unwrap_or_else(|| "unknown".into()),
-        reason: text("x-beds-reason").or(death_reason).unwrap_or_default(),
+        reason: text(headers::REASON).or(death_reason).unwrap_or_default(),
         attempts,
         body,
     }

@@ -4,33 +4,33 @@
 //! It never names a domain: everything domain-specific arrives as a compiled
 //! [`Catalog`] from the code `beds-codegen` generates.
 
-mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dead_letters;
-pub mod dispatch;
 pub mod envelope;
 pub mod error;
+mod ingress;
 pub mod json_schema;
-mod link;
 pub mod meta;
+mod node;
 pub mod record;
-pub mod server;
 pub mod store;
 pub mod support;
 pub mod telemetry;
-pub mod topology;
+pub mod transport;
 pub mod value;
 
-pub use broker::Lane;
 pub use client::{
     Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
 };
 pub use config::{Config, Role};
 pub use envelope::{Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
+pub use ingress::dispatch;
+pub use ingress::lane::Lane;
 pub use meta::Catalog;
+pub use node::{Health, Server, ServerError};
 pub use record::{Key, Query, Record};
-pub use server::{Server, ServerError};
+pub use transport::topology;
 pub use value::Timestamp;

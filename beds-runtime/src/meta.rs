@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use crate::dispatch::Handler;
 use crate::envelope::Op;
+use crate::ingress::dispatch::Handler;
 
 /// All compiled domains of a binary and the generated route lookup.
 pub struct Catalog {
@@ -389,36 +389,17 @@ pub struct Routes {
 
 impl Routes {
     /// The routes of a record type; generated code builds one `static` per template.
-    /// Append-only templates get a refusal for `update` and `delete`.
+    /// Every operation runs the built-in handler (append-only templates refuse `update` and
+    /// `delete` in the validate step).
     pub const fn of<T: crate::record::Record>() -> Routes {
-        use crate::dispatch::handlers;
-        let append_only = T::META.append_only;
+        use crate::ingress::dispatch::execute;
         Routes {
             meta: T::META,
-            create: handlers::create::<T>,
-            fetch: handlers::fetch::<T>,
-            update: if append_only {
-                handlers::append_only
-            } else {
-                handlers::update::<T>
-            },
-            delete: if append_only {
-                handlers::append_only
-            } else {
-                handlers::delete::<T>
-            },
-            list: handlers::list::<T>,
-        }
-    }
-
-    pub fn handler(&self, op: Op) -> Handler {
-        match op {
-            Op::Create => self.create,
-            Op::Fetch => self.fetch,
-            Op::Update => self.update,
-            Op::Delete => self.delete,
-            Op::List => self.list,
-            Op::Query => unreachable!("queries are routed by name, not by template"),
+            create: execute,
+            fetch: execute,
+            update: execute,
+            delete: execute,
+            list: execute,
         }
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use crate::error::{BedsError, DetailCode, ErrorDetail};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::meta::{
     Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, SetOn, TemplateMeta,
@@ -67,11 +67,14 @@ impl Patterns {
 
     /// The distinct tokens of `text`, in order of first appearance: each match's first
     /// capture group (or the whole match), lowercased if declared, at most `max_len`
-    /// characters.
-    pub fn tokens(&self, set: &TokenSetMeta, text: &str) -> Vec<String> {
+    /// characters. One pass over the text (the regex engine is linear, duplicates are found
+    /// by hash), and the scan stops as soon as more than [`MAX_TOKENS`] distinct tokens
+    /// were seen: the text arrives over the wire, so its cost is bounded by the cap.
+    pub fn tokens(&self, set: &TokenSetMeta, text: &str) -> Result<Vec<String>, TooManyTokens> {
         let Some(re) = self.0.get(set.pattern) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
+        let mut seen: HashSet<String> = HashSet::new();
         let mut out: Vec<String> = Vec::new();
         for caps in re.captures_iter(text) {
             let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
@@ -83,17 +86,25 @@ impl Patterns {
                 m.as_str().to_string()
             };
             let len = token.chars().count();
-            if len == 0 || len > set.max_len as usize || out.contains(&token) {
+            if len == 0 || len > set.max_len as usize || seen.contains(&token) {
                 continue;
             }
+            if out.len() == MAX_TOKENS {
+                return Err(TooManyTokens);
+            }
+            seen.insert(token.clone());
             out.push(token);
         }
-        out
+        Ok(out)
     }
 }
 
 /// More tokens than this in one field is refused rather than indexed in part.
 pub const MAX_TOKENS: usize = 256;
+
+/// A value holds more than [`MAX_TOKENS`] distinct tokens of one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyTokens;
 
 /// The tokens of every set whose source field is among `written` (field, value), by set
 /// index, for [`crate::store::WriteOp`].
@@ -108,21 +119,18 @@ pub fn derive_tokens<'a>(
             continue;
         };
         let tokens = match v {
-            Value::Text(text) => patterns.tokens(set, text),
+            Value::Text(text) => patterns.tokens(set, text).map_err(|TooManyTokens| {
+                BedsError::detail(
+                    format!("data.{}", set.source),
+                    DetailCode::AboveMax,
+                    format!(
+                        "{} has more than {MAX_TOKENS} distinct {}; at most {MAX_TOKENS} are indexed",
+                        set.source, set.name
+                    ),
+                )
+            })?,
             _ => Vec::new(),
         };
-        if tokens.len() > MAX_TOKENS {
-            return Err(BedsError::detail(
-                format!("data.{}", set.source),
-                DetailCode::AboveMax,
-                format!(
-                    "{} has {} distinct {}; at most {MAX_TOKENS} are indexed",
-                    set.source,
-                    tokens.len(),
-                    set.name
-                ),
-            ));
-        }
         out.push((i, tokens));
     }
     Ok(out)
@@ -690,4 +698,47 @@ pub fn id_value(kind: IdKind, j: &Json) -> Result<Value, String> {
 fn parse_uuid(s: &str) -> Option<Uuid> {
     // Only the hyphenated form, so one record has one spelling of its key.
     (s.len() == 36).then(|| Uuid::parse_str(s).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAGS: TokenSetMeta = TokenSetMeta {
+        name: "tags",
+        source: "body",
+        pattern: r"#(\w+)",
+        lowercase: true,
+        max_len: 8,
+        table: "t_tags",
+    };
+
+    fn patterns() -> Patterns {
+        Patterns(HashMap::from([(
+            TAGS.pattern,
+            regex::Regex::new(TAGS.pattern).unwrap(),
+        )]))
+    }
+
+    #[test]
+    fn tokens_are_distinct_lowercased_and_bounded_in_length() {
+        let tokens = patterns().tokens(&TAGS, "#Rust #rust #toolongatag #Café #rust");
+        assert_eq!(tokens, Ok(vec!["rust".to_string(), "café".to_string()]));
+    }
+
+    #[test]
+    fn the_cap_counts_distinct_tokens_and_stops_the_scan() {
+        let at_cap: String = (0..MAX_TOKENS).map(|i| format!("#t{i} ")).collect();
+        // Repeats of known tokens do not count towards the cap.
+        let repeated = format!("{at_cap}{at_cap}");
+        assert_eq!(
+            patterns().tokens(&TAGS, &repeated).unwrap().len(),
+            MAX_TOKENS
+        );
+        let over = format!("{at_cap}#one_more");
+        assert_eq!(patterns().tokens(&TAGS, &over), Err(TooManyTokens));
+        // A huge text is refused at the first token past the cap, whatever follows.
+        let huge: String = (0..200_000).map(|i| format!("#{i} ")).collect();
+        assert_eq!(patterns().tokens(&TAGS, &huge), Err(TooManyTokens));
+    }
 }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use beds_runtime::dispatch::{Ctx, HandlerFuture};
+use beds_runtime::Server;
+use beds_runtime::dispatch::{Call, Ctx, HandlerFuture};
 use beds_runtime::support as rt;
-use beds_runtime::{Request, Server};
 use lapin::BasicProperties;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
@@ -35,11 +35,11 @@ pub struct ToyInput {
     pub name: String,
 }
 
-fn explode<'a>(_: &'a Ctx, _: &'a Request) -> HandlerFuture<'a> {
+fn explode<'a>(_: &'a Ctx, _: Call<'a>) -> HandlerFuture<'a> {
     Box::pin(async { panic!("poison: this request always crashes its handler") })
 }
 
-fn hang<'a>(_: &'a Ctx, _: &'a Request) -> HandlerFuture<'a> {
+fn hang<'a>(_: &'a Ctx, _: Call<'a>) -> HandlerFuture<'a> {
     Box::pin(std::future::pending())
 }
 

@@ -4,12 +4,10 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::{AmqpConfig, DEAD_LETTER_EXCHANGE, EXCHANGE, QueueType};
-
-/// Routing key (before the queue tag) of reads.
-pub const READ_KEY: &str = "rec.read";
-/// Routing key (before the queue tag) of writes.
-pub const WRITE_KEY: &str = "rec.write";
+use crate::config::{AmqpConfig, QueueType};
+use crate::transport::names::{DEAD_LETTER_EXCHANGE, EXCHANGE, dead_letter_queue, retry_queue};
+pub use crate::transport::names::{READ_KEY, WRITE_KEY};
+use crate::transport::{ConnectError, connect};
 
 /// Declares the exchanges and, for each base key, the durable work queue
 /// `{tag}{key}` bound by the same name, dead-lettering to `{tag}{key}.dlq`.
@@ -37,7 +35,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     };
     for key in keys {
         let queue = amqp.queue(key);
-        let dlq = format!("{queue}.dlq");
+        let dlq = dead_letter_queue(&queue);
         channel
             .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
             .await?;
@@ -97,11 +95,6 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     Ok(())
 }
 
-/// The retry lane of a work queue.
-pub fn retry_queue(queue: &str) -> String {
-    format!("{queue}.retry")
-}
-
 /// A private reply queue that disappears with its connection, and a consumer on it that
 /// needs no acks (a reply is worth nothing once its caller is gone).
 pub async fn reply_queue(
@@ -134,27 +127,30 @@ pub async fn reply_queue(
     Ok((name, consumer))
 }
 
-/// Deletes the work and dead-letter queues of `keys` (for tests and throwaway
+/// Why the topology could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("removing queues failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Deletes the work, retry and dead-letter queues of `keys` (for tests and throwaway
 /// environments; a production tag is never removed by BEDS itself).
-pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), crate::server::ServerError> {
-    let conn = crate::server::connect(&amqp.url, "beds topology cleanup").await?;
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(crate::server::ServerError::Topology)?;
+pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), RemoveError> {
+    let conn = connect(&amqp.url, "beds topology cleanup").await?;
+    let channel = conn.create_channel().await?;
     for key in keys {
         let queue = amqp.queue(key);
-        for name in [format!("{queue}.dlq"), retry_queue(&queue), queue] {
+        for name in [dead_letter_queue(&queue), retry_queue(&queue), queue] {
             channel
                 .queue_delete(
                     name.as_str().into(),
                     lapin::options::QueueDeleteOptions::default(),
                 )
-                .await
-                .map_err(crate::server::ServerError::Topology)?;
+                .await?;
         }
     }
-    conn.close(200, "cleanup done".into())
-        .await
-        .map_err(crate::server::ServerError::Topology)
+    Ok(conn.close(200, "cleanup done".into()).await?)
 }

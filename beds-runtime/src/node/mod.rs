@@ -4,33 +4,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Lane, Shared, Worker, WorkerExit};
 use crate::config::{Config, Role};
-use crate::dispatch::Ctx;
-use crate::link::Link;
+use crate::ingress::Ingress;
+use crate::ingress::dispatch::Ctx;
+use crate::ingress::lane::Lane;
 use crate::meta::Catalog;
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::topology;
+use crate::transport::link::Link;
+use crate::transport::{ConnectError, topology};
 use crate::value::Patterns;
+use worker::{Worker, supervise};
+
+mod worker;
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(
-        "cannot connect to RabbitMQ at {url} ({source}); start it with \
-         `rabbitmq-server -detached` or point BEDS_AMQP__URL at a running broker"
-    )]
-    Connect { url: String, source: lapin::Error },
-    #[error(
-        "RabbitMQ at {url} accepted the connection but did not complete the handshake within \
-         {} s; it may still be starting",
-        .after.as_secs()
-    )]
-    ConnectTimeout { url: String, after: Duration },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("declaring the AMQP topology failed: {0}")]
     Topology(lapin::Error),
     #[error(transparent)]
@@ -49,33 +43,6 @@ pub fn lanes(role: Role) -> &'static [Lane] {
     match role {
         Role::AppServer => &[Lane::Read, Lane::Write],
         Role::Admin | Role::Segundo | Role::Tercero => &[],
-    }
-}
-
-/// How long one connection attempt may take. A broker that is booting can accept the TCP
-/// connection and leave the AMQP handshake hanging; without a bound, a reconnect made while
-/// holding the node's connection (see `Link::get`) would stall every worker for good.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connects to RabbitMQ, naming the URL and how to start the broker on failure.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, ServerError> {
-    // Auto-recovery reconnects and replays channels, consumers and declarations after the
-    // broker closes the connection or restarts.
-    let attempt = Connection::connect(
-        url,
-        ConnectionProperties::default()
-            .with_connection_name(name.into())
-            .enable_auto_recover(),
-    );
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result.map_err(|source| ServerError::Connect {
-            url: crate::config::redact(url),
-            source,
-        }),
-        Err(_) => Err(ServerError::ConnectTimeout {
-            url: crate::config::redact(url),
-            after: CONNECT_TIMEOUT,
-        }),
     }
 }
 
@@ -116,7 +83,7 @@ impl Health {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     down: AtomicUsize,
     restarts: AtomicU64,
 }
@@ -164,12 +131,10 @@ impl Server {
             .await
             .map_err(ServerError::Topology)?;
 
-        let shared = Arc::new(Shared {
-            ctx: Ctx {
-                store: store.clone(),
-                patterns: Arc::new(patterns),
-            },
+        let ingress = Arc::new(Ingress {
             catalog,
+            patterns: Arc::new(patterns),
+            ctx: Ctx::new(store.clone()),
             retry: config.retry,
         });
         let stop = CancellationToken::new();
@@ -196,7 +161,7 @@ impl Server {
                         std::process::id()
                     ),
                     pool,
-                    shared: shared.clone(),
+                    ingress: ingress.clone(),
                 };
                 workers.spawn(supervise(
                     worker,
@@ -262,49 +227,5 @@ impl Server {
         self.link.close().await;
         self.store.close().await;
         tracing::info!("stopped");
-    }
-}
-
-/// Keeps one worker running: a failed run is logged, counted and restarted after an
-/// exponential backoff (100 ms doubling to 10 s; reset after a run that lasted a minute).
-async fn supervise(
-    worker: Worker,
-    link: Arc<Link>,
-    stop: CancellationToken,
-    counters: Arc<Counters>,
-) {
-    let mut failures: u32 = 0;
-    loop {
-        let started = tokio::time::Instant::now();
-        let conn = link.get().await;
-        match worker.run(&conn, &stop).await {
-            WorkerExit::Stopped => return,
-            WorkerExit::Failed(why) => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    failures = 0;
-                }
-                failures += 1;
-                counters.restarts.fetch_add(1, Ordering::Relaxed);
-                counters.down.fetch_add(1, Ordering::Relaxed);
-                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(7)))
-                    .min(Duration::from_secs(10));
-                tracing::error!(
-                    broker = worker.lane.broker(),
-                    tag = %worker.tag,
-                    failures,
-                    backoff_ms = backoff.as_millis() as u64,
-                    why = %why,
-                    "worker failed; restarting"
-                );
-                let stopped = tokio::select! {
-                    () = stop.cancelled() => true,
-                    () = tokio::time::sleep(backoff) => false,
-                };
-                counters.down.fetch_sub(1, Ordering::Relaxed);
-                if stopped {
-                    return;
-                }
-            }
-        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lapin::Connection;
 use tokio::sync::Mutex;
 
-use crate::server::{ServerError, connect};
+use crate::transport::{ConnectError, connect};
 
 /// How long a connection may stay unconnected before it is given up on.
 pub const STALLED: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ impl Watch {
 }
 
 impl Link {
-    pub async fn open(url: &str, name: &str) -> Result<Link, ServerError> {
+    pub async fn open(url: &str, name: &str) -> Result<Link, ConnectError> {
         let conn = connect(url, name).await?;
         Ok(Link {
             url: url.to_string(),

@@ -1,0 +1,159 @@
+//! Step: run a validated command against the store. Generated [`Routes`] point every
+//! template operation at [`execute`]; a hand-written table can point one at another
+//! [`Handler`]. The store is reachable only through a [`Call`], which only the ingress chain
+//! builds: nothing writes to the database without a broker.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value as Json;
+
+use super::route::Target;
+use super::validate::Command;
+use crate::envelope::{Op, Request};
+use crate::error::{BedsError, ErrorCode};
+use crate::meta::{QueryMeta, Routes, TemplateMeta};
+use crate::store::Store;
+use crate::value::RecordKey;
+
+/// What handlers run against: the node's database.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    store: Store,
+}
+
+impl Ctx {
+    pub(crate) fn new(store: Store) -> Ctx {
+        Ctx { store }
+    }
+}
+
+/// One validated template operation on its way to a handler.
+#[derive(Debug)]
+pub struct Call<'a> {
+    request: &'a Request,
+    meta: &'static TemplateMeta,
+    command: Command,
+    idempotency: Option<String>,
+}
+
+impl Call<'_> {
+    /// The request as it arrived (already validated).
+    pub fn request(&self) -> &Request {
+        self.request
+    }
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Json, BedsError>> + Send + 'a>>;
+
+/// A dispatch entry's handler for one template operation.
+pub type Handler = for<'a> fn(&'a Ctx, Call<'a>) -> HandlerFuture<'a>;
+
+/// Runs the command on its target: a query directly, a template operation through the
+/// handler its routes name.
+pub(crate) async fn run<'a>(
+    ctx: &'a Ctx,
+    target: &Target,
+    request: &'a Request,
+    command: Command,
+    idempotency: Option<String>,
+) -> Result<Json, BedsError> {
+    match *target {
+        Target::Query(q) => query(ctx, q, command).await,
+        Target::Template { routes, op } => {
+            let call = Call {
+                request,
+                meta: routes.meta,
+                command,
+                idempotency,
+            };
+            handler(routes, op)(ctx, call).await
+        }
+    }
+}
+
+fn handler(routes: &Routes, op: Op) -> Handler {
+    match op {
+        Op::Create => routes.create,
+        Op::Fetch => routes.fetch,
+        Op::Update => routes.update,
+        Op::Delete => routes.delete,
+        Op::List | Op::Query => routes.list,
+    }
+}
+
+/// The built-in handler of every template operation: runs the validated command.
+pub fn execute<'a>(ctx: &'a Ctx, call: Call<'a>) -> HandlerFuture<'a> {
+    Box::pin(template(ctx, call))
+}
+
+async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
+    let t = call.meta;
+    match call.command {
+        Command::Write(op) => {
+            let key = call
+                .idempotency
+                .ok_or_else(|| mismatch("a write without its idempotency key"))?;
+            ctx.store.write(t, &key, op).await
+        }
+        Command::Fetch(key) => ctx
+            .store
+            .fetch(t, &key)
+            .await?
+            .ok_or_else(|| not_found(t, &key)),
+        Command::List { limit, after } => {
+            let items = ctx.store.list(t, limit, after).await?;
+            // A full page may have more after it; its last id is the cursor.
+            let next = match items.last() {
+                Some(last) if items.len() == limit as usize => {
+                    last.get("id").cloned().unwrap_or(Json::Null)
+                }
+                _ => Json::Null,
+            };
+            Ok(serde_json::json!({ "items": items, "next": next }))
+        }
+        Command::Page { .. } | Command::Count { .. } => {
+            Err(mismatch("a query command reached a template handler"))
+        }
+    }
+}
+
+/// A command that does not fit its target: a defect in the chain, answered as `internal`.
+fn mismatch(what: &str) -> BedsError {
+    BedsError::new(ErrorCode::Internal, what)
+}
+
+/// Runs a named query: a page of records with a keyset cursor, or a count.
+async fn query(ctx: &Ctx, q: &'static QueryMeta, command: Command) -> Result<Json, BedsError> {
+    match command {
+        Command::Count { params } => {
+            let n = ctx.store.count(q, params).await?;
+            Ok(serde_json::json!({ "count": n }))
+        }
+        Command::Page {
+            params,
+            cursor,
+            limit,
+        } => {
+            let items = ctx.store.query(q, params, cursor, limit).await?;
+            let next = match items.last() {
+                Some(last) if items.len() == limit as usize => Json::Array(
+                    q.keys()
+                        .iter()
+                        .map(|(k, _)| last.get(*k).cloned().unwrap_or(Json::Null))
+                        .collect(),
+                ),
+                _ => Json::Null,
+            };
+            Ok(serde_json::json!({ "items": items, "next": next }))
+        }
+        _ => Err(mismatch("a template command reached a query")),
+    }
+}
+
+fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
+    BedsError::new(
+        ErrorCode::NotFound,
+        format!("no `{}` with {}", t.name, key.describe(t)),
+    )
+}

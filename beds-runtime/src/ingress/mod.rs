@@ -1,0 +1,112 @@
+//! Ingress: what happens to one delivery, as a chain of small steps, each with one job,
+//! composed in one place ([`run`]):
+//!
+//! ```text
+//! accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
+//!     -> idempotency -> dispatch            ... then settle: reply, ack, retry, dead-letter
+//! ```
+//!
+//! A step either hands a typed value to the next or ends the chain with a [`BedsError`];
+//! [`settle`] turns the outcome into reply, ack, retry or dead-letter by the error-class
+//! table. Later layers (authorization, cache, telemetry, write events) are further lines in
+//! [`run`]; wiki/architecture.md says where each goes.
+
+mod accept;
+mod deadline;
+pub mod dispatch;
+mod idempotency;
+pub mod lane;
+mod route;
+pub(crate) mod settle;
+mod validate;
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use lapin::Channel;
+use lapin::message::Delivery;
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::config::RetryConfig;
+use crate::envelope::{Reply, Request};
+use crate::error::{BedsError, ErrorCode};
+use crate::meta::Catalog;
+use crate::value::Patterns;
+use dispatch::Ctx;
+use lane::Lane;
+use settle::Outcome;
+
+/// What every worker of a node shares: the compiled catalog, the compiled patterns, the
+/// database, and the retry policy.
+#[derive(Debug)]
+pub(crate) struct Ingress {
+    pub catalog: &'static Catalog,
+    pub patterns: Arc<Patterns>,
+    pub ctx: Ctx,
+    pub retry: RetryConfig,
+}
+
+/// Handles one delivery to the end: the chain, then settle.
+pub(crate) async fn handle(
+    ingress: Arc<Ingress>,
+    channel: Channel,
+    lane: Lane,
+    delivery: Delivery,
+) {
+    let outcome = process(&ingress, lane, &delivery).await;
+    settle::settle(&channel, &delivery, lane, &ingress.retry, outcome).await;
+}
+
+async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome {
+    let to = match accept::delivery(delivery) {
+        Ok(to) => to,
+        Err(e) => return Outcome::Unanswerable(e),
+    };
+    // Each delivery already runs in its own task; catching the unwind here keeps a panicking
+    // handler from taking its worker down, without a second task or a copy of the body.
+    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data)).catch_unwind();
+    match work.await {
+        Ok(reply) => Outcome::Reply { to, reply },
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "handler panicked");
+            Outcome::Unanswerable(BedsError::new(
+                ErrorCode::HandlerPanicked,
+                format!("the handler panicked: {what}"),
+            ))
+        }
+    }
+}
+
+/// Decodes the body and runs the chain; every failure becomes an error reply.
+async fn answer(ingress: &Ingress, lane: Lane, body: &[u8]) -> Reply {
+    let req = match Request::decode(body) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::debug!(code = ?e.code, message = %e.message, "request rejected at decode");
+            return Reply::to(Uuid::nil(), Uuid::nil(), Err(e));
+        }
+    };
+    let result = run(ingress, lane, &req).await;
+    if let Err(e) = &result {
+        tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
+    }
+    Reply::to(req.conversation(), req.id, result)
+}
+
+/// The chain of a decoded request, in order. Authorization goes after `route` (it needs the
+/// target) and before `validate`; a read cache wraps `dispatch` for reads; write events are
+/// recorded by the store inside the write's transaction.
+async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsError> {
+    deadline::check(req)?;
+    let target = route::resolve(ingress.catalog, req)?;
+    lane::check(lane, target.op())?;
+    let command = validate::command(&target, req, &ingress.patterns)?;
+    let idempotency = idempotency::key(&command, req);
+    dispatch::run(&ingress.ctx, &target, req, command, idempotency).await
+}

@@ -1,0 +1,147 @@
+//! Step: check a request's input against its declaration and build the typed command the
+//! dispatch step runs. Every field problem is reported at once; nothing is executed
+//! unless the whole input is valid.
+
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use super::route::Target;
+use crate::envelope::{Op, Request};
+use crate::error::{BedsError, DetailCode, ErrorCode};
+use crate::meta::{IdKind, PageMeta, QueryMeta, TemplateMeta};
+use crate::store::WriteOp;
+use crate::value::{self, Patterns, RecordKey, Value};
+
+/// A validated operation, ready to run.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Write(WriteOp),
+    Fetch(RecordKey),
+    List {
+        limit: u32,
+        after: Option<Value>,
+    },
+    Page {
+        params: Vec<Value>,
+        cursor: Option<Vec<Value>>,
+        limit: u32,
+    },
+    Count {
+        params: Vec<Value>,
+    },
+}
+
+pub(crate) fn command(
+    target: &Target,
+    req: &Request,
+    patterns: &Patterns,
+) -> Result<Command, BedsError> {
+    match *target {
+        Target::Template { routes, op } => template(routes.meta, op, req, patterns),
+        Target::Query(q) => query(q, req, patterns),
+    }
+}
+
+fn template(
+    t: &'static TemplateMeta,
+    op: Op,
+    req: &Request,
+    patterns: &Patterns,
+) -> Result<Command, BedsError> {
+    if t.append_only && matches!(op, Op::Update | Op::Delete) {
+        return Err(BedsError::new(
+            ErrorCode::OperationNotAllowed,
+            format!(
+                "`{}` is append-only: records are created, never updated or deleted",
+                req.template
+            ),
+        ));
+    }
+    Ok(match op {
+        Op::Create => {
+            let values = value::create_values(t, data(req)?, patterns)?;
+            value::check_rules(t, &values)?;
+            let tokens = value::derive_tokens(t, t.fields.iter().zip(&values), patterns)?;
+            let id = match t.id {
+                IdKind::Uuid7 => Some(Uuid::now_v7()),
+                IdKind::Sequence => None,
+            };
+            Command::Write(WriteOp::Insert { id, values, tokens })
+        }
+        Op::Fetch => Command::Fetch(value::record_key(t, req.key.as_ref(), patterns)?),
+        Op::Update => {
+            let key = value::record_key(t, req.key.as_ref(), patterns)?;
+            let changes = value::patch_values(t, data(req)?, patterns)?;
+            let tokens = value::derive_tokens(t, changes.iter().map(|(f, v)| (*f, v)), patterns)?;
+            Command::Write(WriteOp::Update {
+                key,
+                changes,
+                expect_version: req.expect_version,
+                tokens,
+            })
+        }
+        Op::Delete => Command::Write(WriteOp::Delete {
+            key: value::record_key(t, req.key.as_ref(), patterns)?,
+            expect_version: req.expect_version,
+        }),
+        Op::List => {
+            let limit = page_limit(req, t.page, t.name)?;
+            let after = req
+                .after
+                .as_ref()
+                .map(|a| value::id_value(t.id, a))
+                .transpose()
+                .map_err(|m| {
+                    BedsError::detail("after", DetailCode::InvalidFormat, format!("after {m}"))
+                })?;
+            Command::List { limit, after }
+        }
+        Op::Query => unreachable!("the route step sends queries to `query`"),
+    })
+}
+
+fn query(q: &'static QueryMeta, req: &Request, patterns: &Patterns) -> Result<Command, BedsError> {
+    let params = value::query_params(q, req.params.as_ref(), patterns)?;
+    if q.count {
+        return Ok(Command::Count { params });
+    }
+    let limit = page_limit(req, q.page, q.name)?;
+    let cursor = req
+        .cursor
+        .as_deref()
+        .map(|c| value::cursor_values(q, c, patterns))
+        .transpose()?;
+    Ok(Command::Page {
+        params,
+        cursor,
+        limit,
+    })
+}
+
+fn data(req: &Request) -> Result<&Map<String, Json>, BedsError> {
+    req.data.as_ref().ok_or_else(|| {
+        BedsError::detail(
+            "data",
+            DetailCode::Missing,
+            format!("`{}` needs `data`", req.op),
+        )
+    })
+}
+
+/// The page size a request asks for, within the declared cap.
+fn page_limit(req: &Request, page: PageMeta, what: &str) -> Result<u32, BedsError> {
+    match req.limit {
+        None => Ok(page.default),
+        Some(0) => Err(BedsError::detail(
+            "limit",
+            DetailCode::BelowMin,
+            "limit must be at least 1",
+        )),
+        Some(n) if n > page.max => Err(BedsError::detail(
+            "limit",
+            DetailCode::AboveMax,
+            format!("limit must be at most {} for `{what}`", page.max),
+        )),
+        Some(n) => Ok(n),
+    }
+}
