@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Role};
+use crate::config::{Config, ConfigError, Role};
+use crate::dead_letters::DlqError;
 use crate::envelope::Op;
 use crate::meta::Catalog;
-use crate::node::{Server, lanes};
+use crate::node::{Server, ServerError, lanes};
 use crate::store;
+use crate::value::PatternError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,10 +85,29 @@ pub fn main(catalog: &'static Catalog) -> ExitCode {
     }
 }
 
-fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
-    catalog.check()?;
+/// Why a command failed; printed as `error: …` with exit code 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Catalog(String),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    #[error("there are {count} dead letters; pick 1..={count}")]
+    NoSuchLetter { count: usize },
+}
+
+fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
+    catalog.check().map_err(CliError::Catalog)?;
     crate::value::Patterns::compile(catalog)?;
-    let mut config = Config::load(&cli.config).map_err(|e| e.to_string())?;
+    let mut config = Config::load(&cli.config)?;
     match cli.command {
         Command::Run { role } => {
             if let Some(role) = role {
@@ -96,7 +117,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+                .map_err(CliError::Runtime)?;
             rt.block_on(serve(config, catalog))
         }
         Command::Check => {
@@ -115,7 +136,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+                .map_err(CliError::Runtime)?;
             rt.block_on(dlq(&config, action))
         }
         Command::Schema { json: false } => {
@@ -127,10 +148,8 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), String> {
     }
 }
 
-async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), String> {
-    let server = Server::start(&config, catalog)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), CliError> {
+    let server = Server::start(&config, catalog).await?;
     let stop = server.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -142,7 +161,7 @@ async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), String> 
     Ok(())
 }
 
-async fn dlq(config: &Config, action: DlqAction) -> Result<(), String> {
+async fn dlq(config: &Config, action: DlqAction) -> Result<(), CliError> {
     use crate::dead_letters;
     let amqp = &config.amqp;
     match action {
@@ -157,16 +176,12 @@ async fn dlq(config: &Config, action: DlqAction) -> Result<(), String> {
         }
         DlqAction::Show { n } => {
             let letters = dead_letters::list(amqp).await?;
-            let l = n
-                .checked_sub(1)
-                .and_then(|i| letters.get(i))
-                .ok_or_else(|| {
-                    format!(
-                        "there are {} dead letters; pick 1..={}",
-                        letters.len(),
-                        letters.len()
-                    )
-                })?;
+            let l =
+                n.checked_sub(1)
+                    .and_then(|i| letters.get(i))
+                    .ok_or(CliError::NoSuchLetter {
+                        count: letters.len(),
+                    })?;
             println!("queue:    {}.dlq", l.queue);
             println!("code:     {}", l.code);
             println!("reason:   {}", l.reason);

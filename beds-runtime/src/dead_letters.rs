@@ -3,15 +3,34 @@
 use std::collections::BTreeMap;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
 use crate::config::{AmqpConfig, EXCHANGE};
-use crate::transport::connect;
 use crate::transport::names::{READ_KEY, WRITE_KEY, dead_letter_queue, headers};
+use crate::transport::publish::{PublishError, Published, publish};
+use crate::transport::{ConnectError, connect};
+
+/// Why a dead-letter operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("{what} {queue}: {source}")]
+    Queue {
+        what: &'static str,
+        queue: String,
+        source: lapin::Error,
+    },
+    #[error(
+        "the broker did not take the replayed message for {queue} ({source}): is the queue declared?"
+    )]
+    NotTaken { queue: String, source: PublishError },
+}
 
 /// One dead letter, read without removing it.
 #[derive(Debug, Clone)]
@@ -26,7 +45,7 @@ pub struct DeadLetter {
 }
 
 /// Reads every dead letter of the tag; they stay in their queues.
-pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, String> {
+pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, DlqError> {
     let (conn, channel) = open(amqp).await?;
     let mut out = Vec::new();
     for key in [READ_KEY, WRITE_KEY] {
@@ -36,7 +55,11 @@ pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, String> {
         while let Some(msg) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
             .await
-            .map_err(|e| format!("reading {dlq}: {e}"))?
+            .map_err(|source| DlqError::Queue {
+                what: "reading",
+                queue: dlq.clone(),
+                source,
+            })?
         {
             out.push(describe(
                 &queue,
@@ -51,12 +74,11 @@ pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, String> {
 
 /// Moves dead letters back to their work queue (all, or those with `code`), with fresh
 /// attempts; returns how many.
-pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, String> {
+pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, DlqError> {
     let (conn, channel) = open(amqp).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut moved = 0;
     for key in [READ_KEY, WRITE_KEY] {
         let queue = amqp.queue(key);
@@ -65,7 +87,11 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, Stri
         while let Some(msg) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
             .await
-            .map_err(|e| format!("reading {dlq}: {e}"))?
+            .map_err(|source| DlqError::Queue {
+                what: "reading",
+                queue: dlq.clone(),
+                source,
+            })?
         {
             let d = &msg.delivery;
             let letter = describe(&queue, &d.properties, Vec::new());
@@ -81,30 +107,17 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, Stri
                 }
             }
             let props = d.properties.clone().with_headers(headers);
-            let confirmed = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &d.data,
-                    props,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            if !matches!(confirmed, lapin::Confirmation::Ack(None)) {
-                return Err(format!(
-                    "the broker did not take the replayed message for {queue}: is the queue declared?"
-                ));
+            match publish(&channel, EXCHANGE, &queue, true, &d.data, props).await {
+                Ok(Published::Delivered) => {}
+                Ok(Published::Unroutable) => {
+                    return Err(DlqError::NotTaken {
+                        queue,
+                        source: PublishError::Unroutable,
+                    });
+                }
+                Err(source) => return Err(DlqError::NotTaken { queue, source }),
             }
-            d.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
+            d.acker.ack(BasicAckOptions::default()).await?;
             moved += 1;
         }
         for acker in skipped {
@@ -121,7 +134,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, Stri
 }
 
 /// Empties the dead-letter queues of the tag; returns how many messages were dropped.
-pub async fn purge(amqp: &AmqpConfig) -> Result<u32, String> {
+pub async fn purge(amqp: &AmqpConfig) -> Result<u32, DlqError> {
     let (conn, channel) = open(amqp).await?;
     let mut dropped = 0;
     for key in [READ_KEY, WRITE_KEY] {
@@ -129,7 +142,11 @@ pub async fn purge(amqp: &AmqpConfig) -> Result<u32, String> {
         dropped += channel
             .queue_purge(dlq.as_str().into(), QueuePurgeOptions::default())
             .await
-            .map_err(|e| format!("purging {dlq}: {e}"))?;
+            .map_err(|source| DlqError::Queue {
+                what: "purging",
+                queue: dlq.clone(),
+                source,
+            })?;
     }
     let _ = conn.close(200, "dlq purge".into()).await;
     Ok(dropped)
@@ -144,11 +161,9 @@ pub fn summary(letters: &[DeadLetter]) -> BTreeMap<(String, String), usize> {
     groups
 }
 
-async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), String> {
-    let conn = connect(&amqp.url, "beds dlq")
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {
+    let conn = connect(&amqp.url, "beds dlq").await?;
+    let channel = conn.create_channel().await?;
     Ok((conn, channel))
 }
 

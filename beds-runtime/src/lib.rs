@@ -11,14 +11,14 @@ pub mod dead_letters;
 pub mod envelope;
 pub mod error;
 mod ingress;
-pub mod json_schema;
+mod json_schema;
 pub mod meta;
 mod node;
 pub mod record;
 pub mod store;
 pub mod support;
 pub mod telemetry;
-pub mod transport;
+mod transport;
 pub mod value;
 
 pub use client::{
@@ -32,5 +32,5 @@ pub use ingress::lane::Lane;
 pub use meta::Catalog;
 pub use node::{Health, Server, ServerError};
 pub use record::{Key, Query, Record};
-pub use transport::topology;
+pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
 pub use value::Timestamp;

@@ -34,12 +34,21 @@ pub enum Value {
     List(Vec<Value>),
 }
 
+/// A declared pattern the regex engine refuses (the declaration compiler checks patterns,
+/// so only hand-written metadata can get here).
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: invalid pattern: {source}")]
+pub struct PatternError {
+    pub at: String,
+    pub source: regex::Error,
+}
+
 /// The `pattern`s of every string field, compiled once at start-up.
 #[derive(Debug, Default)]
 pub struct Patterns(HashMap<&'static str, regex::Regex>);
 
 impl Patterns {
-    pub fn compile(catalog: &Catalog) -> Result<Patterns, String> {
+    pub fn compile(catalog: &Catalog) -> Result<Patterns, PatternError> {
         let mut map = HashMap::new();
         for (_, t) in catalog.templates() {
             for f in t.fields {
@@ -47,14 +56,18 @@ impl Patterns {
                     pattern: Some(p), ..
                 } = f.kind
                 {
-                    let re = regex::Regex::new(p)
-                        .map_err(|e| format!("{}.{}: invalid pattern: {e}", t.name, f.name))?;
+                    let re = regex::Regex::new(p).map_err(|source| PatternError {
+                        at: format!("{}.{}", t.name, f.name),
+                        source,
+                    })?;
                     map.insert(p, re);
                 }
             }
             for set in t.tokens {
-                let re = regex::Regex::new(set.pattern)
-                    .map_err(|e| format!("{}.tokens.{}: invalid pattern: {e}", t.name, set.name))?;
+                let re = regex::Regex::new(set.pattern).map_err(|source| PatternError {
+                    at: format!("{}.tokens.{}", t.name, set.name),
+                    source,
+                })?;
                 map.insert(set.pattern, re);
             }
         }

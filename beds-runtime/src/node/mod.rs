@@ -15,7 +15,7 @@ use crate::meta::Catalog;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
 use crate::transport::{ConnectError, topology};
-use crate::value::Patterns;
+use crate::value::{PatternError, Patterns};
 use worker::{Worker, supervise};
 
 mod worker;
@@ -31,6 +31,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("the compiled domains are inconsistent: {0}")]
     Catalog(String),
+    #[error("the compiled domains are inconsistent: {0}")]
+    Pattern(#[from] PatternError),
     #[error(
         "role `{}` serves no brokers in this release; only `appServer` (rBroker + wBroker) does",
         .0.name()
@@ -107,7 +109,7 @@ impl Server {
             return Err(ServerError::RoleNotServed(config.role));
         }
         catalog.check().map_err(ServerError::Catalog)?;
-        let patterns = Patterns::compile(catalog).map_err(ServerError::Catalog)?;
+        let patterns = Patterns::compile(catalog)?;
         let store = Store::open(&StoreOptions::from_config(&config.database), catalog).await?;
         if config.database.apply_schema {
             store.apply_schema(catalog).await?;
