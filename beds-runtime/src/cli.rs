@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Role};
-use crate::dead_letters::DlqError;
 use crate::envelope::Op;
 use crate::meta::Catalog;
 use crate::node::{Server, ServerError, lanes};
+use crate::ops::dead_letters::DlqError;
 use crate::store;
 use crate::value::PatternError;
 
@@ -125,7 +125,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             Ok(())
         }
         Command::Schema { json: true } => {
-            let schema = crate::json_schema::catalog(catalog);
+            let schema = crate::ops::json_schema::catalog(catalog);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&schema).expect("schemas serialize")
@@ -162,7 +162,7 @@ async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), CliError
 }
 
 async fn dlq(config: &Config, action: DlqAction) -> Result<(), CliError> {
-    use crate::dead_letters;
+    use crate::ops::dead_letters;
     let amqp = &config.amqp;
     match action {
         DlqAction::List => {

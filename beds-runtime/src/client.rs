@@ -19,8 +19,9 @@ use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
+use crate::transport::link::Link;
 use crate::transport::names;
-use crate::transport::{ConnectError, connect, topology};
+use crate::transport::{ConnectError, topology};
 
 /// Where a client sends and how long it waits.
 #[derive(Debug, Clone)]
@@ -91,6 +92,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 /// A connection to BEDS. Cheap to share by reference; requests may run concurrently.
 #[derive(Debug)]
 pub struct Client {
+    /// The connection, replaced (by the same logic as the server's) when lapin gives up on it.
+    link: Link,
     session: RwLock<Arc<Session>>,
     reply_queue: String,
     pending: Pending,
@@ -99,11 +102,11 @@ pub struct Client {
     write_key: String,
 }
 
-/// One AMQP connection's worth of client state; replaced when the connection is lost for
-/// good (the reply queue keeps its name, so replies still find their waiters).
+/// One AMQP connection's worth of client state; rebuilt when the link hands out a new
+/// connection (the reply queue keeps its name, so replies still find their waiters).
 #[derive(Debug)]
 struct Session {
-    conn: Connection,
+    conn: Arc<Connection>,
     channel: Channel,
     /// Writes go through a confirming channel, so a write is only "sent" once the broker
     /// has routed and stored it.
@@ -112,11 +115,10 @@ struct Session {
 
 impl Session {
     async fn open(
-        options: &ClientOptions,
+        conn: Arc<Connection>,
         reply_queue: &str,
         pending: &Pending,
     ) -> Result<Session, ClientError> {
-        let conn = connect(&options.url, &format!("beds client {}", options.service)).await?;
         let channel = conn.create_channel().await?;
         let confirmed = conn.create_channel().await?;
         confirmed
@@ -164,8 +166,10 @@ impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let reply_queue = names::reply_queue(&Uuid::now_v7().simple().to_string());
         let pending: Pending = Arc::default();
-        let session = Session::open(&options, &reply_queue, &pending).await?;
+        let link = Link::open(&options.url, &format!("beds client {}", options.service)).await?;
+        let session = Session::open(link.get().await, &reply_queue, &pending).await?;
         Ok(Client {
+            link,
             session: RwLock::new(Arc::new(session)),
             read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
@@ -175,22 +179,31 @@ impl Client {
         })
     }
 
-    /// Replaces a session whose connection lapin could not recover.
+    /// Rebuilds the session on the link's connection once the link has replaced a
+    /// connection lapin could not recover; until then, backs off briefly.
     async fn reconnect(&self, broken: &Arc<Session>) {
+        let conn = self.link.get().await;
+        let usable = |c: &Channel| c.status().connected() || c.status().reconnecting();
+        // Same connection: wait for it unless it is up and only a channel was closed.
+        if Arc::ptr_eq(&conn, &broken.conn)
+            && (!conn.status().connected()
+                || (usable(&broken.channel) && usable(&broken.confirmed)))
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
         let mut current = self.session.write().await;
         if !Arc::ptr_eq(&current, broken) {
             return;
         }
-        match Session::open(&self.options, &self.reply_queue, &self.pending).await {
+        match Session::open(conn, &self.reply_queue, &self.pending).await {
             Ok(s) => {
-                tracing::info!("client reconnected to RabbitMQ");
-                let stale = std::mem::replace(&mut *current, Arc::new(s));
-                // Stop lapin's own attempts on the abandoned connection.
-                tokio::spawn(async move { stale.conn.close(320, "replaced".into()).await });
+                tracing::info!("client session reopened on the new connection");
+                *current = Arc::new(s);
             }
             Err(e) => {
                 drop(current);
-                tracing::warn!(error = %e, "client reconnect failed; retrying");
+                tracing::warn!(error = %e, "reopening the client session failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -326,7 +339,7 @@ impl Client {
                     // a dead connection is replaced.
                     let recovered =
                         tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(e)).await;
-                    if !matches!(recovered, Ok(Ok(()))) && !session.conn.status().connected() {
+                    if !matches!(recovered, Ok(Ok(()))) {
                         self.reconnect(&session).await;
                     }
                 }
@@ -335,8 +348,7 @@ impl Client {
     }
 
     pub async fn close(self) -> Result<(), ClientError> {
-        let session = self.session.read().await.clone();
-        session.conn.close(200, "client closed".into()).await?;
+        self.link.close().await;
         Ok(())
     }
 }

@@ -7,13 +7,12 @@
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod dead_letters;
 pub mod envelope;
 pub mod error;
 mod ingress;
-mod json_schema;
 pub mod meta;
 mod node;
+pub mod ops;
 pub mod record;
 pub mod store;
 pub mod support;

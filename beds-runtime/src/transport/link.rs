@@ -1,4 +1,5 @@
-//! An AMQP connection that outlives lapin's own recovery.
+//! An AMQP connection that outlives lapin's own recovery; the one reconnect logic of the
+//! server's workers and the client.
 //!
 //! lapin's auto-recovery handles a closed connection, but after a broker restart it can stay
 //! "reconnecting" for ever (seen here with `rabbitmqctl stop_app` / `start_app`, when an
