@@ -135,9 +135,10 @@ pub enum Claimed {
 
 /// A supported database. Implementations are unit structs chosen by [`dialect`].
 ///
-/// Methods that return SQL text are called while statements are prepared at start-up;
-/// only [`Dialect::claim`], [`Dialect::classify`] and [`Dialect::timestamp`] run per
-/// request.
+/// Methods that return SQL text are called while statements are prepared at start-up.
+/// Per request the store asks only for [`Dialect::begin`] and
+/// [`Dialect::update_returning`] (constants), [`Dialect::claim`], [`Dialect::classify`]
+/// and [`Dialect::timestamp`].
 pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// The database's name, for messages.
     fn name(&self) -> &'static str;
