@@ -157,3 +157,17 @@ impl Dialect for Postgres {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_and_cast() {
+        let sql = format!("SELECT 1 WHERE a = ? AND b = {}", Postgres.arg(Ty::Uuid));
+        assert_eq!(
+            Postgres.finish(sql),
+            "SELECT 1 WHERE a = $1 AND b = CAST($2 AS uuid)"
+        );
+    }
+}

@@ -126,10 +126,14 @@ impl Dialect for Sqlite {
     }
 
     fn classify<'e>(&self, e: &'e dyn DatabaseError) -> Failure<'e> {
-        by_kind(e, unique_index, |e| {
-            let m = e.message();
-            m.strip_prefix("CHECK constraint failed: ").unwrap_or(m)
-        })
+        by_kind(
+            e,
+            |e| unique_index(e.message()),
+            |e| {
+                let m = e.message();
+                m.strip_prefix("CHECK constraint failed: ").unwrap_or(m)
+            },
+        )
         .unwrap_or_else(|| {
             // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
             if matches!(e.code().as_deref(), Some("5" | "6" | "517" | "262")) {
@@ -143,9 +147,10 @@ impl Dialect for Sqlite {
 
 /// `UNIQUE constraint failed: spw_users.handle_usr, …` names columns; an index on
 /// expressions is named instead (`… failed: index 'name'`).
-fn unique_index(e: &dyn DatabaseError) -> UniqueIndex<'_> {
-    let m = e.message();
-    let failed = m.strip_prefix("UNIQUE constraint failed: ").unwrap_or(m);
+fn unique_index(message: &str) -> UniqueIndex<'_> {
+    let failed = message
+        .strip_prefix("UNIQUE constraint failed: ")
+        .unwrap_or(message);
     if failed.starts_with("index ") {
         return UniqueIndex::Named(failed);
     }
@@ -155,4 +160,21 @@ fn unique_index(e: &dyn DatabaseError) -> UniqueIndex<'_> {
             .map(|c| c.rsplit('.').next().unwrap_or(c))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_violations_name_columns_or_an_index() {
+        let columns = unique_index(
+            "UNIQUE constraint failed: spw_follows.follower_fol, spw_follows.followee_fol",
+        );
+        assert!(
+            matches!(columns, UniqueIndex::Columns(c) if c == ["follower_fol", "followee_fol"])
+        );
+        let named = unique_index("UNIQUE constraint failed: index 'spw_users_handle_usr_key'");
+        assert!(matches!(named, UniqueIndex::Named(n) if n.contains("spw_users_handle_usr_key")));
+    }
 }
