@@ -22,15 +22,30 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
+pub use dialect::Dialect;
 use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
-pub use dialect::{Dialect, dialect};
 pub use options::{StoreError, StoreOptions};
-pub use schema::schema;
 use sql::{Arg, IdempotencySql, QuerySql, Statements};
 
+use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::meta::{Catalog, FieldMeta, IdKind, QueryMeta, TemplateMeta};
 use crate::value::{RecordKey, Value, format_timestamp};
+
+/// The dialect of a configured driver. Dialects hold no state, so one static instance of
+/// each serves every store.
+pub fn dialect(driver: Driver) -> &'static dyn Dialect {
+    match driver {
+        Driver::Sqlite => &dialect::sqlite::Sqlite,
+        Driver::Postgres => &dialect::postgres::Postgres,
+        Driver::Mariadb => &dialect::mariadb::MariaDb,
+    }
+}
+
+/// The DDL for every template in the dialect of `driver`, referenced tables first.
+pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
+    schema::ddl(dialect(driver), catalog)
+}
 
 impl StoreOptions {
     /// Where the data lives, for logs and `beds check` (passwords redacted).

@@ -1,15 +1,10 @@
 //! The DDL for a catalog in one dialect: tables, references, unique and query indexes,
 //! cross-field checks and token tables. Idempotent: only what is missing is created.
 
-use super::dialect::{Dialect, dialect};
-use crate::config::Driver;
+use super::dialect::Dialect;
 use crate::meta::{Catalog, CondOp, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
 
-/// The DDL for every template in the dialect of `driver`, referenced tables first.
-pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
-    ddl(dialect(driver), catalog)
-}
-
+/// The DDL for every template, referenced tables first.
 pub(super) fn ddl(d: &dyn Dialect, catalog: &Catalog) -> Vec<String> {
     let mut out = idempotency_table(d);
     for domain in catalog.domains {

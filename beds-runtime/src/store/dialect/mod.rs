@@ -4,9 +4,9 @@
 //! DDL types, how it opens and sets up connections, how it claims an idempotency key and
 //! what its errors mean. Everything else in the store is written once against the trait.
 
-mod mariadb;
-mod postgres;
-mod sqlite;
+pub(super) mod mariadb;
+pub(super) mod postgres;
+pub(super) mod sqlite;
 
 use std::sync::Arc;
 
@@ -16,19 +16,8 @@ use sqlx::error::DatabaseError;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, SqlSafeStr, SqlStr};
 
 use super::options::{StoreError, StoreOptions};
-use crate::config::Driver;
 use crate::meta::{FieldKind, FieldMeta, IdKind, TemplateMeta};
 use crate::value::Timestamp;
-
-/// The dialect of a configured driver. Dialects hold no state, so one static instance of
-/// each serves every store.
-pub fn dialect(driver: Driver) -> &'static dyn Dialect {
-    match driver {
-        Driver::Sqlite => &sqlite::Sqlite,
-        Driver::Postgres => &postgres::Postgres,
-        Driver::Mariadb => &mariadb::MariaDb,
-    }
-}
 
 /// How a value is stored and bound: the storage type family of a column or parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +122,8 @@ pub enum Claimed {
     Taken(Option<(String, String)>),
 }
 
-/// A supported database. Implementations are unit structs chosen by [`dialect`].
+/// A supported database. Implementations are unit structs, chosen by
+/// [`crate::store::dialect`].
 ///
 /// Methods that return SQL text are called while statements are prepared at start-up.
 /// Per request the store asks only for [`Dialect::begin`] and
