@@ -140,7 +140,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             rt.block_on(dlq(&config, action))
         }
         Command::Schema { json: false } => {
-            for statement in store::schema(config.database.driver.dialect(), catalog) {
+            for statement in store::schema(config.database.driver, catalog) {
                 println!("{statement};\n");
             }
             Ok(())

@@ -185,16 +185,6 @@ pub enum Driver {
     Mariadb,
 }
 
-impl Driver {
-    pub fn dialect(self) -> crate::store::Dialect {
-        match self {
-            Driver::Sqlite => crate::store::Dialect::Sqlite,
-            Driver::Postgres => crate::store::Dialect::Postgres,
-            Driver::Mariadb => crate::store::Dialect::MariaDb,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {

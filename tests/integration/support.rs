@@ -136,17 +136,17 @@ impl TestEnv {
     /// Read access to the node's database in whatever dialect it runs, for asserting rows.
     pub async fn rows(&self) -> Rows {
         sqlx::any::install_default_drivers();
-        let (dialect, url) = match &self.config.database.url {
-            Some(url) => (self.config.database.driver.dialect(), url.clone()),
+        let (driver, url) = match &self.config.database.url {
+            Some(url) => (self.config.database.driver, url.clone()),
             None => (
-                beds_runtime::store::Dialect::Sqlite,
+                beds_runtime::config::Driver::Sqlite,
                 format!("sqlite://{}", self.config.database.sqlite_path().display()),
             ),
         };
         let pool = sqlx::AnyPool::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("open the node's database {url}: {e}"));
-        Rows { pool, dialect }
+        Rows { pool, driver }
     }
 
     pub async fn start(&self) -> Server {
@@ -220,26 +220,26 @@ impl TestEnv {
 /// The node's database, read with SQL that works in every dialect.
 pub struct Rows {
     pool: sqlx::AnyPool,
-    dialect: beds_runtime::store::Dialect,
+    driver: beds_runtime::config::Driver,
 }
 
 impl Rows {
     fn quote(&self, ident: &str) -> String {
-        self.dialect.quote(ident)
+        self.dialect().quote(ident)
     }
 
     /// `SELECT <select> FROM table WHERE column = value`, as one integer (a count or a
     /// number column). `value` is a key as the API shows it: a UUID string or a number.
     pub async fn int(&self, select: &str, table: &str, column: &str, value: &Json) -> i64 {
-        let column = match (self.dialect, value) {
+        let column = match (self.driver, value) {
             // UUID columns compare with text only after a cast.
-            (beds_runtime::store::Dialect::Postgres, Json::String(_)) => {
+            (beds_runtime::config::Driver::Postgres, Json::String(_)) => {
                 format!("CAST({} AS text)", self.quote(column))
             }
             _ => self.quote(column),
         };
-        let mark = match self.dialect {
-            beds_runtime::store::Dialect::Postgres => "$1",
+        let mark = match self.driver {
+            beds_runtime::config::Driver::Postgres => "$1",
             _ => "?",
         };
         let sql = format!(
@@ -270,8 +270,8 @@ impl Rows {
             .unwrap_or_else(|e| panic!("`{sql}`: {e}"))
     }
 
-    pub fn dialect(&self) -> beds_runtime::store::Dialect {
-        self.dialect
+    pub fn dialect(&self) -> &'static dyn beds_runtime::store::Dialect {
+        beds_runtime::store::dialect(self.driver)
     }
 }
 

@@ -1,93 +1,61 @@
 //! The storage adapter: compiled template metadata to SQL through sqlx.
 //!
-//! All dialect knowledge lives in this module ([`Dialect`] for SQL text, [`schema`] for
-//! DDL); nothing above it writes SQL. One code path serves SQLite (the embedded
-//! default), PostgreSQL and MariaDB through sqlx's `Any` driver: statements are built
-//! per dialect at start-up, values are bound in the few types every driver shares, and
-//! rows come back in one decodable form (see [`Dialect::select`]).
+//! All database knowledge lives in this module's children: one [`Dialect`] implementation
+//! per database (SQL text, DDL types, connection set-up, idempotency claim, error reading),
+//! [`sql`] for the statements of every template and query, [`schema`] for DDL. This file
+//! only runs transactions and statements. One code path serves SQLite (the embedded
+//! default), PostgreSQL and MariaDB through sqlx's `Any` driver: every statement is built
+//! in the configured dialect at start-up, values are bound in the few types every driver
+//! shares, and rows come back in one decodable form (see [`Dialect::select`]).
 
 mod dialect;
+mod options;
 mod schema;
 mod sql;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
 pub use dialect::Dialect;
-use dialect::Ty;
-pub use schema::schema;
-use sql::{Arg, IdempotencySql, QuerySql, Statements, trusted};
+use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
+pub use options::{StoreError, StoreOptions};
+use sql::{Arg, IdempotencySql, QuerySql, Statements};
 
+use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::meta::{Catalog, FieldMeta, IdKind, QueryMeta, TemplateMeta};
 use crate::value::{RecordKey, Value, format_timestamp};
 
-/// Where and how to open the database.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub dialect: Dialect,
-    /// SQLite: the database file.
-    pub sqlite_file: PathBuf,
-    /// PostgreSQL and MariaDB: the connection URL.
-    pub url: Option<String>,
-    pub max_connections: u32,
-    /// SQLite: how long a writer waits for the lock.
-    pub busy_timeout: Duration,
-    /// SQLite: whether every commit syncs the log (`FULL`) or only checkpoints (`NORMAL`).
-    pub sqlite_sync_full: bool,
+/// The dialect of a configured driver. Dialects hold no state, so one static instance of
+/// each serves every store.
+pub fn dialect(driver: Driver) -> &'static dyn Dialect {
+    match driver {
+        Driver::Sqlite => &dialect::sqlite::Sqlite,
+        Driver::Postgres => &dialect::postgres::Postgres,
+        Driver::Mariadb => &dialect::mariadb::MariaDb,
+    }
+}
+
+/// The DDL for every template in the dialect of `driver`, referenced tables first.
+pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
+    schema::ddl(dialect(driver), catalog)
 }
 
 impl StoreOptions {
-    pub fn from_config(c: &crate::config::DatabaseConfig) -> StoreOptions {
-        StoreOptions {
-            dialect: c.driver.dialect(),
-            sqlite_file: c.sqlite_path(),
-            url: c.url.clone(),
-            max_connections: c.max_connections,
-            busy_timeout: c.busy_timeout.duration(),
-            sqlite_sync_full: c.sqlite_synchronous == crate::config::SqliteSync::Full,
-        }
-    }
-
     /// Where the data lives, for logs and `beds check` (passwords redacted).
     pub fn describe(&self) -> String {
-        match (self.dialect, &self.url) {
-            (Dialect::Sqlite, _) | (_, None) => {
-                format!("{} {}", self.dialect.name(), self.sqlite_file.display())
-            }
-            (_, Some(url)) => format!("{} {}", self.dialect.name(), crate::config::redact(url)),
+        let d = dialect(self.driver);
+        match d.location(self) {
+            Ok(at) => format!("{} {}", d.name(), at.shown),
+            Err(e) => format!("{} ({e})", d.name()),
         }
     }
-}
-
-/// A failure to open or prepare the database at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot open the {dialect} database {target}: {source}")]
-    Open {
-        dialect: &'static str,
-        target: String,
-        source: sqlx::Error,
-    },
-    #[error("database.url is required for {0}; set it in the config or BEDS_DATABASE__URL")]
-    NoUrl(&'static str),
-    #[error("applying the schema failed at `{statement}`: {source}")]
-    Schema {
-        statement: String,
-        source: sqlx::Error,
-    },
 }
 
 /// One change to a record, applied by [`Store::write`].
@@ -114,11 +82,12 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    fn name(&self) -> &'static str {
+    /// The index of the operation in [`Statements::targets`].
+    fn slot(&self) -> usize {
         match self {
-            WriteOp::Insert { .. } => "create",
-            WriteOp::Update { .. } => "update",
-            WriteOp::Delete { .. } => "delete",
+            WriteOp::Insert { .. } => 0,
+            WriteOp::Update { .. } => 1,
+            WriteOp::Delete { .. } => 2,
         }
     }
 }
@@ -126,7 +95,7 @@ impl WriteOp {
 /// The database behind the brokers.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dialect: Dialect,
+    dialect: &'static dyn Dialect,
     pool: AnyPool,
     statements: Arc<HashMap<(&'static str, &'static str), Statements>>,
     queries: Arc<HashMap<(&'static str, &'static str), QuerySql>>,
@@ -148,70 +117,27 @@ impl Store {
     /// prepares the statements of every template and query in `catalog`.
     pub async fn open(options: &StoreOptions, catalog: &Catalog) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let d = options.dialect;
-        let (url, shown) = match d {
-            Dialect::Sqlite => {
-                let path = &options.sqlite_file;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-                        path: dir.to_path_buf(),
-                        source,
-                    })?;
-                }
-                // The URL's path is percent-decoded by the driver.
-                let file = path
-                    .to_string_lossy()
-                    .replace('%', "%25")
-                    .replace('?', "%3F")
-                    .replace('#', "%23");
-                (
-                    format!("sqlite://{file}?mode=rwc"),
-                    path.display().to_string(),
-                )
-            }
-            Dialect::Postgres | Dialect::MariaDb => {
-                let url = options.url.clone().ok_or(StoreError::NoUrl(d.name()))?;
-                let shown = crate::config::redact(&url);
-                (url, shown)
-            }
-        };
-        let busy = options.busy_timeout.as_millis();
-        let sync = if options.sqlite_sync_full {
-            "PRAGMA synchronous = FULL"
-        } else {
-            "PRAGMA synchronous = NORMAL"
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections)
-            // A pooled connection is known good; pinging it on every acquire costs a round trip
-            // (for SQLite, to its worker thread) per statement.
-            .test_before_acquire(false)
+        let d = dialect(options.driver);
+        d.before_open(options)?;
+        let at = d.location(options)?;
+        // Built once; every new connection runs them.
+        let session = Arc::new(d.session(options));
+        let pool = d
+            .pool_options(options)
             .after_connect(move |conn, _| {
+                let session = session.clone();
                 Box::pin(async move {
-                    match d {
-                        Dialect::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute(sync).await?;
-                            conn.execute(trusted(d, format!("PRAGMA busy_timeout = {busy}")))
-                                .await?;
-                        }
-                        // Times are stored in UTC; sessions must not shift them.
-                        Dialect::MariaDb => {
-                            conn.execute("SET time_zone = '+00:00'").await?;
-                        }
-                        Dialect::Postgres => {
-                            conn.execute("SET TIME ZONE 'UTC'").await?;
-                        }
+                    for statement in session.iter() {
+                        conn.execute(statement.clone()).await?;
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect(&at.url)
             .await
             .map_err(|source| StoreError::Open {
                 dialect: d.name(),
-                target: shown,
+                target: at.shown,
                 source,
             })?;
         let statements = catalog
@@ -238,8 +164,8 @@ impl Store {
 
     /// Creates missing tables and indexes. Existing tables are left as they are.
     pub async fn apply_schema(&self, catalog: &Catalog) -> Result<(), StoreError> {
-        for statement in schema(self.dialect, catalog) {
-            sqlx::query(trusted(self.dialect, statement.clone()))
+        for statement in schema::ddl(self.dialect, catalog) {
+            sqlx::query(self.dialect.prepare(statement.clone()))
                 .execute(&self.pool)
                 .await
                 .map_err(|source| StoreError::Schema { statement, source })?;
@@ -264,13 +190,13 @@ impl Store {
         idempotency_key: &str,
         op: WriteOp,
     ) -> Result<Json, BedsError> {
-        let target = format!("{}.{}.{}", t.domain, t.name, op.name());
+        let target = &self.sql(t).targets[op.slot()];
         let mut tx = self
             .pool
             .begin_with(self.dialect.begin())
             .await
             .map_err(|e| self.db_error(t, e, Write::None))?;
-        if let Claim::Replay(reply) = self.claim(&mut tx, t, idempotency_key, &target).await? {
+        if let Claim::Replay(reply) = self.claim(&mut tx, t, idempotency_key, target).await? {
             return Ok(reply);
         }
         let reply = match op {
@@ -308,8 +234,8 @@ impl Store {
         Ok(reply)
     }
 
-    /// Looks the key up and, if it is new, claims it by inserting its row first: a second
-    /// delivery of the key then waits on that row and replays the committed reply.
+    /// Claims the key by inserting its row before the write, the dialect's way: a second
+    /// delivery of the key then replays the committed reply instead of writing again.
     async fn claim(
         &self,
         conn: &mut AnyConnection,
@@ -318,77 +244,23 @@ impl Store {
         target: &str,
     ) -> Result<Claim, BedsError> {
         let now = format_timestamp(&crate::value::now());
-        if self.dialect.insert_or_ignore() {
-            // One statement in the common case: the claim either lands or meets the key.
-            let landed = sqlx::query(self.idempotency.claim_or_ignore.clone())
-                .bind(key)
-                .bind(target)
-                .bind(&now)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.db_error(t, e, Write::None))?;
-            if landed.rows_affected() == 1 {
-                return Ok(Claim::Held);
-            }
-            // The key was used before (and, on PostgreSQL, committed by a concurrent
-            // delivery this statement waited for): a new statement sees its reply.
-            return replayed(self.stored_reply(conn, t, key, target).await?);
-        }
-        if let Some(reply) = self.stored_reply(conn, t, key, target).await? {
-            return Ok(Claim::Replay(reply));
-        }
-        let claimed = sqlx::query(self.idempotency.claim.clone())
-            .bind(key)
-            .bind(target)
-            .bind(now)
-            .execute(&mut *conn)
-            .await;
-        match claimed {
-            Ok(_) => Ok(Claim::Held),
-            // A concurrent delivery committed the key first. This transaction's snapshot
-            // predates it (MariaDB's repeatable read): look on another connection.
-            Err(sqlx::Error::Database(db))
-                if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
-            {
-                let mut fresh = self
-                    .pool
-                    .acquire()
-                    .await
-                    .map_err(|e| self.db_error(t, e, Write::None))?;
-                replayed(self.stored_reply(&mut fresh, t, key, target).await?)
-            }
-            Err(e) => Err(self.db_error(t, e, Write::None)),
-        }
-    }
-
-    /// The reply stored with an idempotency key, if the key was used (for `target`).
-    async fn stored_reply(
-        &self,
-        conn: &mut AnyConnection,
-        t: &TemplateMeta,
-        key: &str,
-        target: &str,
-    ) -> Result<Option<Json>, BedsError> {
-        let seen: Option<(String, String)> = sqlx::query_as(self.idempotency.lookup.clone())
-            .bind(key)
-            .fetch_optional(&mut *conn)
+        let claimed = self
+            .dialect
+            .claim(ClaimArgs {
+                conn,
+                pool: &self.pool,
+                claim: &self.idempotency.claim,
+                lookup: &self.idempotency.lookup,
+                key,
+                target,
+                now: &now,
+            })
             .await
             .map_err(|e| self.db_error(t, e, Write::None))?;
-        let Some((seen_target, reply)) = seen else {
-            return Ok(None);
-        };
-        if seen_target != target {
-            return Err(BedsError::new(
-                ErrorCode::IdempotencyKeyReused,
-                format!(
-                    "idempotency key `{key}` was used for {seen_target}; use a new key for {target}"
-                ),
-            ));
+        match claimed {
+            Claimed::Held => Ok(Claim::Held),
+            Claimed::Taken(seen) => replayed(stored_reply(key, target, seen)?),
         }
-        serde_json::from_str(&reply).map(Some).map_err(|e| {
-            tracing::error!(error = %e, "stored idempotent reply is not JSON");
-            BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
-        })
     }
 
     /// Forgets idempotency keys older than `ttl`; returns how many.
@@ -463,12 +335,10 @@ impl Store {
             if list.is_empty() {
                 continue;
             }
-            let rows = vec![s.row.as_str(); list.len()].join(", ");
-            let mut q = sqlx::query(trusted(self.dialect, format!("{}{rows}", s.insert_head)));
-            for token in list {
-                q = self.bind(q, owner.clone(), Ty::Text).bind(token);
-            }
-            q.execute(&mut *conn)
+            let tokens = Json::from(list).to_string();
+            self.bind(sqlx::query(s.insert.clone()), owner.clone(), Ty::Text)
+                .bind(tokens)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| self.db_error(t, e, Write::None))?;
         }
@@ -497,11 +367,10 @@ impl Store {
         changes: Vec<(&'static FieldMeta, Value)>,
         expect_version: Option<i64>,
     ) -> Result<Json, BedsError> {
-        let d = self.dialect;
         let s = self.sql(t);
         // Without UPDATE … RETURNING the record is found by id first, so a change of the
         // key it was addressed by cannot lose it.
-        let (key, found_id) = if d.update_returning() {
+        let (key, found_id) = if self.dialect.update_returning() {
             (key.clone(), None)
         } else {
             match self.current(conn, t, key).await? {
@@ -515,18 +384,19 @@ impl Store {
                 None => return Err(self.missed(conn, t, key).await),
             }
         };
-        let mut sql = s.update_head.clone();
-        for (f, _) in &changes {
-            sql.push_str(&format!(
-                ", {} = {}",
-                d.quote(f.column),
-                d.arg(Ty::of_field(f))
-            ));
-        }
-        sql.push_str(&s.update_tail[key.slot]);
-        let mut q = sqlx::query(trusted(d, sql));
+        let mut values: Vec<Option<Value>> = vec![None; t.fields.len()];
         for (f, v) in changes {
-            q = self.bind(q, v, Ty::of_field(f));
+            let i = t
+                .fields
+                .iter()
+                .position(|x| x.name == f.name)
+                .expect("changes name fields of their template");
+            values[i] = Some(v);
+        }
+        let mut q = sqlx::query(s.update[key.slot].clone());
+        for (v, f) in values.into_iter().zip(t.fields) {
+            q = q.bind(v.is_some());
+            q = self.bind(q, v.unwrap_or(Value::Null), Ty::of_field(f));
         }
         let q = self
             .bind_key(q, &key)
@@ -703,21 +573,20 @@ impl Store {
 
     /// Maps a database failure onto the error contract.
     fn db_error(&self, t: &TemplateMeta, e: sqlx::Error, write: Write) -> BedsError {
-        use sqlx::error::ErrorKind;
         match &e {
-            sqlx::Error::Database(db) => match db.kind() {
-                ErrorKind::UniqueViolation => unique_violation(t, db.as_ref()),
-                ErrorKind::ForeignKeyViolation if write == Write::Delete => BedsError::new(
+            sqlx::Error::Database(db) => match self.dialect.classify(db.as_ref()) {
+                Failure::Unique(index) => unique_violation(t, self.sql(t), &index),
+                Failure::ForeignKey if write == Write::Delete => BedsError::new(
                     ErrorCode::StillReferenced,
                     format!("this `{}` is still referenced by other records", t.name),
                 ),
-                ErrorKind::ForeignKeyViolation => BedsError::new(
+                Failure::ForeignKey => BedsError::new(
                     ErrorCode::ReferenceNotFound,
                     format!("a referenced record of this `{}` does not exist", t.name),
                 ),
-                ErrorKind::CheckViolation => check_violation(t, db.as_ref()),
-                _ if self.dialect.is_transient(db.as_ref()) => unavailable(&e),
-                _ => internal(t, &e),
+                Failure::Check(named) => check_violation(t, named),
+                Failure::Transient => unavailable(&e),
+                Failure::Other => internal(t, &e),
             },
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -732,7 +601,7 @@ impl Store {
 
 /// Binds one value in the form the dialect stores it; a NULL binds as `ty` (PostgreSQL
 /// will not put a text NULL into a number column).
-fn bind(d: Dialect, q: Query<'_>, v: Value, ty: Ty) -> Query<'_> {
+fn bind<'q>(d: &dyn Dialect, q: Query<'q>, v: Value, ty: Ty) -> Query<'q> {
     match v {
         Value::Null => match ty {
             Ty::Int => q.bind(None::<i64>),
@@ -756,7 +625,7 @@ fn bind(d: Dialect, q: Query<'_>, v: Value, ty: Ty) -> Query<'_> {
 }
 
 /// A value as the dialect reads it from text or JSON (for list parameters).
-fn storage_json(d: Dialect, v: Value) -> Json {
+fn storage_json(d: &dyn Dialect, v: Value) -> Json {
     match v {
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(b),
@@ -764,11 +633,7 @@ fn storage_json(d: Dialect, v: Value) -> Json {
         Value::Float(x) => Json::from(x),
         Value::Text(s) => Json::String(s),
         Value::Uuid(u) => Json::String(u.to_string()),
-        // MariaDB's DATETIME reads neither `T` nor `Z`.
-        Value::Timestamp(t) if d == Dialect::MariaDb => {
-            Json::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-        }
-        Value::Timestamp(t) => Json::String(format_timestamp(&t)),
+        Value::Timestamp(t) => Json::String(d.timestamp(&t)),
         Value::Date(x) => Json::String(x.format("%Y-%m-%d").to_string()),
         Value::Json(j) => Json::String(j.to_string()),
         Value::List(items) => Json::Array(items.into_iter().map(|v| storage_json(d, v)).collect()),
@@ -843,8 +708,8 @@ enum Write {
     Delete,
 }
 
-fn unique_violation(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> BedsError {
-    let fields = unique_fields(t, db);
+fn unique_violation(t: &TemplateMeta, s: &Statements, index: &UniqueIndex<'_>) -> BedsError {
+    let fields = unique_fields(t, s, index);
     let mut err = BedsError::new(
         ErrorCode::UniqueViolation,
         format!(
@@ -864,46 +729,22 @@ fn unique_violation(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> Be
     err
 }
 
-/// The API names of the fields of the unique index a violation names: PostgreSQL and
-/// MariaDB name the index (`spw_users_handle_usr_key`), SQLite the columns
-/// (`UNIQUE constraint failed: spw_users.handle_usr`).
-fn unique_fields(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> Vec<&'static str> {
-    let message = db.message();
-    let named = db.constraint().unwrap_or(message);
-    for u in t.unique {
-        let columns: Vec<&str> = u
-            .fields
-            .iter()
-            .filter_map(|f| t.field(f).map(|f| f.column))
-            .collect();
-        // Identifiers are cut at 63 characters by PostgreSQL.
-        let index = format!("{}_{}_key", t.table, columns.join("_"));
-        let index = &index[..index.len().min(63)];
-        let by_name = named.contains(index);
-        let by_columns = columns.iter().all(|c| {
-            message
-                .split([' ', ',', ':'])
-                .any(|part| part.rsplit('.').next() == Some(*c))
-        });
-        if by_name || by_columns {
-            return u.fields.to_vec();
-        }
-    }
-    t.unique
-        .first()
+/// The API names of the fields of the unique index a violation names (the first one if
+/// it names none of them, e.g. the primary key).
+fn unique_fields(t: &TemplateMeta, s: &Statements, index: &UniqueIndex<'_>) -> Vec<&'static str> {
+    let hit = s.unique.iter().position(|u| match index {
+        UniqueIndex::Named(named) => named.contains(u.index.as_str()),
+        UniqueIndex::Columns(columns) => u.columns.iter().all(|c| columns.contains(c)),
+    });
+    hit.map(|i| &t.unique[i])
+        .or(t.unique.first())
         .map(|u| u.fields.to_vec())
         .unwrap_or_default()
 }
 
 /// A broken cross-field check, told in the declaration's words.
-fn check_violation(t: &TemplateMeta, db: &dyn sqlx::error::DatabaseError) -> BedsError {
-    let message = db.message();
-    let named = db.constraint().unwrap_or(message);
-    match t
-        .checks
-        .iter()
-        .find(|c| named.contains(c.name) || message.contains(c.name))
-    {
+fn check_violation(t: &TemplateMeta, named: &str) -> BedsError {
+    match t.checks.iter().find(|c| named.contains(c.name)) {
         Some(c) => BedsError::detail(
             format!("data.{}", c.differ[1]),
             DetailCode::Other,
@@ -940,5 +781,28 @@ fn replayed(reply: Option<Json>) -> Result<Claim, BedsError> {
             ErrorCode::DatabaseUnavailable,
             "a concurrent delivery of this request was rolled back; retry",
         )
+    })
+}
+
+/// The reply stored with an idempotency key, if the key was used (for `target`).
+fn stored_reply(
+    key: &str,
+    target: &str,
+    seen: Option<(String, String)>,
+) -> Result<Option<Json>, BedsError> {
+    let Some((seen_target, reply)) = seen else {
+        return Ok(None);
+    };
+    if seen_target != target {
+        return Err(BedsError::new(
+            ErrorCode::IdempotencyKeyReused,
+            format!(
+                "idempotency key `{key}` was used for {seen_target}; use a new key for {target}"
+            ),
+        ));
+    }
+    serde_json::from_str(&reply).map(Some).map_err(|e| {
+        tracing::error!(error = %e, "stored idempotent reply is not JSON");
+        BedsError::new(ErrorCode::Internal, "a stored reply could not be read")
     })
 }

@@ -5,8 +5,8 @@ use super::dialect::Dialect;
 use crate::meta::{Catalog, CondOp, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
 
 /// The DDL for every template, referenced tables first.
-pub fn schema(d: Dialect, catalog: &Catalog) -> Vec<String> {
-    let mut out = d.idempotency_table();
+pub(super) fn ddl(d: &dyn Dialect, catalog: &Catalog) -> Vec<String> {
+    let mut out = idempotency_table(d);
     for domain in catalog.domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));
@@ -16,7 +16,31 @@ pub fn schema(d: Dialect, catalog: &Catalog) -> Vec<String> {
     out
 }
 
-fn index(d: Dialect, unique: bool, name: &str, table: &str, columns: &[String]) -> String {
+/// The runtime's own table: replies of applied writes, by idempotency key.
+fn idempotency_table(d: &dyn Dialect) -> Vec<String> {
+    let [key, text, time] = d.idempotency_types();
+    let q = |s: &str| d.quote(s);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {key} NOT NULL,\n  {} {text} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_idempotency"),
+            q("key"),
+            q("target"),
+            q("reply"),
+            q("created_at"),
+            d.table_options()
+        ),
+        index(
+            d,
+            false,
+            "beds_idempotency_created_at_idx",
+            "beds_idempotency",
+            &[q("created_at")],
+        ),
+    ]
+}
+
+fn index(d: &dyn Dialect, unique: bool, name: &str, table: &str, columns: &[String]) -> String {
     format!(
         "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
         if unique { "UNIQUE " } else { "" },
@@ -28,7 +52,7 @@ fn index(d: Dialect, unique: bool, name: &str, table: &str, columns: &[String]) 
 
 /// An index serving a query: its equality and membership columns on `from`, then its
 /// sort keys; none when a declared index already starts with those columns.
-fn query_index(d: Dialect, q: &QueryMeta) -> Option<String> {
+fn query_index(d: &dyn Dialect, q: &QueryMeta) -> Option<String> {
     let t = q.from;
     let column = |name: &'static str| {
         if name == "id" {
@@ -88,7 +112,7 @@ fn query_index(d: Dialect, q: &QueryMeta) -> Option<String> {
     ))
 }
 
-fn table_ddl(d: Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
+fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
     let q = |s: &str| d.quote(s);
     let mut cols = vec![
         format!("{} {}", q(t.id_column), d.id_column(t.id)),
@@ -154,12 +178,7 @@ fn table_ddl(d: Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String>
         );
         let list: Vec<String> = fields
             .iter()
-            .map(|f| match (d, u.case_insensitive) {
-                (Dialect::Sqlite, true) => format!("{} COLLATE NOCASE", q(f.column)),
-                (Dialect::Postgres, true) => format!("lower({})", q(f.column)),
-                // MariaDB: the column's own collation is case-insensitive.
-                _ => q(f.column),
-            })
+            .map(|f| d.unique_key_column(&q(f.column), u.case_insensitive))
             .collect();
         indexes.push(index(d, true, &name, t.table, &list));
     }
@@ -196,13 +215,10 @@ fn table_ddl(d: Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String>
 }
 
 /// A token set's table: one row per distinct token of a record, removed with it.
-fn token_ddl(d: Dialect, t: &TemplateMeta, set: &crate::meta::TokenSetMeta) -> Vec<String> {
+fn token_ddl(d: &dyn Dialect, t: &TemplateMeta, set: &crate::meta::TokenSetMeta) -> Vec<String> {
     let q = |s: &str| d.quote(s);
     let owner_ty = d.key_type(t.id);
-    let token_ty = match d {
-        Dialect::MariaDb => format!("VARCHAR({})", set.max_len),
-        _ => "TEXT".to_string(),
-    };
+    let token_ty = d.token_type(set.max_len);
     vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  {} {owner_ty} NOT NULL REFERENCES {} ({}) ON DELETE CASCADE,\n  {} {token_ty} NOT NULL,\n  PRIMARY KEY ({}, {})\n){}",

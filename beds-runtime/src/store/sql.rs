@@ -2,20 +2,13 @@
 //! compiled metadata in the configured dialect. Placeholders are bound in the order they
 //! appear; each statement records what goes where.
 
-use std::sync::Arc;
-
-use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
 use crate::meta::{
     CondOp, ConditionMeta, DomainMeta, FieldKind, IdKind, Operand, QueryMeta, TemplateMeta,
     TokenSetMeta, WithKind,
 };
-
-/// SQL built only from compiled, validated identifiers; values are always bound.
-pub(super) fn trusted(dialect: Dialect, sql: String) -> SqlStr {
-    AssertSqlSafe(Arc::<str>::from(dialect.finish(sql))).into_sql_str()
-}
 
 /// Statements prepared once per template at start-up.
 #[derive(Debug)]
@@ -26,52 +19,60 @@ pub(super) struct Statements {
     pub delete: Vec<SqlStr>,
     pub list_first: SqlStr,
     pub list_after: SqlStr,
-    /// `UPDATE t SET "version" = "version" + 1`; the changed columns follow per request.
-    pub update_head: String,
-    /// ` WHERE <key> AND <version matches>[ RETURNING …]`, by key slot.
-    pub update_tail: Vec<String>,
+    /// By key slot: bumps the version and sets each field whose flag is true, so one
+    /// statement serves every set of changes. Binds a flag and a value per field, in
+    /// declaration order, then the key and the expected version.
+    pub update: Vec<SqlStr>,
     /// The current version and id of a record, by key slot.
     pub version: Vec<SqlStr>,
     /// Per token set, in declaration order.
     pub tokens: Vec<TokenStatements>,
+    /// The idempotency target of a create, an update and a delete (`domain.template.op`).
+    pub targets: [String; 3],
+    /// Per unique index, in declaration order: how a violation names it.
+    pub unique: Vec<UniqueKey>,
+}
+
+/// A unique index as its violations name it.
+#[derive(Debug)]
+pub(super) struct UniqueKey {
+    /// As PostgreSQL reports it (identifiers are cut at 63 characters).
+    pub index: String,
+    pub columns: Vec<&'static str>,
 }
 
 #[derive(Debug)]
 pub(super) struct TokenStatements {
     pub clear: SqlStr,
-    /// `INSERT INTO t (owner, token) VALUES`; one `(?, ?)` per token follows.
-    pub insert_head: String,
-    pub row: String,
+    /// Inserts the tokens of one owner, bound as one JSON array after the owner.
+    pub insert: SqlStr,
 }
 
 /// The statements of the runtime's own idempotency table, prepared once.
 #[derive(Debug)]
 pub(super) struct IdempotencySql {
     pub lookup: SqlStr,
+    /// The dialect's claim (see [`Dialect::claim_statement`]).
     pub claim: SqlStr,
-    /// The claim that meets an existing key without failing (not on MariaDB).
-    pub claim_or_ignore: SqlStr,
     pub store_reply: SqlStr,
     pub expire: SqlStr,
 }
 
-pub(super) fn idempotency_sql(d: Dialect) -> IdempotencySql {
-    let sql = |text: &str| {
+pub(super) fn idempotency_sql(d: &dyn Dialect) -> IdempotencySql {
+    let text = |text: &str| {
         let q = |s: &str| d.quote(s);
-        trusted(
-            d,
-            text.replace("{t}", &q("beds_idempotency"))
-                .replace("{key}", &q("key"))
-                .replace("{target}", &q("target"))
-                .replace("{reply}", &q("reply"))
-                .replace("{created_at}", &q("created_at")),
-        )
+        text.replace("{t}", &q("beds_idempotency"))
+            .replace("{key}", &q("key"))
+            .replace("{target}", &q("target"))
+            .replace("{reply}", &q("reply"))
+            .replace("{created_at}", &q("created_at"))
     };
-    let claim = "INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)";
+    let sql = |s: &str| d.prepare(text(s));
+    let insert =
+        text("INSERT INTO {t} ({key}, {target}, {reply}, {created_at}) VALUES (?, ?, '', ?)");
     IdempotencySql {
         lookup: sql("SELECT {target}, {reply} FROM {t} WHERE {key} = ?"),
-        claim: sql(claim),
-        claim_or_ignore: sql(&format!("{claim} ON CONFLICT DO NOTHING")),
+        claim: d.prepare(d.claim_statement(&insert)),
         store_reply: sql("UPDATE {t} SET {reply} = ? WHERE {key} = ?"),
         expire: sql("DELETE FROM {t} WHERE {created_at} < ?"),
     }
@@ -96,7 +97,11 @@ pub(super) struct QuerySql {
 }
 
 /// The columns every record row starts with: id, version, then the declared fields.
-pub(super) fn record_columns(d: Dialect, t: &TemplateMeta, alias: Option<&str>) -> Vec<String> {
+pub(super) fn record_columns(
+    d: &dyn Dialect,
+    t: &TemplateMeta,
+    alias: Option<&str>,
+) -> Vec<String> {
     let col = |c: &str| match alias {
         Some(a) => format!("{a}.{}", d.quote(c)),
         None => d.quote(c),
@@ -114,7 +119,7 @@ pub(super) fn record_columns(d: Dialect, t: &TemplateMeta, alias: Option<&str>) 
     .collect()
 }
 
-pub(super) fn statements(d: Dialect, t: &TemplateMeta) -> Statements {
+pub(super) fn statements(d: &dyn Dialect, t: &TemplateMeta) -> Statements {
     let q = |s: &str| d.quote(s);
     let table = q(t.table);
     let id = q(t.id_column);
@@ -155,7 +160,19 @@ pub(super) fn statements(d: Dialect, t: &TemplateMeta) -> Statements {
     } else {
         String::new()
     };
-    let tr = |s: String| trusted(d, s);
+    let tr = |s: String| d.prepare(s);
+    // Unchanged fields are set to themselves.
+    let sets: String = t
+        .fields
+        .iter()
+        .map(|f| {
+            let col = q(f.column);
+            format!(
+                ", {col} = CASE WHEN ? THEN {} ELSE {col} END",
+                d.arg(Ty::of_field(f))
+            )
+        })
+        .collect();
     Statements {
         insert: tr(format!(
             "INSERT INTO {table} ({}) VALUES ({}) RETURNING {cols}",
@@ -189,36 +206,54 @@ pub(super) fn statements(d: Dialect, t: &TemplateMeta) -> Statements {
             "SELECT {cols} FROM {table} WHERE {id} > {} ORDER BY {id} LIMIT ?",
             d.arg(id_ty)
         )),
-        update_head: format!("UPDATE {table} SET {v} = {v} + 1"),
-        update_tail: wheres
+        update: wheres
             .iter()
-            .map(|w| format!(" WHERE {w} AND {expect}{returning}"))
+            .map(|w| {
+                tr(format!(
+                    "UPDATE {table} SET {v} = {v} + 1{sets} WHERE {w} AND {expect}{returning}"
+                ))
+            })
             .collect(),
         tokens: t.tokens.iter().map(|s| token_statements(d, t, s)).collect(),
+        targets: ["create", "update", "delete"].map(|op| format!("{}.{}.{op}", t.domain, t.name)),
+        unique: t
+            .unique
+            .iter()
+            .map(|u| {
+                let columns: Vec<&'static str> = u
+                    .fields
+                    .iter()
+                    .filter_map(|f| t.field(f).map(|f| f.column))
+                    .collect();
+                let mut index = format!("{}_{}_key", t.table, columns.join("_"));
+                index.truncate(63);
+                UniqueKey { index, columns }
+            })
+            .collect(),
     }
 }
 
-fn token_statements(d: Dialect, t: &TemplateMeta, s: &TokenSetMeta) -> TokenStatements {
+fn token_statements(d: &dyn Dialect, t: &TemplateMeta, s: &TokenSetMeta) -> TokenStatements {
     let table = d.quote(s.table);
     let owner = d.arg(Ty::of_id(t.id));
     TokenStatements {
-        clear: trusted(
-            d,
-            format!("DELETE FROM {table} WHERE {} = {owner}", d.quote("owner")),
-        ),
-        insert_head: format!(
-            "INSERT INTO {table} ({}, {}) VALUES ",
+        clear: d.prepare(format!(
+            "DELETE FROM {table} WHERE {} = {owner}",
+            d.quote("owner")
+        )),
+        insert: d.prepare(format!(
+            "INSERT INTO {table} ({}, {}) SELECT {owner}, e.v FROM ({}) e",
             d.quote("owner"),
-            d.quote("token")
-        ),
-        row: format!("({owner}, ?)"),
+            d.quote("token"),
+            d.elements(Ty::Text)
+        )),
     }
 }
 
 /// Builds one query's SQL: joins for reference paths, conditions with their arguments
 /// in placeholder order.
 struct Builder<'a> {
-    d: Dialect,
+    d: &'a dyn Dialect,
     domain: &'a DomainMeta,
     q: &'a QueryMeta,
     /// `FROM t0` and its joins, one alias per distinct reference path.
@@ -396,7 +431,7 @@ impl<'a> Builder<'a> {
 /// The one statement of a named query: parameters as they appear in the conditions (an
 /// absent optional one disables its condition), then the cursor's sort keys (all NULL
 /// on the first page), then the limit.
-pub(super) fn query_sql(d: Dialect, domain: &DomainMeta, q: &QueryMeta) -> QuerySql {
+pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> QuerySql {
     let mut b = Builder {
         d,
         domain,
@@ -460,7 +495,7 @@ pub(super) fn query_sql(d: Dialect, domain: &DomainMeta, q: &QueryMeta) -> Query
             sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
         }
         return QuerySql {
-            sql: trusted(d, sql),
+            sql: d.prepare(sql),
             args: b.args,
             with,
         };
@@ -512,7 +547,7 @@ pub(super) fn query_sql(d: Dialect, domain: &DomainMeta, q: &QueryMeta) -> Query
         order.join(", "),
     );
     QuerySql {
-        sql: trusted(d, sql),
+        sql: d.prepare(sql),
         args: b.args,
         with,
     }
