@@ -14,11 +14,11 @@ pub mod meta;
 mod node;
 pub mod ops;
 pub mod record;
-pub mod store;
+mod store;
 pub mod support;
 pub mod telemetry;
 mod transport;
-pub mod value;
+mod value;
 
 pub use client::{
     Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
@@ -31,5 +31,6 @@ pub use ingress::lane::Lane;
 pub use meta::Catalog;
 pub use node::{Health, Server, ServerError};
 pub use record::{Key, Query, Record};
+pub use store::schema;
 pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
-pub use value::Timestamp;
+pub use value::{Date, Timestamp, format_timestamp};

@@ -486,12 +486,7 @@ async fn update_one(client: &Client, db: &Rows, domain: &str, t: &TemplateMeta, 
         f.name
     );
     let version = db
-        .int(
-            &db.dialect().quote(t.version_column),
-            t.table,
-            t.id_column,
-            &id,
-        )
+        .int(&db.quote(t.version_column), t.table, t.id_column, &id)
         .await;
     assert_eq!(version, 2, "{}: the row carries the new version", t.name);
     made.get_mut(t.name).unwrap()[0] = updated;

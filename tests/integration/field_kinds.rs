@@ -99,8 +99,7 @@ fn declarations_reach_the_metadata() {
         ]
     );
     assert_eq!(m.fingerprint.len(), 16);
-    let ddl =
-        beds_runtime::store::schema(beds_runtime::config::Driver::Sqlite, &CATALOG).join("\n");
+    let ddl = beds_runtime::schema(beds_runtime::config::Driver::Sqlite, &CATALOG).join("\n");
     assert!(ddl.contains("\"ratio\" REAL NOT NULL"), "{ddl}");
     assert!(ddl.contains("CREATE INDEX IF NOT EXISTS \"gadget_colour_made_on_idx\" ON \"gadget\" (\"colour\", \"made_on\")"), "{ddl}");
 }

@@ -2,7 +2,7 @@
 //! change nothing twice, optimistic concurrency lets exactly one writer win.
 
 use beds::spew::{self, UserCreate, UserPatch};
-use beds_runtime::{ClientError, ErrorCode, Op, Request};
+use beds_runtime::{ClientError, ErrorCode, Op, Request, Server};
 use serde_json::json;
 
 use crate::support::{TestEnv, envelope};
@@ -64,21 +64,27 @@ async fn duplicate_deliveries_apply_once_and_answer_alike() {
         Some(ErrorCode::IdempotencyKeyReused)
     );
 
-    // Keys expire after their time to live.
-    let store = beds_runtime::store::Store::open(
-        &beds_runtime::store::StoreOptions::from_config(&env.config.database),
-        &beds::CATALOG,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        store
-            .expire_idempotency(std::time::Duration::ZERO)
-            .await
-            .unwrap(),
-        2
-    );
+    // Keys expire after their time to live: a node with a tiny TTL forgets both.
     client.close().await.unwrap();
+    server.stop().await;
+    let keys = |db: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM beds_idempotency")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(keys(db.clone()).await, 2);
+    let mut forgetful = env.config.clone();
+    forgetful.idempotency.ttl = beds_runtime::config::Millis(1);
+    let server = Server::start(&forgetful, &beds::CATALOG).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while keys(db.clone()).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idempotency keys were not expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     server.stop().await;
 }
 

@@ -41,7 +41,7 @@ async fn user_operations_round_trip() {
     assert_eq!(row.get::<i64, _>(3), 1);
     assert_eq!(
         row.get::<String, _>(4),
-        beds_runtime::value::format_timestamp(&created.created_at)
+        beds_runtime::format_timestamp(&created.created_at)
     );
 
     let fetched = users.fetch(created.id).await.unwrap();

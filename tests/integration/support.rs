@@ -224,8 +224,12 @@ pub struct Rows {
 }
 
 impl Rows {
-    fn quote(&self, ident: &str) -> String {
-        self.dialect().quote(ident)
+    /// An identifier quoted for the node's database.
+    pub fn quote(&self, ident: &str) -> String {
+        match self.driver {
+            beds_runtime::config::Driver::Mariadb => format!("`{ident}`"),
+            _ => format!("\"{ident}\""),
+        }
     }
 
     /// `SELECT <select> FROM table WHERE column = value`, as one integer (a count or a
@@ -268,10 +272,6 @@ impl Rows {
             .fetch_one(&self.pool)
             .await
             .unwrap_or_else(|e| panic!("`{sql}`: {e}"))
-    }
-
-    pub fn dialect(&self) -> &'static dyn beds_runtime::store::Dialect {
-        beds_runtime::store::dialect(self.driver)
     }
 }
 

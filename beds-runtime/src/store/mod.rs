@@ -384,19 +384,19 @@ impl Store {
                 None => return Err(self.missed(conn, t, key).await),
             }
         };
-        let mut values: Vec<Option<Value>> = vec![None; t.fields.len()];
-        for (f, v) in changes {
-            let i = t
-                .fields
-                .iter()
-                .position(|x| x.name == f.name)
-                .expect("changes name fields of their template");
-            values[i] = Some(v);
-        }
-        let mut q = sqlx::query(s.update[key.slot].clone());
-        for (v, f) in values.into_iter().zip(t.fields) {
-            q = q.bind(v.is_some());
-            q = self.bind(q, v.unwrap_or(Value::Null), Ty::of_field(f));
+        // Changes in declaration order: the statement for this set of fields binds so.
+        let mut changes: Vec<(usize, &'static FieldMeta, Value)> = changes
+            .into_iter()
+            .filter_map(|(f, v)| {
+                let i = t.fields.iter().position(|x| x.name == f.name)?;
+                Some((i, f, v))
+            })
+            .collect();
+        changes.sort_by_key(|(i, _, _)| *i);
+        let changed: Vec<usize> = changes.iter().map(|(i, _, _)| *i).collect();
+        let mut q = sqlx::query(s.update.get(self.dialect, key.slot, &changed));
+        for (_, f, v) in changes {
+            q = self.bind(q, v, Ty::of_field(f));
         }
         let q = self
             .bind_key(q, &key)
