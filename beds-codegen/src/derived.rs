@@ -3,7 +3,7 @@
 
 use crate::diag::{Ctx, suggest};
 use crate::model::{Check, Count, Domain, FieldType, Template, TokenSet};
-use crate::validate::{
+use crate::read::{
     bound, check_keys, expect_map, field_names, flag, get, is_snake, list, storage_ident,
 };
 use crate::yaml::Node;

@@ -59,7 +59,10 @@ fn domain_module(d: &Domain) -> TokenStream {
     let m = ident(&d.name);
     let name = &d.name;
     let version = d.version as u32;
-    let doc = format!("Domain `{}`, compiled from `{}`.", d.name, d.file);
+    let doc = docs(
+        None,
+        &format!("Domain `{}`, compiled from `{}`.", d.name, d.file),
+    );
     let templates = d.templates.iter().map(|t| template(d, t));
     let metas = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
@@ -73,9 +76,12 @@ fn domain_module(d: &Domain) -> TokenStream {
     let query_accessors = d.queries.iter().map(|q| {
         let ty = Ident::new(&camel(&q.name), Span::call_site());
         let f = ident(&q.name);
-        let doc = format!("Named query `{}` over `{}`.", q.name, q.from);
+        let doc = docs(
+            None,
+            &format!("Named query `{}` over `{}`.", q.name, q.from),
+        );
         quote! {
-            #[doc = #doc]
+            #doc
             pub fn #f(&self) -> rt::QueryClient<'a, #ty> {
                 self.0.query::<#ty>()
             }
@@ -84,16 +90,16 @@ fn domain_module(d: &Domain) -> TokenStream {
     let accessors = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
         let f = ident(&t.name);
-        let doc = format!("Typed requests for `{}`.", t.name);
+        let doc = docs(None, &format!("Typed requests for `{}`.", t.name));
         quote! {
-            #[doc = #doc]
+            #doc
             pub fn #f(&self) -> rt::TemplateClient<'a, #ty> {
                 self.0.template::<#ty>()
             }
         }
     });
     quote! {
-        #[doc = #doc]
+        #doc
         pub mod #m {
             #![allow(clippy::all)]
             use ::beds_runtime::support as rt;
@@ -225,13 +231,16 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         };
         quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
     });
-    let doc = format!(
-        "Named query `{}`: {} `{}` records.",
-        q.name,
-        if q.count { "counts" } else { "pages through" },
-        q.from
+    let doc = docs(
+        q.doc.as_deref(),
+        &format!(
+            "Named query `{}`: {} `{}` records.",
+            q.name,
+            if q.count { "counts" } else { "pages through" },
+            q.from
+        ),
     );
-    let params_doc = format!("Parameters of `{}`.", q.name);
+    let params_doc = docs(None, &format!("Parameters of `{}`.", q.name));
     let (item, item_defs) = if q.with.is_empty() {
         (quote!(#record), quote!())
     } else {
@@ -264,12 +273,18 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             };
             quote!(pub #n: #rust,)
         });
-        let item_doc = format!("An item of `{}`: the record and its `with` values.", q.name);
-        let with_doc = format!("The `with` values of an item of `{}`.", q.name);
+        let item_doc = docs(
+            None,
+            &format!("An item of `{}`: the record and its `with` values.", q.name),
+        );
+        let with_doc = docs(
+            None,
+            &format!("The `with` values of an item of `{}`.", q.name),
+        );
         (
             quote!(#item_ty),
             quote! {
-                #[doc = #item_doc]
+                #item_doc
                 #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
                 #[serde(crate = "::beds_runtime::support::serde")]
                 pub struct #item_ty {
@@ -278,7 +293,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                     pub with: #with_ty,
                 }
 
-                #[doc = #with_doc]
+                #with_doc
                 #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
                 #[serde(crate = "::beds_runtime::support::serde")]
                 pub struct #with_ty {
@@ -288,11 +303,11 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         )
     };
     quote! {
-        #[doc = #doc]
+        #doc
         #[derive(Debug, Clone, Copy)]
         pub struct #ty;
 
-        #[doc = #params_doc]
+        #params_doc
         #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #params_ty {
@@ -361,10 +376,13 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
     let enums = t.fields.iter().filter_map(|f| enum_def(&t.name, f));
     let keys = t.unique.iter().map(|u| {
         let ty = Ident::new(&key_type(&t.name, &u.fields), Span::call_site());
-        let doc = format!(
-            "Names one `{}` by its unique {}.",
-            t.name,
-            u.fields.join(" and ")
+        let doc = docs(
+            None,
+            &format!(
+                "Names one `{}` by its unique {}.",
+                t.name,
+                u.fields.join(" and ")
+            ),
         );
         let fields = u.fields.iter().map(|name| {
             let f = t.field(name).expect("validated");
@@ -379,7 +397,7 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             quote!(pub #n: #ty,)
         });
         quote! {
-            #[doc = #doc]
+            #doc
             #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
             #[serde(crate = "::beds_runtime::support::serde")]
             pub struct #ty {
@@ -440,9 +458,9 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
         let n = ident(&f.name);
         let ty = rust_type(&t.name, f);
         let attr = field_attr(d, f);
-        let doc = field_doc(f);
+        let doc = docs(f.doc.as_deref(), &field_doc(f));
         quote! {
-            #[doc = #doc]
+            #doc
             #attr
             pub #n: #ty,
         }
@@ -459,10 +477,10 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
                 ..(*f).clone()
             },
         );
-        let doc = field_doc(f);
+        let doc = docs(f.doc.as_deref(), &field_doc(f));
         let skip = omittable.then(|| quote!(#[serde(skip_serializing_if = "Option::is_none")]));
         quote! {
-            #[doc = #doc]
+            #doc
             #skip
             pub #n: #ty,
         }
@@ -470,30 +488,45 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
     let patch_fields = input_fields.iter().map(|f| {
         let n = ident(&f.name);
         let inner = rust_type(&t.name, f);
-        let doc = format!(
-            "{} Leave `None` to keep it{}.",
-            field_doc(f),
-            if f.optional {
-                "; `Some(None)` clears it"
-            } else {
-                ""
-            }
+        let doc = docs(
+            f.doc.as_deref(),
+            &format!(
+                "{} Leave `None` to keep it{}.",
+                field_doc(f),
+                if f.optional {
+                    "; `Some(None)` clears it"
+                } else {
+                    ""
+                }
+            ),
         );
         quote! {
-            #[doc = #doc]
+            #doc
             #[serde(skip_serializing_if = "Option::is_none")]
             pub #n: Option<#inner>,
         }
     });
-    let record_doc = format!("A `{}` record, as stored in `{}`.", t.name, t.table);
-    let id_doc = format!("The key of a `{}` record.", t.name);
-    let create_doc = format!("The fields a caller supplies to create a `{}`.", t.name);
-    let patch_doc = format!(
-        "A partial update of a `{}`: only `Some` fields change.",
-        t.name
+    let record_doc = docs(
+        t.doc.as_deref(),
+        &format!(
+            "A `{}` record of domain `{}`, stored in table `{}`.",
+            t.name, d.name, t.table
+        ),
+    );
+    let id_doc = docs(None, &format!("The key of a `{}` record.", t.name));
+    let create_doc = docs(
+        None,
+        &format!("The fields a caller supplies to create a `{}`.", t.name),
+    );
+    let patch_doc = docs(
+        None,
+        &format!(
+            "A partial update of a `{}`: only `Some` fields change.",
+            t.name
+        ),
     );
     quote! {
-        #[doc = #id_doc]
+        #id_doc
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
             rt::serde::Serialize, rt::serde::Deserialize,
@@ -509,7 +542,7 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             }
         }
 
-        #[doc = #record_doc]
+        #record_doc
         #[derive(
             Debug, Clone, PartialEq,
             rt::serde::Serialize, rt::serde::Deserialize, rt::Record,
@@ -536,14 +569,14 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             #(#record_fields)*
         }
 
-        #[doc = #create_doc]
+        #create_doc
         #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #create_ty {
             #(#create_fields)*
         }
 
-        #[doc = #patch_doc]
+        #patch_doc
         #[derive(Debug, Clone, PartialEq, Default, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #patch_ty {
@@ -676,7 +709,7 @@ fn enum_def(template: &str, f: &Field) -> Option<TokenStream> {
         return None;
     };
     let ty = Ident::new(&enum_type(template, &f.name), Span::call_site());
-    let doc = format!("The values of `{template}.{}`.", f.name);
+    let doc = docs(None, &format!("The values of `{template}.{}`.", f.name));
     let variants = values.iter().map(|v| {
         let variant = Ident::new(&camel(v), Span::call_site());
         quote! {
@@ -685,7 +718,7 @@ fn enum_def(template: &str, f: &Field) -> Option<TokenStream> {
         }
     });
     Some(quote! {
-        #[doc = #doc]
+        #doc
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash,
             rt::serde::Serialize, rt::serde::Deserialize,
@@ -758,7 +791,19 @@ fn field_doc(f: &Field) -> String {
         Some(Literal::Text(t)) => format!(" Default `{t:?}`."),
         None => String::new(),
     };
-    format!(" {what}{set}{default}")
+    format!("{what}{set}{default}")
+}
+
+/// Doc attributes: the declaration's own `doc:` text when it has one, then what the
+/// compiler knows (type, constraints, storage), so every generated item is documented.
+fn docs(declared: Option<&str>, generated: &str) -> TokenStream {
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(text) = declared {
+        lines.extend(text.lines().map(|l| format!(" {}", l.trim_end())));
+        lines.push(String::new());
+    }
+    lines.push(format!(" {generated}"));
+    quote!(#(#[doc = #lines])*)
 }
 
 fn routes_ident(t: &Template) -> Ident {

@@ -2,8 +2,9 @@
 
 use crate::diag::{Ctx, suggest};
 use crate::model::{Field, FieldType, Literal, OnDelete, SetOn, camel};
-use crate::validate::{
-    bound, check_keys, expect_map, flag, get, integer, is_snake, shown, storage_ident,
+use crate::read::{
+    bound, check_documented_keys, doc, expect_map, flag, get, integer, is_snake, shown,
+    storage_ident,
 };
 use crate::yaml::Node;
 
@@ -42,7 +43,8 @@ pub(crate) fn field(
     column_for: &dyn Fn(&str) -> String,
 ) -> Option<Field> {
     let entries = expect_map(cx, spec, path)?;
-    check_keys(cx, entries, path, FIELD_KEYS);
+    check_documented_keys(cx, entries, path, FIELD_KEYS);
+    let doc = doc(cx, entries, path);
     let optional = flag(cx, entries, path, "optional");
     let column = match get(entries, "column") {
         Some(n) => storage_ident(cx, n, &format!("{path}.column"))?,
@@ -76,6 +78,7 @@ pub(crate) fn field(
     };
     Some(Field {
         name,
+        doc,
         column,
         ty,
         optional,

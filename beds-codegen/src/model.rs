@@ -14,6 +14,8 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// The template's contract version, bumped by hand on a breaking change.
     pub version: u32,
     /// Storage name of the table (DBA-owned; defaults to the template name).
@@ -130,6 +132,8 @@ impl IdKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// Storage name of the column.
     pub column: String,
     pub ty: FieldType,
@@ -307,6 +311,8 @@ pub const TYPE_SUFFIXES: &[&str] = &["", "Id", "Create", "Patch"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// Where the query is declared, for diagnostics that span the domain.
     pub pos: crate::yaml::Pos,
     /// The template whose records it returns (or counts).

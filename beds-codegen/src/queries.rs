@@ -8,10 +8,14 @@ use crate::model::{
     CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query, Select,
     Template, With, WithWhat,
 };
-use crate::validate::{check_keys, expect_map, flag, get, is_snake, list, page};
+use crate::read::{
+    check_documented_keys, check_keys, doc, expect_map, flag, get, is_snake, list, page,
+};
 use crate::yaml::Node;
 
-const QUERY_KEYS: &[&str] = &["from", "params", "where", "order", "page", "count", "with"];
+const QUERY_KEYS: &[&str] = &[
+    "doc", "from", "params", "where", "order", "page", "count", "with",
+];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
 const MAX_ORDER: usize = 3;
@@ -51,7 +55,8 @@ pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> 
 
 fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> Option<Query> {
     let entries = expect_map(cx, body, path)?;
-    check_keys(cx, entries, path, QUERY_KEYS);
+    check_documented_keys(cx, entries, path, QUERY_KEYS);
+    let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {
         cx.error_hint(
@@ -224,6 +229,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         with = with_values(cx, &wpath, w, from, domain);
     }
     Some(Query {
+        doc,
         pos: body.pos,
         name: name.to_string(),
         from: from.name.clone(),
