@@ -1,7 +1,7 @@
 //! Validation of one field declaration: its type, constraints, default and storage name.
 
 use crate::diag::{Ctx, suggest};
-use crate::model::{Field, FieldType, Literal, OnDelete, SetOn, camel};
+use crate::model::{Field, FieldType, IdKind, Literal, OnDelete, SetOn, camel};
 use crate::read::{
     bound, check_documented_keys, doc, expect_map, flag, get, integer, is_snake, shown,
     storage_ident,
@@ -302,9 +302,11 @@ fn reference(
             "add `optional: true`, or choose `restrict` or `cascade`",
         );
     }
+    // The target's id kind is filled in once every template of the domain is read.
     Some(FieldType::Ref {
         template,
         on_delete,
+        id: IdKind::Uuid7,
     })
 }
 

@@ -16,6 +16,7 @@ mod derived;
 mod diag;
 mod emit;
 mod fields;
+pub mod lower;
 pub mod model;
 mod queries;
 mod read;

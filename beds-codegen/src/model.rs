@@ -57,6 +57,11 @@ pub struct TokenSet {
     pub table: String,
 }
 
+impl TokenSet {
+    /// Longer matches are not tokens unless the declaration says otherwise.
+    pub const DEFAULT_MAX_LEN: u32 = 64;
+}
+
 /// `counts: { likes: { from: like, by: spew } }`: how many `from` records reference
 /// this one through their field `by`.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +75,8 @@ pub struct Count {
 /// `checks: [{ differ: [a, b], message: ... }]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
+    /// The database constraint's name.
+    pub name: String,
     pub differ: [String; 2],
     pub message: String,
 }
@@ -188,6 +195,8 @@ pub enum FieldType {
     Ref {
         template: String,
         on_delete: OnDelete,
+        /// The target's id kind, which is this field's type; resolved by the validator.
+        id: IdKind,
     },
 }
 
@@ -206,6 +215,21 @@ impl FieldType {
         "enum",
         "json",
     ];
+
+    /// The inclusive range of an integer kind: its declared bounds, defaulting to the
+    /// kind's own (32-bit `integer`, 64-bit `bigint`).
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        match self {
+            FieldType::Integer { min, max } => Some((
+                min.unwrap_or(i64::from(i32::MIN)),
+                max.unwrap_or(i64::from(i32::MAX)),
+            )),
+            FieldType::BigInt { min, max } => {
+                Some((min.unwrap_or(i64::MIN), max.unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        }
+    }
 
     /// The name used in `type:`, or `ref`.
     pub fn name(&self) -> &'static str {
@@ -259,6 +283,13 @@ impl OnDelete {
 pub struct Unique {
     pub fields: Vec<String>,
     pub case_insensitive: bool,
+}
+
+impl Check {
+    /// The constraint name used when none is given.
+    pub fn default_name(table: &str, differ: &[String; 2]) -> String {
+        format!("{table}_{}_{}_check", differ[0], differ[1])
+    }
 }
 
 /// Page sizes for `list`: the size used when a request names none, and the cap.

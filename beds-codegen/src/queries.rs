@@ -695,6 +695,7 @@ fn id_type(t: &Template) -> FieldType {
     FieldType::Ref {
         template: t.name.clone(),
         on_delete: crate::model::OnDelete::Restrict,
+        id: t.id,
     }
 }
 

@@ -113,6 +113,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         }
         out.templates.push(template(cx, &path, name, body, &names));
     }
+    resolve_reference_ids(&mut out);
     check_tables(cx, &out, tmap);
     crate::derived::check_counts(cx, &out);
     if let Some(q) = get(entries, "queries") {
@@ -185,6 +186,27 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
                 );
                 break;
             }
+        }
+    }
+}
+
+/// Gives every reference the id kind of its target, so nothing after the validator looks a
+/// template up by name to learn a field's type.
+fn resolve_reference_ids(domain: &mut Domain) {
+    let ids: HashMap<String, IdKind> = domain
+        .templates
+        .iter()
+        .map(|t| (t.name.clone(), t.id))
+        .collect();
+    for f in domain
+        .templates
+        .iter_mut()
+        .flat_map(|t| t.fields.iter_mut())
+    {
+        if let FieldType::Ref { template, id, .. } = &mut f.ty
+            && let Some(kind) = ids.get(template)
+        {
+            *id = *kind;
         }
     }
 }

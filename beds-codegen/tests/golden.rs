@@ -105,3 +105,68 @@ fn doc_must_be_text() {
          if it looks like a number)\n1 error in domain declarations"
     );
 }
+
+fn fingerprints(relative: &str) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source = std::fs::read_to_string(root.join(relative)).unwrap();
+    let domain = beds_codegen::compile_source(relative, &source).unwrap();
+    domain
+        .templates
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                beds_codegen::lower::fingerprint(&domain.name, t),
+            )
+        })
+        .collect()
+}
+
+/// Fingerprints are client-visible: they are computed from a canonical text of the model
+/// (`lower::contract`), never from `{:?}` or token printing, and pinned here so that an
+/// accidental change to the encoding fails.
+#[test]
+fn fingerprints_are_pinned() {
+    let shown: Vec<String> = fingerprints("domains/spew.yaml")
+        .into_iter()
+        .map(|(t, f)| format!("{t} {f}"))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "user 5df8a71770a1a950",
+            "spew 65a54fbc22b01182",
+            "follow 129560a10be308ef",
+            "like 20907e9a85622f08",
+        ]
+    );
+    let d = beds_codegen::compile_source("domains/shop.yaml", DOCUMENTED).unwrap();
+    assert_eq!(
+        beds_codegen::lower::contract(&d.name, &d.templates[0]),
+        "beds-contract 1\n\
+         template 4:shop 4:item v1 uuid7 append_only=false internal=false\n\
+         field 3:sku string len=0..32 pattern=- optional=false set=- default=-\n\
+         field 5:price integer range=0..2147483647 optional=false set=- default=-\n"
+    );
+}
+
+/// Storage names and docs are not part of the contract; a constraint is.
+#[test]
+fn fingerprints_follow_the_contract_only() {
+    let print = |source: &str| {
+        let d = beds_codegen::compile_source("domains/shop.yaml", source).unwrap();
+        beds_codegen::lower::fingerprint(&d.name, &d.templates[0])
+    };
+    let base = print(DOCUMENTED);
+    let storage = DOCUMENTED.replace(
+        "  item:\n",
+        "  item:\n    table: shp_items\n    column_suffix: itm\n",
+    );
+    assert_eq!(print(&storage), base);
+    assert_eq!(
+        print(&DOCUMENTED.replace("The stock-keeping unit.", "SKU.")),
+        base
+    );
+    assert_ne!(print(&DOCUMENTED.replace("max: 32", "max: 33")), base);
+    assert_ne!(print(&DOCUMENTED.replace("min: 0", "min: 1")), base);
+}
