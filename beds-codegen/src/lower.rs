@@ -6,7 +6,7 @@
 use proc_macro2::{Ident, Literal as Lit, Span, TokenStream};
 use quote::quote;
 
-use crate::model::{FieldType, IdKind, Literal, OnDelete, SetOn, Template, camel};
+use crate::model::{Field, FieldType, IdKind, Literal, OnDelete, SetOn, Template, camel};
 
 /// The `impl Record` of a record type: its key, input types and metadata. Paths are
 /// resolved against `rt`, the runtime's support module, which the caller brings into scope.
@@ -343,4 +343,327 @@ fn text(s: &str) -> String {
 
 fn opt_text(s: Option<&str>) -> String {
     s.map_or_else(|| "-".into(), text)
+}
+
+/// The words that name a field's kind in `#[beds(...)]`: the declaration's `type:` names,
+/// with `enumeration = "a,b"` for `enum` (a Rust keyword) and `reference = "template"`.
+pub fn kind_words() -> Vec<&'static str> {
+    FieldType::NAMES
+        .iter()
+        .copied()
+        .filter(|n| *n != "enum")
+        .chain(["enumeration", "reference"])
+        .collect()
+}
+
+/// A number as written in an attribute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+/// One field as a front end other than YAML (the `Record` derive) read it, before any
+/// check: the same keys as a declaration's field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldSpec {
+    /// A word of [`kind_words`].
+    pub kind: Option<String>,
+    /// `reference = "template"`: the target.
+    pub reference: Option<String>,
+    /// `enumeration = "a,b"`: the values.
+    pub values: Vec<String>,
+    pub min: Option<Number>,
+    pub max: Option<Number>,
+    pub pattern: Option<String>,
+    pub optional: bool,
+    pub set: Option<String>,
+    pub default: Option<Literal>,
+    pub column: Option<String>,
+    pub on_delete: Option<String>,
+    /// The target's id kind, `uuid7` (default) or `sequence`: a lone record type cannot see
+    /// its target's declaration.
+    pub reference_id: Option<String>,
+}
+
+/// Why a [`FieldSpec`] is not a field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpecError {
+    NoKind,
+    StringWithoutMax,
+    NotAnInteger,
+    NotANumber,
+    LengthTooLarge,
+    OutOfRange(&'static str),
+    BoundsNotApplicable(&'static str),
+    TextTakesOnlyMax,
+    PatternNotString,
+    ReferenceOnly,
+    UnknownOnDelete(String),
+    UnknownReferenceId(String),
+    UnknownSet(String),
+    SetNotTimestamp,
+    DefaultDoesNotFit(&'static str),
+}
+
+impl SpecError {
+    /// The message for field `name`.
+    pub fn message(&self, name: &str) -> String {
+        match self {
+            SpecError::NoKind => {
+                let words: Vec<String> = kind_words()
+                    .into_iter()
+                    .map(|w| match w {
+                        "enumeration" => "enumeration = \"a,b\"".to_string(),
+                        "reference" => "reference = \"template\"".to_string(),
+                        w => w.to_string(),
+                    })
+                    .collect();
+                let (last, rest) = words.split_last().expect("kinds exist");
+                format!("field `{name}` needs a kind: {} or {last}", rest.join(", "))
+            }
+            SpecError::StringWithoutMax => format!("string field `{name}` needs `max = N`"),
+            SpecError::NotAnInteger => format!("`{name}`: min and max of an integer are integers"),
+            SpecError::NotANumber => format!("`{name}`: min and max of a float are numbers"),
+            SpecError::LengthTooLarge => format!("`{name}`: string lengths must fit a u32"),
+            SpecError::OutOfRange(kind) => format!("`{name}`: bounds exceed the {kind} range"),
+            SpecError::BoundsNotApplicable(kind) => {
+                format!("`{name}`: min and max do not apply to a {kind} field")
+            }
+            SpecError::TextTakesOnlyMax => format!("`{name}`: a text field takes only `max`"),
+            SpecError::PatternNotString => {
+                format!("`{name}`: pattern applies only to a string field")
+            }
+            SpecError::ReferenceOnly => {
+                format!("`{name}`: on_delete and reference_id apply only to a reference")
+            }
+            SpecError::UnknownOnDelete(v) => {
+                format!("unknown on_delete `{v}`; expected restrict, cascade or set_null")
+            }
+            SpecError::UnknownReferenceId(v) => {
+                format!("unknown reference_id `{v}`; expected uuid7 or sequence")
+            }
+            SpecError::UnknownSet(v) => {
+                format!("unknown set `{v}`; expected on_create or on_update")
+            }
+            SpecError::SetNotTimestamp => {
+                format!("`{name}`: only a timestamp field can be set by the server")
+            }
+            SpecError::DefaultDoesNotFit(kind) => {
+                format!("`{name}`: the default does not fit a {kind} field")
+            }
+        }
+    }
+}
+
+/// Checks a [`FieldSpec`] and lowers it to the model's [`Field`], with the declaration's
+/// defaults (column = name, integer bounds = the kind's range).
+pub fn field(name: &str, spec: &FieldSpec) -> Result<Field, SpecError> {
+    let kind = spec.kind.as_deref().ok_or(SpecError::NoKind)?;
+    let int = |n: Option<Number>| match n {
+        None => Ok(None),
+        Some(Number::Int(i)) => Ok(Some(i)),
+        Some(Number::Float(_)) => Err(SpecError::NotAnInteger),
+    };
+    let float = |n: Option<Number>| match n {
+        None => Ok(None),
+        Some(Number::Int(i)) => Ok(Some(i as f64)),
+        Some(Number::Float(x)) => Ok(Some(x)),
+    };
+    let length = |v: Option<i64>| match v {
+        None => Ok(None),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| SpecError::LengthTooLarge),
+    };
+    let ty = match kind {
+        "string" => FieldType::String {
+            min: length(int(spec.min)?)?,
+            max: length(int(spec.max)?)?.ok_or(SpecError::StringWithoutMax)?,
+            pattern: spec.pattern.clone(),
+        },
+        "text" => FieldType::Text {
+            max: length(int(spec.max)?)?,
+        },
+        "integer" | "bigint" => {
+            let (min, max) = (int(spec.min)?, int(spec.max)?);
+            let ty = if kind == "integer" {
+                FieldType::Integer { min, max }
+            } else {
+                FieldType::BigInt { min, max }
+            };
+            let range = i64::from(i32::MIN)..=i64::from(i32::MAX);
+            if kind == "integer" && [min, max].iter().flatten().any(|v| !range.contains(v)) {
+                return Err(SpecError::OutOfRange("integer"));
+            }
+            ty
+        }
+        "float" => FieldType::Float {
+            min: float(spec.min)?,
+            max: float(spec.max)?,
+        },
+        "bool" => FieldType::Bool,
+        "timestamp" => FieldType::Timestamp,
+        "date" => FieldType::Date,
+        "uuid" => FieldType::Uuid,
+        "json" => FieldType::Json,
+        "enumeration" => FieldType::Enum {
+            values: spec.values.clone(),
+        },
+        "reference" => FieldType::Ref {
+            template: spec.reference.clone().unwrap_or_default(),
+            on_delete: match spec.on_delete.as_deref() {
+                None | Some("restrict") => OnDelete::Restrict,
+                Some("cascade") => OnDelete::Cascade,
+                Some("set_null") => OnDelete::SetNull,
+                Some(other) => return Err(SpecError::UnknownOnDelete(other.into())),
+            },
+            id: match spec.reference_id.as_deref() {
+                None | Some("uuid7") => IdKind::Uuid7,
+                Some("sequence") => IdKind::Sequence,
+                Some(other) => return Err(SpecError::UnknownReferenceId(other.into())),
+            },
+        },
+        _ => return Err(SpecError::NoKind),
+    };
+    let shown = match &ty {
+        FieldType::Ref { .. } => "reference",
+        ty => ty.name(),
+    };
+    let ranged = matches!(
+        ty,
+        FieldType::String { .. }
+            | FieldType::Text { .. }
+            | FieldType::Integer { .. }
+            | FieldType::BigInt { .. }
+            | FieldType::Float { .. }
+    );
+    if !ranged && (spec.min.is_some() || spec.max.is_some()) {
+        return Err(SpecError::BoundsNotApplicable(shown));
+    }
+    if matches!(ty, FieldType::Text { .. }) && spec.min.is_some() {
+        return Err(SpecError::TextTakesOnlyMax);
+    }
+    if spec.pattern.is_some() && !matches!(ty, FieldType::String { .. }) {
+        return Err(SpecError::PatternNotString);
+    }
+    if (spec.on_delete.is_some() || spec.reference_id.is_some())
+        && !matches!(ty, FieldType::Ref { .. })
+    {
+        return Err(SpecError::ReferenceOnly);
+    }
+    let set = match spec.set.as_deref() {
+        None => None,
+        Some("on_create") => Some(SetOn::Create),
+        Some("on_update") => Some(SetOn::Update),
+        Some(other) => return Err(SpecError::UnknownSet(other.into())),
+    };
+    if set.is_some() && ty != FieldType::Timestamp {
+        return Err(SpecError::SetNotTimestamp);
+    }
+    let default = match (&spec.default, &ty) {
+        (None, _) => None,
+        (Some(d @ Literal::Bool(_)), FieldType::Bool)
+        | (Some(d @ Literal::Int(_)), FieldType::Integer { .. } | FieldType::BigInt { .. })
+        | (Some(d @ Literal::Float(_)), FieldType::Float { .. })
+        | (
+            Some(d @ Literal::Text(_)),
+            FieldType::String { .. } | FieldType::Text { .. } | FieldType::Enum { .. },
+        ) => Some(d.clone()),
+        (Some(Literal::Int(i)), FieldType::Float { .. }) => Some(Literal::Float(*i as f64)),
+        (Some(_), _) => return Err(SpecError::DefaultDoesNotFit(shown)),
+    };
+    Ok(Field {
+        name: name.to_string(),
+        doc: None,
+        column: spec.column.clone().unwrap_or_else(|| name.to_string()),
+        ty,
+        optional: spec.optional,
+        set,
+        default,
+    })
+}
+
+/// The marker type (`rt::kinds::*`) a field's Rust type must accept, for the derive's
+/// compile-time check that a hand-written field fits its declared kind.
+pub fn kind_marker(f: &Field) -> TokenStream {
+    let marker = match f.ty {
+        FieldType::String { .. } | FieldType::Text { .. } => quote!(rt::kinds::Str),
+        FieldType::Integer { .. } => quote!(rt::kinds::Integer),
+        FieldType::BigInt { .. } => quote!(rt::kinds::BigInt),
+        FieldType::Float { .. } => quote!(rt::kinds::Float),
+        FieldType::Bool => quote!(rt::kinds::Bool),
+        FieldType::Timestamp => quote!(rt::kinds::Timestamp),
+        FieldType::Date => quote!(rt::kinds::Date),
+        FieldType::Uuid => quote!(rt::kinds::Uuid),
+        FieldType::Json => quote!(rt::kinds::Json),
+        FieldType::Enum { .. } => quote!(rt::kinds::Enum),
+        FieldType::Ref { .. } => quote!(rt::kinds::Ref),
+    };
+    if f.optional {
+        quote!(rt::kinds::Optional<#marker>)
+    } else {
+        marker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field read from attributes lowers to the same model as the same field in YAML.
+    #[test]
+    fn attribute_fields_lower_like_declared_ones() {
+        let yaml = crate::compile_source(
+            "d.yaml",
+            "domain: d\ntemplates:\n  t:\n    fields:\n      \
+             a: { type: string, min: 1, max: 5, default: x }\n      \
+             b: { type: integer, optional: true }\n      \
+             c: { type: float, default: 2 }\n",
+        )
+        .unwrap();
+        let spec = |kind: &str| FieldSpec {
+            kind: Some(kind.into()),
+            ..FieldSpec::default()
+        };
+        let a = FieldSpec {
+            min: Some(Number::Int(1)),
+            max: Some(Number::Int(5)),
+            default: Some(Literal::Text("x".into())),
+            ..spec("string")
+        };
+        let b = FieldSpec {
+            optional: true,
+            ..spec("integer")
+        };
+        let c = FieldSpec {
+            default: Some(Literal::Int(2)),
+            ..spec("float")
+        };
+        let lowered = [field("a", &a), field("b", &b), field("c", &c)].map(Result::unwrap);
+        assert_eq!(yaml.templates[0].fields, lowered);
+    }
+
+    #[test]
+    fn attribute_fields_are_checked() {
+        let string = FieldSpec {
+            kind: Some("string".into()),
+            ..FieldSpec::default()
+        };
+        assert_eq!(field("s", &string), Err(SpecError::StringWithoutMax));
+        let bool_with_max = FieldSpec {
+            kind: Some("bool".into()),
+            max: Some(Number::Int(1)),
+            ..FieldSpec::default()
+        };
+        assert_eq!(
+            field("b", &bool_with_max).unwrap_err().message("b"),
+            "`b`: min and max do not apply to a bool field"
+        );
+        assert_eq!(
+            field("n", &FieldSpec::default()).unwrap_err().message("n"),
+            "field `n` needs a kind: string, text, integer, bigint, float, bool, timestamp, \
+             date, uuid, json, enumeration = \"a,b\" or reference = \"template\""
+        );
+    }
 }
