@@ -138,12 +138,6 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     let params_ty = format_ident!("{}Params", ty);
     let record = type_ident(&q.from);
     let (domain, name) = (&d.name, &q.name);
-    let template = |name: &str| {
-        d.templates
-            .iter()
-            .find(|t| t.name == name)
-            .expect("validated")
-    };
     let mut param_fields = Vec::new();
     let mut param_metas = Vec::new();
     for p in &q.params {
@@ -154,19 +148,14 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             ParamTarget::Field {
                 template: tname,
                 field,
+                index: i,
             } => {
-                let t = template(tname);
-                let i = t
-                    .fields
-                    .iter()
-                    .position(|f| &f.name == field)
-                    .expect("validated");
                 let t_ty = type_ident(tname);
                 let base = rust_type(
                     tname,
                     &Field {
                         optional: false,
-                        ..t.fields[i].clone()
+                        ..field.clone()
                     },
                 );
                 (
@@ -184,13 +173,9 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             }
             ParamTarget::Token {
                 template: tname,
-                set,
+                index: i,
+                ..
             } => {
-                let i = template(tname)
-                    .tokens
-                    .iter()
-                    .position(|s| &s.name == set)
-                    .expect("validated");
                 let t_ty = type_ident(tname);
                 (
                     quote!(::std::string::String),
@@ -227,7 +212,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         let (wname, path) = (&w.name, &w.path);
         let what = match &w.what {
             WithWhat::Count(c) => quote!(rt::WithKind::Count(#c)),
-            WithWhat::Field(f, _) => quote!(rt::WithKind::Field(#f)),
+            WithWhat::Field { name, .. } => quote!(rt::WithKind::Field(#name)),
         };
         quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
     });
@@ -250,26 +235,19 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             let n = ident(&w.name);
             let rust = match &w.what {
                 WithWhat::Count(_) => quote!(i64),
-                WithWhat::Field(f, fty) => {
+                WithWhat::Field { name, ty, template } => rust_type(
                     // The template at the end of the path names enum types.
-                    let mut t = template(&q.from);
-                    for seg in &w.path {
-                        let Some(FieldType::Ref { template: next, .. }) =
-                            t.field(seg).map(|f| &f.ty)
-                        else {
-                            unreachable!("validated paths follow references")
-                        };
-                        t = template(next);
-                    }
-                    rust_type(
-                        &t.name,
-                        &Field {
-                            optional: w.nullable,
-                            ty: fty.clone(),
-                            ..t.field(f).expect("validated").clone()
-                        },
-                    )
-                }
+                    template,
+                    &Field {
+                        name: name.clone(),
+                        doc: None,
+                        column: String::new(),
+                        ty: ty.clone(),
+                        optional: w.nullable,
+                        set: None,
+                        default: None,
+                    },
+                ),
             };
             quote!(pub #n: #rust,)
         });
@@ -385,9 +363,8 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
                 u.fields.join(" and ")
             ),
         );
-        let fields = u.fields.iter().map(|name| {
-            let f = t.field(name).expect("validated");
-            let n = ident(name);
+        let fields = u.fields.iter().filter_map(|name| t.field(name)).map(|f| {
+            let n = ident(&f.name);
             let ty = rust_type(
                 &t.name,
                 &Field {

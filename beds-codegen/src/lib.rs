@@ -36,18 +36,19 @@ pub fn compile_source(file: &str, source: &str) -> Result<model::Domain, Diagnos
     match yaml::parse(source) {
         Ok(root) => {
             let domain = validate::domain(&mut cx, file, &root);
-            if cx.diags.is_empty() {
-                return Ok(domain);
-            }
+            // The model leaves the compiler only when the context holds no error.
+            cx.check().map(|()| domain)
         }
-        Err(e) => cx.error_hint(
-            e.pos,
-            "",
-            format!("invalid YAML: {}", e.message),
-            "fix the YAML syntax at this position (indentation, brackets, quotes)",
-        ),
+        Err(e) => {
+            cx.error_hint(
+                e.pos,
+                "",
+                format!("invalid YAML: {}", e.message),
+                "fix the YAML syntax at this position (indentation, brackets, quotes)",
+            );
+            Err(cx.check().expect_err("an error was just reported"))
+        }
     }
-    Err(Diagnostics(cx.diags))
 }
 
 /// Renders compiled domains as Rust source, formatted one item per line (by prettyplease)

@@ -377,9 +377,21 @@ pub struct Param {
 /// What a parameter is compared with, which decides its type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamTarget {
-    Field { template: String, field: String },
-    Id { template: String },
-    Token { template: String, set: String },
+    /// The field, and its position in its template's fields (and so in `TemplateMeta`).
+    Field {
+        template: String,
+        field: Field,
+        index: usize,
+    },
+    Id {
+        template: String,
+    },
+    /// The token set, and its position in its template's token sets.
+    Token {
+        template: String,
+        set: String,
+        index: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -420,8 +432,12 @@ pub struct With {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WithWhat {
     Count(String),
-    /// A field of the template at the end of the path: name and type.
-    Field(String, FieldType),
+    /// A field of the template at the end of the path: its name, type and template.
+    Field {
+        name: String,
+        ty: FieldType,
+        template: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -590,7 +590,11 @@ fn with_values(
             WithWhat::Count(last.to_string())
         } else if let Some(f) = t.field(last) {
             nullable |= f.optional;
-            WithWhat::Field(last.to_string(), f.ty.clone())
+            WithWhat::Field {
+                name: last.to_string(),
+                ty: f.ty.clone(),
+                template: t.name.clone(),
+            }
         } else {
             let known: Vec<&str> = t
                 .counts
@@ -654,21 +658,24 @@ fn resolve(
             };
             return Some((id_type(t), target, false));
         }
-        if last && let Some(set) = t.token_set(seg) {
+        if last && let Some(index) = t.tokens.iter().position(|s| s.name == *seg) {
             let target = ParamTarget::Token {
                 template: t.name.clone(),
-                set: set.name.clone(),
+                set: seg.to_string(),
+                index,
             };
             return Some((FieldType::Text { max: None }, target, true));
         }
-        let Some(f) = t.field(seg) else {
+        let Some(index) = t.fields.iter().position(|f| f.name == *seg) else {
             no_field(cx, key.pos, cpath, t, seg);
             return None;
         };
+        let f = &t.fields[index];
         if last {
             let target = ParamTarget::Field {
                 template: t.name.clone(),
-                field: f.name.clone(),
+                field: f.clone(),
+                index,
             };
             return Some((f.ty.clone(), target, false));
         }
