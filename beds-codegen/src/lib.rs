@@ -1,8 +1,11 @@
 //! The BEDS declaration compiler.
 //!
 //! Loads `domains/*.yaml`, validates every file (collecting all errors, each with file,
-//! line, column, key path and a hint), and emits Rust for the runtime. `build.rs` drives
-//! it through [`Builder`]; tests call [`compile_source`] directly.
+//! line, column, key path and a hint) into a typed [`model`] with every reference resolved,
+//! and emits formatted Rust for the runtime. [`lower`] is the one place a template becomes
+//! runtime metadata (`TemplateMeta`, fingerprint); the `Record` derive of beds-macros uses it
+//! too. `build.rs` drives the compiler through [`Builder`]; tests call [`compile_source`]
+//! and [`generate`] directly.
 //!
 //! ```no_run
 //! // in build.rs's main:

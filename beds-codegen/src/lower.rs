@@ -356,6 +356,18 @@ pub fn kind_words() -> Vec<&'static str> {
         .collect()
 }
 
+/// [`kind_words`] as written in an attribute, for messages: `enumeration = "a,b"`, ...
+pub fn kind_forms() -> Vec<String> {
+    kind_words()
+        .into_iter()
+        .map(|w| match w {
+            "enumeration" => "enumeration = \"a,b\"".to_string(),
+            "reference" => "reference = \"template\"".to_string(),
+            w => w.to_string(),
+        })
+        .collect()
+}
+
 /// A number as written in an attribute.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Number {
@@ -411,14 +423,7 @@ impl SpecError {
     pub fn message(&self, name: &str) -> String {
         match self {
             SpecError::NoKind => {
-                let words: Vec<String> = kind_words()
-                    .into_iter()
-                    .map(|w| match w {
-                        "enumeration" => "enumeration = \"a,b\"".to_string(),
-                        "reference" => "reference = \"template\"".to_string(),
-                        w => w.to_string(),
-                    })
-                    .collect();
+                let words = kind_forms();
                 let (last, rest) = words.split_last().expect("kinds exist");
                 format!("field `{name}` needs a kind: {} or {last}", rest.join(", "))
             }

@@ -565,11 +565,11 @@ fn field_attr(f: &mut FieldSpec, meta: &ParseNestedMeta<'_>) -> syn::Result<()> 
     } else if p.is_ident("reference_id") {
         f.reference_id = Some(string(meta)?);
     } else {
-        return Err(meta.error(
-            "unknown field attribute; expected a kind (string, text, integer, bigint, float, bool, \
-             timestamp, date, uuid, json, enumeration = \"a,b\", reference = \"template\") or \
-             min, max, pattern, optional, default, set, column, on_delete, reference_id",
-        ));
+        return Err(meta.error(format!(
+            "unknown field attribute; expected a kind ({}) or min, max, pattern, optional, \
+             default, set, column, on_delete, reference_id",
+            lower::kind_forms().join(", ")
+        )));
     }
     Ok(())
 }
