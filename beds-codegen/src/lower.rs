@@ -672,3 +672,88 @@ mod tests {
         );
     }
 }
+
+/// A name in a template-level rule that is not a field of the template, found by
+/// [`unknown_fields`]; each carries the rule's position in its list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownField {
+    Unique {
+        index: usize,
+        field: String,
+    },
+    Index {
+        index: usize,
+        field: String,
+    },
+    Tokens {
+        index: usize,
+        set: String,
+        field: String,
+    },
+    Differ {
+        index: usize,
+        field: String,
+    },
+}
+
+impl UnknownField {
+    pub fn message(&self) -> String {
+        match self {
+            UnknownField::Unique { field, .. } => {
+                format!("unique index names unknown field `{field}`")
+            }
+            UnknownField::Index { field, .. } => format!("index names unknown field `{field}`"),
+            UnknownField::Tokens { set, field, .. } => {
+                format!("tokens `{set}` are taken from unknown field `{field}`")
+            }
+            UnknownField::Differ { field, .. } => format!("differ names unknown field `{field}`"),
+        }
+    }
+}
+
+/// Checks that unique keys, indexes (which may also name `id`), token sets and checks of
+/// a template assembled outside the YAML validator name its own fields.
+pub fn unknown_fields(t: &Template) -> Vec<UnknownField> {
+    let known = |f: &str| t.fields.iter().any(|x| x.name == f);
+    let mut out = Vec::new();
+    for (index, u) in t.unique.iter().enumerate() {
+        out.extend(
+            u.fields
+                .iter()
+                .filter(|f| !known(f))
+                .map(|f| UnknownField::Unique {
+                    index,
+                    field: f.clone(),
+                }),
+        );
+    }
+    for (index, fields) in t.indexes.iter().enumerate() {
+        out.extend(fields.iter().filter(|f| *f != "id" && !known(f)).map(|f| {
+            UnknownField::Index {
+                index,
+                field: f.clone(),
+            }
+        }));
+    }
+    for (index, s) in t.tokens.iter().enumerate() {
+        if !known(&s.from) {
+            out.push(UnknownField::Tokens {
+                index,
+                set: s.name.clone(),
+                field: s.from.clone(),
+            });
+        }
+    }
+    for (index, c) in t.checks.iter().enumerate() {
+        out.extend(
+            c.differ
+                .iter()
+                .filter(|f| !known(f))
+                .map(|f| UnknownField::Differ {
+                    index,
+                    field: f.clone(),
+                }),
+        );
+    }
+    out
+}

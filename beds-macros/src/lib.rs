@@ -23,7 +23,7 @@
 //! }
 //! ```
 
-use beds_codegen::lower::{self, FieldSpec, Number};
+use beds_codegen::lower::{self, FieldSpec, Number, UnknownField};
 use beds_codegen::model::{self, Literal};
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -137,7 +137,6 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let mut has_version = false;
     let mut fields = Vec::new();
     let mut checks = Vec::new();
-    let mut field_names = Vec::new();
     for field in &named.named {
         let ident = field.ident.as_ref().expect("named fields");
         let fname = ident.to_string();
@@ -171,7 +170,6 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             Ok(lowered) => {
                 let (ty, marker) = (&field.ty, lower::kind_marker(&lowered));
                 checks.push(quote!(rt::assert_field::<#ty, #marker>();));
-                field_names.push(fname);
                 fields.push(lowered);
             }
             Err(e) => errors.push(syn::Error::new_spanned(ident, e.message(&fname))),
@@ -190,39 +188,9 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "a Record needs a `version: i64` field",
         ));
     }
-    for (fields, _, span) in &t.unique {
-        for f in fields {
-            if !field_names.contains(f) {
-                errors.push(syn::Error::new(
-                    *span,
-                    format!("unique index names unknown field `{f}`"),
-                ));
-            }
-        }
-    }
-    for (fields, span) in &t.indexes {
-        for f in fields {
-            if f != "id" && !field_names.contains(f) {
-                errors.push(syn::Error::new(
-                    *span,
-                    format!("index names unknown field `{f}`"),
-                ));
-            }
-        }
-    }
     let table = t.table.clone().unwrap_or_else(|| template.clone());
-    for s in &t.tokens {
-        if !field_names.contains(&s.from) {
-            errors.push(syn::Error::new(
-                s.span.unwrap_or_else(Span::call_site),
-                format!(
-                    "tokens `{}` are taken from unknown field `{}`",
-                    s.name, s.from
-                ),
-            ));
-        }
-    }
     let mut checks_model = Vec::new();
+    let mut check_spans = Vec::new();
     for (fields, message, cname, span) in &t.differ {
         let [a, b] = fields.as_slice() else {
             errors.push(syn::Error::new(
@@ -231,15 +199,8 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             ));
             continue;
         };
-        for f in [a, b] {
-            if !field_names.contains(f) {
-                errors.push(syn::Error::new(
-                    *span,
-                    format!("differ names unknown field `{f}`"),
-                ));
-            }
-        }
         let differ = [a.clone(), b.clone()];
+        check_spans.push(*span);
         checks_model.push(model::Check {
             name: cname
                 .clone()
@@ -248,7 +209,6 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             message: message.clone(),
         });
     }
-    errors.finish()?;
     let flag = |name: &str| t.flags.iter().any(|f| f == name);
     let defaults = model::Page::default();
     let lowered = model::Template {
@@ -317,6 +277,18 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         checks: checks_model,
         table,
     };
+    for unknown in lower::unknown_fields(&lowered) {
+        let span = match &unknown {
+            UnknownField::Unique { index, .. } => t.unique[*index].2,
+            UnknownField::Index { index, .. } => t.indexes[*index].1,
+            UnknownField::Tokens { index, .. } => {
+                t.tokens[*index].span.unwrap_or(Span::call_site())
+            }
+            UnknownField::Differ { index, .. } => check_spans[*index],
+        };
+        errors.push(syn::Error::new(span, unknown.message()));
+    }
+    errors.finish()?;
     let record_impl = lower::record_impl(
         &domain,
         &lowered,
