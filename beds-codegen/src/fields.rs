@@ -22,18 +22,6 @@ const FIELD_KEYS: &[&str] = &[
     "on_delete",
 ];
 
-/// Which constraint keys each type accepts; anything else is reported.
-fn allowed(ty: &str) -> &'static [&'static str] {
-    match ty {
-        "string" => &["min", "max", "pattern"],
-        "text" => &["max"],
-        "integer" | "bigint" | "float" => &["min", "max"],
-        "enum" => &["values"],
-        "ref" => &["on_delete"],
-        _ => &[],
-    }
-}
-
 pub(crate) fn field(
     cx: &mut Ctx,
     path: &str,
@@ -53,7 +41,7 @@ pub(crate) fn field(
     let ty = field_type(cx, path, spec, entries, templates, optional)?;
     for key in ["min", "max", "pattern", "values", "on_delete"] {
         if let Some(n) = get(entries, key)
-            && !allowed(ty.name()).contains(&key)
+            && !ty.constraint_keys().contains(&key)
         {
             cx.error_hint(
                 n.pos,

@@ -535,26 +535,19 @@ pub fn field(name: &str, spec: &FieldSpec) -> Result<Field, SpecError> {
         FieldType::Ref { .. } => "reference",
         ty => ty.name(),
     };
-    let ranged = matches!(
-        ty,
-        FieldType::String { .. }
-            | FieldType::Text { .. }
-            | FieldType::Integer { .. }
-            | FieldType::BigInt { .. }
-            | FieldType::Float { .. }
-    );
-    if !ranged && (spec.min.is_some() || spec.max.is_some()) {
-        return Err(SpecError::BoundsNotApplicable(shown));
+    let takes = |key: &str| ty.constraint_keys().contains(&key);
+    if (spec.min.is_some() && !takes("min")) || (spec.max.is_some() && !takes("max")) {
+        return Err(if takes("max") {
+            SpecError::TextTakesOnlyMax
+        } else {
+            SpecError::BoundsNotApplicable(shown)
+        });
     }
-    if matches!(ty, FieldType::Text { .. }) && spec.min.is_some() {
-        return Err(SpecError::TextTakesOnlyMax);
-    }
-    if spec.pattern.is_some() && !matches!(ty, FieldType::String { .. }) {
+    if spec.pattern.is_some() && !takes("pattern") {
         return Err(SpecError::PatternNotString);
     }
-    if (spec.on_delete.is_some() || spec.reference_id.is_some())
-        && !matches!(ty, FieldType::Ref { .. })
-    {
+    // `reference_id` is the derive's own: a declaration reads the target's id kind.
+    if (spec.on_delete.is_some() || spec.reference_id.is_some()) && !takes("on_delete") {
         return Err(SpecError::ReferenceOnly);
     }
     let set = match spec.set.as_deref() {

@@ -216,6 +216,25 @@ impl FieldType {
         "json",
     ];
 
+    /// The constraint keys this kind accepts, in a declaration and in `#[beds(...)]`
+    /// alike; any other is reported.
+    pub fn constraint_keys(&self) -> &'static [&'static str] {
+        match self {
+            FieldType::String { .. } => &["min", "max", "pattern"],
+            FieldType::Text { .. } => &["max"],
+            FieldType::Integer { .. } | FieldType::BigInt { .. } | FieldType::Float { .. } => {
+                &["min", "max"]
+            }
+            FieldType::Enum { .. } => &["values"],
+            FieldType::Ref { .. } => &["on_delete"],
+            FieldType::Bool
+            | FieldType::Timestamp
+            | FieldType::Date
+            | FieldType::Uuid
+            | FieldType::Json => &[],
+        }
+    }
+
     /// The inclusive range of an integer kind: its declared bounds, defaulting to the
     /// kind's own (32-bit `integer`, 64-bit `bigint`).
     pub fn int_range(&self) -> Option<(i64, i64)> {
