@@ -3,7 +3,7 @@
 
 use crate::diag::{Ctx, suggest};
 use crate::model::{Check, Count, Domain, FieldType, Template, TokenSet};
-use crate::validate::{
+use crate::read::{
     bound, check_keys, expect_map, field_names, flag, get, is_snake, list, storage_ident,
 };
 use crate::yaml::Node;
@@ -129,9 +129,9 @@ pub(crate) fn tokens(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
                     format!("max_len must be between 1 and {MAX_TOKEN_LEN}"),
                     "longer matches are not kept as tokens",
                 );
-                64
+                TokenSet::DEFAULT_MAX_LEN
             }
-            None => 64,
+            None => TokenSet::DEFAULT_MAX_LEN,
         };
         let table = get(m, "table")
             .and_then(|n| storage_ident(cx, n, &format!("{p}.table")))
@@ -285,8 +285,10 @@ pub(crate) fn checks(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
             continue;
         }
         if let Some(message) = message {
+            let differ = [a.clone(), b.clone()];
             out.push(Check {
-                differ: [a.clone(), b.clone()],
+                name: Check::default_name(&t.table, &differ),
+                differ,
                 message,
             });
         }

@@ -49,18 +49,31 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// Collects diagnostics for one file while the validator walks it.
+/// Collects diagnostics for one file while the validator walks it, like serde_derive's
+/// `Ctxt`: it must be consumed by [`Ctx::check`], which alone decides whether the model
+/// the validator built may be used; dropping it unchecked is a bug and panics.
 #[derive(Debug)]
 pub(crate) struct Ctx {
     file: String,
-    pub(crate) diags: Vec<Diagnostic>,
+    /// `None` once checked.
+    diags: Option<Vec<Diagnostic>>,
 }
 
 impl Ctx {
     pub(crate) fn new(file: &str) -> Self {
         Ctx {
             file: file.to_string(),
-            diags: Vec::new(),
+            diags: Some(Vec::new()),
+        }
+    }
+
+    /// Ok when nothing was reported; else every diagnostic, in the order found.
+    pub(crate) fn check(mut self) -> Result<(), Diagnostics> {
+        let diags = self.diags.take().unwrap_or_default();
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(Diagnostics(diags))
         }
     }
 
@@ -75,13 +88,25 @@ impl Ctx {
     }
 
     fn push(&mut self, pos: Pos, path: &str, message: String, hint: Option<String>) {
-        self.diags.push(Diagnostic {
+        let diags = self
+            .diags
+            .as_mut()
+            .expect("a checked Ctx takes no more errors");
+        diags.push(Diagnostic {
             file: self.file.clone(),
             pos,
             path: path.to_string(),
             message,
             hint,
         });
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if self.diags.is_some() && !std::thread::panicking() {
+            panic!("diagnostics of {} dropped without Ctx::check", self.file);
+        }
     }
 }
 
@@ -120,6 +145,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "dropped without Ctx::check")]
+    fn an_unchecked_context_panics() {
+        let _cx = Ctx::new("domains/d.yaml");
+    }
+
+    #[test]
+    fn a_checked_context_yields_its_errors() {
+        let cx = Ctx::new("domains/d.yaml");
+        assert_eq!(cx.check(), Ok(()));
+        let mut cx = Ctx::new("domains/d.yaml");
+        cx.error_hint(Pos { line: 2, col: 3 }, "a", "bad", "fix it");
+        assert_eq!(cx.check().unwrap_err().0.len(), 1);
+    }
 
     #[test]
     fn typos_find_their_word() {

@@ -59,7 +59,10 @@ fn domain_module(d: &Domain) -> TokenStream {
     let m = ident(&d.name);
     let name = &d.name;
     let version = d.version as u32;
-    let doc = format!("Domain `{}`, compiled from `{}`.", d.name, d.file);
+    let doc = docs(
+        None,
+        &format!("Domain `{}`, compiled from `{}`.", d.name, d.file),
+    );
     let templates = d.templates.iter().map(|t| template(d, t));
     let metas = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
@@ -73,9 +76,12 @@ fn domain_module(d: &Domain) -> TokenStream {
     let query_accessors = d.queries.iter().map(|q| {
         let ty = Ident::new(&camel(&q.name), Span::call_site());
         let f = ident(&q.name);
-        let doc = format!("Named query `{}` over `{}`.", q.name, q.from);
+        let doc = docs(
+            None,
+            &format!("Named query `{}` over `{}`.", q.name, q.from),
+        );
         quote! {
-            #[doc = #doc]
+            #doc
             pub fn #f(&self) -> rt::QueryClient<'a, #ty> {
                 self.0.query::<#ty>()
             }
@@ -84,16 +90,16 @@ fn domain_module(d: &Domain) -> TokenStream {
     let accessors = d.templates.iter().map(|t| {
         let ty = type_ident(&t.name);
         let f = ident(&t.name);
-        let doc = format!("Typed requests for `{}`.", t.name);
+        let doc = docs(None, &format!("Typed requests for `{}`.", t.name));
         quote! {
-            #[doc = #doc]
+            #doc
             pub fn #f(&self) -> rt::TemplateClient<'a, #ty> {
                 self.0.template::<#ty>()
             }
         }
     });
     quote! {
-        #[doc = #doc]
+        #doc
         pub mod #m {
             #![allow(clippy::all)]
             use ::beds_runtime::support as rt;
@@ -132,12 +138,6 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     let params_ty = format_ident!("{}Params", ty);
     let record = type_ident(&q.from);
     let (domain, name) = (&d.name, &q.name);
-    let template = |name: &str| {
-        d.templates
-            .iter()
-            .find(|t| t.name == name)
-            .expect("validated")
-    };
     let mut param_fields = Vec::new();
     let mut param_metas = Vec::new();
     for p in &q.params {
@@ -148,19 +148,14 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             ParamTarget::Field {
                 template: tname,
                 field,
+                index: i,
             } => {
-                let t = template(tname);
-                let i = t
-                    .fields
-                    .iter()
-                    .position(|f| &f.name == field)
-                    .expect("validated");
                 let t_ty = type_ident(tname);
                 let base = rust_type(
                     tname,
                     &Field {
                         optional: false,
-                        ..t.fields[i].clone()
+                        ..field.clone()
                     },
                 );
                 (
@@ -178,13 +173,9 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             }
             ParamTarget::Token {
                 template: tname,
-                set,
+                index: i,
+                ..
             } => {
-                let i = template(tname)
-                    .tokens
-                    .iter()
-                    .position(|s| &s.name == set)
-                    .expect("validated");
                 let t_ty = type_ident(tname);
                 (
                     quote!(::std::string::String),
@@ -221,17 +212,20 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         let (wname, path) = (&w.name, &w.path);
         let what = match &w.what {
             WithWhat::Count(c) => quote!(rt::WithKind::Count(#c)),
-            WithWhat::Field(f, _) => quote!(rt::WithKind::Field(#f)),
+            WithWhat::Field { name, .. } => quote!(rt::WithKind::Field(#name)),
         };
         quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
     });
-    let doc = format!(
-        "Named query `{}`: {} `{}` records.",
-        q.name,
-        if q.count { "counts" } else { "pages through" },
-        q.from
+    let doc = docs(
+        q.doc.as_deref(),
+        &format!(
+            "Named query `{}`: {} `{}` records.",
+            q.name,
+            if q.count { "counts" } else { "pages through" },
+            q.from
+        ),
     );
-    let params_doc = format!("Parameters of `{}`.", q.name);
+    let params_doc = docs(None, &format!("Parameters of `{}`.", q.name));
     let (item, item_defs) = if q.with.is_empty() {
         (quote!(#record), quote!())
     } else {
@@ -241,35 +235,34 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
             let n = ident(&w.name);
             let rust = match &w.what {
                 WithWhat::Count(_) => quote!(i64),
-                WithWhat::Field(f, fty) => {
+                WithWhat::Field { name, ty, template } => rust_type(
                     // The template at the end of the path names enum types.
-                    let mut t = template(&q.from);
-                    for seg in &w.path {
-                        let Some(FieldType::Ref { template: next, .. }) =
-                            t.field(seg).map(|f| &f.ty)
-                        else {
-                            unreachable!("validated paths follow references")
-                        };
-                        t = template(next);
-                    }
-                    rust_type(
-                        &t.name,
-                        &Field {
-                            optional: w.nullable,
-                            ty: fty.clone(),
-                            ..t.field(f).expect("validated").clone()
-                        },
-                    )
-                }
+                    template,
+                    &Field {
+                        name: name.clone(),
+                        doc: None,
+                        column: String::new(),
+                        ty: ty.clone(),
+                        optional: w.nullable,
+                        set: None,
+                        default: None,
+                    },
+                ),
             };
             quote!(pub #n: #rust,)
         });
-        let item_doc = format!("An item of `{}`: the record and its `with` values.", q.name);
-        let with_doc = format!("The `with` values of an item of `{}`.", q.name);
+        let item_doc = docs(
+            None,
+            &format!("An item of `{}`: the record and its `with` values.", q.name),
+        );
+        let with_doc = docs(
+            None,
+            &format!("The `with` values of an item of `{}`.", q.name),
+        );
         (
             quote!(#item_ty),
             quote! {
-                #[doc = #item_doc]
+                #item_doc
                 #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
                 #[serde(crate = "::beds_runtime::support::serde")]
                 pub struct #item_ty {
@@ -278,7 +271,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                     pub with: #with_ty,
                 }
 
-                #[doc = #with_doc]
+                #with_doc
                 #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
                 #[serde(crate = "::beds_runtime::support::serde")]
                 pub struct #with_ty {
@@ -288,11 +281,11 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         )
     };
     quote! {
-        #[doc = #doc]
+        #doc
         #[derive(Debug, Clone, Copy)]
         pub struct #ty;
 
-        #[doc = #params_doc]
+        #params_doc
         #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #params_ty {
@@ -347,28 +340,31 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
     let create_ty = format_ident!("{}Create", ty);
     let patch_ty = format_ident!("{}Patch", ty);
     let routes = routes_ident(t);
-    let name = &t.name;
-    let table = &t.table;
-    let id_column = &t.id_column;
-    let version_column = &t.version_column;
-    let id_kind = t.id.name();
+    let record_impl = crate::lower::record_impl(
+        domain,
+        t,
+        &quote!(#ty),
+        &quote!(#id_ty),
+        &quote!(#create_ty),
+        &quote!(#patch_ty),
+    );
     let id_inner = match t.id {
         IdKind::Uuid7 => quote!(rt::Uuid),
         IdKind::Sequence => quote!(i64),
     };
-    let page_default = t.page.default;
-    let page_max = t.page.max;
     let enums = t.fields.iter().filter_map(|f| enum_def(&t.name, f));
     let keys = t.unique.iter().map(|u| {
         let ty = Ident::new(&key_type(&t.name, &u.fields), Span::call_site());
-        let doc = format!(
-            "Names one `{}` by its unique {}.",
-            t.name,
-            u.fields.join(" and ")
+        let doc = docs(
+            None,
+            &format!(
+                "Names one `{}` by its unique {}.",
+                t.name,
+                u.fields.join(" and ")
+            ),
         );
-        let fields = u.fields.iter().map(|name| {
-            let f = t.field(name).expect("validated");
-            let n = ident(name);
+        let fields = u.fields.iter().filter_map(|name| t.field(name)).map(|f| {
+            let n = ident(&f.name);
             let ty = rust_type(
                 &t.name,
                 &Field {
@@ -379,7 +375,7 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             quote!(pub #n: #ty,)
         });
         quote! {
-            #[doc = #doc]
+            #doc
             #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
             #[serde(crate = "::beds_runtime::support::serde")]
             pub struct #ty {
@@ -387,63 +383,12 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             }
         }
     });
-    let version = t.version;
-    let mut flags = Vec::new();
-    for (on, flag) in [
-        (t.append_only, quote!(append_only)),
-        (t.internal, quote!(internal)),
-        (t.capabilities.audit, quote!(audit)),
-        (t.capabilities.journal, quote!(journal)),
-        (t.capabilities.locking, quote!(locking)),
-    ] {
-        if on {
-            flags.push(quote!(, #flag));
-        }
-    }
-    if let Some(ms) = t.capabilities.cache_ttl_ms {
-        flags.push(quote!(, cache_ttl_ms = #ms));
-    }
-    if let Some(r) = &t.capabilities.retention {
-        let (age, target) = (r.age_ms, &r.target);
-        flags.push(quote!(, retention(age_ms = #age, target = #target)));
-    }
-    let access = t.access.iter().map(|(op, who)| {
-        let op = ident(op);
-        let who = who.join(",");
-        quote!(#[beds(access(#op = #who))])
-    });
-    let indexes = t.indexes.iter().map(|fields| {
-        let fields = fields.join(",");
-        quote!(#[beds(index(fields = #fields))])
-    });
-    let uniques = t.unique.iter().map(|u| {
-        let fields = u.fields.join(",");
-        let ci = u.case_insensitive.then(|| quote!(, case_insensitive));
-        quote!(#[beds(unique(fields = #fields #ci))])
-    });
-    let tokens = t.tokens.iter().map(|set| {
-        let (name, from, pattern, max_len, table) =
-            (&set.name, &set.from, &set.pattern, set.max_len, &set.table);
-        let lower = set.lowercase.then(|| quote!(, lowercase));
-        quote!(#[beds(tokens(name = #name, from = #from, pattern = #pattern, max_len = #max_len, table = #table #lower))])
-    });
-    let counts = t.counts.iter().map(|c| {
-        let (name, from, by) = (&c.name, &c.from, &c.by);
-        quote!(#[beds(count(name = #name, template = #from, by = #by))])
-    });
-    let checks = t.checks.iter().map(|c| {
-        let fields = c.differ.join(",");
-        let message = &c.message;
-        quote!(#[beds(differ(fields = #fields, message = #message))])
-    });
     let record_fields = t.fields.iter().map(|f| {
         let n = ident(&f.name);
         let ty = rust_type(&t.name, f);
-        let attr = field_attr(d, f);
-        let doc = field_doc(f);
+        let doc = docs(f.doc.as_deref(), &field_doc(f));
         quote! {
-            #[doc = #doc]
-            #attr
+            #doc
             pub #n: #ty,
         }
     });
@@ -459,10 +404,10 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
                 ..(*f).clone()
             },
         );
-        let doc = field_doc(f);
+        let doc = docs(f.doc.as_deref(), &field_doc(f));
         let skip = omittable.then(|| quote!(#[serde(skip_serializing_if = "Option::is_none")]));
         quote! {
-            #[doc = #doc]
+            #doc
             #skip
             pub #n: #ty,
         }
@@ -470,30 +415,45 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
     let patch_fields = input_fields.iter().map(|f| {
         let n = ident(&f.name);
         let inner = rust_type(&t.name, f);
-        let doc = format!(
-            "{} Leave `None` to keep it{}.",
-            field_doc(f),
-            if f.optional {
-                "; `Some(None)` clears it"
-            } else {
-                ""
-            }
+        let doc = docs(
+            f.doc.as_deref(),
+            &format!(
+                "{} Leave `None` to keep it{}.",
+                field_doc(f),
+                if f.optional {
+                    "; `Some(None)` clears it"
+                } else {
+                    ""
+                }
+            ),
         );
         quote! {
-            #[doc = #doc]
+            #doc
             #[serde(skip_serializing_if = "Option::is_none")]
             pub #n: Option<#inner>,
         }
     });
-    let record_doc = format!("A `{}` record, as stored in `{}`.", t.name, t.table);
-    let id_doc = format!("The key of a `{}` record.", t.name);
-    let create_doc = format!("The fields a caller supplies to create a `{}`.", t.name);
-    let patch_doc = format!(
-        "A partial update of a `{}`: only `Some` fields change.",
-        t.name
+    let record_doc = docs(
+        t.doc.as_deref(),
+        &format!(
+            "A `{}` record of domain `{}`, stored in table `{}`.",
+            t.name, d.name, t.table
+        ),
+    );
+    let id_doc = docs(None, &format!("The key of a `{}` record.", t.name));
+    let create_doc = docs(
+        None,
+        &format!("The fields a caller supplies to create a `{}`.", t.name),
+    );
+    let patch_doc = docs(
+        None,
+        &format!(
+            "A partial update of a `{}`: only `Some` fields change.",
+            t.name
+        ),
     );
     quote! {
-        #[doc = #id_doc]
+        #id_doc
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
             rt::serde::Serialize, rt::serde::Deserialize,
@@ -509,25 +469,12 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             }
         }
 
-        #[doc = #record_doc]
+        #record_doc
         #[derive(
             Debug, Clone, PartialEq,
-            rt::serde::Serialize, rt::serde::Deserialize, rt::Record,
+            rt::serde::Serialize, rt::serde::Deserialize,
         )]
         #[serde(crate = "::beds_runtime::support::serde")]
-        #[beds(
-            domain = #domain, template = #name, table = #table,
-            id = #id_kind, id_column = #id_column, version_column = #version_column,
-            page_default = #page_default, page_max = #page_max,
-            create = #create_ty, patch = #patch_ty, version = #version
-            #(#flags)*
-        )]
-        #(#uniques)*
-        #(#indexes)*
-        #(#access)*
-        #(#tokens)*
-        #(#counts)*
-        #(#checks)*
         pub struct #ty {
             /// The record's key, generated by the server.
             pub id: #id_ty,
@@ -536,111 +483,27 @@ fn template(d: &Domain, t: &Template) -> TokenStream {
             #(#record_fields)*
         }
 
-        #[doc = #create_doc]
+        #create_doc
         #[derive(Debug, Clone, PartialEq, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #create_ty {
             #(#create_fields)*
         }
 
-        #[doc = #patch_doc]
+        #patch_doc
         #[derive(Debug, Clone, PartialEq, Default, rt::serde::Serialize)]
         #[serde(crate = "::beds_runtime::support::serde")]
         pub struct #patch_ty {
             #(#patch_fields)*
         }
 
+        #record_impl
+
         #(#enums)*
         #(#keys)*
 
         pub static #routes: rt::Routes = rt::Routes::of::<#ty>();
     }
-}
-
-/// The `#[beds(...)]` attribute that tells the `Record` derive what a field is.
-fn field_attr(d: &Domain, f: &Field) -> TokenStream {
-    let mut parts: Vec<TokenStream> = Vec::new();
-    let kind = Ident::new(f.ty.name(), Span::call_site());
-    let int = |parts: &mut Vec<TokenStream>, key: &str, v: &Option<i64>| {
-        if let Some(v) = v {
-            let key = ident(key);
-            parts.push(quote!(#key = #v));
-        }
-    };
-    match &f.ty {
-        FieldType::String { min, max, pattern } => {
-            parts.push(quote!(string));
-            int(&mut parts, "min", &min.map(i64::from));
-            parts.push(quote!(max = #max));
-            if let Some(p) = pattern {
-                parts.push(quote!(pattern = #p));
-            }
-        }
-        FieldType::Text { max } => {
-            parts.push(quote!(text));
-            int(&mut parts, "max", &max.map(i64::from));
-        }
-        FieldType::Integer { min, max } | FieldType::BigInt { min, max } => {
-            parts.push(quote!(#kind));
-            int(&mut parts, "min", min);
-            int(&mut parts, "max", max);
-        }
-        FieldType::Float { min, max } => {
-            parts.push(quote!(float));
-            if let Some(v) = min {
-                parts.push(quote!(min = #v));
-            }
-            if let Some(v) = max {
-                parts.push(quote!(max = #v));
-            }
-        }
-        FieldType::Enum { values } => {
-            let values = values.join(",");
-            parts.push(quote!(enumeration = #values));
-        }
-        FieldType::Ref {
-            template,
-            on_delete,
-        } => {
-            let od = on_delete.name();
-            parts.push(quote!(reference = #template, on_delete = #od));
-            let target = d
-                .templates
-                .iter()
-                .find(|t| &t.name == template)
-                .expect("validated");
-            if target.id == IdKind::Sequence {
-                parts.push(quote!(reference_id = "sequence"));
-            }
-        }
-        FieldType::Bool
-        | FieldType::Timestamp
-        | FieldType::Date
-        | FieldType::Uuid
-        | FieldType::Json => {
-            parts.push(quote!(#kind));
-        }
-    }
-    if f.optional {
-        parts.push(quote!(optional));
-    }
-    match f.set {
-        Some(SetOn::Create) => parts.push(quote!(set = "on_create")),
-        Some(SetOn::Update) => parts.push(quote!(set = "on_update")),
-        None => {}
-    }
-    match &f.default {
-        Some(Literal::Bool(b)) => parts.push(quote!(default = #b)),
-        Some(Literal::Int(i)) => parts.push(quote!(default = #i)),
-        Some(Literal::Float(x)) => parts.push(quote!(default = #x)),
-        Some(Literal::Text(t)) => parts.push(quote!(default = #t)),
-        None => {}
-    }
-    let column = &f.column;
-    if *column != f.name {
-        parts.push(quote!(column = #column));
-    }
-    quote!(#[beds(#(#parts),*)])
 }
 
 fn rust_type(template: &str, f: &Field) -> TokenStream {
@@ -676,7 +539,7 @@ fn enum_def(template: &str, f: &Field) -> Option<TokenStream> {
         return None;
     };
     let ty = Ident::new(&enum_type(template, &f.name), Span::call_site());
-    let doc = format!("The values of `{template}.{}`.", f.name);
+    let doc = docs(None, &format!("The values of `{template}.{}`.", f.name));
     let variants = values.iter().map(|v| {
         let variant = Ident::new(&camel(v), Span::call_site());
         quote! {
@@ -685,7 +548,7 @@ fn enum_def(template: &str, f: &Field) -> Option<TokenStream> {
         }
     });
     Some(quote! {
-        #[doc = #doc]
+        #doc
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash,
             rt::serde::Serialize, rt::serde::Deserialize,
@@ -737,6 +600,7 @@ fn field_doc(f: &Field) -> String {
         FieldType::Ref {
             template,
             on_delete,
+            ..
         } => format!(
             "Reference to a `{template}`; {}.",
             match on_delete {
@@ -758,7 +622,19 @@ fn field_doc(f: &Field) -> String {
         Some(Literal::Text(t)) => format!(" Default `{t:?}`."),
         None => String::new(),
     };
-    format!(" {what}{set}{default}")
+    format!("{what}{set}{default}")
+}
+
+/// Doc attributes: the declaration's own `doc:` text when it has one, then what the
+/// compiler knows (type, constraints, storage), so every generated item is documented.
+fn docs(declared: Option<&str>, generated: &str) -> TokenStream {
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(text) = declared {
+        lines.extend(text.lines().map(|l| format!(" {}", l.trim_end())));
+        lines.push(String::new());
+    }
+    lines.push(format!(" {generated}"));
+    quote!(#(#[doc = #lines])*)
 }
 
 fn routes_ident(t: &Template) -> Ident {

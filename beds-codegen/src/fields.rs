@@ -1,9 +1,10 @@
 //! Validation of one field declaration: its type, constraints, default and storage name.
 
 use crate::diag::{Ctx, suggest};
-use crate::model::{Field, FieldType, Literal, OnDelete, SetOn, camel};
-use crate::validate::{
-    bound, check_keys, expect_map, flag, get, integer, is_snake, shown, storage_ident,
+use crate::model::{Field, FieldType, IdKind, Literal, OnDelete, SetOn, camel};
+use crate::read::{
+    bound, check_documented_keys, doc, expect_map, flag, get, integer, is_snake, shown,
+    storage_ident,
 };
 use crate::yaml::Node;
 
@@ -21,18 +22,6 @@ const FIELD_KEYS: &[&str] = &[
     "on_delete",
 ];
 
-/// Which constraint keys each type accepts; anything else is reported.
-fn allowed(ty: &str) -> &'static [&'static str] {
-    match ty {
-        "string" => &["min", "max", "pattern"],
-        "text" => &["max"],
-        "integer" | "bigint" | "float" => &["min", "max"],
-        "enum" => &["values"],
-        "ref" => &["on_delete"],
-        _ => &[],
-    }
-}
-
 pub(crate) fn field(
     cx: &mut Ctx,
     path: &str,
@@ -42,7 +31,8 @@ pub(crate) fn field(
     column_for: &dyn Fn(&str) -> String,
 ) -> Option<Field> {
     let entries = expect_map(cx, spec, path)?;
-    check_keys(cx, entries, path, FIELD_KEYS);
+    check_documented_keys(cx, entries, path, FIELD_KEYS);
+    let doc = doc(cx, entries, path);
     let optional = flag(cx, entries, path, "optional");
     let column = match get(entries, "column") {
         Some(n) => storage_ident(cx, n, &format!("{path}.column"))?,
@@ -51,7 +41,7 @@ pub(crate) fn field(
     let ty = field_type(cx, path, spec, entries, templates, optional)?;
     for key in ["min", "max", "pattern", "values", "on_delete"] {
         if let Some(n) = get(entries, key)
-            && !allowed(ty.name()).contains(&key)
+            && !ty.constraint_keys().contains(&key)
         {
             cx.error_hint(
                 n.pos,
@@ -76,6 +66,7 @@ pub(crate) fn field(
     };
     Some(Field {
         name,
+        doc,
         column,
         ty,
         optional,
@@ -299,9 +290,11 @@ fn reference(
             "add `optional: true`, or choose `restrict` or `cascade`",
         );
     }
+    // The target's id kind is filled in once every template of the domain is read.
     Some(FieldType::Ref {
         template,
         on_delete,
+        id: IdKind::Uuid7,
     })
 }
 

@@ -14,6 +14,8 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// The template's contract version, bumped by hand on a breaking change.
     pub version: u32,
     /// Storage name of the table (DBA-owned; defaults to the template name).
@@ -55,6 +57,11 @@ pub struct TokenSet {
     pub table: String,
 }
 
+impl TokenSet {
+    /// Longer matches are not tokens unless the declaration says otherwise.
+    pub const DEFAULT_MAX_LEN: u32 = 64;
+}
+
 /// `counts: { likes: { from: like, by: spew } }`: how many `from` records reference
 /// this one through their field `by`.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +75,8 @@ pub struct Count {
 /// `checks: [{ differ: [a, b], message: ... }]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
+    /// The database constraint's name.
+    pub name: String,
     pub differ: [String; 2],
     pub message: String,
 }
@@ -130,6 +139,8 @@ impl IdKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// Storage name of the column.
     pub column: String,
     pub ty: FieldType,
@@ -184,6 +195,8 @@ pub enum FieldType {
     Ref {
         template: String,
         on_delete: OnDelete,
+        /// The target's id kind, which is this field's type; resolved by the validator.
+        id: IdKind,
     },
 }
 
@@ -202,6 +215,40 @@ impl FieldType {
         "enum",
         "json",
     ];
+
+    /// The constraint keys this kind accepts, in a declaration and in `#[beds(...)]`
+    /// alike; any other is reported.
+    pub fn constraint_keys(&self) -> &'static [&'static str] {
+        match self {
+            FieldType::String { .. } => &["min", "max", "pattern"],
+            FieldType::Text { .. } => &["max"],
+            FieldType::Integer { .. } | FieldType::BigInt { .. } | FieldType::Float { .. } => {
+                &["min", "max"]
+            }
+            FieldType::Enum { .. } => &["values"],
+            FieldType::Ref { .. } => &["on_delete"],
+            FieldType::Bool
+            | FieldType::Timestamp
+            | FieldType::Date
+            | FieldType::Uuid
+            | FieldType::Json => &[],
+        }
+    }
+
+    /// The inclusive range of an integer kind: its declared bounds, defaulting to the
+    /// kind's own (32-bit `integer`, 64-bit `bigint`).
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        match self {
+            FieldType::Integer { min, max } => Some((
+                min.unwrap_or(i64::from(i32::MIN)),
+                max.unwrap_or(i64::from(i32::MAX)),
+            )),
+            FieldType::BigInt { min, max } => {
+                Some((min.unwrap_or(i64::MIN), max.unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        }
+    }
 
     /// The name used in `type:`, or `ref`.
     pub fn name(&self) -> &'static str {
@@ -257,6 +304,13 @@ pub struct Unique {
     pub case_insensitive: bool,
 }
 
+impl Check {
+    /// The constraint name used when none is given.
+    pub fn default_name(table: &str, differ: &[String; 2]) -> String {
+        format!("{table}_{}_{}_check", differ[0], differ[1])
+    }
+}
+
 /// Page sizes for `list`: the size used when a request names none, and the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
@@ -307,6 +361,8 @@ pub const TYPE_SUFFIXES: &[&str] = &["", "Id", "Create", "Patch"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     pub name: String,
+    /// The declaration's `doc:` text.
+    pub doc: Option<String>,
     /// Where the query is declared, for diagnostics that span the domain.
     pub pos: crate::yaml::Pos,
     /// The template whose records it returns (or counts).
@@ -340,9 +396,21 @@ pub struct Param {
 /// What a parameter is compared with, which decides its type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamTarget {
-    Field { template: String, field: String },
-    Id { template: String },
-    Token { template: String, set: String },
+    /// The field, and its position in its template's fields (and so in `TemplateMeta`).
+    Field {
+        template: String,
+        field: Field,
+        index: usize,
+    },
+    Id {
+        template: String,
+    },
+    /// The token set, and its position in its template's token sets.
+    Token {
+        template: String,
+        set: String,
+        index: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -383,8 +451,12 @@ pub struct With {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WithWhat {
     Count(String),
-    /// A field of the template at the end of the path: name and type.
-    Field(String, FieldType),
+    /// A field of the template at the end of the path: its name, type and template.
+    Field {
+        name: String,
+        ty: FieldType,
+        template: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

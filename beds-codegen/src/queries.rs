@@ -8,10 +8,14 @@ use crate::model::{
     CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query, Select,
     Template, With, WithWhat,
 };
-use crate::validate::{check_keys, expect_map, flag, get, is_snake, list, page};
+use crate::read::{
+    check_documented_keys, check_keys, doc, expect_map, flag, get, is_snake, list, page,
+};
 use crate::yaml::Node;
 
-const QUERY_KEYS: &[&str] = &["from", "params", "where", "order", "page", "count", "with"];
+const QUERY_KEYS: &[&str] = &[
+    "doc", "from", "params", "where", "order", "page", "count", "with",
+];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
 const MAX_ORDER: usize = 3;
@@ -51,7 +55,8 @@ pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> 
 
 fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> Option<Query> {
     let entries = expect_map(cx, body, path)?;
-    check_keys(cx, entries, path, QUERY_KEYS);
+    check_documented_keys(cx, entries, path, QUERY_KEYS);
+    let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {
         cx.error_hint(
@@ -224,6 +229,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         with = with_values(cx, &wpath, w, from, domain);
     }
     Some(Query {
+        doc,
         pos: body.pos,
         name: name.to_string(),
         from: from.name.clone(),
@@ -584,7 +590,11 @@ fn with_values(
             WithWhat::Count(last.to_string())
         } else if let Some(f) = t.field(last) {
             nullable |= f.optional;
-            WithWhat::Field(last.to_string(), f.ty.clone())
+            WithWhat::Field {
+                name: last.to_string(),
+                ty: f.ty.clone(),
+                template: t.name.clone(),
+            }
         } else {
             let known: Vec<&str> = t
                 .counts
@@ -648,21 +658,24 @@ fn resolve(
             };
             return Some((id_type(t), target, false));
         }
-        if last && let Some(set) = t.token_set(seg) {
+        if last && let Some(index) = t.tokens.iter().position(|s| s.name == *seg) {
             let target = ParamTarget::Token {
                 template: t.name.clone(),
-                set: set.name.clone(),
+                set: seg.to_string(),
+                index,
             };
             return Some((FieldType::Text { max: None }, target, true));
         }
-        let Some(f) = t.field(seg) else {
+        let Some(index) = t.fields.iter().position(|f| f.name == *seg) else {
             no_field(cx, key.pos, cpath, t, seg);
             return None;
         };
+        let f = &t.fields[index];
         if last {
             let target = ParamTarget::Field {
                 template: t.name.clone(),
-                field: f.name.clone(),
+                field: f.clone(),
+                index,
             };
             return Some((f.ty.clone(), target, false));
         }
@@ -689,6 +702,7 @@ fn id_type(t: &Template) -> FieldType {
     FieldType::Ref {
         template: t.name.clone(),
         on_delete: crate::model::OnDelete::Restrict,
+        id: t.id,
     }
 }
 

@@ -8,6 +8,10 @@ use crate::model::{
     Capabilities, Domain, FieldType, IdKind, MODULE_TYPES, OPERATIONS, Page, Retention, SetOn,
     TYPE_SUFFIXES, Template, Unique, camel, enum_type, key_type,
 };
+use crate::read::{
+    check_documented_keys, check_keys, doc, expect_map, field_names, flag, get, ident, is_snake,
+    list, page, shown, storage_ident,
+};
 use crate::yaml::{Node, Pos};
 
 const DOMAIN_KEYS: &[&str] = &["domain", "version", "templates", "queries"];
@@ -30,18 +34,8 @@ const TEMPLATE_KEYS: &[&str] = &[
 ];
 const CAPABILITY_KEYS: &[&str] = &["audit", "journal", "locking", "cache", "retention"];
 const UNIQUE_KEYS: &[&str] = &["fields", "case_insensitive"];
-const PAGE_KEYS: &[&str] = &["default", "max"];
 /// Names the runtime owns on every record.
 const RESERVED_FIELDS: &[&str] = &["id", "version"];
-const RUST_KEYWORDS: &[&str] = &[
-    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
-    "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut",
-    "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true", "type", "unsafe",
-    "use", "where", "while", "yield", "abstract", "become", "box", "do", "final", "macro",
-    "override", "priv", "typeof", "unsized", "virtual", "try",
-];
-/// Longest identifier every supported database accepts (MariaDB's limit).
-const MAX_IDENT: usize = 64;
 
 /// Validates one parsed domain file. Errors go to `cx`; the returned model is only
 /// meaningful when `cx` collected none.
@@ -119,6 +113,7 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
         }
         out.templates.push(template(cx, &path, name, body, &names));
     }
+    resolve_reference_ids(&mut out);
     check_tables(cx, &out, tmap);
     crate::derived::check_counts(cx, &out);
     if let Some(q) = get(entries, "queries") {
@@ -195,6 +190,27 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     }
 }
 
+/// Gives every reference the id kind of its target, so nothing after the validator looks a
+/// template up by name to learn a field's type.
+fn resolve_reference_ids(domain: &mut Domain) {
+    let ids: HashMap<String, IdKind> = domain
+        .templates
+        .iter()
+        .map(|t| (t.name.clone(), t.id))
+        .collect();
+    for f in domain
+        .templates
+        .iter_mut()
+        .flat_map(|t| t.fields.iter_mut())
+    {
+        if let FieldType::Ref { template, id, .. } = &mut f.ty
+            && let Some(kind) = ids.get(template)
+        {
+            *id = *kind;
+        }
+    }
+}
+
 fn key_pos(entries: &[(Node, Node)], key: &str) -> Pos {
     entries
         .iter()
@@ -205,6 +221,7 @@ fn key_pos(entries: &[(Node, Node)], key: &str) -> Pos {
 fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&str]) -> Template {
     let mut t = Template {
         table: name.clone(),
+        doc: None,
         id_column: "id".into(),
         version_column: "version".into(),
         name,
@@ -225,7 +242,8 @@ fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&s
     let Some(entries) = expect_map(cx, body, path) else {
         return t;
     };
-    check_keys(cx, entries, path, TEMPLATE_KEYS);
+    check_documented_keys(cx, entries, path, TEMPLATE_KEYS);
+    t.doc = doc(cx, entries, path);
     if let Some(table) =
         get(entries, "table").and_then(|n| storage_ident(cx, n, &format!("{path}.table")))
     {
@@ -560,61 +578,6 @@ fn indexable(cx: &mut Ctx, path: &str, node: &Node, t: &Template, names: &[Strin
     }
 }
 
-pub(crate) fn list<'a>(cx: &mut Ctx, path: &str, node: &'a Node) -> Option<&'a [Node]> {
-    let items = node.as_seq();
-    if items.is_none() {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("expected a list, found {}", node.describe()),
-            "write a YAML list, e.g. `[a, b]`",
-        );
-    }
-    items
-}
-
-/// A non-empty list of the template's field names (`id` too when `with_id`).
-pub(crate) fn field_names(
-    cx: &mut Ctx,
-    path: &str,
-    node: &Node,
-    t: &Template,
-    with_id: bool,
-    example: &str,
-) -> Option<Vec<String>> {
-    let Some(items) = node.as_seq().filter(|l| !l.is_empty()) else {
-        cx.error_hint(
-            node.pos,
-            path,
-            "expected a non-empty list of field names",
-            example,
-        );
-        return None;
-    };
-    let known: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
-    let mut names = Vec::new();
-    for f in items {
-        match f.as_str() {
-            Some(name) if known.contains(&name) || (with_id && name == "id") => {
-                names.push(name.to_string())
-            }
-            Some(name) => cx.error_hint(
-                f.pos,
-                path,
-                format!("`{name}` is not a field of this template"),
-                suggest(name, &known),
-            ),
-            None => cx.error_hint(
-                f.pos,
-                path,
-                "expected a field name",
-                "write the name of a field of this template",
-            ),
-        }
-    }
-    Some(names)
-}
-
 fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
     let Some(items) = list(cx, path, node) else {
         return Vec::new();
@@ -661,32 +624,6 @@ fn unique(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Unique> {
     out
 }
 
-pub(crate) fn page(cx: &mut Ctx, path: &str, node: &Node) -> Page {
-    let mut page = Page::default();
-    let Some(entries) = expect_map(cx, node, path) else {
-        return page;
-    };
-    check_keys(cx, entries, path, PAGE_KEYS);
-    if let Some(v) = bound(cx, entries, path, "default") {
-        page.default = v as u32;
-    }
-    if let Some(v) = bound(cx, entries, path, "max") {
-        page.max = v as u32;
-    }
-    if page.default == 0 || page.default > page.max {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!(
-                "page sizes must satisfy 1 <= default <= max (default {}, max {})",
-                page.default, page.max
-            ),
-            "e.g. `page: { default: 20, max: 100 }`",
-        );
-    }
-    page
-}
-
 /// Two templates (or token sets) must not share a table.
 fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
     let mut tables: HashMap<&str, &str> = HashMap::new();
@@ -709,174 +646,5 @@ fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
                 "give one of the templates (or token sets) its own `table`",
             );
         }
-    }
-}
-
-pub(crate) fn shown(value: Option<&str>, node: &Node) -> String {
-    match value {
-        Some(v) => format!("`{v}`"),
-        None => node.describe().to_string(),
-    }
-}
-
-pub(crate) fn get<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
-    entries
-        .iter()
-        .find(|(k, _)| k.as_str() == Some(key))
-        .map(|(_, v)| v)
-}
-
-pub(crate) fn expect_map<'a>(
-    cx: &mut Ctx,
-    node: &'a Node,
-    path: &str,
-) -> Option<&'a [(Node, Node)]> {
-    let map = node.as_map();
-    if map.is_none() {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("expected a mapping, found {}", node.describe()),
-            "write a YAML mapping of `key: value` lines (or `{ key: value }`)",
-        );
-    }
-    map
-}
-
-pub(crate) fn check_keys(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, known: &[&str]) {
-    for (k, _) in entries {
-        match k.as_str() {
-            Some(key) if known.contains(&key) => {}
-            Some(key) => cx.error_hint(
-                k.pos,
-                &join(path, key),
-                format!("unknown key `{key}`"),
-                suggest(key, known),
-            ),
-            None => cx.error_hint(
-                k.pos,
-                path,
-                "keys must be plain names",
-                "write the key as a plain word, without quotes or special characters",
-            ),
-        }
-    }
-}
-
-pub(crate) fn flag(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> bool {
-    match get(entries, key) {
-        None => false,
-        Some(n) => n.as_bool().unwrap_or_else(|| {
-            cx.error_hint(
-                n.pos,
-                &join(path, key),
-                format!("expected true or false, found {}", n.describe()),
-                "write `true` or `false`, unquoted",
-            );
-            false
-        }),
-    }
-}
-
-pub(crate) fn integer(
-    cx: &mut Ctx,
-    entries: &[(Node, Node)],
-    path: &str,
-    key: &str,
-) -> Option<i64> {
-    let n = get(entries, key)?;
-    let v = n.as_i64();
-    if v.is_none() {
-        cx.error_hint(
-            n.pos,
-            &join(path, key),
-            format!("expected an integer, found {}", n.describe()),
-            "write a whole number, unquoted",
-        );
-    }
-    v
-}
-
-/// A non-negative size that fits a `u32`.
-pub(crate) fn bound(cx: &mut Ctx, entries: &[(Node, Node)], path: &str, key: &str) -> Option<i64> {
-    let n = get(entries, key)?;
-    match n.as_i64() {
-        Some(v) if (0..=i64::from(u32::MAX)).contains(&v) => Some(v),
-        _ => {
-            cx.error_hint(
-                n.pos,
-                &join(path, key),
-                format!("expected a non-negative integer, found {}", n.describe()),
-                "write a whole number, 0 or more, unquoted",
-            );
-            None
-        }
-    }
-}
-
-/// An API name: snake_case, usable as a Rust identifier.
-fn ident(cx: &mut Ctx, node: &Node, path: &str, what: &str) -> Option<String> {
-    let Some(s) = node.as_str() else {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("expected a {what}, found {}", node.describe()),
-            "write a snake_case name",
-        );
-        return None;
-    };
-    if !is_snake(s) {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("`{s}` is not a valid {what}"),
-            "use snake_case: a lowercase letter, then lowercase letters, digits or `_`",
-        );
-        return None;
-    }
-    if RUST_KEYWORDS.contains(&s) {
-        cx.error_hint(
-            node.pos,
-            path,
-            format!("`{s}` is a reserved word and cannot be a {what}"),
-            format!(
-                "pick another name, e.g. `{s}_`; the storage name can still be `{s}` via `column`"
-            ),
-        );
-        return None;
-    }
-    Some(s.to_string())
-}
-
-/// A storage name (table, column, suffix): a plain SQL identifier.
-pub(crate) fn storage_ident(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
-    match node.as_str() {
-        Some(s) if is_snake(s) && s.len() <= MAX_IDENT => Some(s.to_string()),
-        _ => {
-            cx.error_hint(
-                node.pos,
-                path,
-                format!(
-                    "`{}` is not a valid storage name",
-                    node.as_str().unwrap_or("?")
-                ),
-                format!("use lowercase letters, digits and `_`, at most {MAX_IDENT} characters"),
-            );
-            None
-        }
-    }
-}
-
-pub(crate) fn is_snake(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
     }
 }

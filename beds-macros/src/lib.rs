@@ -1,10 +1,13 @@
 //! Derives for BEDS record types.
 //!
-//! `#[derive(Record)]` turns a struct annotated with `#[beds(...)]` into a compiled
-//! template: it emits the `Record` impl with the template's static metadata (the registry
-//! entry the runtime dispatches and stores by) and compile-time checks that every
-//! field's Rust type matches its declared kind. beds-codegen emits these annotations from
-//! domain YAML; they can also be written by hand.
+//! `#[derive(Record)]` turns a hand-written struct annotated with `#[beds(...)]` into a
+//! compiled template. The derive only reads the attributes and the struct's shape: each
+//! field's attributes become a `beds_codegen::lower::FieldSpec`, checked and lowered by the
+//! declaration compiler's own code (`lower::field`), and the `Record` impl with its static
+//! metadata and fingerprint is written by `lower::record_impl`, exactly as for a template
+//! declared in YAML. What stays here is what only a Rust struct has: the `id` and `version`
+//! fields, the create and patch types, and compile-time checks that every field's Rust type
+//! fits its kind.
 //!
 //! ```text
 //! #[derive(Serialize, Deserialize, Record)]
@@ -20,6 +23,8 @@
 //! }
 //! ```
 
+use beds_codegen::lower::{self, FieldSpec, Number, UnknownField};
+use beds_codegen::model::{self, Literal};
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
@@ -74,55 +79,6 @@ struct TokenAttrs {
 
 const FLAGS: &[&str] = &["append_only", "internal", "audit", "journal", "locking"];
 const OPS: &[&str] = &["create", "fetch", "update", "delete", "list"];
-
-enum Kind {
-    String,
-    Text,
-    Integer,
-    BigInt,
-    Float,
-    Bool,
-    Timestamp,
-    Date,
-    Uuid,
-    Json,
-    Enum(Vec<String>),
-    Ref(String),
-}
-
-impl Kind {
-    fn name(&self) -> &'static str {
-        match self {
-            Kind::String => "string",
-            Kind::Text => "text",
-            Kind::Integer => "integer",
-            Kind::BigInt => "bigint",
-            Kind::Float => "float",
-            Kind::Bool => "bool",
-            Kind::Timestamp => "timestamp",
-            Kind::Date => "date",
-            Kind::Uuid => "uuid",
-            Kind::Json => "json",
-            Kind::Enum(_) => "enum",
-            Kind::Ref(_) => "reference",
-        }
-    }
-}
-
-#[derive(Default)]
-struct FieldAttrs {
-    kind: Option<Kind>,
-    min: Option<Lit>,
-    max: Option<Lit>,
-    pattern: Option<String>,
-    optional: bool,
-    set: Option<String>,
-    default: Option<Lit>,
-    column: Option<String>,
-    on_delete: Option<String>,
-    /// The target's id kind: `reference_id = "sequence"` (default uuid7).
-    reference_id: Option<String>,
-}
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
 #[derive(Default)]
@@ -179,10 +135,8 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
 
     let mut id_ty: Option<&Type> = None;
     let mut has_version = false;
-    let mut metas = Vec::new();
+    let mut fields = Vec::new();
     let mut checks = Vec::new();
-    let mut field_names = Vec::new();
-    let mut contracts = Vec::new();
     for field in &named.named {
         let ident = field.ident.as_ref().expect("named fields");
         let fname = ident.to_string();
@@ -200,7 +154,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             }
             _ => {}
         }
-        let mut f = FieldAttrs::default();
+        let mut f = FieldSpec::default();
         let mut parsed = true;
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("beds")) {
             if let Err(e) = attr.parse_nested_meta(|meta| field_attr(&mut f, &meta)) {
@@ -212,14 +166,13 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             // One error per mistake: the attribute error already says what is wrong.
             continue;
         }
-        match field_meta(&fname, &f, &field.ty) {
-            Ok((meta, check, contract)) => {
-                metas.push(meta);
-                checks.push(check);
-                field_names.push(fname);
-                contracts.push(contract);
+        match lower::field(&fname, &f) {
+            Ok(lowered) => {
+                let (ty, marker) = (&field.ty, lower::kind_marker(&lowered));
+                checks.push(quote!(rt::assert_field::<#ty, #marker>();));
+                fields.push(lowered);
             }
-            Err(msg) => errors.push(syn::Error::new_spanned(ident, msg)),
+            Err(e) => errors.push(syn::Error::new_spanned(ident, e.message(&fname))),
         }
     }
     let Some(id_ty) = id_ty else {
@@ -235,178 +188,120 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "a Record needs a `version: i64` field",
         ));
     }
-    let uniques: Vec<TokenStream2> = t
-        .unique
-        .iter()
-        .map(|(fields, ci, span)| {
-            for f in fields {
-                if !field_names.contains(f) {
-                    errors.push(syn::Error::new(
-                        *span,
-                        format!("unique index names unknown field `{f}`"),
-                    ));
-                }
-            }
-            quote!(rt::UniqueMeta { fields: &[#(#fields),*], case_insensitive: #ci })
-        })
-        .collect();
-    let indexes: Vec<TokenStream2> = t
-        .indexes
-        .iter()
-        .map(|(fields, span)| {
-            for f in fields {
-                if f != "id" && !field_names.contains(f) {
-                    errors.push(syn::Error::new(
-                        *span,
-                        format!("index names unknown field `{f}`"),
-                    ));
-                }
-            }
-            quote!(&[#(#fields),*])
-        })
-        .collect();
     let table = t.table.clone().unwrap_or_else(|| template.clone());
-    let tokens: Vec<TokenStream2> = t
-        .tokens
-        .iter()
-        .map(|s| {
-            if !field_names.contains(&s.from) {
-                errors.push(syn::Error::new(
-                    s.span.unwrap_or_else(Span::call_site),
-                    format!(
-                        "tokens `{}` are taken from unknown field `{}`",
-                        s.name, s.from
-                    ),
-                ));
-            }
-            let (name, from, pattern, lowercase) = (&s.name, &s.from, &s.pattern, s.lowercase);
-            let max_len = s.max_len.unwrap_or(64);
-            let token_table = s.table.clone().unwrap_or_else(|| format!("{table}_{name}"));
-            quote!(rt::TokenSetMeta {
-                name: #name, source: #from, pattern: #pattern, lowercase: #lowercase,
-                max_len: #max_len, table: #token_table,
-            })
-        })
-        .collect();
-    let counts = t.counts.iter().map(|(name, template, by, _)| {
-        quote!(rt::CountMeta { name: #name, template: #template, by: #by })
-    });
-    let differ: Vec<TokenStream2> = t
-        .differ
-        .iter()
-        .map(|(fields, message, cname, span)| {
-            if fields.len() != 2 {
-                errors.push(syn::Error::new(
-                    *span,
-                    "differ needs exactly two fields: `fields = \"a,b\"`",
-                ));
-                return quote!();
-            }
-            for f in fields {
-                if !field_names.contains(f) {
-                    errors.push(syn::Error::new(
-                        *span,
-                        format!("differ names unknown field `{f}`"),
-                    ));
-                }
-            }
-            let (a, b) = (&fields[0], &fields[1]);
-            let cname = cname
+    let mut checks_model = Vec::new();
+    let mut check_spans = Vec::new();
+    for (fields, message, cname, span) in &t.differ {
+        let [a, b] = fields.as_slice() else {
+            errors.push(syn::Error::new(
+                *span,
+                "differ needs exactly two fields: `fields = \"a,b\"`",
+            ));
+            continue;
+        };
+        let differ = [a.clone(), b.clone()];
+        check_spans.push(*span);
+        checks_model.push(model::Check {
+            name: cname
                 .clone()
-                .unwrap_or_else(|| format!("{table}_{a}_{b}_check"));
-            quote!(rt::CheckMeta { name: #cname, differ: [#a, #b], message: #message })
-        })
-        .collect();
-    errors.finish()?;
+                .unwrap_or_else(|| model::Check::default_name(&table, &differ)),
+            differ,
+            message: message.clone(),
+        });
+    }
     let flag = |name: &str| t.flags.iter().any(|f| f == name);
-    let (append_only, internal) = (flag("append_only"), flag("internal"));
-    let (audit, journal, locking) = (flag("audit"), flag("journal"), flag("locking"));
-    let cache = match t.cache_ttl_ms {
-        Some(ms) => quote!(::core::option::Option::Some(#ms)),
-        None => quote!(::core::option::Option::None),
+    let defaults = model::Page::default();
+    let lowered = model::Template {
+        name: template.clone(),
+        doc: None,
+        version: t.version.unwrap_or(1),
+        id: if t.sequence {
+            model::IdKind::Sequence
+        } else {
+            model::IdKind::Uuid7
+        },
+        id_column: t.id_column.clone().unwrap_or_else(|| "id".into()),
+        version_column: t.version_column.clone().unwrap_or_else(|| "version".into()),
+        fields,
+        unique: t
+            .unique
+            .iter()
+            .map(|(fields, ci, _)| model::Unique {
+                fields: fields.clone(),
+                case_insensitive: *ci,
+            })
+            .collect(),
+        indexes: t.indexes.iter().map(|(f, _)| f.clone()).collect(),
+        page: model::Page {
+            default: t.page_default.unwrap_or(defaults.default),
+            max: t.page_max.unwrap_or(defaults.max),
+        },
+        append_only: flag("append_only"),
+        internal: flag("internal"),
+        capabilities: model::Capabilities {
+            audit: flag("audit"),
+            journal: flag("journal"),
+            locking: flag("locking"),
+            cache_ttl_ms: t.cache_ttl_ms,
+            retention: t
+                .retention
+                .clone()
+                .map(|(age_ms, target)| model::Retention { age_ms, target }),
+        },
+        access: t.access.clone(),
+        tokens: t
+            .tokens
+            .iter()
+            .map(|s| model::TokenSet {
+                name: s.name.clone(),
+                from: s.from.clone(),
+                pattern: s.pattern.clone(),
+                lowercase: s.lowercase,
+                max_len: s.max_len.unwrap_or(model::TokenSet::DEFAULT_MAX_LEN),
+                table: s
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| format!("{table}_{}", s.name)),
+            })
+            .collect(),
+        counts: t
+            .counts
+            .iter()
+            .map(|(name, from, by, _)| model::Count {
+                name: name.clone(),
+                from: from.clone(),
+                by: by.clone(),
+                pos: beds_codegen::Pos::default(),
+            })
+            .collect(),
+        checks: checks_model,
+        table,
     };
-    let retention = match &t.retention {
-        Some((age, target)) => {
-            quote!(::core::option::Option::Some(rt::RetentionMeta { age_ms: #age, target: #target }))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let access = t.access.iter().map(|(op, who)| {
-        let op = syn::Ident::new(&camel(op), Span::call_site());
-        quote!((rt::Op::#op, &[#(#who),*]))
-    });
-    let version = t.version.unwrap_or(1);
-    let id_kind = if t.sequence {
-        quote!(rt::IdKind::Sequence)
-    } else {
-        quote!(rt::IdKind::Uuid7)
-    };
-    // The contract as a client sees it: storage names are left out on purpose.
-    let mut contract = format!(
-        "{domain}.{template} v{version} id={} append_only={append_only} internal={internal} fields:",
-        if t.sequence { "sequence" } else { "uuid7" }
+    for unknown in lower::unknown_fields(&lowered) {
+        let span = match &unknown {
+            UnknownField::Unique { index, .. } => t.unique[*index].2,
+            UnknownField::Index { index, .. } => t.indexes[*index].1,
+            UnknownField::Tokens { index, .. } => {
+                t.tokens[*index].span.unwrap_or(Span::call_site())
+            }
+            UnknownField::Differ { index, .. } => check_spans[*index],
+        };
+        errors.push(syn::Error::new(span, unknown.message()));
+    }
+    errors.finish()?;
+    let record_impl = lower::record_impl(
+        &domain,
+        &lowered,
+        &quote!(#name),
+        &quote!(#id_ty),
+        &quote!(#create),
+        &quote!(#patch),
     );
-    for c in &contracts {
-        contract.push_str(c);
-        contract.push(';');
-    }
-    for (fields, ci, _) in &t.unique {
-        contract.push_str(&format!(" unique({}, ci={ci})", fields.join(",")));
-    }
-    for s in &t.tokens {
-        contract.push_str(&format!(
-            " tokens({} from {} /{}/ lower={} max={:?})",
-            s.name, s.from, s.pattern, s.lowercase, s.max_len
-        ));
-    }
-    for (name, template, by, _) in &t.counts {
-        contract.push_str(&format!(" count({name} of {template} by {by})"));
-    }
-    for (fields, _, _, _) in &t.differ {
-        contract.push_str(&format!(" differ({})", fields.join(",")));
-    }
-    let fingerprint = format!("{:016x}", fnv1a(contract.as_bytes()));
-
-    let id_column = t.id_column.unwrap_or_else(|| "id".into());
-    let version_column = t.version_column.unwrap_or_else(|| "version".into());
-    let page_default = t.page_default.unwrap_or(20);
-    let page_max = t.page_max.unwrap_or(100);
     Ok(quote! {
         const _: () = {
             use ::beds_runtime::support as rt;
 
-            impl rt::Record for #name {
-                type Id = #id_ty;
-                type Create = #create;
-                type Patch = #patch;
-                const META: &'static rt::TemplateMeta = &rt::TemplateMeta {
-                    domain: #domain,
-                    name: #template,
-                    table: #table,
-                    id: #id_kind,
-                    id_column: #id_column,
-                    version_column: #version_column,
-                    fields: &[#(#metas),*],
-                    unique: &[#(#uniques),*],
-                    indexes: &[#(#indexes),*],
-                    page: rt::PageMeta { default: #page_default, max: #page_max },
-                    version: #version,
-                    fingerprint: #fingerprint,
-                    append_only: #append_only,
-                    internal: #internal,
-                    capabilities: rt::Capabilities {
-                        audit: #audit,
-                        journal: #journal,
-                        locking: #locking,
-                        cache_ttl_ms: #cache,
-                        retention: #retention,
-                    },
-                    access: &[#(#access),*],
-                    tokens: &[#(#tokens),*],
-                    counts: &[#(#counts),*],
-                    checks: &[#(#differ),*],
-                };
-            }
+            #record_impl
 
             const _: () = {
                 rt::assert_field::<#id_ty, rt::kinds::Ref>();
@@ -603,50 +498,34 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
     Ok(())
 }
 
-fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+fn field_attr(f: &mut FieldSpec, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     let string = |meta: &ParseNestedMeta<'_>| -> syn::Result<String> {
         Ok(meta.value()?.parse::<LitStr>()?.value())
     };
     let p = &meta.path;
-    let simple = [
-        ("string", (|| Kind::String) as fn() -> Kind),
-        ("text", || Kind::Text),
-        ("integer", || Kind::Integer),
-        ("bigint", || Kind::BigInt),
-        ("float", || Kind::Float),
-        ("bool", || Kind::Bool),
-        ("timestamp", || Kind::Timestamp),
-        ("date", || Kind::Date),
-        ("uuid", || Kind::Uuid),
-        ("json", || Kind::Json),
-    ];
-    let kind = if let Some((_, make)) = simple.iter().find(|(n, _)| p.is_ident(n)) {
-        Some(make())
-    } else if p.is_ident("reference") {
-        Some(Kind::Ref(string(meta)?))
-    } else if p.is_ident("enumeration") {
-        Some(Kind::Enum(
-            string(meta)?
-                .split(',')
-                .map(|v| v.trim().to_string())
-                .collect(),
-        ))
-    } else {
-        None
-    };
-    if let Some(kind) = kind {
+    if let Some(word) = lower::kind_words().into_iter().find(|w| p.is_ident(w)) {
         if f.kind.is_some() {
             return Err(meta.error("a field has exactly one kind"));
         }
-        f.kind = Some(kind);
+        match word {
+            "reference" => f.reference = Some(string(meta)?),
+            "enumeration" => {
+                f.values = string(meta)?
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .collect();
+            }
+            _ => {}
+        }
+        f.kind = Some(word.to_string());
     } else if p.is_ident("min") {
-        f.min = Some(meta.value()?.parse()?);
+        f.min = Some(number(&meta.value()?.parse()?)?);
     } else if p.is_ident("max") {
-        f.max = Some(meta.value()?.parse()?);
+        f.max = Some(number(&meta.value()?.parse()?)?);
     } else if p.is_ident("pattern") {
         f.pattern = Some(string(meta)?);
     } else if p.is_ident("default") {
-        f.default = Some(meta.value()?.parse()?);
+        f.default = Some(literal(&meta.value()?.parse()?)?);
     } else if p.is_ident("optional") {
         f.optional = true;
     } else if p.is_ident("set") {
@@ -658,256 +537,32 @@ fn field_attr(f: &mut FieldAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()>
     } else if p.is_ident("reference_id") {
         f.reference_id = Some(string(meta)?);
     } else {
-        return Err(meta.error(
-            "unknown field attribute; expected a kind (string, text, integer, bigint, float, bool, \
-             timestamp, date, uuid, json, enumeration = \"a,b\", reference = \"template\") or \
-             min, max, pattern, optional, default, set, column, on_delete, reference_id",
-        ));
+        return Err(meta.error(format!(
+            "unknown field attribute; expected a kind ({}) or min, max, pattern, optional, \
+             default, set, column, on_delete, reference_id",
+            lower::kind_forms().join(", ")
+        )));
     }
     Ok(())
 }
 
-/// The `FieldMeta` expression, the type check and the contract text of one field.
-fn field_meta(
-    name: &str,
-    f: &FieldAttrs,
-    ty: &Type,
-) -> Result<(TokenStream2, TokenStream2, String), String> {
-    let Some(kind) = &f.kind else {
-        return Err(format!(
-            "field `{name}` needs a kind: string, text, integer, bigint, float, bool, timestamp, \
-             date, uuid, json, enumeration = \"a,b\" or reference = \"template\""
-        ));
-    };
-    let int = |lit: &Option<Lit>| -> Result<Option<i64>, String> {
-        match lit {
-            None => Ok(None),
-            Some(Lit::Int(l)) => l.base10_parse::<i64>().map(Some).map_err(|e| e.to_string()),
-            Some(_) => Err(format!("`{name}`: min and max of an integer are integers")),
-        }
-    };
-    let float = |lit: &Option<Lit>| -> Result<Option<f64>, String> {
-        match lit {
-            None => Ok(None),
-            Some(Lit::Int(l)) => l.base10_parse::<f64>().map(Some).map_err(|e| e.to_string()),
-            Some(Lit::Float(l)) => l.base10_parse::<f64>().map(Some).map_err(|e| e.to_string()),
-            Some(_) => Err(format!("`{name}`: min and max of a float are numbers")),
-        }
-    };
-    let opt_u32 = |v: Option<i64>| -> Result<TokenStream2, String> {
-        Ok(match v {
-            Some(v) => {
-                let v =
-                    u32::try_from(v).map_err(|_| format!("`{name}`: lengths must fit a u32"))?;
-                quote!(::core::option::Option::Some(#v))
-            }
-            None => quote!(::core::option::Option::None),
-        })
-    };
-    let opt_f64 = |v: Option<f64>| match v {
-        Some(v) => quote!(::core::option::Option::Some(#v)),
-        None => quote!(::core::option::Option::None),
-    };
-    let mut contract = format!("{name}:{}", kind.name());
-    let (kind_expr, marker) = match kind {
-        Kind::String => {
-            let max =
-                int(&f.max)?.ok_or_else(|| format!("string field `{name}` needs `max = N`"))?;
-            let min = int(&f.min)?.unwrap_or(0);
-            let (Ok(max), Ok(min)) = (u32::try_from(max), u32::try_from(min)) else {
-                return Err(format!("`{name}`: string lengths must fit a u32"));
-            };
-            let pattern = match &f.pattern {
-                Some(p) => quote!(::core::option::Option::Some(#p)),
-                None => quote!(::core::option::Option::None),
-            };
-            contract.push_str(&format!("[{min},{max}]{:?}", f.pattern));
-            (
-                quote!(rt::FieldKind::String { min: #min, max: #max, pattern: #pattern }),
-                quote!(rt::kinds::Str),
-            )
-        }
-        Kind::Text => {
-            let max = int(&f.max)?;
-            contract.push_str(&format!("[{max:?}]"));
-            let max = opt_u32(max)?;
-            (
-                quote!(rt::FieldKind::Text { max: #max }),
-                quote!(rt::kinds::Str),
-            )
-        }
-        Kind::Integer | Kind::BigInt => {
-            let (lo, hi) = match kind {
-                Kind::Integer => (i64::from(i32::MIN), i64::from(i32::MAX)),
-                _ => (i64::MIN, i64::MAX),
-            };
-            let min = int(&f.min)?.unwrap_or(lo);
-            let max = int(&f.max)?.unwrap_or(hi);
-            if min < lo || max > hi {
-                return Err(format!("`{name}`: bounds exceed the {} range", kind.name()));
-            }
-            contract.push_str(&format!("[{min},{max}]"));
-            match kind {
-                Kind::Integer => (
-                    quote!(rt::FieldKind::Integer { min: #min, max: #max }),
-                    quote!(rt::kinds::Integer),
-                ),
-                _ => (
-                    quote!(rt::FieldKind::BigInt { min: #min, max: #max }),
-                    quote!(rt::kinds::BigInt),
-                ),
-            }
-        }
-        Kind::Float => {
-            let (min, max) = (float(&f.min)?, float(&f.max)?);
-            contract.push_str(&format!("[{min:?},{max:?}]"));
-            let (min, max) = (opt_f64(min), opt_f64(max));
-            (
-                quote!(rt::FieldKind::Float { min: #min, max: #max }),
-                quote!(rt::kinds::Float),
-            )
-        }
-        Kind::Bool => (quote!(rt::FieldKind::Bool), quote!(rt::kinds::Bool)),
-        Kind::Timestamp => (
-            quote!(rt::FieldKind::Timestamp),
-            quote!(rt::kinds::Timestamp),
-        ),
-        Kind::Date => (quote!(rt::FieldKind::Date), quote!(rt::kinds::Date)),
-        Kind::Uuid => (quote!(rt::FieldKind::Uuid), quote!(rt::kinds::Uuid)),
-        Kind::Json => (quote!(rt::FieldKind::Json), quote!(rt::kinds::Json)),
-        Kind::Enum(values) => {
-            contract.push_str(&format!("{values:?}"));
-            (
-                quote!(rt::FieldKind::Enum { values: &[#(#values),*] }),
-                quote!(rt::kinds::Enum),
-            )
-        }
-        Kind::Ref(template) => {
-            let on_delete = match f.on_delete.as_deref() {
-                None | Some("restrict") => quote!(rt::OnDelete::Restrict),
-                Some("cascade") => quote!(rt::OnDelete::Cascade),
-                Some("set_null") => quote!(rt::OnDelete::SetNull),
-                Some(other) => {
-                    return Err(format!(
-                        "unknown on_delete `{other}`; expected restrict, cascade or set_null"
-                    ));
-                }
-            };
-            let id = match f.reference_id.as_deref() {
-                None | Some("uuid7") => quote!(rt::IdKind::Uuid7),
-                Some("sequence") => quote!(rt::IdKind::Sequence),
-                Some(other) => {
-                    return Err(format!(
-                        "unknown reference_id `{other}`; expected uuid7 or sequence"
-                    ));
-                }
-            };
-            contract.push_str(&format!(
-                "->{template}/{:?}/{:?}",
-                f.on_delete, f.reference_id
-            ));
-            (
-                quote!(rt::FieldKind::Ref { template: #template, on_delete: #on_delete, id: #id }),
-                quote!(rt::kinds::Ref),
-            )
-        }
-    };
-    let ranged = matches!(
-        kind,
-        Kind::String | Kind::Text | Kind::Integer | Kind::BigInt | Kind::Float
-    );
-    if !ranged && (f.min.is_some() || f.max.is_some()) {
-        return Err(format!(
-            "`{name}`: min and max do not apply to a {} field",
-            kind.name()
-        ));
+fn number(lit: &Lit) -> syn::Result<Number> {
+    match lit {
+        Lit::Int(l) => Ok(Number::Int(l.base10_parse()?)),
+        Lit::Float(l) => Ok(Number::Float(l.base10_parse()?)),
+        other => Err(syn::Error::new_spanned(other, "expected a number")),
     }
-    if matches!(kind, Kind::Text) && f.min.is_some() {
-        return Err(format!("`{name}`: a text field takes only `max`"));
-    }
-    if f.pattern.is_some() && !matches!(kind, Kind::String) {
-        return Err(format!("`{name}`: pattern applies only to a string field"));
-    }
-    if (f.on_delete.is_some() || f.reference_id.is_some()) && !matches!(kind, Kind::Ref(_)) {
-        return Err(format!(
-            "`{name}`: on_delete and reference_id apply only to a reference"
-        ));
-    }
-    let set = match f.set.as_deref() {
-        None => quote!(::core::option::Option::None),
-        Some("on_create") => quote!(::core::option::Option::Some(rt::SetOn::Create)),
-        Some("on_update") => quote!(::core::option::Option::Some(rt::SetOn::Update)),
-        Some(other) => {
-            return Err(format!(
-                "unknown set `{other}`; expected on_create or on_update"
-            ));
-        }
-    };
-    if f.set.is_some() && !matches!(kind, Kind::Timestamp) {
-        return Err(format!(
-            "`{name}`: only a timestamp field can be set by the server"
-        ));
-    }
-    let default = match (&f.default, kind) {
-        (None, _) => quote!(::core::option::Option::None),
-        (Some(Lit::Bool(b)), Kind::Bool) => {
-            quote!(::core::option::Option::Some(rt::DefaultValue::Bool(#b)))
-        }
-        (Some(Lit::Int(i)), Kind::Integer | Kind::BigInt) => {
-            let i = i.base10_parse::<i64>().map_err(|e| e.to_string())?;
-            quote!(::core::option::Option::Some(rt::DefaultValue::Int(#i)))
-        }
-        (Some(l @ (Lit::Int(_) | Lit::Float(_))), Kind::Float) => {
-            let x = float(&Some(l.clone()))?.unwrap_or_default();
-            quote!(::core::option::Option::Some(rt::DefaultValue::Float(#x)))
-        }
-        (Some(Lit::Str(s)), Kind::String | Kind::Text | Kind::Enum(_)) => {
-            let s = s.value();
-            quote!(::core::option::Option::Some(rt::DefaultValue::Text(#s)))
-        }
-        (Some(_), _) => {
-            return Err(format!(
-                "`{name}`: the default does not fit a {} field",
-                kind.name()
-            ));
-        }
-    };
-    if let Some(d) = &f.default {
-        contract.push_str(&format!(" default={}", quote!(#d)));
-    }
-    let column = f.column.clone().unwrap_or_else(|| name.to_string());
-    let optional = f.optional;
-    contract.push_str(&format!(" optional={optional} set={:?}", f.set));
-    let marker = if optional {
-        quote!(rt::kinds::Optional<#marker>)
-    } else {
-        marker
-    };
-    Ok((
-        quote!(rt::FieldMeta {
-            name: #name,
-            column: #column,
-            kind: #kind_expr,
-            optional: #optional,
-            set: #set,
-            default: #default,
-        }),
-        quote!(rt::assert_field::<#ty, #marker>();),
-        contract,
-    ))
 }
 
-/// `create` -> `Create`.
-fn camel(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-        .unwrap_or_default()
-}
-
-/// 64-bit FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
+fn literal(lit: &Lit) -> syn::Result<Literal> {
+    match lit {
+        Lit::Bool(b) => Ok(Literal::Bool(b.value)),
+        Lit::Int(l) => Ok(Literal::Int(l.base10_parse()?)),
+        Lit::Float(l) => Ok(Literal::Float(l.base10_parse()?)),
+        Lit::Str(s) => Ok(Literal::Text(s.value())),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "expected a bool, number or string default",
+        )),
+    }
 }
