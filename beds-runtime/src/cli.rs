@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError, Role};
 use crate::envelope::Op;
-use crate::meta::Catalog;
 use crate::node::{Server, ServerError, lanes};
 use crate::ops::dead_letters::DlqError;
-use crate::store;
 use crate::value::PatternError;
 
 #[derive(Debug, Parser)]
@@ -89,7 +88,7 @@ pub fn main(catalog: &'static Catalog) -> ExitCode {
 #[derive(Debug, thiserror::Error)]
 enum CliError {
     #[error("{0}")]
-    Catalog(String),
+    Catalog(#[from] CatalogError),
     #[error(transparent)]
     Pattern(#[from] PatternError),
     #[error(transparent)]
@@ -105,8 +104,8 @@ enum CliError {
 }
 
 fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
-    catalog.check().map_err(CliError::Catalog)?;
-    crate::value::Patterns::compile(catalog)?;
+    catalog.check()?;
+    crate::value::Patterns::compile(catalog.domains)?;
     let mut config = Config::load(&cli.config)?;
     match cli.command {
         Command::Run { role } => {
@@ -140,7 +139,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             rt.block_on(dlq(&config, action))
         }
         Command::Schema { json: false } => {
-            for statement in store::schema(config.database.driver, catalog) {
+            for statement in crate::catalog::schema(config.database.driver, catalog) {
                 println!("{statement};\n");
             }
             Ok(())
@@ -254,7 +253,7 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
     let _ = writeln!(
         out,
         "database {} (schema applied at start: {})",
-        store::StoreOptions::from_config(&config.database).describe(),
+        crate::store::StoreOptions::from_config(&config.database).describe(),
         if config.database.apply_schema {
             "yes"
         } else {

@@ -4,33 +4,33 @@
 //! It never names a domain: everything domain-specific arrives as a compiled
 //! [`Catalog`] from the code `beds-codegen` generates.
 
+mod catalog;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod error;
 mod ingress;
-pub mod meta;
+mod meta;
 mod node;
 pub mod ops;
 pub mod record;
 mod store;
+#[doc(hidden)]
 pub mod support;
 pub mod telemetry;
 mod transport;
 mod value;
 
+pub use catalog::{Catalog, CatalogError, schema};
 pub use client::{
     Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
 };
 pub use config::{Config, Role};
 pub use envelope::{Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
-pub use ingress::dispatch;
 pub use ingress::lane::Lane;
-pub use meta::Catalog;
 pub use node::{Health, Server, ServerError};
 pub use record::{Key, Query, Record};
-pub use store::schema;
 pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
 pub use value::{Date, Timestamp, format_timestamp};

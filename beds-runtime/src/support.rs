@@ -1,18 +1,21 @@
 //! The one module generated code reaches the runtime through (`use
-//! ::beds_runtime::support as rt`). Its contents are for generated code and the derives;
-//! applications use the crate root.
+//! ::beds_runtime::support as rt`), like prost's generated code names only `::prost`. Its
+//! contents are for generated code, the derive and hand-written dispatch tables; they are
+//! hidden from the documentation and not part of the application API. Nothing here opens a
+//! database: handlers get the store only inside a [`Call`] the ingress chain built.
 
 pub use beds_macros::Record;
 pub use serde;
 pub use uuid::Uuid;
 
+pub use crate::catalog::{Catalog, RouteError, Routes};
 pub use crate::client::{Client, QueryClient, TemplateClient};
 pub use crate::envelope::Op;
+pub use crate::ingress::dispatch::{Call, Ctx, Handler, HandlerFuture, execute};
 pub use crate::meta::{
-    Capabilities, Catalog, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta,
-    FieldKind, FieldMeta, IdKind, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
-    RetentionMeta, RouteError, Routes, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta,
-    WithKind, WithMeta,
+    Capabilities, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta, FieldKind,
+    FieldMeta, IdKind, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta, RetentionMeta,
+    SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
 };
 pub use crate::record::{FieldType, Key, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Timestamp};

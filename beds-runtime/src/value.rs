@@ -8,8 +8,8 @@ use crate::error::{BedsError, DetailCode, ErrorDetail};
 use std::collections::{HashMap, HashSet};
 
 use crate::meta::{
-    Catalog, DefaultValue, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, SetOn, TemplateMeta,
-    TokenSetMeta,
+    DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, SetOn,
+    TemplateMeta, TokenSetMeta,
 };
 
 /// A timestamp as records carry it: UTC, microsecond precision.
@@ -48,9 +48,9 @@ pub struct PatternError {
 pub struct Patterns(HashMap<&'static str, regex::Regex>);
 
 impl Patterns {
-    pub fn compile(catalog: &Catalog) -> Result<Patterns, PatternError> {
+    pub fn compile(domains: &[&'static DomainMeta]) -> Result<Patterns, PatternError> {
         let mut map = HashMap::new();
-        for (_, t) in catalog.templates() {
+        for (_, t) in crate::meta::templates(domains) {
             for f in t.fields {
                 if let FieldKind::String {
                     pattern: Some(p), ..

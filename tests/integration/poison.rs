@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use beds_runtime::Server;
-use beds_runtime::dispatch::{Call, Ctx, HandlerFuture};
 use beds_runtime::support as rt;
 use lapin::BasicProperties;
 use lapin::options::BasicGetOptions;
@@ -35,11 +34,11 @@ pub struct ToyInput {
     pub name: String,
 }
 
-fn explode<'a>(_: &'a Ctx, _: Call<'a>) -> HandlerFuture<'a> {
+fn explode<'a>(_: &'a rt::Ctx, _: rt::Call<'a>) -> rt::HandlerFuture<'a> {
     Box::pin(async { panic!("poison: this request always crashes its handler") })
 }
 
-fn hang<'a>(_: &'a Ctx, _: Call<'a>) -> HandlerFuture<'a> {
+fn hang<'a>(_: &'a rt::Ctx, _: rt::Call<'a>) -> rt::HandlerFuture<'a> {
     Box::pin(std::future::pending())
 }
 

@@ -1,6 +1,5 @@
-//! Step: run a validated command against the store. Generated [`Routes`] point every
-//! template operation at [`execute`]; a hand-written table can point one at another
-//! [`Handler`]. The store is reachable only through a [`Call`], which only the ingress chain
+//! Step: run a validated command against the store. Generated routes point every template
+//! operation at [`execute`]; a hand-written table can point one at another [`Handler`]. The store is reachable only through a [`Call`], which only the ingress chain
 //! builds: nothing writes to the database without a broker.
 
 use std::future::Future;
@@ -8,11 +7,10 @@ use std::pin::Pin;
 
 use serde_json::Value as Json;
 
-use super::route::Target;
-use super::validate::Command;
-use crate::envelope::{Op, Request};
+use super::command::Command;
+use crate::envelope::Request;
 use crate::error::{BedsError, ErrorCode};
-use crate::meta::{QueryMeta, Routes, TemplateMeta};
+use crate::meta::{QueryMeta, TemplateMeta};
 use crate::store::Store;
 use crate::value::RecordKey;
 
@@ -37,7 +35,21 @@ pub struct Call<'a> {
     idempotency: Option<String>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    pub(crate) fn new(
+        request: &'a Request,
+        meta: &'static TemplateMeta,
+        command: Command,
+        idempotency: Option<String>,
+    ) -> Self {
+        Call {
+            request,
+            meta,
+            command,
+            idempotency,
+        }
+    }
+
     /// The request as it arrived (already validated).
     pub fn request(&self) -> &Request {
         self.request
@@ -48,39 +60,6 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Json, BedsError>
 
 /// A dispatch entry's handler for one template operation.
 pub type Handler = for<'a> fn(&'a Ctx, Call<'a>) -> HandlerFuture<'a>;
-
-/// Runs the command on its target: a query directly, a template operation through the
-/// handler its routes name.
-pub(crate) async fn run<'a>(
-    ctx: &'a Ctx,
-    target: &Target,
-    request: &'a Request,
-    command: Command,
-    idempotency: Option<String>,
-) -> Result<Json, BedsError> {
-    match *target {
-        Target::Query(q) => query(ctx, q, command).await,
-        Target::Template { routes, op } => {
-            let call = Call {
-                request,
-                meta: routes.meta,
-                command,
-                idempotency,
-            };
-            handler(routes, op)(ctx, call).await
-        }
-    }
-}
-
-fn handler(routes: &Routes, op: Op) -> Handler {
-    match op {
-        Op::Create => routes.create,
-        Op::Fetch => routes.fetch,
-        Op::Update => routes.update,
-        Op::Delete => routes.delete,
-        Op::List | Op::Query => routes.list,
-    }
-}
 
 /// The built-in handler of every template operation: runs the validated command.
 pub fn execute<'a>(ctx: &'a Ctx, call: Call<'a>) -> HandlerFuture<'a> {
@@ -124,7 +103,11 @@ fn mismatch(what: &str) -> BedsError {
 }
 
 /// Runs a named query: a page of records with a keyset cursor, or a count.
-async fn query(ctx: &Ctx, q: &'static QueryMeta, command: Command) -> Result<Json, BedsError> {
+pub(crate) async fn query(
+    ctx: &Ctx,
+    q: &'static QueryMeta,
+    command: Command,
+) -> Result<Json, BedsError> {
     match command {
         Command::Count { params } => {
             let n = ctx.store.count(q, params).await?;

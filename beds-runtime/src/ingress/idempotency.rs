@@ -3,7 +3,7 @@
 //! store claims the key in the write's own transaction (the claim must commit or roll back
 //! with the write), and answers a replay with the stored reply.
 
-use super::validate::Command;
+use super::command::Command;
 use crate::envelope::Request;
 
 pub(crate) fn key(command: &Command, req: &Request) -> Option<String> {

@@ -12,6 +12,7 @@
 //! [`run`]; wiki/architecture.md says where each goes.
 
 mod accept;
+mod command;
 mod deadline;
 pub mod dispatch;
 mod idempotency;
@@ -28,13 +29,14 @@ use lapin::message::Delivery;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
+use crate::catalog::Catalog;
 use crate::config::RetryConfig;
 use crate::envelope::{Reply, Request};
 use crate::error::{BedsError, ErrorCode};
-use crate::meta::Catalog;
 use crate::value::Patterns;
-use dispatch::Ctx;
+use dispatch::{Call, Ctx};
 use lane::Lane;
+use route::Target;
 use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
@@ -108,5 +110,10 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
     lane::check(lane, target.op())?;
     let command = validate::command(&target, req, &ingress.patterns)?;
     let idempotency = idempotency::key(&command, req);
-    dispatch::run(&ingress.ctx, &target, req, command, idempotency).await
+    match target {
+        Target::Query(q) => dispatch::query(&ingress.ctx, q, command).await,
+        Target::Template { meta, handler, .. } => {
+            handler(&ingress.ctx, Call::new(req, meta, command, idempotency)).await
+        }
+    }
 }

@@ -1,17 +1,20 @@
 //! Step: find what a request names in the catalog: a template and an operation, or a
 //! named query. Unknown names are answered with the names that exist.
 
+use super::dispatch::Handler;
+use crate::catalog::{Catalog, RouteError, Routes};
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
-use crate::meta::{Catalog, DomainMeta, QueryMeta, RouteError, Routes};
+use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
 
 /// What a request runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target {
-    /// `op` on a template (never [`Op::Query`]).
+    /// `op` on a template (never [`Op::Query`]), run by the handler its routes name.
     Template {
-        routes: &'static Routes,
+        meta: &'static TemplateMeta,
         op: Op,
+        handler: Handler,
     },
     Query(&'static QueryMeta),
 }
@@ -53,7 +56,22 @@ pub(crate) fn resolve(catalog: &Catalog, req: &Request) -> Result<Target, BedsEr
             ),
         )
     })?;
-    Ok(Target::Template { routes, op })
+    Ok(Target::Template {
+        meta: routes.meta,
+        op,
+        handler: handler(routes, op),
+    })
+}
+
+fn handler(routes: &Routes, op: Op) -> Handler {
+    match op {
+        Op::Create => routes.create,
+        Op::Fetch => routes.fetch,
+        Op::Update => routes.update,
+        Op::Delete => routes.delete,
+        Op::List => routes.list,
+        Op::Query => unreachable!("queries are routed by name, not by template"),
+    }
 }
 
 fn unknown(catalog: &Catalog, req: &Request, e: RouteError) -> BedsError {

@@ -5,31 +5,13 @@
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
+use super::command::Command;
 use super::route::Target;
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{IdKind, PageMeta, QueryMeta, TemplateMeta};
 use crate::store::WriteOp;
-use crate::value::{self, Patterns, RecordKey, Value};
-
-/// A validated operation, ready to run.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Write(WriteOp),
-    Fetch(RecordKey),
-    List {
-        limit: u32,
-        after: Option<Value>,
-    },
-    Page {
-        params: Vec<Value>,
-        cursor: Option<Vec<Value>>,
-        limit: u32,
-    },
-    Count {
-        params: Vec<Value>,
-    },
-}
+use crate::value::{self, Patterns};
 
 pub(crate) fn command(
     target: &Target,
@@ -37,7 +19,7 @@ pub(crate) fn command(
     patterns: &Patterns,
 ) -> Result<Command, BedsError> {
     match *target {
-        Target::Template { routes, op } => template(routes.meta, op, req, patterns),
+        Target::Template { meta, op, .. } => template(meta, op, req, patterns),
         Target::Query(q) => query(q, req, patterns),
     }
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, Role};
 use crate::ingress::Ingress;
 use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
-use crate::meta::Catalog;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
 use crate::transport::{ConnectError, topology};
@@ -30,7 +30,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the compiled domains are inconsistent: {0}")]
-    Catalog(String),
+    Catalog(#[from] CatalogError),
     #[error("the compiled domains are inconsistent: {0}")]
     Pattern(#[from] PatternError),
     #[error(
@@ -108,11 +108,15 @@ impl Server {
         if lanes.is_empty() {
             return Err(ServerError::RoleNotServed(config.role));
         }
-        catalog.check().map_err(ServerError::Catalog)?;
-        let patterns = Patterns::compile(catalog)?;
-        let store = Store::open(&StoreOptions::from_config(&config.database), catalog).await?;
+        catalog.check()?;
+        let patterns = Patterns::compile(catalog.domains)?;
+        let store = Store::open(
+            &StoreOptions::from_config(&config.database),
+            catalog.domains,
+        )
+        .await?;
         if config.database.apply_schema {
-            store.apply_schema(catalog).await?;
+            store.apply_schema(catalog.domains).await?;
         }
         let link = Arc::new(
             Link::open(

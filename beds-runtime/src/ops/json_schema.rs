@@ -3,9 +3,10 @@
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::catalog::Catalog;
 use crate::meta::{
-    Catalog, DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta,
-    TemplateMeta, WithKind,
+    DefaultValue, DomainMeta, FieldKind, FieldMeta, IdKind, ParamKind, QueryMeta, TemplateMeta,
+    WithKind,
 };
 
 /// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` and

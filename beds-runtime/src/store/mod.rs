@@ -29,7 +29,7 @@ use sql::{Arg, IdempotencySql, QuerySql, Statements};
 
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
-use crate::meta::{Catalog, FieldMeta, IdKind, QueryMeta, TemplateMeta};
+use crate::meta::{DomainMeta, FieldMeta, IdKind, QueryMeta, TemplateMeta};
 use crate::value::{RecordKey, Value, format_timestamp};
 
 /// The dialect of a configured driver. Dialects hold no state, so one static instance of
@@ -43,8 +43,8 @@ pub fn dialect(driver: Driver) -> &'static dyn Dialect {
 }
 
 /// The DDL for every template in the dialect of `driver`, referenced tables first.
-pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
-    schema::ddl(dialect(driver), catalog)
+pub fn schema(driver: Driver, domains: &[&'static DomainMeta]) -> Vec<String> {
+    schema::ddl(dialect(driver), domains)
 }
 
 impl StoreOptions {
@@ -115,7 +115,10 @@ enum Claim {
 impl Store {
     /// Opens the database (for SQLite creating the file and its directory if needed) and
     /// prepares the statements of every template and query in `catalog`.
-    pub async fn open(options: &StoreOptions, catalog: &Catalog) -> Result<Store, StoreError> {
+    pub async fn open(
+        options: &StoreOptions,
+        domains: &[&'static DomainMeta],
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let d = dialect(options.driver);
         d.before_open(options)?;
@@ -140,12 +143,10 @@ impl Store {
                 target: at.shown,
                 source,
             })?;
-        let statements = catalog
-            .templates()
+        let statements = crate::meta::templates(domains)
             .map(|(_, t)| ((t.domain, t.name), sql::statements(d, t)))
             .collect();
-        let queries = catalog
-            .domains
+        let queries = domains
             .iter()
             .flat_map(|dm| {
                 dm.queries
@@ -163,8 +164,8 @@ impl Store {
     }
 
     /// Creates missing tables and indexes. Existing tables are left as they are.
-    pub async fn apply_schema(&self, catalog: &Catalog) -> Result<(), StoreError> {
-        for statement in schema::ddl(self.dialect, catalog) {
+    pub async fn apply_schema(&self, domains: &[&'static DomainMeta]) -> Result<(), StoreError> {
+        for statement in schema::ddl(self.dialect, domains) {
             sqlx::query(self.dialect.prepare(statement.clone()))
                 .execute(&self.pool)
                 .await

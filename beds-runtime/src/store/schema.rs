@@ -2,12 +2,12 @@
 //! cross-field checks and token tables. Idempotent: only what is missing is created.
 
 use super::dialect::Dialect;
-use crate::meta::{Catalog, CondOp, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
+use crate::meta::{CondOp, DomainMeta, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
 
 /// The DDL for every template, referenced tables first.
-pub(super) fn ddl(d: &dyn Dialect, catalog: &Catalog) -> Vec<String> {
+pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<String> {
     let mut out = idempotency_table(d);
-    for domain in catalog.domains {
+    for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));
         }
