@@ -272,43 +272,66 @@ async fn write_workers_resume_after_repeated_broker_restarts() {
     for round in 1..=restarts {
         // Writes flow before each stop, so the stop finds some in flight.
         let before = stream.applied();
-        stream
-            .wait_for_applied(before + WRITES_BETWEEN, Duration::from_secs(60))
-            .await;
+        if !stream
+            .applied_within(before + WRITES_BETWEEN, Duration::from_secs(60))
+            .await
+        {
+            failed.push(format!(
+                "before restart {round}/{restarts}: the writes stalled at {} applied for 60 s; \
+                 the broker lists (name, messages, consumers) {:?}; node health {:?}",
+                stream.applied(),
+                broker.list_queues().await,
+                server.health()
+            ));
+            panic!("{}", failed.join("\n"));
+        }
         broker.stop_app().await;
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // No reply reaches the client while the broker is down: a write answered after
+        // this was served after the start.
+        let applied_down = stream.applied();
         broker.start_app().await;
         let back = Instant::now();
         let deadline = back + RESUME_BOUND;
-        // Every worker of every lane consumes again, as the broker sees it.
+        // Every worker of every lane consumes again, as the broker sees it, and writes
+        // complete again.
         let mut last = None;
-        let consumers_back = loop {
+        let mut lanes_back = vec![None; queues.len()];
+        let mut consumers_back = None;
+        let mut writes_back = None;
+        loop {
             last = broker.probe(&queues).await.or(last);
-            if consumers(&last).as_ref() == Some(&expected) {
-                break Some(back.elapsed());
+            let now = back.elapsed();
+            for ((at, found), want) in lanes_back
+                .iter_mut()
+                .zip(consumers(&last).unwrap_or_default())
+                .zip(&expected)
+            {
+                if found == *want {
+                    at.get_or_insert(now);
+                }
             }
-            if Instant::now() > deadline {
-                break None;
+            if consumers(&last).as_ref() == Some(&expected) {
+                consumers_back.get_or_insert(now);
+            }
+            if stream.applied() > applied_down {
+                writes_back.get_or_insert(now);
+            }
+            if (consumers_back.is_some() && writes_back.is_some()) || Instant::now() > deadline {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        // And writes complete again.
-        let applied = stream.applied();
-        let writes_back = loop {
-            if stream.applied() > applied {
-                break Some(back.elapsed());
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        }
         match (consumers_back, writes_back) {
             (Some(c), Some(w)) => {
+                let secs = |d: &Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
                 println!(
                     "restart {round}/{restarts}: consumers back on every lane {:.1} s after \
-                     start_app, writes completing {:.1} s after ({} applied so far)",
+                     start_app (read {:.1} s, write {:.1} s), writes completing {:.1} s after \
+                     ({} applied so far)",
                     c.as_secs_f64(),
+                    secs(&lanes_back[0]),
+                    secs(&lanes_back[1]),
                     w.as_secs_f64(),
                     stream.applied()
                 );
@@ -318,8 +341,9 @@ async fn write_workers_resume_after_repeated_broker_restarts() {
                 let listed = broker.list_queues().await;
                 let why = format!(
                     "restart {round}/{restarts}: not resumed {RESUME_BOUND:?} after start_app: \
-                     consumers on every lane after {consumers_back:?}, writes completing after \
-                     {writes_back:?}; the broker lists (ready, consumers) {last:?} on \
+                     all consumers of each lane (read, write) first listed after \
+                     {lanes_back:?}, of every lane at once after {consumers_back:?}, writes \
+                     completing after {writes_back:?}; the broker lists (ready, consumers) {last:?} on \
                      {queues:?}, expected {expected:?} consumers; all queues (name, messages, \
                      consumers): {listed:?}; node health {:?}; {} writes applied",
                     server.health(),
