@@ -212,11 +212,12 @@ async fn broker_restarted_mid_stream() {
 }
 
 /// How long after `start_app` returns every lane may take to have all its consumers again
-/// and writes to complete again. The worst case of the runtime's own bounds: a worker sees
-/// that lapin gave up on its connection within `link::STALLED` (10 s) plus its 1 s watchdog
-/// tick, its supervisor backs off up to 10 s, a connection attempt is bounded by
-/// `server::CONNECT_TIMEOUT` (10 s), and a write sent meanwhile is resent after the
-/// client's time-out (10 s in the test config): 41 s, rounded up.
+/// and writes to complete again: the runtime's own bounds in sequence. A worker sees that
+/// lapin gave up on its connection within the link's `STALLED` (10 s) plus its 1 s watchdog
+/// tick, its deliveries' settle is bounded by the publisher-confirm time-out (10 s), its
+/// supervisor backs off up to 10 s, and a new connection is bounded by `CONNECT_TIMEOUT`
+/// (10 s): 41 s, rounded up. (Writes queued meanwhile are served as soon as consumers are
+/// back.) Twenty restarts with bounded settles resumed within 27 s at most.
 const RESUME_BOUND: Duration = Duration::from_secs(45);
 
 /// Writes answered between two restarts, so that each stop finds writes in flight.
