@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use beds::spew::{self, UserCreate, UserId};
@@ -22,7 +22,19 @@ pub enum Outcome {
 
 pub struct Stream {
     done: Arc<AtomicUsize>,
+    applied: Arc<AtomicUsize>,
+    /// Set to stop issuing new writes (an endless stream's end).
+    stop: Arc<AtomicBool>,
     task: JoinHandle<Vec<Outcome>>,
+}
+
+/// When a stream's writes give up.
+#[derive(Clone, Copy)]
+enum GiveUp {
+    /// The whole stream, at this instant.
+    At(Instant),
+    /// Each write, this long after its first send.
+    After(Duration),
 }
 
 /// One author for every spew of a stream.
@@ -46,31 +58,53 @@ pub async fn author(env: &TestEnv) -> UserId {
 impl Stream {
     /// `n` writes, 64 in flight.
     pub async fn start(env: &TestEnv, author: UserId, n: usize) -> Stream {
-        Stream::spawn(env, author, n, 64).await
+        Stream::spawn(env, author, n, 64, GiveUp::At(two_minutes())).await
     }
 
     /// `n` writes, all in flight at once.
     pub async fn start_burst(env: &TestEnv, author: UserId, n: usize) -> Stream {
-        Stream::spawn(env, author, n, n).await
+        Stream::spawn(env, author, n, n, GiveUp::At(two_minutes())).await
     }
 
-    async fn spawn(env: &TestEnv, author: UserId, n: usize, in_flight: usize) -> Stream {
+    /// Writes, `in_flight` at a time, until [`Stream::stop`]; each write is resent for up to
+    /// two minutes after its first send.
+    pub async fn endless(env: &TestEnv, author: UserId, in_flight: usize) -> Stream {
+        let per_write = GiveUp::After(Duration::from_secs(120));
+        Stream::spawn(env, author, usize::MAX, in_flight, per_write).await
+    }
+
+    async fn spawn(
+        env: &TestEnv,
+        author: UserId,
+        n: usize,
+        in_flight: usize,
+        give_up: GiveUp,
+    ) -> Stream {
         let client = Arc::new(
             Client::connect(ClientOptions::from_config(&env.config, "fault-stream"))
                 .await
                 .unwrap(),
         );
         let done = Arc::new(AtomicUsize::new(0));
-        let counter = done.clone();
-        // The whole stream gives up after two minutes, so a stall fails the test in bounded time.
-        let give_up = Instant::now() + Duration::from_secs(120);
+        let applied = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, applied_counter, stopped) = (done.clone(), applied.clone(), stop.clone());
         let task = tokio::spawn(async move {
             futures_util::stream::iter(0..n)
+                .take_while(move |_| std::future::ready(!stopped.load(Ordering::Relaxed)))
                 .map(|i| {
                     let (client, counter) = (client.clone(), counter.clone());
+                    let applied = applied_counter.clone();
+                    let give_up = match give_up {
+                        GiveUp::At(at) => at,
+                        GiveUp::After(after) => Instant::now() + after,
+                    };
                     async move {
                         let outcome = write(&client, author, format!("w{i:05}"), give_up).await;
                         counter.fetch_add(1, Ordering::Relaxed);
+                        if matches!(outcome, Outcome::Applied(_)) {
+                            applied.fetch_add(1, Ordering::Relaxed);
+                        }
                         outcome
                     }
                 })
@@ -78,7 +112,22 @@ impl Stream {
                 .collect()
                 .await
         });
-        Stream { done, task }
+        Stream {
+            done,
+            applied,
+            stop,
+            task,
+        }
+    }
+
+    /// Writes answered as applied so far.
+    pub fn applied(&self) -> usize {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Issues no new writes; the ones in flight still finish ([`Stream::finish`]).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Waits (at most a minute) until `enough` holds for the number of finished writes.
@@ -94,9 +143,26 @@ impl Stream {
         }
     }
 
+    /// Whether `n` writes are answered as applied within `within`.
+    pub async fn applied_within(&self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.applied() < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub async fn finish(self) -> Vec<Outcome> {
         self.task.await.expect("the stream task")
     }
+}
+
+/// The give-up instant of a stream of fixed length: a stall fails the test in bounded time.
+fn two_minutes() -> Instant {
+    Instant::now() + Duration::from_secs(120)
 }
 
 /// One write, resent unchanged while the outcome is unknown (time-out, broken transport),
