@@ -43,17 +43,17 @@ impl Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
+    type Err = UnknownRole;
 
-    fn from_str(s: &str) -> Result<Role, String> {
-        serde_yaml::from_value(Yaml::String(s.to_string())).map_err(|_| {
-            format!(
-                "unknown role `{s}`; expected one of {}",
-                Role::NAMES.join(", ")
-            )
-        })
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        serde_yaml::from_value(Yaml::String(s.to_string())).map_err(|_| UnknownRole(s.to_string()))
     }
 }
+
+/// A role name that is none of [`Role::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{}`; expected one of {}", .0, Role::NAMES.join(", "))]
+pub struct UnknownRole(pub String);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,9 +351,9 @@ impl<'de> Deserialize<'de> for Millis {
 
 /// `500`, `500ms`, `5s`, `2m`, `1h`, `1d` (also for command-line flags).
 impl std::str::FromStr for Millis {
-    type Err = String;
+    type Err = DurationError;
 
-    fn from_str(text: &str) -> Result<Millis, String> {
+    fn from_str(text: &str) -> Result<Millis, DurationError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
@@ -361,21 +361,26 @@ impl std::str::FromStr for Millis {
         let (num, unit) = text.split_at(split);
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("invalid duration `{text}`; write e.g. `500ms`, `5s` or `2m`"))?;
+            .map_err(|_| DurationError::Number(text.to_string()))?;
         let factor = match unit.trim() {
             "" | "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => {
-                return Err(format!(
-                    "invalid duration unit in `{text}`; use ms, s, m, h or d"
-                ));
-            }
+            _ => return Err(DurationError::Unit(text.to_string())),
         };
         Ok(Millis(n * factor))
     }
+}
+
+/// A duration that is not `<number><unit>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration `{0}`; write e.g. `500ms`, `5s` or `2m`")]
+    Number(String),
+    #[error("invalid duration unit in `{0}`; use ms, s, m, h or d")]
+    Unit(String),
 }
 
 /// Why configuration could not be loaded; each names the source and what to change.

@@ -215,8 +215,13 @@ impl Worker {
 /// longer than one delivery's bounded settle (publish and confirm, then ack).
 const ABANDON_AFTER: Duration = Duration::from_secs(3 * CONFIRM_TIMEOUT.as_secs());
 
+/// The longest pause between a worker's failure and its next run.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Keeps one worker running: a failed run is logged, counted and restarted after an
-/// exponential backoff (100 ms doubling to 10 s; reset after a run that lasted a minute).
+/// exponential backoff (200 ms doubling to [`MAX_BACKOFF`]). A run that lasted longer than
+/// that was not crash-looping, so its failure starts the backoff over: after a broker
+/// restart every worker comes back quickly, however many restarts came before.
 pub(crate) async fn supervise(
     worker: Worker,
     link: Arc<Link>,
@@ -224,37 +229,43 @@ pub(crate) async fn supervise(
     counters: Arc<Counters>,
 ) {
     let mut failures: u32 = 0;
+    let mut conn = tokio::select! {
+        conn = link.live() => conn,
+        () = stop.cancelled() => return,
+    };
     loop {
         let started = tokio::time::Instant::now();
-        let conn = link.get().await;
-        match worker.run(&conn, &stop).await {
-            WorkerExit::Stopped => return,
-            WorkerExit::Failed(why) => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    failures = 0;
-                }
-                failures += 1;
-                counters.restarts.fetch_add(1, Ordering::Relaxed);
-                counters.down.fetch_add(1, Ordering::Relaxed);
-                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(7)))
-                    .min(Duration::from_secs(10));
-                tracing::error!(
-                    broker = worker.lane.broker(),
-                    tag = %worker.tag,
-                    failures,
-                    backoff_ms = backoff.as_millis() as u64,
-                    why = %why,
-                    "worker failed; restarting"
-                );
-                let stopped = tokio::select! {
-                    () = stop.cancelled() => true,
-                    () = tokio::time::sleep(backoff) => false,
-                };
-                counters.down.fetch_sub(1, Ordering::Relaxed);
-                if stopped {
-                    return;
-                }
-            }
+        let WorkerExit::Failed(why) = worker.run(&conn, &stop).await else {
+            return;
+        };
+        if started.elapsed() > MAX_BACKOFF {
+            failures = 0;
+        }
+        failures += 1;
+        counters.restarts.fetch_add(1, Ordering::Relaxed);
+        counters.down.fetch_add(1, Ordering::Relaxed);
+        let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(MAX_BACKOFF);
+        tracing::error!(
+            broker = worker.lane.broker(),
+            tag = %worker.tag,
+            failures,
+            backoff_ms = backoff.as_millis() as u64,
+            why = %why,
+            "worker failed; restarting"
+        );
+        // The backoff, then a live connection: a broker that is away is waited out here
+        // rather than by failing runs against a connection that is still reconnecting.
+        let next = tokio::select! {
+            () = stop.cancelled() => None,
+            conn = async {
+                tokio::time::sleep(backoff).await;
+                link.live().await
+            } => Some(conn),
+        };
+        counters.down.fetch_sub(1, Ordering::Relaxed);
+        match next {
+            Some(live) => conn = live,
+            None => return,
         }
     }
 }

@@ -51,16 +51,7 @@ pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, DlqError> {
     for key in [READ_KEY, WRITE_KEY] {
         let queue = amqp.queue(key);
         let dlq = dead_letter_queue(&queue);
-        // Unacked gets come back to the queue, in order, when the channel closes.
-        while let Some(msg) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|source| DlqError::Queue {
-                what: "reading",
-                queue: dlq.clone(),
-                source,
-            })?
-        {
+        while let Some(msg) = next(&channel, &dlq).await? {
             out.push(describe(
                 &queue,
                 &msg.delivery.properties,
@@ -84,15 +75,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, DlqE
         let queue = amqp.queue(key);
         let dlq = dead_letter_queue(&queue);
         let mut skipped = Vec::new();
-        while let Some(msg) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|source| DlqError::Queue {
-                what: "reading",
-                queue: dlq.clone(),
-                source,
-            })?
-        {
+        while let Some(msg) = next(&channel, &dlq).await? {
             let d = &msg.delivery;
             let letter = describe(&queue, &d.properties, Vec::new());
             if code.is_some_and(|c| c != letter.code) {
@@ -159,6 +142,22 @@ pub fn summary(letters: &[DeadLetter]) -> BTreeMap<(String, String), usize> {
         *groups.entry((l.queue.clone(), l.code.clone())).or_insert(0) += 1;
     }
     groups
+}
+
+/// The next dead letter of `dlq`, unacked: it comes back to the queue, in order, when the
+/// channel closes unless it is acked.
+async fn next(
+    channel: &Channel,
+    dlq: &str,
+) -> Result<Option<lapin::message::BasicGetMessage>, DlqError> {
+    channel
+        .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
+        .await
+        .map_err(|source| DlqError::Queue {
+            what: "reading",
+            queue: dlq.to_string(),
+            source,
+        })
 }
 
 async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {

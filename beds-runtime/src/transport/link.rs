@@ -78,6 +78,21 @@ impl Link {
         conn.clone()
     }
 
+    /// A connected connection: waits (polling, 100 ms growing to 1 s) while the broker is
+    /// away or lapin is reconnecting, replacing a dead connection on the way. Workers start
+    /// on it instead of failing against a connection that is still reconnecting.
+    pub async fn live(&self) -> Arc<Connection> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let conn = self.get().await;
+            if conn.status().connected() {
+                return conn;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
     /// Whether the connection is up, without waiting (false while a reconnect is underway).
     pub fn connected(&self) -> bool {
         self.current

@@ -245,11 +245,17 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
 
     // --- Idempotency ---
 
-    /// The claim statement, from `insert` (a plain `INSERT` of key, target and time).
-    fn claim_statement(&self, insert: &str) -> String;
+    /// The claim statement, from `insert` (a plain `INSERT` of key, target and time); by
+    /// default an insert that does nothing on a taken key.
+    fn claim_statement(&self, insert: &str) -> String {
+        format!("{insert} ON CONFLICT DO NOTHING")
+    }
 
-    /// Claims an idempotency key inside the write transaction, or finds who took it.
-    fn claim<'a>(&'a self, args: ClaimArgs<'a>) -> BoxFuture<'a, Result<Claimed, sqlx::Error>>;
+    /// Claims an idempotency key inside the write transaction, or finds who took it; by
+    /// default with [`Dialect::claim_statement`]'s insert-or-ignore (SQLite, PostgreSQL).
+    fn claim<'a>(&'a self, args: ClaimArgs<'a>) -> BoxFuture<'a, Result<Claimed, sqlx::Error>> {
+        claim_or_ignore(args)
+    }
 
     // --- Errors ---
 

@@ -1,14 +1,10 @@
 //! PostgreSQL: numbered placeholders, casts where text stands for a richer column type,
 //! results formatted to the API's text forms.
 
-use futures_util::future::BoxFuture;
 use sqlx::SqlStr;
 use sqlx::error::DatabaseError;
 
-use super::{
-    ClaimArgs, Claimed, Dialect, Failure, Location, Ty, UniqueIndex, by_kind, claim_or_ignore,
-    server_location,
-};
+use super::{Dialect, Failure, Location, Ty, UniqueIndex, by_kind, server_location};
 use crate::meta::{FieldKind, FieldMeta, IdKind};
 use crate::store::options::{StoreError, StoreOptions};
 
@@ -128,16 +124,6 @@ impl Dialect for Postgres {
         } else {
             col.to_string()
         }
-    }
-
-    fn claim_statement(&self, insert: &str) -> String {
-        format!("{insert} ON CONFLICT DO NOTHING")
-    }
-
-    /// A second delivery of a key blocks on the first one's row until it commits, then
-    /// inserts nothing and reads the committed reply.
-    fn claim<'a>(&'a self, args: ClaimArgs<'a>) -> BoxFuture<'a, Result<Claimed, sqlx::Error>> {
-        claim_or_ignore(args)
     }
 
     fn classify<'e>(&self, e: &'e dyn DatabaseError) -> Failure<'e> {

@@ -1,13 +1,10 @@
 //! SQLite, the embedded default: a file opened in WAL mode, `STRICT` tables, text for
 //! every rich type.
 
-use futures_util::future::BoxFuture;
 use sqlx::SqlStr;
 use sqlx::error::DatabaseError;
 
-use super::{
-    ClaimArgs, Claimed, Dialect, Failure, Location, Ty, UniqueIndex, by_kind, claim_or_ignore,
-};
+use super::{Dialect, Failure, Location, Ty, UniqueIndex, by_kind};
 use crate::meta::{FieldMeta, IdKind};
 use crate::store::options::{StoreError, StoreOptions};
 
@@ -115,14 +112,6 @@ impl Dialect for Sqlite {
         } else {
             col.to_string()
         }
-    }
-
-    fn claim_statement(&self, insert: &str) -> String {
-        format!("{insert} ON CONFLICT DO NOTHING")
-    }
-
-    fn claim<'a>(&'a self, args: ClaimArgs<'a>) -> BoxFuture<'a, Result<Claimed, sqlx::Error>> {
-        claim_or_ignore(args)
     }
 
     fn classify<'e>(&self, e: &'e dyn DatabaseError) -> Failure<'e> {
