@@ -22,7 +22,7 @@ pub mod telemetry;
 mod transport;
 mod value;
 
-pub use catalog::{Catalog, CatalogError, schema};
+pub use catalog::{Catalog, CatalogError, RouteError, Routes, schema};
 pub use client::{
     Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
 };

@@ -32,7 +32,6 @@ pub trait Query: 'static {
 pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {}
 
 /// Marker kinds the derive uses to check that a field's Rust type matches its declaration.
-#[doc(hidden)]
 pub mod kinds {
     use std::marker::PhantomData;
 
@@ -67,7 +66,6 @@ pub mod kinds {
     message = "`{Self}` cannot hold a field declared as `{K}`",
     note = "string/text -> String, integer -> i32, bigint -> i64, float -> f64, bool -> bool, timestamp -> Timestamp, date -> Date, uuid -> Uuid, json -> serde_json::Value, enum -> a Copy + Eq serde enum, reference -> the target's Id type; wrap in Option for `optional`"
 )]
-#[doc(hidden)]
 pub trait FieldType<K> {}
 
 impl FieldType<kinds::Str> for String {}
@@ -84,5 +82,4 @@ impl<T: Key> FieldType<kinds::Ref> for T {}
 impl<K, T: FieldType<K>> FieldType<kinds::Optional<K>> for Option<T> {}
 
 /// Compile-time check emitted by the derive for every field.
-#[doc(hidden)]
 pub const fn assert_field<T: FieldType<K>, K>() {}
