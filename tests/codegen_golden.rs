@@ -1,13 +1,14 @@
 //! Golden files of generated code: the Rust emitted for `domains/spew.yaml` and
 //! `tests/fixtures/library.yaml` is pinned by snapshots in `tests/snapshots/`, so any change
-//! to the emitter shows up as a reviewable diff of the code it writes.
+//! to the emitter shows up as a reviewable diff of the code it writes. They live in the root
+//! package, which may name this repository's domains; the core crates never do.
 
 use std::path::Path;
 
 /// Generated code for one declaration, named as build.rs names it (relative to the root
 /// package), through the same [`beds_codegen::Builder`] that build.rs uses.
 fn generated(relative: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = std::fs::read_to_string(root.join(relative)).expect("the declaration");
     let dir = tempfile::tempdir().unwrap();
     let domains = dir.path().join("domains");
@@ -107,7 +108,7 @@ fn doc_must_be_text() {
 }
 
 fn fingerprints(relative: &str) -> Vec<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = std::fs::read_to_string(root.join(relative)).unwrap();
     let domain = beds_codegen::compile_source(relative, &source).unwrap();
     domain
@@ -173,10 +174,10 @@ fn fingerprints_follow_the_contract_only() {
 
 /// The generated code that `tests/ui/generated_type_error.rs` compiles with a deliberate
 /// type error, to show where rustc points in a generated file. It must be what the emitter
-/// writes today: `BEDS_BLESS=1 cargo test -p beds-codegen --test golden` rewrites it.
+/// writes today: `BEDS_BLESS=1 cargo test --test codegen_golden` rewrites it.
 #[test]
 fn ui_fixture_is_current() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/generated");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/generated");
     let decl = std::fs::read_to_string(dir.join("tiny.yaml")).unwrap();
     let domain = beds_codegen::compile_source("tests/ui/generated/tiny.yaml", &decl).unwrap();
     let text = beds_codegen::generate(&[domain]);
