@@ -15,6 +15,9 @@ use tokio::sync::Mutex;
 
 use crate::transport::{ConnectError, connect};
 
+/// How long closing a connection may take at shutdown.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a connection may stay unconnected before it is given up on.
 pub const STALLED: Duration = Duration::from_secs(10);
 
@@ -100,10 +103,14 @@ impl Link {
             .is_ok_and(|c| c.0.status().connected())
     }
 
+    /// Closes the connection, waiting at most [`CLOSE_TIMEOUT`]: a stop must not hang on
+    /// a connection the broker no longer answers.
     pub async fn close(&self) {
         let conn = self.current.lock().await.0.clone();
-        if let Err(e) = conn.close(200, "shutdown".into()).await {
-            tracing::debug!(error = %e, "connection close");
+        match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "connection close"),
+            Err(_) => tracing::warn!("closing the connection timed out; leaving it"),
         }
     }
 }
