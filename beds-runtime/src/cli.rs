@@ -50,8 +50,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send one request to a node and print its reply, e.g.
-    /// `beds call DOMAIN.TEMPLATE.create '{"field":"value"}'`.
+    /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
     /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
     Dlq {

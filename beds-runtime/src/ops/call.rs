@@ -54,8 +54,8 @@ pub struct CallArgs {
     /// update and delete: apply only if the record is at this version.
     #[arg(long, value_name = "N")]
     expect_version: Option<i64>,
-    /// How long to wait for the reply, e.g. `500ms`, `10s` [default: client.timeout of
-    /// the configuration, 5s].
+    /// How long to wait for the reply, e.g. `500ms`, `10s` [default: the configuration's
+    /// client.timeout, 5s unless set].
     #[arg(long, value_name = "DURATION")]
     timeout: Option<Millis>,
     /// Print the whole reply envelope (ids, status, data or error), not only its `data`.
