@@ -14,11 +14,11 @@ use crate::error::BedsError;
 use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
 
 /// Exit code when the node answered with an error reply.
-pub const EXIT_REMOTE: u8 = 3;
+const EXIT_REMOTE: u8 = 3;
 /// Exit code when the command line does not name a valid call (clap uses 2 as well).
-pub const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = 2;
 /// Exit code when no reply came: RabbitMQ unreachable, no queue, or the timeout passed.
-pub const EXIT_NO_REPLY: u8 = 4;
+const EXIT_NO_REPLY: u8 = 4;
 
 /// Send one request to a node and print its reply.
 #[derive(Debug, clap::Args)]
