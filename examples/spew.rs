@@ -19,6 +19,7 @@ use beds::spew::{
     LikesOfSpewParams, Spew, SpewCreate, SpewsByTagParams, SpewsMentioningParams, ThreadParams,
     User, UserCreate,
 };
+use beds_runtime::config::{Driver, redact};
 use beds_runtime::{Client, ClientError, ClientOptions, Config, Server};
 use futures_util::{StreamExt, stream};
 
@@ -47,10 +48,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.database.data_dir = data.path().to_path_buf();
     config.amqp.queue_tag = format!("example.{}.", std::process::id());
 
+    println!(
+        "SPEW is a Twitter-like backend declared in domains/spew.yaml: users post spews (short\n\
+         messages) that may reply to or respew (repost) another spew; users follow and like.\n"
+    );
     let server = Server::start(&config, &beds::CATALOG).await?;
     println!(
-        "appServer up: rBroker on {0}rec.read, wBroker on {0}rec.write, {1:?} database",
-        config.amqp.queue_tag, config.database.driver
+        "appServer started in this process (the node role that serves the data):\n  \
+         rBroker (pool of read workers) consumes the queue {0}rec.read\n  \
+         wBroker (pool of write workers) consumes the queue {0}rec.write\n  \
+         database: {1}\n\
+         Every step below is a request to it over RabbitMQ, sent by the typed client\n\
+         generated from domains/spew.yaml.\n",
+        config.amqp.queue_tag,
+        database(&config)
     );
     let client = Client::connect(ClientOptions::from_config(&config, "spew-example")).await?;
     let result = script(&client).await;
@@ -267,20 +278,24 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         .page(&HomeTimelineParams { user: me.id }, Some(8), None)
         .await;
     tally.note(&home);
-    println!("\nhome timeline of @{} (first page):", me.handle);
+    println!(
+        "\nhome timeline of @{}: their spews and those of the users they follow, newest first\n\
+         (first page of 8; time of posting in UTC, ♥ likes, ↩ replies, ⟳ respews):",
+        me.handle
+    );
     for item in home?.items {
         let w = &item.with;
         println!(
-            "  {} @{:<10} {:<58} ♥{:<3} ↩{:<2} ⟳{:<2} (author: {} followers, {} following, {} spews)",
+            "  {} @{:<10} {:<58} ♥{:<3} ↩{:<2} ⟳{:<2} (author: {}, following {}, {})",
             item.record.created_at.format("%H:%M:%S%.3f"),
             w.author_handle,
             item.record.body,
             w.likes,
             w.replies,
             w.respews,
-            w.author_followers,
+            plural(w.author_followers, "follower"),
             w.author_following,
-            w.author_spews
+            plural(w.author_spews, "spew")
         );
     }
 
@@ -294,7 +309,11 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         .page(&ThreadParams { spew: root.id }, None, None)
         .await;
     tally.note(&thread);
-    println!("\nthread of {}:", root.id);
+    println!(
+        "\nthread of the spew with the most replies ({}): the spew, then its replies (↳),\n\
+         oldest first:",
+        root.id
+    );
     for (i, item) in thread?.items.iter().enumerate() {
         println!(
             "  {}@{:<10} {} (♥{})",
@@ -311,7 +330,7 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         .await;
     tally.note(&tagged);
     let tagged = tagged?;
-    println!("\n#rust (case-insensitive, newest 5):");
+    println!("\nspews tagged #rust, newest 5 (tags match case-insensitively: #Rust, #RUST):");
     for item in &tagged.items {
         println!("  @{:<10} {}", item.with.author_handle, item.record.body);
     }
@@ -328,7 +347,11 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await;
     tally.note(&mentioning);
-    println!("\nmentioning @{} (newest 3):", star.handle);
+    println!(
+        "\nspews mentioning @{}, newest 3 (asked for @{}: handles are case-insensitive):",
+        star.handle,
+        star.handle.to_uppercase()
+    );
     for item in mentioning?.items {
         println!("  @{:<10} {}", item.with.author_handle, item.record.body);
     }
@@ -341,12 +364,12 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
     println!("\nfollowers of @{} (first 10 by handle):", star.handle);
     for item in followers?.items {
         println!(
-            "  @{:<10} {:<14} {} followers, {} following, {} spews",
+            "  @{:<10} {:<14} {}, following {}, {}",
             item.record.handle,
             item.record.display_name,
-            item.with.followers,
+            plural(item.with.followers, "follower"),
             item.with.following,
-            item.with.spews
+            plural(item.with.spews, "spew")
         );
     }
 
@@ -361,7 +384,10 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|l| format!("@{}", l.with.user_handle))
         .collect();
-    println!("\nliked the latest spew: {}", handles.join(", "));
+    println!(
+        "\nwho liked the latest spew, most recent first: {}",
+        handles.join(", ")
+    );
 
     let (errors, wanted) = (
         tally.errors.load(Ordering::Relaxed),
@@ -400,13 +426,50 @@ fn expected<T: std::fmt::Debug>(
     tally.note(&result);
     match result {
         Err(ClientError::Remote(e)) => {
-            tally.expected.fetch_add(1, Ordering::Relaxed);
-            println!("{what:<16} -> {:?}/{:?}: {}", e.class, e.code, e.message);
+            if tally.expected.fetch_add(1, Ordering::Relaxed) == 0 {
+                println!(
+                    "(three requests are wrong on purpose; the node must refuse each with an \
+                     error reply,\n shown as its class/code: message)"
+                );
+            }
+            println!(
+                "refused as expected: {what:<15} -> {}/{}: {}",
+                wire(&e.class),
+                wire(&e.code),
+                e.message
+            );
             Ok(())
         }
         Err(other) => Err(other.into()),
         Ok(v) => Err(format!("{what} should have failed, got {v:?}").into()),
     }
+}
+
+/// The name a contract enum has on the wire (`unique_violation`), as other clients see it.
+fn wire(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Where the data lives, named as an operator would (passwords hidden).
+fn database(config: &Config) -> String {
+    let db = &config.database;
+    let server = || db.url.as_deref().map(redact).unwrap_or_default();
+    match db.driver {
+        Driver::Sqlite => format!(
+            "SQLite at {} (a fresh file, deleted at exit)",
+            db.sqlite_path().display()
+        ),
+        Driver::Postgres => format!("PostgreSQL at {}", server()),
+        Driver::Mariadb => format!("MariaDB at {}", server()),
+    }
+}
+
+fn plural(n: impl Into<i64>, word: &str) -> String {
+    let n = n.into();
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn capitalised(s: &str) -> String {

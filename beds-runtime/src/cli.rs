@@ -1,5 +1,5 @@
-//! The `beds` command line: `run`, `check` and `schema`, shared by every build of the
-//! binary whatever domains it was compiled with.
+//! The `beds` command line: `run`, `check`, `schema`, `call` and `dlq`, shared by every
+//! build of the binary whatever domains it was compiled with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError, Role};
 use crate::envelope::Op;
 use crate::node::{Server, ServerError, lanes};
+use crate::ops::call::{CallArgs, CallError};
 use crate::ops::dead_letters::DlqError;
 use crate::value::PatternError;
 
@@ -49,6 +50,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send one request to a node and print its reply (`beds call --help` for the forms).
+    Call(CallArgs),
     /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
     Dlq {
         #[command(subcommand)]
@@ -77,14 +80,14 @@ pub fn main(catalog: &'static Catalog) -> ExitCode {
     let cli = Cli::parse();
     match run(cli, catalog) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Why a command failed; printed as `error: …` with exit code 1.
+/// Why a command failed; printed as `error: …` with exit code 1, or the call's own code.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
     #[error("{0}")]
@@ -101,6 +104,17 @@ enum CliError {
     Dlq(#[from] DlqError),
     #[error("there are {count} dead letters; pick 1..={count}")]
     NoSuchLetter { count: usize },
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Call(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
@@ -130,6 +144,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 serde_json::to_string_pretty(&schema).expect("schemas serialize")
             );
             Ok(())
+        }
+        Command::Call(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(rt.block_on(crate::ops::call::run(&config, catalog, args))?)
         }
         Command::Dlq { action } => {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -227,7 +227,16 @@ impl Client {
 
     /// Sends a request and waits for its reply; the server's errors come back as
     /// [`ClientError::Remote`].
-    pub async fn request(&self, mut req: Request) -> Result<Json, ClientError> {
+    pub async fn request(&self, req: Request) -> Result<Json, ClientError> {
+        self.exchange(req)
+            .await?
+            .into_result()
+            .map_err(ClientError::Remote)
+    }
+
+    /// Sends a request and returns its whole reply envelope, an error reply included
+    /// (`beds call --raw` shows it as the node sent it).
+    pub async fn exchange(&self, mut req: Request) -> Result<Reply, ClientError> {
         if req.origin.is_none() {
             req.origin = Some(Origin {
                 service: self.options.service.clone(),
@@ -280,8 +289,7 @@ impl Client {
                 });
             }
         };
-        let reply: Reply = serde_json::from_slice(&body)?;
-        reply.into_result().map_err(ClientError::Remote)
+        Ok(serde_json::from_slice(&body)?)
     }
 
     /// Publishes a request, waiting out a connection recovery; a write also waits for the

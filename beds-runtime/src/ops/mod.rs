@@ -1,6 +1,7 @@
-//! Operator tools behind the `beds` command line: dead-letter inspection and replay, and the
-//! JSON Schema of the wire contract. They reach RabbitMQ through the transport like any
-//! client; none of them touches a database.
+//! Operator tools behind the `beds` command line: one request sent from the shell,
+//! dead-letter inspection and replay, and the JSON Schema of the wire contract. They reach
+//! RabbitMQ through the transport like any client; none of them touches a database.
 
+pub(crate) mod call;
 pub mod dead_letters;
 pub(crate) mod json_schema;

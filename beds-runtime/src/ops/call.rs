@@ -1,0 +1,696 @@
+//! `beds call`: one request from the command line. The target and its arguments are checked
+//! against the compiled catalog before anything is sent, so a typo is caught locally with a
+//! suggestion; the request then goes through the runtime's [`Client`] like any other.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+
+use crate::catalog::Catalog;
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::config::{Config, Millis};
+use crate::envelope::{Op, Request};
+use crate::error::BedsError;
+use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
+
+/// Exit code when the node answered with an error reply.
+const EXIT_REMOTE: u8 = 3;
+/// Exit code when the command line does not name a valid call (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+/// Exit code when no reply came: RabbitMQ unreachable, no queue, or the timeout passed.
+const EXIT_NO_REPLY: u8 = 4;
+
+/// Send one request to a node and print its reply.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Targets and their JSON argument:
+  DOMAIN.TEMPLATE.create DATA                 the record's fields
+  DOMAIN.TEMPLATE.fetch  KEY                  {\"id\":…}, a unique key {\"<field>\":…}, or just the id
+  DOMAIN.TEMPLATE.update KEY --data CHANGES   [--expect-version N]
+  DOMAIN.TEMPLATE.delete KEY                  [--expect-version N]
+  DOMAIN.TEMPLATE.list                        [--limit N] [--cursor NEXT]
+  DOMAIN.QUERY           [PARAMS]             [--limit N] [--cursor NEXT]
+`beds check` lists the domains, templates, operations and queries of this binary;
+`beds schema --json` the fields and parameters.
+
+Prints the reply's `data` as JSON (--raw: the whole reply envelope).
+Exit codes: 0 ok; 1 configuration invalid; 2 bad command line (unknown name, invalid JSON);
+3 the node answered with an error (code, message and details on stderr);
+4 no reply (RabbitMQ unreachable, no node for this queue tag, or --timeout passed).")]
+pub struct CallArgs {
+    /// `domain.template.op` (op: create, fetch, update, delete, list) or `domain.query`.
+    target: String,
+    /// JSON: create's data, the key of fetch/update/delete, a query's parameters.
+    json: Option<String>,
+    /// update: the fields to change, as a JSON object.
+    #[arg(long, value_name = "CHANGES")]
+    data: Option<String>,
+    /// list and queries: page size (default and maximum from the declaration).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// list and queries: the previous page's `next`, passed back unchanged.
+    #[arg(long, value_name = "NEXT")]
+    cursor: Option<String>,
+    /// update and delete: apply only if the record is at this version.
+    #[arg(long, value_name = "N")]
+    expect_version: Option<i64>,
+    /// How long to wait for the reply, e.g. `500ms`, `10s` [default: the configuration's
+    /// client.timeout, 5s unless set].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<Millis>,
+    /// Print the whole reply envelope (ids, status, data or error), not only its `data`.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// Why a call failed; [`CallError::exit_code`] tells a usage error, an error reply and a
+/// missing reply apart.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(
+        "`{0}` is not a call target: write `domain.template.op` (op: create, fetch, update, \
+         delete, list) or `domain.query`; `beds check` lists them"
+    )]
+    Shape(String),
+    #[error("this binary has no domain `{name}`{}; it serves: {known}", mean(.suggestion))]
+    UnknownDomain {
+        name: String,
+        suggestion: Option<String>,
+        known: String,
+    },
+    #[error(
+        "domain `{domain}` has no template or query `{name}`{}; templates: {templates}; queries: {queries}",
+        mean(.suggestion)
+    )]
+    UnknownName {
+        domain: &'static str,
+        name: String,
+        suggestion: Option<String>,
+        templates: String,
+        queries: String,
+    },
+    #[error(
+        "`{target}` is a template, not a query: add an operation, e.g. `{target}.fetch` \
+         (it takes: {ops})"
+    )]
+    MissingOp { target: String, ops: String },
+    #[error("`{domain}.{query}` is a query: call it without an operation, as `{domain}.{query}`")]
+    QueryWithOp {
+        domain: &'static str,
+        query: &'static str,
+    },
+    #[error("{target} has no operation `{op}`{}; it takes: {ops}", mean(.suggestion))]
+    UnknownOp {
+        target: String,
+        op: String,
+        suggestion: Option<String>,
+        ops: String,
+    },
+    #[error("{target} needs {what}")]
+    Missing { target: String, what: String },
+    #[error("{target} takes no {what}{hint}")]
+    Unexpected {
+        target: String,
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("{what} is not valid JSON: {error}{}", caret(.text, .error))]
+    Json {
+        what: String,
+        text: String,
+        error: serde_json::Error,
+    },
+    #[error("{what} must be a JSON object such as {example} or an id; `{text}` is neither")]
+    BareKey {
+        what: String,
+        text: String,
+        example: String,
+    },
+    #[error("{what} must be {expected}, found {found}")]
+    Shaped {
+        what: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{}", remote(.0))]
+    Remote(BedsError),
+    #[error(
+        "no reply to {target} within {after:?} (request {id}): is a node serving queue tag \
+         {tag:?} at {url}? Start one with `beds run` and the same amqp.url and \
+         amqp.queue_tag, or wait longer with --timeout"
+    )]
+    NoReply {
+        target: String,
+        id: uuid::Uuid,
+        after: Duration,
+        tag: String,
+        url: String,
+    },
+    #[error(
+        "cannot reach RabbitMQ at {url} ({reason}); start it with `rabbitmq-server -detached` \
+         or point BEDS_AMQP__URL (or amqp.url) at a running broker"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error(transparent)]
+    Client(ClientError),
+}
+
+impl CallError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CallError::Remote(_) => EXIT_REMOTE,
+            CallError::NoReply { .. } | CallError::Unreachable { .. } | CallError::Client(_) => {
+                EXIT_NO_REPLY
+            }
+            _ => EXIT_USAGE,
+        }
+    }
+}
+
+/// Checks, sends and prints one call.
+pub async fn run(config: &Config, catalog: &Catalog, args: CallArgs) -> Result<(), CallError> {
+    let target = resolve(catalog, &args.target)?;
+    let req = request(&target, &args)?;
+    let mut options = ClientOptions::from_config(config, "beds-call");
+    if let Some(t) = args.timeout {
+        options.timeout = t.duration();
+    }
+    let timeout = options.timeout;
+    reachable(&config.amqp.url).await?;
+    let client = Client::connect(options).await.map_err(CallError::Client)?;
+    let sent = client.exchange(req).await;
+    // The reply (or its absence) is what matters; a slow close is bounded by the client.
+    let _ = client.close().await;
+    let reply = match sent {
+        Ok(reply) => reply,
+        Err(ClientError::Timeout { id, .. }) => {
+            return Err(CallError::NoReply {
+                target: args.target,
+                id,
+                after: timeout,
+                tag: config.amqp.queue_tag.clone(),
+                url: config.amqp.redacted_url(),
+            });
+        }
+        Err(e) => return Err(CallError::Client(e)),
+    };
+    if args.raw {
+        println!("{}", pretty(&reply));
+    }
+    let data = reply.into_result().map_err(CallError::Remote)?;
+    if !args.raw {
+        println!("{}", pretty(&data));
+    }
+    Ok(())
+}
+
+/// How long the broker's address may take to accept a TCP connection.
+const PROBE: Duration = Duration::from_secs(3);
+
+/// A plain TCP connect to the broker first: the AMQP connect retries a refused connection
+/// until its 10 s bound, then blames the handshake; a command line should say at once that
+/// nothing listens there.
+async fn reachable(url: &str) -> Result<(), CallError> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    // A URL that does not parse is left to the client, which names the problem.
+    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
+        return Ok(());
+    };
+    let (host, port) = (uri.authority.host, uri.authority.port);
+    let probe = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut last = format!("{host} resolves to no address");
+        for addr in (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+        {
+            match TcpStream::connect_timeout(&addr, PROBE) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    });
+    match probe.await {
+        Ok(Err(reason)) => Err(CallError::Unreachable {
+            url: crate::config::redact(url),
+            reason,
+        }),
+        // A probe that could not run proves nothing; the client's own connect decides.
+        Ok(Ok(())) | Err(_) => Ok(()),
+    }
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("replies serialize")
+}
+
+/// What a call target names.
+#[derive(Debug)]
+enum Target {
+    Template {
+        domain: &'static DomainMeta,
+        template: &'static TemplateMeta,
+        op: Op,
+    },
+    Query(&'static QueryMeta),
+}
+
+impl Target {
+    fn op(&self) -> Op {
+        match self {
+            Target::Template { op, .. } => *op,
+            Target::Query(_) => Op::Query,
+        }
+    }
+}
+
+/// The operations a client may send to `t`: what `beds check` lists.
+fn ops(t: &TemplateMeta) -> Vec<&'static str> {
+    Op::TEMPLATE
+        .iter()
+        .filter(|op| !(t.append_only && matches!(op, Op::Update | Op::Delete)))
+        .map(|op| op.as_str())
+        .collect()
+}
+
+fn resolve(catalog: &Catalog, text: &str) -> Result<Target, CallError> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(CallError::Shape(text.to_string()));
+    }
+    let domains: Vec<&str> = catalog.domains.iter().map(|d| d.name).collect();
+    let domain = catalog
+        .domains
+        .iter()
+        .copied()
+        .find(|d| d.name == parts[0])
+        .ok_or_else(|| CallError::UnknownDomain {
+            name: parts[0].to_string(),
+            suggestion: closest(parts[0], &domains).map(str::to_string),
+            known: domains.join(", "),
+        })?;
+    // Internal templates are not routed for clients; they are not call targets either.
+    let template = |name: &str| {
+        domain
+            .templates
+            .iter()
+            .copied()
+            .find(|t| t.name == name && !t.internal)
+    };
+    let query = |name: &str| domain.queries.iter().copied().find(|q| q.name == name);
+    let unknown = |name: &str| {
+        let templates: Vec<&str> = domain
+            .templates
+            .iter()
+            .filter(|t| !t.internal)
+            .map(|t| t.name)
+            .collect();
+        let queries: Vec<&str> = domain.queries.iter().map(|q| q.name).collect();
+        let all: Vec<&str> = templates.iter().chain(&queries).copied().collect();
+        CallError::UnknownName {
+            domain: domain.name,
+            name: name.to_string(),
+            suggestion: closest(name, &all).map(|s| format!("{}.{s}", domain.name)),
+            templates: templates.join(", "),
+            queries: queries.join(", "),
+        }
+    };
+    match parts[1..] {
+        [name] => match (query(name), template(name)) {
+            (Some(q), _) => Ok(Target::Query(q)),
+            (None, Some(t)) => Err(CallError::MissingOp {
+                target: text.to_string(),
+                ops: ops(t).join(", "),
+            }),
+            (None, None) => Err(unknown(name)),
+        },
+        [name, op] => {
+            let Some(t) = template(name) else {
+                return Err(match query(name) {
+                    Some(q) => CallError::QueryWithOp {
+                        domain: domain.name,
+                        query: q.name,
+                    },
+                    None => unknown(name),
+                });
+            };
+            let allowed = ops(t);
+            let op = Op::parse(op)
+                .filter(|o| allowed.contains(&o.as_str()))
+                .ok_or_else(|| CallError::UnknownOp {
+                    target: format!("{}.{}", domain.name, t.name),
+                    op: op.to_string(),
+                    suggestion: closest(op, &allowed).map(str::to_string),
+                    ops: allowed.join(", "),
+                })?;
+            Ok(Target::Template {
+                domain,
+                template: t,
+                op,
+            })
+        }
+        _ => unreachable!("two or three parts"),
+    }
+}
+
+/// The envelope for `target`, with the JSON argument and flags put where its operation
+/// takes them; anything the operation does not take is refused rather than dropped.
+fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
+    let name = &args.target;
+    let op = target.op();
+    let unexpected = |what, hint| CallError::Unexpected {
+        target: name.clone(),
+        what,
+        hint,
+    };
+    if args.data.is_some() && op != Op::Update {
+        return Err(unexpected(
+            "--data",
+            " (only update does; the JSON argument is what this operation takes)",
+        ));
+    }
+    if (args.limit.is_some() || args.cursor.is_some()) && !matches!(op, Op::List | Op::Query) {
+        return Err(unexpected(
+            "--limit or --cursor",
+            " (only list and queries page)",
+        ));
+    }
+    if args.expect_version.is_some() && !matches!(op, Op::Update | Op::Delete) {
+        return Err(unexpected(
+            "--expect-version",
+            " (only update and delete do)",
+        ));
+    }
+    let mut req = match target {
+        Target::Template {
+            domain, template, ..
+        } => Request::new(domain.name, template.name, op),
+        Target::Query(q) => {
+            let mut req = Request::new(q.domain, "", Op::Query);
+            req.query = Some(q.name.to_string());
+            req
+        }
+    };
+    let json = args.json.as_deref();
+    let needed = |what: String| CallError::Missing {
+        target: name.clone(),
+        what,
+    };
+    match target {
+        Target::Template { template, .. } => match op {
+            Op::Create => {
+                let text = json.ok_or_else(|| needed(data_hint(template)))?;
+                req.data = Some(object(&format!("the data of {name}"), text)?);
+            }
+            Op::Fetch | Op::Update | Op::Delete => {
+                let text = json.ok_or_else(|| needed(key_hint(template)))?;
+                // A bare word is shown as a value of the first unique key in the hint.
+                let unique = template.unique.first().map_or("id", |u| u.fields[0]);
+                req.key = Some(key(&format!("the key of {name}"), text, unique)?);
+                if op == Op::Update {
+                    let text = args.data.as_deref().ok_or_else(|| {
+                        needed("the fields to change: --data '{\"field\": value}'".into())
+                    })?;
+                    req.data = Some(object(&format!("--data of {name}"), text)?);
+                }
+                req.expect_version = args.expect_version;
+            }
+            Op::List => {
+                if json.is_some() {
+                    return Err(unexpected(
+                        "JSON argument",
+                        " (pages by --limit and --cursor)",
+                    ));
+                }
+                req.limit = args.limit;
+                // A list's `next` is an id: accepted as JSON or as the bare id.
+                req.after = args.cursor.as_deref().map(|c| {
+                    serde_json::from_str(c).unwrap_or_else(|_| Json::String(c.to_string()))
+                });
+            }
+            Op::Query => unreachable!("templates are resolved to template operations"),
+        },
+        Target::Query(q) => {
+            req.params = Some(match json {
+                Some(text) => object(&format!("the parameters of {name}"), text)?,
+                None if q.params.iter().all(|p| p.optional) => Map::new(),
+                None => {
+                    let names: Vec<&str> = q.params.iter().map(|p| p.name).collect();
+                    return Err(needed(format!(
+                        "its parameters as a JSON object: {} (`beds schema --json` shows their types)",
+                        names.join(", ")
+                    )));
+                }
+            });
+            req.limit = args.limit;
+            req.cursor = args
+                .cursor
+                .as_deref()
+                .map(|c| match parse("--cursor", c)? {
+                    Json::Array(keys) => Ok(keys),
+                    other => Err(shaped(
+                        "--cursor",
+                        "the `next` array of the previous page",
+                        &other,
+                    )),
+                })
+                .transpose()?;
+        }
+    }
+    Ok(req)
+}
+
+fn data_hint(t: &TemplateMeta) -> String {
+    let input = |optional: bool| -> Vec<&str> {
+        t.fields
+            .iter()
+            .filter(|f| f.is_input() && (f.optional || f.default.is_some()) == optional)
+            .map(|f| f.name)
+            .collect()
+    };
+    let (required, optional) = (input(false), input(true));
+    format!(
+        "its data as a JSON object: {}{} (`beds schema --json` shows their types)",
+        if required.is_empty() {
+            "no field is required".to_string()
+        } else {
+            required.join(", ")
+        },
+        if optional.is_empty() {
+            String::new()
+        } else {
+            format!("; optional: {}", optional.join(", "))
+        }
+    )
+}
+
+fn key_hint(t: &TemplateMeta) -> String {
+    let uniques: Vec<String> = t
+        .unique
+        .iter()
+        .map(|u| {
+            let fields: Vec<String> = u.fields.iter().map(|f| format!("\"{f}\": …")).collect();
+            format!("{{{}}}", fields.join(", "))
+        })
+        .collect();
+    format!(
+        "a key: {{\"id\": …}} or just the id{}",
+        if uniques.is_empty() {
+            String::new()
+        } else {
+            format!(", or a unique key: {}", uniques.join(", "))
+        }
+    )
+}
+
+fn parse(what: &str, text: &str) -> Result<Json, CallError> {
+    serde_json::from_str(text).map_err(|error| CallError::Json {
+        what: what.to_string(),
+        text: text.to_string(),
+        error,
+    })
+}
+
+fn object(what: &str, text: &str) -> Result<Map<String, Json>, CallError> {
+    match parse(what, text)? {
+        Json::Object(m) => Ok(m),
+        other => Err(shaped(what, "a JSON object ({…})", &other)),
+    }
+}
+
+/// A key object, or a bare id: `0193…` (unquoted in the shell), `"0193…"` or `42`.
+fn key(what: &str, text: &str, unique: &str) -> Result<Map<String, Json>, CallError> {
+    let id = |v| Map::from_iter([("id".to_string(), v)]);
+    if let Ok(uuid) = uuid::Uuid::parse_str(text.trim()) {
+        return Ok(id(Json::String(uuid.to_string())));
+    }
+    // A bare word is most likely a unique value typed without its field name.
+    let bare = text.trim();
+    let word = !bare.is_empty()
+        && bare
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-@.".contains(c));
+    if word && serde_json::from_str::<Json>(bare).is_err_and(|e| e.is_syntax()) {
+        return Err(CallError::BareKey {
+            what: what.to_string(),
+            text: bare.to_string(),
+            example: serde_json::json!({ unique: bare }).to_string(),
+        });
+    }
+    match parse(what, text)? {
+        Json::Object(m) => Ok(m),
+        v @ (Json::String(_) | Json::Number(_)) => Ok(id(v)),
+        other => Err(shaped(what, "a key object or an id", &other)),
+    }
+}
+
+fn shaped(what: &str, expected: &'static str, found: &Json) -> CallError {
+    CallError::Shaped {
+        what: what.to_string(),
+        expected,
+        found: match found {
+            Json::Null => "null".into(),
+            Json::Bool(_) => "a boolean".into(),
+            Json::Number(_) => "a number".into(),
+            Json::String(_) => "a string".into(),
+            Json::Array(_) => "an array".into(),
+            Json::Object(_) => "an object".into(),
+        },
+    }
+}
+
+/// The input line with a caret under the column serde_json names, for one-line input of
+/// terminal width (longer input is located by line and column alone).
+fn caret(text: &str, error: &serde_json::Error) -> String {
+    if text.contains('\n') || text.chars().count() > 100 || error.column() == 0 {
+        return String::new();
+    }
+    format!("\n  {text}\n  {}^", " ".repeat(error.column() - 1))
+}
+
+fn mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+/// An error reply as the user reads it: code, class, message, then one line per detail.
+fn remote(e: &BedsError) -> String {
+    let (code, class) = (wire(&e.code), wire(&e.class));
+    let mut out = if code == class {
+        format!("the node answered {code}: {}", e.message)
+    } else {
+        format!("the node answered {code} ({class}): {}", e.message)
+    };
+    for d in &e.details {
+        out.push_str(&format!(
+            "\n  {}: {} ({})",
+            d.field,
+            d.message,
+            wire(&d.code)
+        ));
+    }
+    if let Some(v) = e.current_version {
+        out.push_str(&format!("\n  current version: {v}"));
+    }
+    out
+}
+
+/// The wire name of a contract enum, e.g. `unique_violation`.
+fn wire(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Json::String(s)) => s,
+        _ => String::from("?"),
+    }
+}
+
+/// The known name closest to `word`, if it is close enough to be a likely typo (the
+/// declaration compiler's rule, with a swap of two neighbours counted as one edit).
+fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(&word.to_lowercase(), k), *k))
+        .filter(|(d, k)| *d <= (k.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_matched_and_strangers_are_not() {
+        let known = ["create", "fetch", "update", "delete", "list"];
+        assert_eq!(closest("fecth", &known), Some("fetch"));
+        assert_eq!(closest("Create", &known), Some("create"));
+        assert_eq!(closest("lsit", &known), Some("list"));
+        assert_eq!(closest("get", &known), None);
+    }
+
+    #[test]
+    fn invalid_json_points_at_the_column() {
+        let err = parse("the data", r#"{"a" 1}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the data is not valid JSON: expected `:` at line 1 column 6\n  {\"a\" 1}\n       ^"
+        );
+    }
+
+    #[test]
+    fn a_key_may_be_a_bare_id() {
+        let id = "01a21a0b-f268-7734-b721-07145516fadb";
+        for text in [id.to_string(), format!("\"{id}\"")] {
+            assert_eq!(
+                key("k", &text, "name").unwrap()["id"],
+                Json::String(id.into())
+            );
+        }
+        assert_eq!(key("k", "42", "name").unwrap()["id"], Json::from(42));
+        assert!(matches!(
+            key("k", "[1]", "name"),
+            Err(CallError::Shaped { found, .. }) if found == "an array"
+        ));
+        assert_eq!(
+            key("the key", "ada", "name").unwrap_err().to_string(),
+            r#"the key must be a JSON object such as {"name":"ada"} or an id; `ada` is neither"#
+        );
+    }
+
+    #[test]
+    fn error_replies_read_as_codes_and_details() {
+        let e = BedsError::detail(
+            "data.name",
+            crate::error::DetailCode::TooLong,
+            "name is too long",
+        );
+        assert_eq!(
+            remote(&e),
+            "the node answered invalid_input (validation): data.name: name is too long\n  \
+             data.name: name is too long (too_long)"
+        );
+    }
+}
