@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod conformance;
+mod conformance_groups;
 mod errors;
 mod field_kinds;
 mod json_schema;

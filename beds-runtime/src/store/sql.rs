@@ -8,8 +8,8 @@ use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
 use crate::meta::{
-    CondOp, ConditionMeta, DomainMeta, FieldKind, IdKind, Operand, QueryMeta, TemplateMeta,
-    TokenSetMeta, WithKind,
+    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, IdKind, LiteralValue, Operand,
+    QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
 };
 
 /// Statements prepared once per template at start-up.
@@ -124,6 +124,8 @@ pub(super) enum Arg {
     /// A parameter, and the type its NULL binds as.
     Param(usize, Ty),
     Cursor(usize, Ty),
+    /// A value written in the declaration, bound like a parameter (never spliced).
+    Literal(LiteralValue),
     Limit,
 }
 
@@ -134,6 +136,8 @@ pub(super) struct QuerySql {
     pub args: Vec<Arg>,
     /// The `with` values after the record's columns: key and type.
     pub with: Vec<(&'static str, Ty)>,
+    /// A grouped query's row: its group keys and their types, then the count.
+    pub group: Vec<(&'static str, Ty)>,
 }
 
 /// The columns every record row starts with: id, version, then the declared fields.
@@ -394,6 +398,25 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// `(SELECT COUNT(*) ...)` of the records `count` counts for the record `owner`, its
+    /// filter's literals bound in place.
+    fn count(&mut self, count: &CountMeta, owner: &str) -> String {
+        let counted = self.template(count.template);
+        let by = counted.field(count.by).expect("checked").column;
+        let alias = self.sub_alias();
+        let mut tests = vec![format!("{alias}.{} = {owner}", self.d.quote(by))];
+        for c in count.filter {
+            let f = counted.field(c.path[0]).expect("checked at build time");
+            let col = format!("{alias}.{}", self.d.quote(f.column));
+            tests.push(self.compare(&col, Ty::of_field(f), c));
+        }
+        format!(
+            "(SELECT COUNT(*) FROM {} {alias} WHERE {})",
+            self.d.quote(counted.table),
+            tests.join(" AND ")
+        )
+    }
+
     fn sub_alias(&mut self) -> String {
         self.subs += 1;
         format!("s{}", self.subs)
@@ -430,6 +453,11 @@ impl<'a> Builder<'a> {
                     sql.push(')');
                 }
                 sql
+            }
+            Operand::Literal(v) => {
+                debug_assert_eq!(c.op, CondOp::Eq, "literals are compared for equality");
+                self.args.push(Arg::Literal(*v));
+                format!("{col} = {}", d.arg(ty))
             }
             Operand::Select(s) => {
                 let alias = self.sub_alias();
@@ -497,15 +525,7 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
                 };
                 let (_, t) = b.alias(w.path);
                 let count = t.count(name).expect("checked at build time");
-                let counted = b.template(count.template);
-                let by = counted.field(count.by).expect("checked").column;
-                let alias = b.sub_alias();
-                let count = format!(
-                    "(SELECT COUNT(*) FROM {} {alias} WHERE {alias}.{} = {owner})",
-                    d.quote(counted.table),
-                    d.quote(by)
-                );
-                (count, Ty::Int)
+                (b.count(count, &owner), Ty::Int)
             }
         };
         extra.push(expr);
@@ -532,6 +552,7 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
             sql: d.prepare(sql),
             args: b.args,
             with,
+            group: Vec::new(),
         };
     }
     let keys = q.keys();
@@ -565,6 +586,9 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
         alternatives.push(format!("({})", terms.join(" AND ")));
     }
     conditions.push(format!("(? IS NULL OR {})", alternatives.join(" OR ")));
+    if q.grouped() {
+        return group_sql(d, q, b, &conditions, &key_cols);
+    }
     let order: Vec<String> = keys
         .iter()
         .zip(&key_cols)
@@ -584,5 +608,42 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
         sql: d.prepare(sql),
         args: b.args,
         with,
+        group: Vec::new(),
+    }
+}
+
+/// A grouped query: one row per distinct combination of the group keys with its count,
+/// ascending by the keys. The keyset condition is on the grouped columns, so it filters
+/// rows before grouping and pages exactly like a plain query.
+fn group_sql(
+    d: &dyn Dialect,
+    q: &QueryMeta,
+    mut b: Builder<'_>,
+    conditions: &[String],
+    key_cols: &[(String, Ty)],
+) -> QuerySql {
+    let mut cols: Vec<String> = key_cols.iter().map(|(c, ty)| d.select(c, *ty)).collect();
+    cols.push("COUNT(*)".into());
+    let grouped: Vec<&str> = key_cols.iter().map(|(c, _)| c.as_str()).collect();
+    let order: Vec<String> = grouped.iter().map(|c| format!("{c} ASC")).collect();
+    b.args.push(Arg::Limit);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} GROUP BY {} ORDER BY {} LIMIT ?",
+        cols.join(", "),
+        b.from_sql,
+        conditions.join(" AND "),
+        grouped.join(", "),
+        order.join(", "),
+    );
+    QuerySql {
+        sql: d.prepare(sql),
+        args: b.args,
+        with: Vec::new(),
+        group: q
+            .group
+            .iter()
+            .zip(key_cols)
+            .map(|(g, (_, ty))| (*g, *ty))
+            .collect(),
     }
 }
