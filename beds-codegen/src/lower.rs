@@ -257,7 +257,8 @@ pub fn fingerprint(domain: &str, t: &Template) -> String {
 
 /// The canonical text of what a client of the template can notice, one line per item in
 /// declared order: names, kinds, constraints, defaults, optionality, server-set fields,
-/// unique keys, token sets, counts, checks, version and the append-only and internal flags.
+/// unique keys, token sets, counts (and their filters), checks, version and the append-only
+/// and internal flags.
 /// Storage names and docs are left out: changing them changes no request or reply.
 ///
 /// Written by hand, not through `{:?}` or token printing, so that the value depends only on
