@@ -370,16 +370,6 @@ pub enum Operand {
     Literal(LiteralValue),
 }
 
-impl Operand {
-    /// The declared value, for a literal operand.
-    pub fn literal(&self) -> Option<LiteralValue> {
-        match self {
-            Operand::Literal(v) => Some(*v),
-            Operand::Param(_) | Operand::Select(_) => None,
-        }
-    }
-}
-
 /// A literal in a condition: a bool, or one of an enum field's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiteralValue {
