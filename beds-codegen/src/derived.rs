@@ -2,14 +2,16 @@
 //! referencing records, and cross-field checks.
 
 use crate::diag::{Ctx, suggest};
-use crate::model::{Check, Count, Domain, FieldType, Template, TokenSet};
+use crate::model::{
+    Check, CondOp, Condition, Count, Domain, FieldType, Operand, Template, TokenSet,
+};
 use crate::read::{
     bound, check_keys, expect_map, field_names, flag, get, is_snake, list, storage_ident,
 };
 use crate::yaml::Node;
 
 const TOKEN_KEYS: &[&str] = &["from", "pattern", "lowercase", "max_len", "table"];
-const COUNT_KEYS: &[&str] = &["from", "by"];
+const COUNT_KEYS: &[&str] = &["from", "by", "where"];
 const CHECK_KEYS: &[&str] = &["differ", "message"];
 /// Longest token a set may keep (an indexed VARCHAR everywhere).
 const MAX_TOKEN_LEN: i64 = 255;
@@ -172,6 +174,7 @@ pub(crate) fn counts(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
                 name: count_name,
                 from,
                 by,
+                filter: Vec::new(),
                 pos: body.pos,
             }),
             _ => cx.error_hint(
@@ -185,8 +188,27 @@ pub(crate) fn counts(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
     out
 }
 
-/// Each count's `from` is a template whose field `by` references the counting template.
-pub(crate) fn check_counts(cx: &mut Ctx, domain: &Domain) {
+/// Each count's `from` is a template whose field `by` references the counting template;
+/// its `where` (read from `tmap`, the declared templates) compares fields of `from` with
+/// literal values.
+pub(crate) fn check_counts(cx: &mut Ctx, domain: &mut Domain, tmap: &[(Node, Node)]) {
+    let mut filters = Vec::new();
+    for (ti, t) in domain.templates.iter().enumerate() {
+        for (ci, c) in t.counts.iter().enumerate() {
+            let Some(node) = count_where(tmap, &t.name, &c.name) else {
+                continue;
+            };
+            let Some(from) = domain.templates.iter().find(|x| x.name == c.from) else {
+                continue;
+            };
+            let p = format!("templates.{}.counts.{}.where", t.name, c.name);
+            filters.push((ti, ci, count_filter(cx, &p, node, from)));
+        }
+    }
+    for (ti, ci, filter) in filters {
+        domain.templates[ti].counts[ci].filter = filter;
+    }
+    let domain = &*domain;
     let names: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     for t in &domain.templates {
         for c in &t.counts {
@@ -223,6 +245,83 @@ pub(crate) fn check_counts(cx: &mut Ctx, domain: &Domain) {
             }
         }
     }
+}
+
+/// The `where` mapping of count `count` of template `template`, as declared.
+fn count_where<'a>(tmap: &'a [(Node, Node)], template: &str, count: &str) -> Option<&'a Node> {
+    let body = tmap
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(template))?
+        .1
+        .as_map()?;
+    let counts = get(body, "counts")?.as_map()?;
+    let c = counts
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(count))?
+        .1
+        .as_map()?;
+    get(c, "where")
+}
+
+/// `where: { status: open }`: each key a field of the counted template, each value a
+/// literal (`{ eq: open }` alike). Counts take no parameters: a query's `with` names a
+/// count, so nothing could supply one.
+fn count_filter(cx: &mut Ctx, path: &str, node: &Node, from: &Template) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let Some(entries) = expect_map(cx, node, path) else {
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(field) = k.as_str() else {
+            continue;
+        };
+        let p = format!("{path}.{field}");
+        let Some(f) = from.field(field) else {
+            let known: Vec<&str> = from.fields.iter().map(|f| f.name.as_str()).collect();
+            cx.error_hint(
+                k.pos,
+                &p,
+                format!("`{}` has no field `{field}`", from.name),
+                if field.contains('.') {
+                    "a count's conditions name fields of the counted template, without `.`"
+                        .to_string()
+                } else {
+                    suggest(field, &known)
+                },
+            );
+            continue;
+        };
+        let value = match v.as_map() {
+            Some([(op, value)]) if op.as_str() == Some("eq") => value,
+            Some(_) => {
+                cx.error_hint(
+                    v.pos,
+                    &p,
+                    "a count's condition is an equality with a literal value",
+                    format!("write `{field}: <value>`"),
+                );
+                continue;
+            }
+            None => v,
+        };
+        if value.as_str().is_some_and(|s| s.starts_with('$')) {
+            cx.error_hint(
+                value.pos,
+                &p,
+                "a count takes no parameters",
+                "compare with a literal value, e.g. `status: open`; a query's own `where` takes parameters",
+            );
+            continue;
+        }
+        if let Some(lit) = crate::queries::literal(cx, &p, value, CondOp::Eq, &f.ty) {
+            out.push(Condition {
+                path: vec![field.to_string()],
+                op: CondOp::Eq,
+                operand: Operand::Literal(lit),
+            });
+        }
+    }
+    out
 }
 
 /// `checks: [{ differ: [follower, followee], message: you cannot follow yourself }]`.

@@ -6,9 +6,10 @@
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
+use crate::lower::condition;
 use crate::model::{
-    Condition, Domain, Field, FieldType, IdKind, Literal, OnDelete, Operand, ParamTarget, Query,
-    SetOn, Template, WithWhat, camel, enum_type, key_type,
+    Domain, Field, FieldType, IdKind, Literal, OnDelete, ParamTarget, Query, SetOn, Template,
+    WithWhat, camel, enum_type, key_type,
 };
 
 /// The whole generated file for a set of domains.
@@ -216,17 +217,29 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         };
         quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
     });
+    let group = &q.group;
     let doc = docs(
         q.doc.as_deref(),
-        &format!(
-            "Named query `{}`: {} `{}` records.",
-            q.name,
-            if q.count { "counts" } else { "pages through" },
-            q.from
-        ),
+        &if q.group.is_empty() {
+            format!(
+                "Named query `{}`: {} `{}` records.",
+                q.name,
+                if q.count { "counts" } else { "pages through" },
+                q.from
+            )
+        } else {
+            format!(
+                "Named query `{}`: counts `{}` records per {}.",
+                q.name,
+                q.from,
+                q.group.join(" and ")
+            )
+        },
     );
     let params_doc = docs(None, &format!("Parameters of `{}`.", q.name));
-    let (item, item_defs) = if q.with.is_empty() {
+    let (item, item_defs) = if !q.group.is_empty() {
+        group_item(d, q)
+    } else if q.with.is_empty() {
         (quote!(#record), quote!())
     } else {
         let item_ty = format_ident!("{}Item", ty);
@@ -308,29 +321,51 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                 page: rt::PageMeta { default: #page_default, max: #page_max },
                 count: #count,
                 with: &[#(#with_metas),*],
+                group: &[#(#group),*],
             };
         }
     }
 }
 
-/// A condition's metadata; a sub-select's as a nested static.
-fn condition(c: &Condition) -> TokenStream {
-    let path = &c.path;
-    let op = Ident::new(&camel(c.op.name()), Span::call_site());
-    let operand = match &c.operand {
-        Operand::Param(p) => quote!(rt::Operand::Param(#p)),
-        Operand::Select(s) => {
-            let from = type_ident(&s.from);
-            let select = &s.select;
-            let inner = s.filter.iter().map(condition);
-            quote!(rt::Operand::Select(&rt::SelectMeta {
-                from: <#from as rt::Record>::META,
-                select: #select,
-                filter: &[#(#inner),*],
-            }))
+/// A grouped query's row type: its group keys, typed as the fields, and the count.
+fn group_item(d: &Domain, q: &Query) -> (TokenStream, TokenStream) {
+    let ty = Ident::new(&q.group_type(), Span::call_site());
+    let from = d
+        .templates
+        .iter()
+        .find(|t| t.name == q.from)
+        .expect("checked at build time");
+    let fields = q.group.iter().filter_map(|g| from.field(g)).map(|f| {
+        let n = ident(&f.name);
+        let rust = rust_type(&from.name, f);
+        let doc = docs(None, &format!("The group's `{}`.", f.name));
+        quote! {
+            #doc
+            pub #n: #rust,
         }
-    };
-    quote!(rt::ConditionMeta { path: &[#(#path),*], op: rt::CondOp::#op, operand: #operand })
+    });
+    let doc = docs(
+        None,
+        &format!(
+            "A row of `{}`: one {} and how many `{}` records have it.",
+            q.name,
+            q.group.join(" and "),
+            q.from
+        ),
+    );
+    (
+        quote!(#ty),
+        quote! {
+            #doc
+            #[derive(Debug, Clone, PartialEq, rt::serde::Serialize, rt::serde::Deserialize)]
+            #[serde(crate = "::beds_runtime::support::serde")]
+            pub struct #ty {
+                #(#fields)*
+                /// The number of records in the group (at least 1).
+                pub count: i64,
+            }
+        },
+    )
 }
 
 fn template(d: &Domain, t: &Template) -> TokenStream {

@@ -6,7 +6,10 @@
 use proc_macro2::{Ident, Literal as Lit, Span, TokenStream};
 use quote::quote;
 
-use crate::model::{Field, FieldType, IdKind, Literal, OnDelete, SetOn, Template, camel};
+use crate::model::{
+    CondLiteral, Condition, Field, FieldType, IdKind, Literal, OnDelete, Operand, SetOn, Template,
+    camel,
+};
 
 /// The `impl Record` of a record type: its key, input types and metadata. Paths are
 /// resolved against `rt`, the runtime's support module, which the caller brings into scope.
@@ -107,7 +110,8 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
     });
     let counts = t.counts.iter().map(|c| {
         let (name, from, by) = (&c.name, &c.from, &c.by);
-        quote!(rt::CountMeta { name: #name, template: #from, by: #by })
+        let filter = c.filter.iter().map(condition);
+        quote!(rt::CountMeta { name: #name, template: #from, by: #by, filter: &[#(#filter),*] })
     });
     let checks = t.checks.iter().map(|c| {
         let (name, [a, b], message) = (&c.name, &c.differ, &c.message);
@@ -142,6 +146,32 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
             checks: &[#(#checks),*],
         }
     }
+}
+
+/// A condition's `rt::ConditionMeta`; a sub-select's as a nested static.
+pub(crate) fn condition(c: &Condition) -> TokenStream {
+    let path = &c.path;
+    let op = Ident::new(&camel(c.op.name()), Span::call_site());
+    let operand = match &c.operand {
+        Operand::Param(p) => quote!(rt::Operand::Param(#p)),
+        Operand::Literal(CondLiteral::Bool(b)) => {
+            quote!(rt::Operand::Literal(rt::LiteralValue::Bool(#b)))
+        }
+        Operand::Literal(CondLiteral::Enum(v)) => {
+            quote!(rt::Operand::Literal(rt::LiteralValue::Enum(#v)))
+        }
+        Operand::Select(s) => {
+            let from = Ident::new(&camel(&s.from), Span::call_site());
+            let select = &s.select;
+            let inner = s.filter.iter().map(condition);
+            quote!(rt::Operand::Select(&rt::SelectMeta {
+                from: <#from as rt::Record>::META,
+                select: #select,
+                filter: &[#(#inner),*],
+            }))
+        }
+    };
+    quote!(rt::ConditionMeta { path: &[#(#path),*], op: rt::CondOp::#op, operand: #operand })
 }
 
 fn field_kind(ty: &FieldType) -> TokenStream {
@@ -227,7 +257,8 @@ pub fn fingerprint(domain: &str, t: &Template) -> String {
 
 /// The canonical text of what a client of the template can notice, one line per item in
 /// declared order: names, kinds, constraints, defaults, optionality, server-set fields,
-/// unique keys, token sets, counts, checks, version and the append-only and internal flags.
+/// unique keys, token sets, counts (and their filters), checks, version and the append-only
+/// and internal flags.
 /// Storage names and docs are left out: changing them changes no request or reply.
 ///
 /// Written by hand, not through `{:?}` or token printing, so that the value depends only on
@@ -324,7 +355,17 @@ pub fn contract(domain: &str, t: &Template) -> String {
         ]);
     }
     for c in &t.counts {
-        line(&["count".into(), text(&c.name), text(&c.from), text(&c.by)]);
+        let mut parts = vec!["count".into(), text(&c.name), text(&c.from), text(&c.by)];
+        // Written only when present, so counts without a filter keep their fingerprint.
+        for f in &c.filter {
+            parts.push(format!("where={}", text(&f.path.join("."))));
+            parts.push(match &f.operand {
+                Operand::Literal(CondLiteral::Bool(b)) => format!("bool:{b}"),
+                Operand::Literal(CondLiteral::Enum(v)) => format!("enum:{}", text(v)),
+                Operand::Param(_) | Operand::Select(_) => unreachable!("counts compare literals"),
+            });
+        }
+        line(&parts);
     }
     for c in &t.checks {
         line(&[

@@ -69,6 +69,9 @@ pub struct Count {
     pub name: String,
     pub from: String,
     pub by: String,
+    /// `where: { status: open }`: literal conditions on single fields of `from`, all of
+    /// which must hold.
+    pub filter: Vec<Condition>,
     pub pos: crate::yaml::Pos,
 }
 
@@ -379,6 +382,16 @@ pub struct Query {
     pub page: Page,
     /// Returns `{count}` instead of a page of records.
     pub count: bool,
+    /// `group: [status]`: fields of `from`; when not empty the query returns one row per
+    /// distinct combination with its count, ordered and paged by these keys.
+    pub group: Vec<String>,
+}
+
+impl Query {
+    /// The Rust type of a grouped query's rows.
+    pub fn group_type(&self) -> String {
+        format!("{}Group", camel(&self.name))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -427,6 +440,15 @@ pub enum Operand {
     Param(String),
     /// `in: { from: follow, select: followee, where: { follower: $user } }`.
     Select(Box<Select>),
+    /// A value written in the declaration (`status: open`), checked against the field.
+    Literal(CondLiteral),
+}
+
+/// A literal in a condition: a bool, or one of an enum field's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CondLiteral {
+    Bool(bool),
+    Enum(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]

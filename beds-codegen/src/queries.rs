@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crate::diag::{Ctx, suggest};
 use crate::model::{
-    CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query, Select,
-    Template, With, WithWhat,
+    CondLiteral, CondOp, Condition, Domain, FieldType, Operand, Page, Param, ParamTarget, Query,
+    Select, Template, With, WithWhat,
 };
 use crate::read::{
     check_documented_keys, check_keys, doc, expect_map, flag, get, is_snake, list, page,
@@ -14,11 +14,13 @@ use crate::read::{
 use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &[
-    "doc", "from", "params", "where", "order", "page", "count", "with",
+    "doc", "from", "params", "where", "order", "page", "count", "with", "group",
 ];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
 const MAX_ORDER: usize = 3;
+/// The name of each group row's count, so no group key may have it.
+const COUNT_KEY: &str = "count";
 
 pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> {
     let Some(entries) = expect_map(cx, node, "queries") else {
@@ -228,7 +230,42 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         }
         with = with_values(cx, &wpath, w, from, domain);
     }
+    let mut group = Vec::new();
+    if let Some(g) = get(entries, "group") {
+        let gpath = format!("{path}.group");
+        if count {
+            // The count query's own errors already cover `order` and `with`.
+            if let Some(n) = get(entries, "count") {
+                cx.error_hint(
+                    n.pos,
+                    &format!("{path}.count"),
+                    "a grouped query counts per group already",
+                    "remove `count: true`",
+                );
+            }
+        } else {
+            let conflicts = [
+                (
+                    "order",
+                    "a grouped query is ordered by its group keys",
+                    "remove `order`; list the group keys in the order the rows should sort",
+                ),
+                (
+                    "with",
+                    "a grouped query returns group rows, which carry no `with` values",
+                    "remove `with`, or `group`",
+                ),
+            ];
+            for (key, message, hint) in conflicts {
+                if let Some(n) = get(entries, key) {
+                    cx.error_hint(n.pos, &format!("{path}.{key}"), message, hint);
+                }
+            }
+        }
+        group = group_keys(cx, &gpath, g, from);
+    }
     Some(Query {
+        group,
         doc,
         pos: body.pos,
         name: name.to_string(),
@@ -390,6 +427,23 @@ fn condition(
                     path: path.clone(),
                     op,
                     operand: Operand::Select(Box::new(select)),
+                });
+            }
+            continue;
+        }
+        if !pv.as_str().is_some_and(|s| s.starts_with('$')) && pv.as_map().is_none() {
+            if token {
+                cx.error_hint(
+                    pv.pos,
+                    &cpath,
+                    format!("expected a parameter like `$name`, found {}", pv.describe()),
+                    "a token set is compared with parameters only",
+                );
+            } else if let Some(lit) = literal(cx, &cpath, pv, op, &ty) {
+                out.push(Condition {
+                    path: path.clone(),
+                    op,
+                    operand: Operand::Literal(lit),
                 });
             }
             continue;
@@ -740,12 +794,180 @@ fn param_ref(
             cx.error_hint(
                 node.pos,
                 cpath,
-                format!("expected a parameter like `$name`, found {}", node.describe()),
-                "queries compare fields with parameters only; literal values belong in the client's params",
+                format!(
+                    "expected a parameter like `$name`, found {}",
+                    node.describe()
+                ),
+                "write `$name` for a parameter, or a literal value of an enum or bool field",
             );
             None
         }
     }
+}
+
+/// A literal compared with a field of type `ty` (anything but `$name`): an enum field's
+/// value or a bool, with `eq`. Other types are refused until their literals have a typed
+/// form (strings would blur with parameter names, numbers and dates with their formats).
+pub(crate) fn literal(
+    cx: &mut Ctx,
+    cpath: &str,
+    node: &Node,
+    op: CondOp,
+    ty: &FieldType,
+) -> Option<CondLiteral> {
+    if node.as_seq().is_some() {
+        cx.error_hint(
+            node.pos,
+            cpath,
+            "lists of literal values are not supported yet",
+            "use `any` with one group per value, or a list parameter (`in: $name`)",
+        );
+        return None;
+    }
+    if op != CondOp::Eq {
+        cx.error_hint(
+            node.pos,
+            cpath,
+            format!("`{}` takes a parameter, not a literal value", op.name()),
+            "literal values are compared for equality only: write `field: value`",
+        );
+        return None;
+    }
+    match ty {
+        FieldType::Enum { values } => match node.as_str() {
+            Some(v) if node.as_bool().is_none() && values.iter().any(|x| x == v) => {
+                Some(CondLiteral::Enum(v.to_string()))
+            }
+            _ => {
+                let shown = node.as_str().unwrap_or("?");
+                let names: Vec<&str> = values.iter().map(String::as_str).collect();
+                cx.error_hint(
+                    node.pos,
+                    cpath,
+                    format!("`{shown}` is not a value of this enum field"),
+                    format!("one of: {}", names.join(", ")),
+                );
+                None
+            }
+        },
+        FieldType::Bool => match node.as_bool() {
+            Some(b) => Some(CondLiteral::Bool(b)),
+            None => {
+                cx.error_hint(
+                    node.pos,
+                    cpath,
+                    format!("expected `true` or `false`, found {}", node.describe()),
+                    "a bool field is compared with `true`, `false` or a parameter `$name`",
+                );
+                None
+            }
+        },
+        other => {
+            cx.error_hint(
+                node.pos,
+                cpath,
+                format!(
+                    "literal values for `{}` fields are not supported yet, found {}",
+                    other.name(),
+                    node.describe()
+                ),
+                "compare with a parameter `$name`; literal values work for enum and bool fields",
+            );
+            None
+        }
+    }
+}
+
+/// More group keys than this make cursors unwieldy and rows rarely useful.
+const MAX_GROUP: usize = 3;
+
+/// `group: [status, member]`: required fields of `from` with bounded, exactly comparable
+/// values.
+fn group_keys(cx: &mut Ctx, gpath: &str, node: &Node, from: &Template) -> Vec<String> {
+    let Some(items) = list(cx, gpath, node) else {
+        return Vec::new();
+    };
+    if items.is_empty() || items.len() > MAX_GROUP {
+        cx.error_hint(
+            node.pos,
+            gpath,
+            format!("a group needs 1 to {MAX_GROUP} keys"),
+            "e.g. `group: [status]`",
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let name = item.as_str().unwrap_or_default();
+        let refuse = |cx: &mut Ctx, message: String, hint: &str| {
+            cx.error_hint(item.pos, gpath, message, hint);
+        };
+        if name.contains('.') {
+            refuse(
+                cx,
+                format!("cannot group by `{name}`: paths through references are not supported yet"),
+                "group by the reference itself (e.g. `author`), a field of the query's template",
+            );
+            continue;
+        }
+        if name == "id" {
+            refuse(
+                cx,
+                "cannot group by `id`: every group would be one record".into(),
+                "group by a field that records share, e.g. an enum or a reference",
+            );
+            continue;
+        }
+        if name == COUNT_KEY {
+            refuse(
+                cx,
+                format!("cannot group by `{COUNT_KEY}`: each row's count has that name"),
+                "rename the field",
+            );
+            continue;
+        }
+        let Some(f) = from.field(name) else {
+            no_field(cx, item.pos, gpath, from, name);
+            continue;
+        };
+        let why = match &f.ty {
+            _ if f.optional => {
+                Some("optional fields are not supported yet as group keys (a cursor needs a value)")
+            }
+            FieldType::Text { .. } | FieldType::Json => Some("its values are unbounded"),
+            FieldType::Float { .. } => Some("floats do not compare exactly"),
+            FieldType::Timestamp => Some("every instant would be its own group"),
+            FieldType::String { .. }
+                if from
+                    .unique
+                    .iter()
+                    .any(|u| u.case_insensitive && u.fields.contains(&f.name)) =>
+            {
+                Some(
+                    "case-insensitive strings are not supported yet as group keys (databases group them differently)",
+                )
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            refuse(
+                cx,
+                format!("cannot group by `{name}` ({}): {why}", f.ty.name()),
+                "group by a required enum, bool, reference, integer, date, uuid or string field",
+            );
+            continue;
+        }
+        if out.iter().any(|g| g == name) {
+            refuse(
+                cx,
+                format!("`{name}` is listed twice"),
+                "list each group key once",
+            );
+            continue;
+        }
+        out.push(name.to_string());
+    }
+    out
 }
 
 fn check_op(cx: &mut Ctx, cpath: &str, node: &Node, op: CondOp, ty: &FieldType) {

@@ -7,8 +7,8 @@ use crate::diag::{Ctx, suggest};
 use crate::model::{Page, Template};
 use crate::yaml::Node;
 
-/// Longest identifier every supported database accepts (MariaDB's limit).
-const MAX_IDENT: usize = 64;
+/// Longest storage name: PostgreSQL cuts identifiers at 63 bytes (MariaDB allows 64).
+pub(crate) const MAX_IDENT: usize = 63;
 
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",

@@ -9,12 +9,12 @@ use crate::model::{
     TYPE_SUFFIXES, Template, Unique, camel, enum_type, key_type,
 };
 use crate::read::{
-    check_documented_keys, check_keys, doc, expect_map, field_names, flag, get, ident, is_snake,
-    list, page, shown, storage_ident,
+    MAX_IDENT, check_documented_keys, check_keys, doc, expect_map, field_names, flag, get, ident,
+    is_snake, list, page, shown, storage_ident,
 };
 use crate::yaml::{Node, Pos};
 
-const DOMAIN_KEYS: &[&str] = &["domain", "version", "templates", "queries"];
+const DOMAIN_KEYS: &[&str] = &["domain", "version", "table_prefix", "templates", "queries"];
 const TEMPLATE_KEYS: &[&str] = &[
     "version",
     "table",
@@ -95,6 +95,10 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
             "declare a template, e.g. `item: { fields: { name: { type: string, max: 50 } } }`",
         );
     }
+    // A DBA's naming convention for every table not named explicitly: `cln_` + template.
+    let prefix = get(entries, "table_prefix")
+        .and_then(|n| storage_ident(cx, n, "table_prefix"))
+        .unwrap_or_default();
     let names: Vec<&str> = tmap.iter().filter_map(|(k, _)| k.as_str()).collect();
     let mut seen = HashSet::new();
     for (key, body) in tmap {
@@ -111,11 +115,12 @@ pub(crate) fn domain(cx: &mut Ctx, file: &str, root: &Node) -> Domain {
             );
             continue;
         }
-        out.templates.push(template(cx, &path, name, body, &names));
+        out.templates
+            .push(template(cx, &path, name, &prefix, body, &names));
     }
     resolve_reference_ids(&mut out);
     check_tables(cx, &out, tmap);
-    crate::derived::check_counts(cx, &out);
+    crate::derived::check_counts(cx, &mut out, tmap);
     if let Some(q) = get(entries, "queries") {
         out.queries = crate::queries::queries(cx, q, &out);
     }
@@ -173,6 +178,9 @@ fn check_type_names(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
             types.push(format!("{}Item", camel(&q.name)));
             types.push(format!("{}With", camel(&q.name)));
         }
+        if !q.group.is_empty() {
+            types.push(q.group_type());
+        }
         for ty in types {
             if let Some(other) = owners.insert(ty.clone(), &q.name) {
                 cx.error_hint(
@@ -218,9 +226,16 @@ fn key_pos(entries: &[(Node, Node)], key: &str) -> Pos {
         .map_or(Pos::default(), |(k, _)| k.pos)
 }
 
-fn template(cx: &mut Ctx, path: &str, name: String, body: &Node, templates: &[&str]) -> Template {
+fn template(
+    cx: &mut Ctx,
+    path: &str,
+    name: String,
+    prefix: &str,
+    body: &Node,
+    templates: &[&str],
+) -> Template {
     let mut t = Template {
-        table: name.clone(),
+        table: format!("{prefix}{name}"),
         doc: None,
         id_column: "id".into(),
         version_column: "version".into(),
@@ -637,6 +652,20 @@ fn check_tables(cx: &mut Ctx, domain: &Domain, tmap: &[(Node, Node)]) {
             .iter()
             .find(|t| &t.name == name)
             .expect("own template");
+        // Explicit names are checked where they are read; derived ones (prefix + template,
+        // table + token set) only here, once known.
+        if table.len() > MAX_IDENT {
+            let pos = key_pos(tmap, &t.name);
+            cx.error_hint(
+                pos,
+                &format!("templates.{}.table", t.name),
+                format!(
+                    "table name `{table}` is {} characters, more than the {MAX_IDENT} PostgreSQL keeps",
+                    table.len()
+                ),
+                "give the template (or token set) a shorter `table`, or shorten `table_prefix`",
+            );
+        }
         if let Some(other) = tables.insert(table, name) {
             let pos = key_pos(tmap, &t.name);
             cx.error_hint(

@@ -271,6 +271,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 name: name.clone(),
                 from: from.clone(),
                 by: by.clone(),
+                filter: Vec::new(),
                 pos: beds_codegen::Pos::default(),
             })
             .collect(),

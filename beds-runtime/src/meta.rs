@@ -102,12 +102,15 @@ pub struct TokenSetMeta {
     pub table: &'static str,
 }
 
-/// The number of `template` records whose reference `by` points at a record.
+/// The number of `template` records whose reference `by` points at a record (and that
+/// match `filter`).
 #[derive(Debug, PartialEq)]
 pub struct CountMeta {
     pub name: &'static str,
     pub template: &'static str,
     pub by: &'static str,
+    /// All must hold: single fields of `template` compared with literal values.
+    pub filter: &'static [ConditionMeta],
 }
 
 /// A rule across fields: `fields[0]` and `fields[1]` must differ.
@@ -293,17 +296,30 @@ pub struct QueryMeta {
     pub count: bool,
     /// Values returned with each item under `with`: counts and fields through references.
     pub with: &'static [WithMeta],
+    /// Group keys (fields of `from`): when not empty, the query returns one row per
+    /// distinct combination with its `count`, ordered and paged by these keys.
+    pub group: &'static [&'static str],
 }
 
 impl QueryMeta {
-    /// The sort keys as executed: the declared ones, then `id` as tie-breaker (in the
-    /// direction of the last key) unless already last.
+    /// The sort keys as executed: a grouped query's group keys, ascending (each row is
+    /// one distinct combination, so they need no tie-breaker); otherwise the declared
+    /// ones, then `id` as tie-breaker (in the direction of the last key) unless already
+    /// last.
     pub fn keys(&self) -> Vec<(&'static str, bool)> {
+        if self.grouped() {
+            return self.group.iter().map(|g| (*g, false)).collect();
+        }
         let mut keys = self.order.to_vec();
         if keys.last().map(|k| k.0) != Some("id") {
             keys.push(("id", keys.last().is_some_and(|k| k.1)));
         }
         keys
+    }
+
+    /// Whether it returns group rows (`group:`) rather than records.
+    pub fn grouped(&self) -> bool {
+        !self.group.is_empty()
     }
 
     /// Every condition, top-level and in alternatives (not inside sub-selects).
@@ -334,7 +350,7 @@ pub enum ParamKind {
     Token(&'static TokenSetMeta),
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct ConditionMeta {
     /// Path from the query's template, through references (`["author", "handle"]`); its
     /// last segment is a field, `id` or a token set.
@@ -344,16 +360,25 @@ pub struct ConditionMeta {
 }
 
 /// What a condition compares with.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Operand {
     /// A parameter, by name.
     Param(&'static str),
     /// The values of one field of the records a sub-select matches (with `in`).
     Select(&'static SelectMeta),
+    /// A value written in the declaration, checked against the field at build time.
+    Literal(LiteralValue),
+}
+
+/// A literal in a condition: a bool, or one of an enum field's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralValue {
+    Bool(bool),
+    Enum(&'static str),
 }
 
 /// `select` of the `from` records matching `filter`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct SelectMeta {
     pub from: &'static TemplateMeta,
     /// A field of `from`, or `id`.

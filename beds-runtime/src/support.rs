@@ -14,8 +14,8 @@ pub use crate::envelope::Op;
 pub use crate::ingress::dispatch::{Call, Ctx, Handler, HandlerFuture, execute};
 pub use crate::meta::{
     Capabilities, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta, FieldKind,
-    FieldMeta, IdKind, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta, RetentionMeta,
-    SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
+    FieldMeta, IdKind, LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
+    RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
 };
 pub use crate::record::{FieldType, Key, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Timestamp};

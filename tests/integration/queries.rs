@@ -1,11 +1,12 @@
 //! Named queries over AMQP: equality, ranges, membership, prefixes, joins through
-//! references, keyset pages, counts, and their errors.
+//! references, keyset pages, counts, grouped counts, and their errors.
 
 use std::collections::HashSet;
 
 use beds::spew::{
-    self, SpewCountByAuthor, SpewCountByAuthorParams, SpewCreate, SpewsByAuthorsParams,
-    SpewsByHandleParams, UserCreate, UserTimeline, UserTimelineParams, UsersByHandlePrefixParams,
+    self, SpewCountByAuthor, SpewCountByAuthorParams, SpewCountsByAuthorsGroup,
+    SpewCountsByAuthorsParams, SpewCreate, SpewsByAuthorsParams, SpewsByHandleParams, UserCreate,
+    UserTimeline, UserTimelineParams, UsersByHandlePrefixParams,
 };
 use beds_runtime::{ClientError, Cursor, DetailCode, ErrorCode};
 use serde_json::json;
@@ -273,6 +274,133 @@ async fn query_errors_are_replies() {
         (e.code, e.details[0].code),
         (ErrorCode::InvalidInput, DetailCode::BelowMin)
     );
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+/// A grouped query over AMQP, on the database `BEDS_TEST_DATABASE` names: one typed row per
+/// author with a spew, ascending by author, paged by the author key; the wire shape and
+/// the JSON Schema agree.
+#[tokio::test]
+async fn grouped_counts_page_by_their_keys() {
+    let env = TestEnv::matrix("grouped_queries");
+    let server = env.start().await;
+    let client = env.client().await;
+    let api = spew::client(&client);
+    let mut users = Vec::new();
+    for h in ["gia", "gus", "gil", "gwen"] {
+        let user = api
+            .user()
+            .create(&UserCreate {
+                handle: h.into(),
+                display_name: h.into(),
+                bio: None,
+            })
+            .await
+            .unwrap();
+        users.push(user);
+    }
+    // gia 3 spews, gus 1, gil none; gwen's 2 are outside the asked authors.
+    for (author, n) in [(0, 3), (1, 1), (3, 2)] {
+        for i in 0..n {
+            api.spew()
+                .create(&SpewCreate {
+                    author: users[author].id,
+                    body: format!("spew {i}"),
+                    reply_to: None,
+                    respew_of: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let params = SpewCountsByAuthorsParams {
+        authors: users[..3].iter().map(|u| u.id).collect(),
+    };
+    let mut expected = vec![
+        SpewCountsByAuthorsGroup {
+            author: users[0].id,
+            count: 3,
+        },
+        SpewCountsByAuthorsGroup {
+            author: users[1].id,
+            count: 1,
+        },
+    ];
+    expected.sort_by_key(|g| g.author);
+    let grouped = api.spew_counts_by_authors();
+    let all = grouped.page(&params, None, None).await.unwrap();
+    assert_eq!(
+        all.items, expected,
+        "one row per author with spews, by author"
+    );
+    assert_eq!(all.next, None);
+
+    let mut walked = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = grouped.page(&params, Some(1), cursor.take()).await.unwrap();
+        walked.extend(page.items.iter().cloned());
+        match page.next {
+            Some(next) => {
+                let last = page.items.last().unwrap();
+                assert_eq!(next.0, [json!(last.author)], "the cursor is the row's keys");
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, expected, "pages of one row walk the same rows");
+
+    // The wire shape, as a client in another language sees it.
+    let raw = env.raw().await;
+    let request = json!({
+        "v": 1, "id": uuid::Uuid::now_v7(), "domain": "spew", "op": "query",
+        "query": "spew_counts_by_authors", "params": { "authors": [users[0].id, users[1].id] },
+        "limit": 1,
+    });
+    let reply = raw
+        .request(
+            &env.queue("rec.read"),
+            &serde_json::to_vec(&request).unwrap(),
+        )
+        .await;
+    let first = &expected[0];
+    assert_eq!(
+        reply["data"],
+        json!({ "items": [{ "author": first.author, "count": first.count }], "next": [first.author] }),
+        "{reply}"
+    );
+    let bad_cursor = json!({
+        "v": 1, "id": uuid::Uuid::now_v7(), "domain": "spew", "op": "query",
+        "query": "spew_counts_by_authors", "params": { "authors": [] }, "cursor": ["x"],
+    });
+    let reply = raw
+        .request(
+            &env.queue("rec.read"),
+            &serde_json::to_vec(&bad_cursor).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (
+            &reply["error"]["code"],
+            &reply["error"]["details"][0]["field"]
+        ),
+        (&json!("invalid_input"), &json!("cursor")),
+        "{reply}"
+    );
+
+    // `BEDS_*` variables overlay the node's configuration; the test's own is not one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["schema", "--json"])
+        .env_remove("BEDS_TEST_DATABASE")
+        .output()
+        .unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row =
+        &schema["$defs"]["spew.spew_counts_by_authors.result"]["properties"]["items"]["items"];
+    assert_eq!(row["required"], json!(["author", "count"]), "{row}");
+    assert_eq!(row["properties"]["count"]["minimum"], 1, "{row}");
     client.close().await.unwrap();
     server.stop().await;
 }

@@ -135,6 +135,22 @@ fn with_item(d: &DomainMeta, q: &QueryMeta) -> Json {
     item
 }
 
+/// A row of a grouped query: its group keys, typed as the fields, and the count.
+fn group_row(q: &QueryMeta) -> Json {
+    let mut props = Map::new();
+    for g in q.group {
+        let f = q.from.field(g).expect("checked at build time");
+        props.insert((*g).into(), kind(f.kind));
+    }
+    props.insert("count".into(), json!({ "type": "integer", "minimum": 1 }));
+    let required: Vec<&str> = q.group.iter().copied().chain(["count"]).collect();
+    object(
+        &format!("A row of grouped query `{}`", q.name),
+        props,
+        required,
+    )
+}
+
 fn result(d: &DomainMeta, q: &QueryMeta) -> Json {
     if q.count {
         return object(
@@ -146,7 +162,9 @@ fn result(d: &DomainMeta, q: &QueryMeta) -> Json {
             vec!["count"],
         );
     }
-    let item = if q.with.is_empty() {
+    let item = if q.grouped() {
+        group_row(q)
+    } else if q.with.is_empty() {
         json!({ "$ref": format!("#/$defs/{}.{}.record", d.name, q.from.name) })
     } else {
         with_item(d, q)

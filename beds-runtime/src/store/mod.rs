@@ -29,7 +29,7 @@ use sql::{Arg, IdempotencySql, QuerySql, Statements};
 
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
-use crate::meta::{DomainMeta, FieldMeta, IdKind, QueryMeta, TemplateMeta};
+use crate::meta::{DomainMeta, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta};
 use crate::value::{RecordKey, Value, format_timestamp};
 
 /// The dialect of a configured driver. Dialects hold no state, so one static instance of
@@ -537,6 +537,8 @@ impl Store {
                     Some(c) => self.bind(query, c[*i].clone(), *ty),
                     None => self.bind(query, Value::Null, *ty),
                 },
+                Arg::Literal(LiteralValue::Bool(b)) => query.bind(*b),
+                Arg::Literal(LiteralValue::Enum(v)) => query.bind(*v),
                 Arg::Limit => query.bind(i64::from(limit)),
             };
         }
@@ -558,6 +560,9 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db_error(q.from, e, Write::None))?;
+        if q.grouped() {
+            return rows.iter().map(|r| group_row(q, r, &s.group)).collect();
+        }
         rows.iter().map(|r| record(q.from, r, &s.with)).collect()
     }
 
@@ -698,6 +703,24 @@ fn record(t: &TemplateMeta, row: &AnyRow, with: &[(&'static str, Ty)]) -> Result
         }
         out.insert("with".into(), Json::Object(extra));
     }
+    Ok(Json::Object(out))
+}
+
+/// A grouped query's row: its group keys by name, then `count`.
+fn group_row(q: &QueryMeta, row: &AnyRow, keys: &[(&'static str, Ty)]) -> Result<Json, BedsError> {
+    let decode = |e: sqlx::Error| {
+        tracing::error!(query = q.name, error = %e, "a group row does not match the declaration");
+        BedsError::new(
+            ErrorCode::Internal,
+            format!("a row of query `{}` could not be read", q.name),
+        )
+    };
+    let mut out = Map::with_capacity(keys.len() + 1);
+    for (i, (name, ty)) in keys.iter().enumerate() {
+        out.insert((*name).into(), column(row, i, *ty).map_err(decode)?);
+    }
+    let count = row.try_get::<i64, _>(keys.len()).map_err(decode)?;
+    out.insert("count".into(), Json::from(count));
     Ok(Json::Object(out))
 }
 

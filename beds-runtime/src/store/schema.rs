@@ -80,7 +80,13 @@ fn query_index(d: &dyn Dialect, q: &QueryMeta) -> Option<String> {
     }
     if !q.count {
         // The key tie-breaker needs no column: an index entry already leads to its row.
-        for (k, _) in q.order.iter().copied() {
+        // A grouped query's keys are its group fields, which the index can deliver sorted.
+        let keys = if q.grouped() {
+            q.keys()
+        } else {
+            q.order.to_vec()
+        };
+        for (k, _) in keys {
             let col = column(k);
             if !cols.contains(&col) {
                 cols.push(col);

@@ -8,8 +8,8 @@ use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
 use crate::meta::{
-    CondOp, ConditionMeta, DomainMeta, FieldKind, IdKind, Operand, QueryMeta, TemplateMeta,
-    TokenSetMeta, WithKind,
+    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, IdKind, LiteralValue, Operand,
+    QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
 };
 
 /// Statements prepared once per template at start-up.
@@ -124,6 +124,8 @@ pub(super) enum Arg {
     /// A parameter, and the type its NULL binds as.
     Param(usize, Ty),
     Cursor(usize, Ty),
+    /// A value written in the declaration, bound like a parameter (never spliced).
+    Literal(LiteralValue),
     Limit,
 }
 
@@ -134,6 +136,8 @@ pub(super) struct QuerySql {
     pub args: Vec<Arg>,
     /// The `with` values after the record's columns: key and type.
     pub with: Vec<(&'static str, Ty)>,
+    /// A grouped query's row: its group keys and their types, then the count.
+    pub group: Vec<(&'static str, Ty)>,
 }
 
 /// The columns every record row starts with: id, version, then the declared fields.
@@ -394,6 +398,25 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// `(SELECT COUNT(*) ...)` of the records `count` counts for the record `owner`, its
+    /// filter's literals bound in place.
+    fn count(&mut self, count: &CountMeta, owner: &str) -> String {
+        let counted = self.template(count.template);
+        let by = counted.field(count.by).expect("checked").column;
+        let alias = self.sub_alias();
+        let mut tests = vec![format!("{alias}.{} = {owner}", self.d.quote(by))];
+        for c in count.filter {
+            let f = counted.field(c.path[0]).expect("checked at build time");
+            let col = format!("{alias}.{}", self.d.quote(f.column));
+            tests.push(self.compare(&col, Ty::of_field(f), c));
+        }
+        format!(
+            "(SELECT COUNT(*) FROM {} {alias} WHERE {})",
+            self.d.quote(counted.table),
+            tests.join(" AND ")
+        )
+    }
+
     fn sub_alias(&mut self) -> String {
         self.subs += 1;
         format!("s{}", self.subs)
@@ -430,6 +453,11 @@ impl<'a> Builder<'a> {
                     sql.push(')');
                 }
                 sql
+            }
+            Operand::Literal(v) => {
+                debug_assert_eq!(c.op, CondOp::Eq, "literals are compared for equality");
+                self.args.push(Arg::Literal(*v));
+                format!("{col} = {}", d.arg(ty))
             }
             Operand::Select(s) => {
                 let alias = self.sub_alias();
@@ -497,15 +525,7 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
                 };
                 let (_, t) = b.alias(w.path);
                 let count = t.count(name).expect("checked at build time");
-                let counted = b.template(count.template);
-                let by = counted.field(count.by).expect("checked").column;
-                let alias = b.sub_alias();
-                let count = format!(
-                    "(SELECT COUNT(*) FROM {} {alias} WHERE {alias}.{} = {owner})",
-                    d.quote(counted.table),
-                    d.quote(by)
-                );
-                (count, Ty::Int)
+                (b.count(count, &owner), Ty::Int)
             }
         };
         extra.push(expr);
@@ -532,6 +552,7 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
             sql: d.prepare(sql),
             args: b.args,
             with,
+            group: Vec::new(),
         };
     }
     let keys = q.keys();
@@ -565,6 +586,9 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
         alternatives.push(format!("({})", terms.join(" AND ")));
     }
     conditions.push(format!("(? IS NULL OR {})", alternatives.join(" OR ")));
+    if q.grouped() {
+        return group_sql(d, q, b, &conditions, &key_cols);
+    }
     let order: Vec<String> = keys
         .iter()
         .zip(&key_cols)
@@ -584,5 +608,351 @@ pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> 
         sql: d.prepare(sql),
         args: b.args,
         with,
+        group: Vec::new(),
+    }
+}
+
+/// A grouped query: one row per distinct combination of the group keys with its count,
+/// ascending by the keys. The keyset condition is on the grouped columns, so it filters
+/// rows before grouping and pages exactly like a plain query.
+fn group_sql(
+    d: &dyn Dialect,
+    q: &QueryMeta,
+    mut b: Builder<'_>,
+    conditions: &[String],
+    key_cols: &[(String, Ty)],
+) -> QuerySql {
+    let mut cols: Vec<String> = key_cols.iter().map(|(c, ty)| d.select(c, *ty)).collect();
+    cols.push("COUNT(*)".into());
+    let grouped: Vec<&str> = key_cols.iter().map(|(c, _)| c.as_str()).collect();
+    let order: Vec<String> = grouped.iter().map(|c| format!("{c} ASC")).collect();
+    b.args.push(Arg::Limit);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} GROUP BY {} ORDER BY {} LIMIT ?",
+        cols.join(", "),
+        b.from_sql,
+        conditions.join(" AND "),
+        grouped.join(", "),
+        order.join(", "),
+    );
+    QuerySql {
+        sql: d.prepare(sql),
+        args: b.args,
+        with: Vec::new(),
+        group: q
+            .group
+            .iter()
+            .zip(key_cols)
+            .map(|(g, (_, ty))| (*g, *ty))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Literal conditions, filtered counts and grouped queries run against SQLite from
+    //! hand-written metadata (neutral names: core code names no declared domain).
+
+    use std::time::Duration;
+
+    use serde_json::{Value as Json, json};
+
+    use crate::config::Driver;
+    use crate::meta::{
+        Capabilities, CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind,
+        LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta, TemplateMeta,
+        WithKind, WithMeta,
+    };
+    use crate::store::Store;
+    use crate::store::options::StoreOptions;
+    use crate::value::Value;
+
+    const PAGE: PageMeta = PageMeta {
+        default: 10,
+        max: 10,
+    };
+
+    const fn field(name: &'static str, kind: FieldKind) -> FieldMeta {
+        FieldMeta {
+            name,
+            column: name,
+            kind,
+            optional: false,
+            set: None,
+            default: None,
+        }
+    }
+
+    const fn eq(path: &'static [&'static str], operand: Operand) -> ConditionMeta {
+        ConditionMeta {
+            path,
+            op: CondOp::Eq,
+            operand,
+        }
+    }
+
+    const fn template(
+        name: &'static str,
+        fields: &'static [FieldMeta],
+        counts: &'static [CountMeta],
+    ) -> TemplateMeta {
+        TemplateMeta {
+            domain: "d",
+            name,
+            version: 1,
+            fingerprint: "0000000000000000",
+            table: name,
+            id: IdKind::Sequence,
+            id_column: "id",
+            version_column: "version",
+            fields,
+            unique: &[],
+            indexes: &[],
+            page: PAGE,
+            append_only: false,
+            internal: false,
+            capabilities: Capabilities {
+                audit: false,
+                journal: false,
+                locking: false,
+                cache_ttl_ms: None,
+                retention: None,
+            },
+            access: &[],
+            tokens: &[],
+            counts,
+            checks: &[],
+        }
+    }
+
+    const TEAM: &TemplateMeta = &template(
+        "team",
+        &[field(
+            "name",
+            FieldKind::String {
+                min: 0,
+                max: 20,
+                pattern: None,
+            },
+        )],
+        &[
+            CountMeta {
+                name: "todo",
+                template: "task",
+                by: "team",
+                filter: &[eq(&["state"], Operand::Literal(LiteralValue::Enum("todo")))],
+            },
+            CountMeta {
+                name: "tasks",
+                template: "task",
+                by: "team",
+                filter: &[],
+            },
+        ],
+    );
+
+    const TASK: &TemplateMeta = &template(
+        "task",
+        &[
+            field(
+                "team",
+                FieldKind::Ref {
+                    template: "team",
+                    on_delete: OnDelete::Cascade,
+                    id: IdKind::Sequence,
+                },
+            ),
+            field(
+                "state",
+                FieldKind::Enum {
+                    values: &["todo", "doing", "done"],
+                },
+            ),
+            field("urgent", FieldKind::Bool),
+        ],
+        &[],
+    );
+
+    const fn query(
+        name: &'static str,
+        from: &'static TemplateMeta,
+        params: &'static [ParamMeta],
+        filter: &'static [ConditionMeta],
+        with: &'static [WithMeta],
+        group: &'static [&'static str],
+    ) -> QueryMeta {
+        QueryMeta {
+            domain: "d",
+            name,
+            from,
+            params,
+            filter,
+            any: &[],
+            order: &[],
+            page: PAGE,
+            count: false,
+            with,
+            group,
+        }
+    }
+
+    const TEAM_PARAM: &[ParamMeta] = &[ParamMeta {
+        name: "team",
+        kind: ParamKind::Field(&TASK.fields[0]),
+        optional: true,
+        list: false,
+    }];
+    const PER_STATE: &QueryMeta = &query(
+        "per_state",
+        TASK,
+        TEAM_PARAM,
+        &[eq(&["team"], Operand::Param("team"))],
+        &[],
+        &["state"],
+    );
+    const TODO_PER_TEAM_AND_URGENCY: &QueryMeta = &query(
+        "todo_per_team_and_urgency",
+        TASK,
+        &[],
+        &[eq(&["state"], Operand::Literal(LiteralValue::Enum("todo")))],
+        &[],
+        &["team", "urgent"],
+    );
+    const URGENT: &QueryMeta = &query(
+        "urgent",
+        TASK,
+        &[],
+        &[eq(&["urgent"], Operand::Literal(LiteralValue::Bool(true)))],
+        &[],
+        &[],
+    );
+    const TEAMS: &QueryMeta = &query(
+        "teams",
+        TEAM,
+        &[],
+        &[],
+        &[
+            WithMeta {
+                name: "todo",
+                path: &[],
+                what: WithKind::Count("todo"),
+            },
+            WithMeta {
+                name: "tasks",
+                path: &[],
+                what: WithKind::Count("tasks"),
+            },
+        ],
+        &[],
+    );
+
+    static DOMAIN: DomainMeta = DomainMeta {
+        name: "d",
+        version: 1,
+        templates: &[TEAM, TASK],
+        queries: &[PER_STATE, TODO_PER_TEAM_AND_URGENCY, URGENT, TEAMS],
+    };
+
+    async fn store(dir: &std::path::Path) -> Store {
+        let options = StoreOptions {
+            driver: Driver::Sqlite,
+            sqlite_file: dir.join("t.db"),
+            url: None,
+            max_connections: 2,
+            busy_timeout: Duration::from_secs(5),
+            sqlite_sync_full: false,
+        };
+        let store = Store::open(&options, &[&DOMAIN]).await.unwrap();
+        store.apply_schema(&[&DOMAIN]).await.unwrap();
+        for statement in [
+            "INSERT INTO team (id, version, name) VALUES (1, 1, 'a'), (2, 1, 'b')",
+            "INSERT INTO task (id, version, team, state, urgent) VALUES \
+             (1, 1, 1, 'todo', 1), (2, 1, 1, 'todo', 0), (3, 1, 1, 'done', 1), \
+             (4, 1, 2, 'todo', 1), (5, 1, 2, 'doing', 0)",
+        ] {
+            sqlx::query(statement).execute(&store.pool).await.unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn literals_bind_as_parameters_and_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        for q in DOMAIN.queries {
+            let sql = store.queries[&(q.domain, q.name)].sql.as_str().to_string();
+            assert!(!sql.contains("todo'") && !sql.contains("= 1"), "{sql}");
+        }
+        let urgent = store.query(URGENT, vec![], None, 10).await.unwrap();
+        let ids: Vec<&Json> = urgent.iter().map(|r| &r["id"]).collect();
+        assert_eq!(ids, [&json!(1), &json!(3), &json!(4)]);
+        let teams = store.query(TEAMS, vec![], None, 10).await.unwrap();
+        let counts: Vec<&Json> = teams.iter().map(|t| &t["with"]).collect();
+        assert_eq!(
+            counts,
+            [
+                &json!({ "todo": 2, "tasks": 3 }),
+                &json!({ "todo": 1, "tasks": 2 })
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_count_and_page_by_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let one_team = store
+            .query(PER_STATE, vec![Value::Int(1)], None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            one_team,
+            [
+                json!({ "state": "done", "count": 1 }),
+                json!({ "state": "todo", "count": 2 })
+            ]
+        );
+        // Pages of one row, each after the previous row's keys.
+        let mut rows = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query(PER_STATE, vec![Value::Null], cursor.take(), 1)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = Some(vec![Value::Text(last["state"].as_str().unwrap().into())]);
+            rows.extend(page);
+        }
+        assert_eq!(
+            rows,
+            [
+                json!({ "state": "doing", "count": 1 }),
+                json!({ "state": "done", "count": 1 }),
+                json!({ "state": "todo", "count": 3 })
+            ]
+        );
+        let two_keys = store
+            .query(TODO_PER_TEAM_AND_URGENCY, vec![], None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            two_keys,
+            [
+                json!({ "team": 1, "urgent": false, "count": 1 }),
+                json!({ "team": 1, "urgent": true, "count": 1 }),
+                json!({ "team": 2, "urgent": true, "count": 1 })
+            ]
+        );
+        let after = store
+            .query(
+                TODO_PER_TEAM_AND_URGENCY,
+                vec![],
+                Some(vec![Value::Int(1), Value::Bool(true)]),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(after, [json!({ "team": 2, "urgent": true, "count": 1 })]);
     }
 }
