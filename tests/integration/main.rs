@@ -13,3 +13,4 @@ mod round_trip;
 mod spawn;
 mod spew;
 mod support;
+mod wire;
