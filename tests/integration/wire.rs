@@ -356,7 +356,7 @@ async fn golden_wire_files_replay_against_a_node() {
         .collect();
     let mut replay = Replay::new(&texts);
 
-    let env = TestEnv::new("wire");
+    let env = TestEnv::matrix("wire");
     let server = env.start().await;
     let mut peer = Peer::connect(&env).await;
     let mut dead: BTreeMap<&str, lapin::Consumer> = BTreeMap::new();
