@@ -1,11 +1,7 @@
 //! Errors are replies: each bad input gets its stable code and class and is acked;
 //! unanswerable messages are dead-lettered with the reason in headers.
 
-use std::time::Duration;
-
 use lapin::BasicProperties;
-use lapin::options::BasicGetOptions;
-use lapin::types::AMQPValue;
 use serde_json::{Value as Json, json};
 
 use crate::support::{TestEnv, envelope};
@@ -178,63 +174,44 @@ async fn bad_requests_get_stable_error_codes_and_are_acked() {
 async fn unanswerable_messages_go_to_the_dead_letter_queue() {
     let env = TestEnv::new("dead_letter");
     let server = env.start().await;
-    let raw = env.raw().await;
+    let peer = Peer::connect(&env).await;
     let read = env.queue("rec.read");
-    let dlq = format!("{read}.dlq");
+    let mut dlq = peer.dead_letters(&format!("{read}.dlq")).await;
 
     let no_reply_to = envelope("user", "list", json!({}));
-    raw.publish(
+    peer.send(
         &read,
         &no_reply_to,
         BasicProperties::default().with_content_type("application/json".into()),
     )
     .await;
     let binary = vec![0xff, 0xfe, 0x00, 0x01];
-    raw.publish(
+    peer.send(
         &read,
         &binary,
-        BasicProperties::default().with_reply_to(raw.reply_queue.as_str().into()),
+        BasicProperties::default().with_reply_to(peer.reply_queue.as_str().into()),
     )
     .await;
 
     let mut dead = Vec::new();
-    for _ in 0..100 {
-        if let Some(msg) = raw
-            .channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            let header = |k: &str| match msg
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(k).cloned())
-            {
-                Some(AMQPValue::LongString(s)) => {
-                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                }
-                other => panic!("dead letter header {k}: {other:?}"),
-            };
-            let expected = if msg.delivery.data == no_reply_to {
-                "no_reply_to"
-            } else {
-                "undecodable"
-            };
-            assert_eq!(
-                header("x-beds-error-code"),
-                expected,
-                "the reason travels with the dead letter"
-            );
-            assert_eq!(header("x-beds-error-class"), "contract");
-            assert!(!header("x-beds-reason").is_empty());
-            dead.push(msg.delivery.data.clone());
-            if dead.len() == 2 {
-                break;
-            }
+    for _ in 0..2 {
+        let msg = next(&mut dlq, "a dead letter").await;
+        let expected = if msg.data == no_reply_to {
+            "no_reply_to"
         } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            "undecodable"
+        };
+        assert_eq!(
+            header(&msg, "x-beds-error-code").as_deref(),
+            Some(expected),
+            "the reason travels with the dead letter"
+        );
+        assert_eq!(
+            header(&msg, "x-beds-error-class").as_deref(),
+            Some("contract")
+        );
+        assert!(!header(&msg, "x-beds-reason").unwrap_or_default().is_empty());
+        dead.push(msg.data.clone());
     }
     dead.sort();
     let mut expected = vec![no_reply_to, binary];
