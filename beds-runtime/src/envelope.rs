@@ -106,8 +106,9 @@ pub struct Request {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
     /// Page size for list and query (the declared default when absent, capped at its max).
-    /// A received limit outside `u32` is kept as 0 or `u32::MAX`, which the page check
-    /// refuses with the same message as any other limit out of range.
+    /// A received limit outside `u32` is kept as 0 or `u32::MAX`, so the page check refuses
+    /// it with the same message as any other limit out of range (a page whose declared max
+    /// is `u32::MAX` takes the latter as its max).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// Keyset cursor for list: the `next` value of the previous page (an id).
