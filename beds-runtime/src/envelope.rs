@@ -126,9 +126,12 @@ pub struct Request {
 }
 
 /// A request as it arrives. The envelope's own fields are typed, so their problems are
-/// `invalid_envelope`; the payload fields are read as any JSON (without letting a repeated
-/// key pass) and checked in [`Wire::into_request`], so their problems are `invalid_input`
-/// naming the field, as the wiki's error table says.
+/// `invalid_envelope`; the payload fields are read as any JSON and checked in
+/// [`Wire::into_request`], so their problems are `invalid_input` naming the field, as the
+/// wiki's error table says. The objects (`data`, `key`, `params`) are read without letting
+/// a repeated key pass; `limit`, `after` and `cursor` hold scalars (sort keys are never
+/// json), so an object in them is refused whole and needs no such check (it would cost
+/// every paged request for nothing).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
@@ -157,15 +160,15 @@ struct Wire {
     #[serde(default)]
     data: Option<Strict>,
     #[serde(default)]
-    limit: Option<Strict>,
+    limit: Option<Json>,
     #[serde(default)]
-    after: Option<Strict>,
+    after: Option<Json>,
     #[serde(default)]
     query: Option<String>,
     #[serde(default)]
     params: Option<Strict>,
     #[serde(default)]
-    cursor: Option<Strict>,
+    cursor: Option<Json>,
 }
 
 impl Wire {
@@ -175,8 +178,7 @@ impl Wire {
         let key = object("key", self.key, &mut details);
         let data = object("data", self.data, &mut details);
         let params = object("params", self.params, &mut details);
-        let after = self.after.and_then(|a| unique("after", a, &mut details));
-        let cursor = match self.cursor.and_then(|c| unique("cursor", c, &mut details)) {
+        let cursor = match self.cursor {
             Some(Json::Array(items)) => Some(items),
             Some(_) => {
                 details.push(wrong_type(
@@ -187,7 +189,7 @@ impl Wire {
             }
             None => None,
         };
-        let limit = match self.limit.and_then(|l| unique("limit", l, &mut details)) {
+        let limit = match self.limit {
             // Out of range saturates; see `Request::limit`.
             Some(Json::Number(n)) if n.is_u64() || n.is_i64() => Some(
                 n.as_u64()
@@ -218,7 +220,7 @@ impl Wire {
             expect_version: self.expect_version,
             data,
             limit,
-            after,
+            after: self.after,
             query: self.query,
             params,
             cursor,
