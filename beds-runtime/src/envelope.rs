@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use crate::error::{BedsError, ErrorCode};
+use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 
 /// The envelope version this runtime speaks.
 pub const VERSION: u32 = 1;
@@ -66,61 +66,347 @@ impl Op {
     }
 }
 
-/// A request. Only `v`, `id`, `domain`, `template` and `op` are always required.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
+/// the wire by [`Request::decode`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Request {
     pub v: u32,
     /// This message's id (UUIDv7).
     pub id: Uuid,
     /// The root conversation this request belongs to; defaults to `id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
     /// The message that caused this one, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
     /// How many messages deep in its conversation this one is.
-    #[serde(default)]
     pub depth: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
     pub domain: String,
     /// The template, for every operation but `query`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub template: String,
     /// Kept as text so an unknown operation gets its own error code.
     pub op: String,
     /// The record's key, e.g. `{"id": "…"}`, for fetch, update and delete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Map<String, Json>>,
     /// When the caller stops waiting; an expired request is answered, not executed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// Replays of a write with the same key return the first reply and change nothing;
     /// defaults to the request `id`, so redeliveries and resends of one message are safe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// For update and delete: apply only if the record is at this version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<i64>,
     /// Field values for create and update.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
-    /// Page size for list (the template's default when absent, capped at its max).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Page size for list and query (the declared default when absent, capped at its max).
+    /// A received limit outside `u32` is kept as 0 or `u32::MAX`, so the page check refuses
+    /// it with the same message as any other limit out of range (a page whose declared max
+    /// is `u32::MAX` takes the latter as its max).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// Keyset cursor for list: the `next` value of the previous page (an id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<Json>,
     /// The named query, for `query`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// The query's parameters by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Map<String, Json>>,
     /// Keyset cursor for query: the `next` value of the previous page, passed back as is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Vec<Json>>,
+}
+
+/// A request as it arrives. The envelope's own fields are typed, so their problems are
+/// `invalid_envelope`; the payload fields are read as any JSON and checked in
+/// [`Wire::into_request`], so their problems are `invalid_input` naming the field, as the
+/// wiki's error table says. The objects (`data`, `key`, `params`) are read without letting
+/// a repeated key pass; `limit`, `after` and `cursor` hold scalars (sort keys are never
+/// json), so an object in them is refused whole and needs no such check (it would cost
+/// every paged request for nothing).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    v: u32,
+    id: Uuid,
+    #[serde(default)]
+    correlation_id: Option<Uuid>,
+    #[serde(default)]
+    causation_id: Option<Uuid>,
+    #[serde(default)]
+    depth: u32,
+    #[serde(default)]
+    origin: Option<Origin>,
+    domain: String,
+    #[serde(default)]
+    template: String,
+    op: String,
+    #[serde(default)]
+    key: Option<Strict>,
+    #[serde(default)]
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    expect_version: Option<i64>,
+    #[serde(default)]
+    data: Option<Strict>,
+    #[serde(default)]
+    limit: Option<Json>,
+    #[serde(default)]
+    after: Option<Json>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    params: Option<Strict>,
+    #[serde(default)]
+    cursor: Option<Json>,
+}
+
+impl Wire {
+    /// Checks the payload fields, every problem at once.
+    fn into_request(self) -> Result<Request, BedsError> {
+        let mut details = Vec::new();
+        let key = object("key", self.key, &mut details);
+        let data = object("data", self.data, &mut details);
+        let params = object("params", self.params, &mut details);
+        let cursor = match self.cursor {
+            Some(Json::Array(items)) => Some(items),
+            Some(_) => {
+                details.push(wrong_type(
+                    "cursor",
+                    "an array (a page's `next`, unchanged)",
+                ));
+                None
+            }
+            None => None,
+        };
+        let limit = match self.limit {
+            // Out of range saturates; see `Request::limit`.
+            Some(Json::Number(n)) if n.is_u64() || n.is_i64() => Some(
+                n.as_u64()
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            ),
+            Some(_) => {
+                details.push(wrong_type("limit", "a whole number"));
+                None
+            }
+            None => None,
+        };
+        if !details.is_empty() {
+            return Err(BedsError::invalid(details));
+        }
+        Ok(Request {
+            v: self.v,
+            id: self.id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            depth: self.depth,
+            origin: self.origin,
+            domain: self.domain,
+            template: self.template,
+            op: self.op,
+            key,
+            deadline: self.deadline,
+            idempotency_key: self.idempotency_key,
+            expect_version: self.expect_version,
+            data,
+            limit,
+            after: self.after,
+            query: self.query,
+            params,
+            cursor,
+        })
+    }
+}
+
+/// A payload value, or a detail if it repeats a key.
+fn unique(field: &str, value: Strict, details: &mut Vec<ErrorDetail>) -> Option<Json> {
+    match value.duplicate {
+        None => Some(value.value),
+        Some(path) => {
+            let at = path.at(field);
+            details.push(ErrorDetail {
+                message: format!("{at} appears more than once; send each key once"),
+                field: at,
+                code: DetailCode::Duplicate,
+            });
+            None
+        }
+    }
+}
+
+/// A payload value that must be an object.
+fn object(
+    field: &str,
+    value: Option<Strict>,
+    details: &mut Vec<ErrorDetail>,
+) -> Option<Map<String, Json>> {
+    match unique(field, value?, details)? {
+        Json::Object(map) => Some(map),
+        _ => {
+            details.push(wrong_type(field, "an object"));
+            None
+        }
+    }
+}
+
+fn wrong_type(field: &str, expected: &str) -> ErrorDetail {
+    ErrorDetail {
+        field: field.to_string(),
+        code: DetailCode::WrongType,
+        message: format!("`{field}` must be {expected}"),
+    }
+}
+
+/// A JSON value read like serde_json's own `Value`, except that a key repeated in one
+/// object is remembered instead of silently replacing the first. Costs nothing per key
+/// when there is no repeat (the path is built only for the first repeat found).
+struct Strict {
+    value: Json,
+    duplicate: Option<Path>,
+}
+
+/// Where a repeated key is, innermost segment first (reversed when shown).
+struct Path(Vec<Segment>);
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl Path {
+    /// The path under `field`, as details name fields: `data.a.b`, `cursor[0]`.
+    fn at(mut self, field: &str) -> String {
+        let mut out = field.to_string();
+        while let Some(segment) = self.0.pop() {
+            match segment {
+                Segment::Key(k) => {
+                    out.push('.');
+                    out.push_str(&k);
+                }
+                Segment::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
+}
+
+impl Strict {
+    fn plain(value: Json) -> Strict {
+        Strict {
+            value,
+            duplicate: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict::plain(
+            serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
+        ))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::String(v.to_string())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Strict, E> {
+        Ok(Strict::plain(Json::Null))
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Strict, D::Error> {
+        Strict::deserialize(d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        let mut duplicate = None;
+        while let Some(item) = seq.next_element::<Strict>()? {
+            if duplicate.is_none() {
+                duplicate = item.duplicate.map(|mut p: Path| {
+                    p.0.push(Segment::Index(items.len()));
+                    p
+                });
+            }
+            items.push(item.value);
+        }
+        Ok(Strict {
+            value: Json::Array(items),
+            duplicate,
+        })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut fields = Map::new();
+        let mut duplicate = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let item = map.next_value::<Strict>()?;
+            match fields.entry(key) {
+                serde_json::map::Entry::Vacant(e) => {
+                    if duplicate.is_none() {
+                        duplicate = item.duplicate.map(|mut p: Path| {
+                            p.0.push(Segment::Key(e.key().clone()));
+                            p
+                        });
+                    }
+                    e.insert(item.value);
+                }
+                serde_json::map::Entry::Occupied(e) => {
+                    if duplicate.is_none() {
+                        duplicate = Some(Path(vec![Segment::Key(e.key().clone())]));
+                    }
+                }
+            }
+        }
+        Ok(Strict {
+            value: Json::Object(fields),
+            duplicate,
+        })
+    }
 }
 
 impl Request {
@@ -149,11 +435,12 @@ impl Request {
         }
     }
 
-    /// Decodes a message body, telling bad JSON, a wrong version and a bad envelope apart.
+    /// Decodes a message body, telling bad JSON, a wrong version, a bad envelope and bad
+    /// payload fields apart.
     pub fn decode(body: &[u8]) -> Result<Request, BedsError> {
-        match serde_json::from_slice::<Request>(body) {
-            Ok(req) if req.v == VERSION => Ok(req),
-            Ok(req) => Err(unsupported(Some(req.v))),
+        match serde_json::from_slice::<Wire>(body) {
+            Ok(wire) if wire.v == VERSION => wire.into_request(),
+            Ok(wire) => Err(unsupported(Some(wire.v))),
             Err(e) if e.is_syntax() || e.is_eof() => Err(BedsError::new(
                 ErrorCode::MalformedJson,
                 format!("the body is not valid JSON: {e}"),
@@ -174,6 +461,26 @@ impl Request {
                     )),
                 }
             }
+        }
+    }
+
+    /// The conversation and message ids of a body [`Request::decode`] refused, for its
+    /// error reply: read from any JSON object whose `id` (and `correlation_id`, if any)
+    /// are UUIDs, else nil. Only runs for refused requests.
+    pub(crate) fn ids_of(body: &[u8]) -> (Uuid, Uuid) {
+        #[derive(Deserialize)]
+        struct Ids {
+            id: Option<Json>,
+            correlation_id: Option<Json>,
+        }
+        let uuid = |j: Option<Json>| j.and_then(|j| j.as_str().and_then(|s| s.parse().ok()));
+        match serde_json::from_slice::<Ids>(body) {
+            Ok(ids) => {
+                let id: Option<Uuid> = uuid(ids.id);
+                let correlation = uuid(ids.correlation_id).or(id);
+                (correlation.unwrap_or_default(), id.unwrap_or_default())
+            }
+            Err(_) => (Uuid::nil(), Uuid::nil()),
         }
     }
 
@@ -264,6 +571,81 @@ mod tests {
             code(r#"{"v":1,"id":"0192f0e0-0000-7000-8000-000000000000"}"#),
             ErrorCode::InvalidEnvelope
         );
+    }
+
+    /// The payload's problems, as (field, detail code).
+    fn details(body: &str) -> Vec<(String, DetailCode)> {
+        let e = Request::decode(body.as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput, "{e}");
+        e.details.into_iter().map(|d| (d.field, d.code)).collect()
+    }
+
+    const HEAD: &str =
+        r#""v":1,"id":"0192f0e0-0000-7000-8000-000000000000","domain":"d","op":"list""#;
+
+    #[test]
+    fn limits_out_of_range_saturate_and_wrong_types_are_input_errors() {
+        let limit = |l: &str| {
+            Request::decode(format!("{{{HEAD},\"limit\":{l}}}").as_bytes())
+                .unwrap()
+                .limit
+        };
+        assert_eq!(limit("5"), Some(5));
+        assert_eq!(limit("-1"), Some(0));
+        assert_eq!(limit("4294967296"), Some(u32::MAX));
+        assert_eq!(limit("null"), None);
+        for bad in [r#""5""#, "1.5", "true"] {
+            assert_eq!(
+                details(&format!("{{{HEAD},\"limit\":{bad}}}")),
+                [("limit".to_string(), DetailCode::WrongType)]
+            );
+        }
+        assert_eq!(
+            details(&format!(r#"{{{HEAD},"cursor":"abc","key":[1]}}"#)),
+            [
+                ("key".to_string(), DetailCode::WrongType),
+                ("cursor".to_string(), DetailCode::WrongType)
+            ]
+        );
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        assert_eq!(
+            details(&format!(
+                r#"{{{HEAD},"data":{{"a":1,"b":{{"c":[{{"d":1,"d":2}}]}},"a":2}}}}"#
+            )),
+            [("data.b.c[0].d".to_string(), DetailCode::Duplicate)]
+        );
+        assert_eq!(
+            details(&format!(
+                r#"{{{HEAD},"params":{{"b":{{"c":[0,{{"d":1,"d":2}}]}}}}}}"#
+            )),
+            [("params.b.c[1].d".to_string(), DetailCode::Duplicate)]
+        );
+        assert_eq!(
+            details(&format!(r#"{{{HEAD},"key":{{"id":1,"id":1}}}}"#)),
+            [("key.id".to_string(), DetailCode::Duplicate)]
+        );
+        assert_eq!(
+            code(&format!(r#"{{{HEAD},"domain":"e"}}"#)),
+            ErrorCode::InvalidEnvelope
+        );
+    }
+
+    #[test]
+    fn refused_requests_keep_their_ids_when_readable() {
+        let id = "0192f0e0-0000-7000-8000-000000000001";
+        let corr = "0192f0e0-0000-7000-8000-000000000002";
+        let ids = |body: String| Request::ids_of(body.as_bytes());
+        let (c, i) = ids(format!(
+            r#"{{"id":"{id}","correlation_id":"{corr}","limit":-1}}"#
+        ));
+        assert_eq!((c.to_string(), i.to_string()), (corr.into(), id.into()));
+        let (c, i) = ids(format!(r#"{{"id":"{id}","v":"x"}}"#));
+        assert_eq!((c.to_string(), i.to_string()), (id.into(), id.into()));
+        assert_eq!(ids("{not json".into()), (Uuid::nil(), Uuid::nil()));
+        assert_eq!(ids(r#"{"id":7}"#.into()), (Uuid::nil(), Uuid::nil()));
     }
 
     #[test]

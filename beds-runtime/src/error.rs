@@ -89,6 +89,8 @@ pub enum DetailCode {
     NotNullable,
     ReadOnly,
     Empty,
+    /// A key sent twice in one object (`data`, `key`, `params` or inside a value).
+    Duplicate,
     #[serde(other)]
     Other,
 }

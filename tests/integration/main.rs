@@ -15,3 +15,4 @@ mod round_trip;
 mod spawn;
 mod spew;
 mod support;
+mod wire;

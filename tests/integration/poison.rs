@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::support::{TestEnv, envelope};
+use crate::wire::{self, Peer, next};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -89,41 +90,30 @@ fn header(msg: &lapin::message::BasicGetMessage, key: &str) -> Option<AMQPValue>
 async fn a_panicking_request_is_dead_lettered_and_others_are_served() {
     let env = TestEnv::new("poison_panic");
     let server = Server::start(&env.config, &CATALOG).await.expect("start");
-    let raw = env.raw().await;
+    let peer = Peer::connect(&env).await;
     let write = env.queue("rec.write");
+    let mut dlq = peer.dead_letters(&format!("{write}.dlq")).await;
     let body = toy("create", json!({"data": {"name": "boom"}}));
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_reply_to(raw.reply_queue.as_str().into());
-    raw.publish(&write, &body, props).await;
+    peer.send(&write, &body, peer.props("boom")).await;
 
-    let client = env.client().await;
-    let mut found = None;
-    for _ in 0..100 {
-        // The broker keeps serving meanwhile.
-        assert!(
-            client
-                .template::<Toy>()
-                .list(None, None)
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-        );
-        if let Some(msg) = dead_letter(&raw, &format!("{write}.dlq")).await {
-            found = Some(msg);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let msg = found.expect("the poison request is dead-lettered");
-    assert_eq!(msg.delivery.data, body);
+    let msg = next(&mut dlq, "the poison request's dead letter").await;
+    assert_eq!(msg.data, body);
     assert_eq!(
-        header(&msg, "x-beds-error-code"),
-        Some(AMQPValue::LongString("handler_panicked".into()))
+        wire::header(&msg, "x-beds-error-code").as_deref(),
+        Some("handler_panicked")
     );
+    let reason = wire::header(&msg, "x-beds-reason").unwrap_or_default();
+    assert!(reason.contains("poison"), "{reason}");
+    // The broker keeps serving after the panic.
+    let client = env.client().await;
     assert!(
-        matches!(header(&msg, "x-beds-reason"), Some(AMQPValue::LongString(r)) if String::from_utf8_lossy(r.as_bytes()).contains("poison"))
+        client
+            .template::<Toy>()
+            .list(None, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
     client.close().await.unwrap();
     server.stop().await;

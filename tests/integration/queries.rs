@@ -8,7 +8,9 @@ use beds::spew::{
     SpewCountsByAuthorsParams, SpewCreate, SpewsByAuthorsParams, SpewsByHandleParams, UserCreate,
     UserTimeline, UserTimelineParams, UsersByHandlePrefixParams,
 };
-use beds_runtime::{ClientError, Cursor, DetailCode, ErrorCode};
+use beds_runtime::support as rt;
+use beds_runtime::{ClientError, Cursor, DetailCode, ErrorCode, Server};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::support::TestEnv;
@@ -150,7 +152,7 @@ async fn named_queries_filter_join_page_and_count() {
         .unwrap();
     assert!(none.items.is_empty());
 
-    // Prefix, case-sensitive, ordered by handle.
+    // Prefix, ordered by handle; handles are case-insensitive, so the prefix is too.
     let an = api
         .users_by_handle_prefix()
         .page(
@@ -175,7 +177,8 @@ async fn named_queries_filter_join_page_and_count() {
         )
         .await
         .unwrap();
-    assert!(upper.items.is_empty());
+    let handles: Vec<&str> = upper.items.iter().map(|u| u.handle.as_str()).collect();
+    assert_eq!(handles, ["ann", "anna"]);
 
     // Counts equal the rows.
     let count = client
@@ -402,5 +405,145 @@ async fn grouped_counts_page_by_their_keys() {
     assert_eq!(row["required"], json!(["author", "count"]), "{row}");
     assert_eq!(row["properties"]["count"]["minimum"], 1, "{row}");
     client.close().await.unwrap();
+    server.stop().await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LabelId(pub uuid::Uuid);
+
+impl rt::Key for LabelId {}
+
+/// A template whose only field is case-insensitive, with one query per condition that
+/// folds: SPEW declares no `in` on a handle.
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "labels", template = "label", create = LabelInput, patch = LabelInput)]
+#[beds(unique(fields = "name", case_insensitive))]
+pub struct Label {
+    pub id: LabelId,
+    pub version: i64,
+    #[beds(string, max = 20)]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LabelInput {
+    pub name: String,
+}
+
+const NAME: &rt::FieldMeta = &<Label as rt::Record>::META.fields[0];
+
+/// `name <op> $name` (a list for `in`), ordered by name.
+const fn label_query(
+    name: &'static str,
+    params: &'static [rt::ParamMeta],
+    filter: &'static [rt::ConditionMeta],
+) -> rt::QueryMeta {
+    rt::QueryMeta {
+        domain: "labels",
+        name,
+        from: <Label as rt::Record>::META,
+        params,
+        filter,
+        any: &[],
+        order: &[("name", false)],
+        page: rt::PageMeta {
+            default: 10,
+            max: 10,
+        },
+        count: false,
+        with: &[],
+        group: &[],
+    }
+}
+
+const fn param(list: bool) -> rt::ParamMeta {
+    rt::ParamMeta {
+        name: "name",
+        kind: rt::ParamKind::Field(NAME),
+        optional: false,
+        list,
+    }
+}
+
+const fn on_name(op: rt::CondOp) -> rt::ConditionMeta {
+    rt::ConditionMeta {
+        path: &["name"],
+        op,
+        operand: rt::Operand::Param("name"),
+    }
+}
+
+static NAMED: rt::QueryMeta = label_query("named", &[param(false)], &[on_name(rt::CondOp::Eq)]);
+static NAMED_ANY: rt::QueryMeta =
+    label_query("named_any", &[param(true)], &[on_name(rt::CondOp::In)]);
+static PREFIXED: rt::QueryMeta =
+    label_query("prefixed", &[param(false)], &[on_name(rt::CondOp::Prefix)]);
+static LABEL_ROUTES: rt::Routes = rt::Routes::of::<Label>();
+static LABELS: rt::DomainMeta = rt::DomainMeta {
+    name: "labels",
+    version: 1,
+    templates: &[<Label as rt::Record>::META],
+    queries: &[&NAMED, &NAMED_ANY, &PREFIXED],
+};
+static LABEL_CATALOG: rt::Catalog = rt::Catalog {
+    domains: &[&LABELS],
+    route: |domain, template| match (domain, template) {
+        ("labels", "label") => Ok(&LABEL_ROUTES),
+        ("labels", _) => Err(rt::RouteError::UnknownTemplate),
+        _ => Err(rt::RouteError::UnknownDomain),
+    },
+};
+
+/// `eq`, `in` and `prefix` on a case-insensitive field match in any case, on every
+/// database (`BEDS_TEST_DATABASE`).
+#[tokio::test]
+async fn conditions_on_case_insensitive_fields_match_in_any_case() {
+    let env = TestEnv::matrix("label_case");
+    let server = Server::start(&env.config, &LABEL_CATALOG)
+        .await
+        .expect("start");
+    let raw = env.raw().await;
+    let (read, write) = (env.queue("rec.read"), env.queue("rec.write"));
+    let envelope = |extra: serde_json::Value| {
+        let mut req = json!({"v": 1, "id": uuid::Uuid::now_v7(), "domain": "labels"});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&req).unwrap()
+    };
+    for name in ["Rust", "rusty", "Go"] {
+        let r = raw
+            .request(
+                &write,
+                &envelope(json!({"template": "label", "op": "create", "data": {"name": name}})),
+            )
+            .await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    let names = |r: serde_json::Value| -> Vec<String> {
+        assert_eq!(r["status"], "ok", "{r}");
+        let mut names: Vec<String> = r["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let ask = |name: &str, value: serde_json::Value| {
+        envelope(json!({"op": "query", "query": name, "params": {"name": value}}))
+    };
+    for (query, value, expected) in [
+        ("named", json!("RUST"), vec!["Rust"]),
+        ("named", json!("rust"), vec!["Rust"]),
+        ("named_any", json!(["rUST", "go"]), vec!["Go", "Rust"]),
+        ("prefixed", json!("RUS"), vec!["Rust", "rusty"]),
+        ("prefixed", json!("g"), vec!["Go"]),
+    ] {
+        let r = raw.request(&read, &ask(query, value.clone())).await;
+        assert_eq!(names(r), expected, "{query}({value})");
+    }
     server.stop().await;
 }

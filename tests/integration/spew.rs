@@ -6,8 +6,9 @@ use std::collections::HashSet;
 
 use beds::spew::{
     self, FollowCreate, FollowersParams, FollowingParams, HomeTimelineParams, LikeByUserAndSpew,
-    LikeCreate, LikesOfSpewParams, Spew, SpewCreate, SpewId, SpewPatch, SpewsByTagParams,
-    SpewsMentioningParams, ThreadParams, User, UserCreate, UserTimelineParams,
+    LikeCreate, LikesOfSpewParams, Spew, SpewCreate, SpewId, SpewPatch, SpewsByHandleParams,
+    SpewsByTagParams, SpewsMentioningParams, ThreadParams, User, UserCreate, UserTimelineParams,
+    UsersByHandlePrefixParams,
 };
 use beds_runtime::{Client, ErrorCode};
 use serde_json::json;
@@ -489,6 +490,56 @@ async fn tags_and_mentions_are_extracted_on_edge_cases() {
         .unwrap();
     assert_eq!(tagged(&client, "other").await, vec![s.id]);
 
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Handles are one value whatever their case (their unique index is case-insensitive), so
+/// a query condition on a handle, through a reference or not, matches in any case.
+#[tokio::test]
+async fn query_conditions_on_handles_ignore_case_like_the_handle_index() {
+    let env = TestEnv::matrix("spew_handle_case");
+    let server = env.start().await;
+    let client = env.client().await;
+    let api = spew::client(&client);
+    let grace = user(&client, "Grace_x").await;
+    let spew = post(&client, &grace, "hello").await;
+    user(&client, "gracie").await;
+    for handle in ["Grace_x", "grace_x", "GRACE_X"] {
+        let found = api
+            .spews_by_handle()
+            .page(
+                &SpewsByHandleParams {
+                    handle: handle.into(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<SpewId> = found.items.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [spew.id], "spews_by_handle({handle})");
+    }
+    for prefix in ["Grac", "grac", "GRAC"] {
+        let found = api
+            .users_by_handle_prefix()
+            .page(
+                &UsersByHandlePrefixParams {
+                    prefix: prefix.into(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let mut handles: Vec<String> = found.items.into_iter().map(|u| u.handle).collect();
+        handles.sort();
+        assert_eq!(
+            handles,
+            ["Grace_x", "gracie"],
+            "users_by_handle_prefix({prefix})"
+        );
+    }
     client.close().await.unwrap();
     server.stop().await;
 }

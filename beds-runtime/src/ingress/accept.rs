@@ -1,5 +1,6 @@
-//! Step 1: the AMQP properties. A message without `reply_to`, or whose body is not UTF-8
-//! JSON, cannot be answered: it is dead-lettered, not replied to.
+//! Step 1: the AMQP properties. A message without `reply_to` (or with an empty one), or
+//! whose body is not UTF-8 JSON, cannot be answered: it is dead-lettered, not replied to,
+//! before anything runs.
 
 use lapin::message::Delivery;
 use lapin::types::ShortString;
@@ -16,25 +17,83 @@ pub(crate) struct ReplyTo {
 
 pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
     let props = &delivery.properties;
-    let Some(queue) = props.reply_to().clone() else {
+    // An empty name is the default exchange's own routing key: no queue would take the
+    // reply, so it is as unanswerable as a missing one.
+    let Some(queue) = props.reply_to().clone().filter(|q| !q.as_str().is_empty()) else {
         return Err(BedsError::new(
             ErrorCode::NoReplyTo,
-            "no reply_to: the request cannot be answered",
+            "no reply_to (or an empty one): the request cannot be answered",
         ));
     };
-    if props
-        .content_type()
-        .as_ref()
-        .is_some_and(|ct| ct.as_str() != "application/json")
-        || std::str::from_utf8(&delivery.data).is_err()
-    {
+    if let Some(ct) = props.content_type() {
+        content_type(ct.as_str())?;
+    }
+    if std::str::from_utf8(&delivery.data).is_err() {
         return Err(BedsError::new(
             ErrorCode::Undecodable,
-            "undecodable body: not UTF-8 JSON (or a content type other than application/json)",
+            "undecodable body: not UTF-8",
         ));
     }
     Ok(ReplyTo {
         queue,
         correlation: props.correlation_id().clone(),
     })
+}
+
+/// Accepts `application/json` in any case, with at most a `charset` parameter that says
+/// UTF-8 (RFC 8259 allows no other); anything else is refused, saying what was wrong.
+fn content_type(ct: &str) -> Result<(), BedsError> {
+    let refuse = |why: &str| {
+        Err(BedsError::new(
+            ErrorCode::Undecodable,
+            format!("content_type `{ct}`: {why}"),
+        ))
+    };
+    let mut parts = ct.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return refuse("the media type must be application/json");
+    }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        if !name.trim().eq_ignore_ascii_case("charset") {
+            return refuse("the only parameter allowed is charset=utf-8");
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if !value.eq_ignore_ascii_case("utf-8") {
+            return refuse("the charset must be utf-8");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_accepted_in_any_case_with_a_utf8_charset_only() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(content_type(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("text/plain", "media type"),
+            ("application/json; charset=latin1", "utf-8"),
+            ("application/json; boundary=x", "only parameter"),
+            ("application/jsonx", "media type"),
+        ] {
+            let e = content_type(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Undecodable);
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
+    }
 }

@@ -27,7 +27,6 @@ use futures_util::FutureExt;
 use lapin::Channel;
 use lapin::message::Delivery;
 use serde_json::Value as Json;
-use uuid::Uuid;
 
 use crate::catalog::Catalog;
 use crate::config::RetryConfig;
@@ -91,7 +90,8 @@ async fn answer(ingress: &Ingress, lane: Lane, body: &[u8]) -> Reply {
         Ok(req) => req,
         Err(e) => {
             tracing::debug!(code = ?e.code, message = %e.message, "request rejected at decode");
-            return Reply::to(Uuid::nil(), Uuid::nil(), Err(e));
+            let (correlation, causation) = Request::ids_of(body);
+            return Reply::to(correlation, causation, Err(e));
         }
     };
     let result = run(ingress, lane, &req).await;

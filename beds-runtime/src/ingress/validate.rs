@@ -18,10 +18,70 @@ pub(crate) fn command(
     req: &Request,
     patterns: &Patterns,
 ) -> Result<Command, BedsError> {
+    unused_fields(target, req)?;
     match *target {
         Target::Template { meta, op, .. } => template(meta, op, req, patterns),
         Target::Query(q) => query(q, req, patterns),
     }
+}
+
+/// The optional fields each operation takes (the table in wiki/envelope.md); the others
+/// are always allowed: `correlation_id`, `causation_id`, `depth`, `origin`, `deadline`.
+fn takes(target: &Target) -> &'static [&'static str] {
+    match *target {
+        Target::Template { op, .. } => match op {
+            Op::Create => &["template", "data", "idempotency_key"],
+            Op::Fetch => &["template", "key"],
+            Op::Update => &[
+                "template",
+                "key",
+                "data",
+                "expect_version",
+                "idempotency_key",
+            ],
+            Op::Delete => &["template", "key", "expect_version", "idempotency_key"],
+            Op::List => &["template", "limit", "after"],
+            Op::Query => unreachable!("the route step sends queries to `Target::Query`"),
+        },
+        Target::Query(q) if q.count => &["query", "params"],
+        Target::Query(_) => &["query", "params", "limit", "cursor"],
+    }
+}
+
+/// Step: a field the operation does not use is refused, naming it, so a misplaced or
+/// misspelled field never passes silently.
+fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
+    let sent = [
+        ("template", !req.template.is_empty()),
+        ("key", req.key.is_some()),
+        ("data", req.data.is_some()),
+        ("expect_version", req.expect_version.is_some()),
+        ("idempotency_key", req.idempotency_key.is_some()),
+        ("limit", req.limit.is_some()),
+        ("after", req.after.is_some()),
+        ("query", req.query.is_some()),
+        ("params", req.params.is_some()),
+        ("cursor", req.cursor.is_some()),
+    ];
+    let takes = takes(target);
+    let Some((field, _)) = sent
+        .iter()
+        .find(|(field, sent)| *sent && !takes.contains(field))
+    else {
+        return Ok(());
+    };
+    let what = match target {
+        Target::Query(q) if q.count => format!("the count query `{}`", q.name),
+        Target::Query(q) => format!("the query `{}`", q.name),
+        Target::Template { op, .. } => format!("`{}`", op.as_str()),
+    };
+    Err(BedsError::new(
+        ErrorCode::InvalidEnvelope,
+        format!(
+            "{what} does not take `{field}`; it takes: {}",
+            takes.join(", ")
+        ),
+    ))
 }
 
 fn template(

@@ -384,12 +384,15 @@ impl<'a> Builder<'a> {
     /// One condition on `path` of the main query.
     fn condition(&mut self, c: &ConditionMeta) -> String {
         match self.target(c.path) {
-            Target::Column(col, ty) => self.compare(&col, ty, c),
+            Target::Column(col, ty) => {
+                let folds = self.folds(c.path);
+                self.compare(&col, ty, folds, c)
+            }
             Target::Tokens(owner, set) => {
                 let table = self.d.quote(set.table);
                 let alias = self.sub_alias();
                 let token = format!("{alias}.{}", self.d.quote("token"));
-                let test = self.compare(&token, Ty::Text, c);
+                let test = self.compare(&token, Ty::Text, false, c);
                 format!(
                     "{owner} IN (SELECT {alias}.{} FROM {table} {alias} WHERE {test})",
                     self.d.quote("owner")
@@ -408,7 +411,7 @@ impl<'a> Builder<'a> {
         for c in count.filter {
             let f = counted.field(c.path[0]).expect("checked at build time");
             let col = format!("{alias}.{}", self.d.quote(f.column));
-            tests.push(self.compare(&col, Ty::of_field(f), c));
+            tests.push(self.compare(&col, Ty::of_field(f), false, c));
         }
         format!(
             "(SELECT COUNT(*) FROM {} {alias} WHERE {})",
@@ -417,14 +420,25 @@ impl<'a> Builder<'a> {
         )
     }
 
+    /// Whether `path` ends at a field compared case-insensitively.
+    fn folds(&mut self, path: &[&'static str]) -> bool {
+        let (last, refs) = path.split_last().expect("non-empty path");
+        if *last == "id" {
+            return false;
+        }
+        let (_, t) = self.alias(refs);
+        case_insensitive(t, last)
+    }
+
     fn sub_alias(&mut self) -> String {
         self.subs += 1;
         format!("s{}", self.subs)
     }
 
     /// `col <op> operand`, guarded when the parameter is optional (an absent one
-    /// disables the condition). Arguments are pushed in placeholder order.
-    fn compare(&mut self, col: &str, ty: Ty, c: &ConditionMeta) -> String {
+    /// disables the condition), case-insensitive when `folds`. Arguments are pushed in
+    /// placeholder order.
+    fn compare(&mut self, col: &str, ty: Ty, folds: bool, c: &ConditionMeta) -> String {
         let d = self.d;
         match &c.operand {
             Operand::Param(name) => {
@@ -438,13 +452,16 @@ impl<'a> Builder<'a> {
                     sql.push_str("(? IS NULL OR ");
                 }
                 let (test, uses) = match c.op {
+                    CondOp::Eq | CondOp::In | CondOp::Prefix if folds => {
+                        folded_test(d, col, ty, c.op)
+                    }
                     CondOp::Eq => (format!("{col} = {}", d.arg(ty)), 1),
                     CondOp::Lt => (format!("{col} < {}", d.arg(ty)), 1),
                     CondOp::Le => (format!("{col} <= {}", d.arg(ty)), 1),
                     CondOp::Gt => (format!("{col} > {}", d.arg(ty)), 1),
                     CondOp::Ge => (format!("{col} >= {}", d.arg(ty)), 1),
                     CondOp::In => (d.in_list(col, ty), 1),
-                    CondOp::Prefix => (d.prefix(col), 2),
+                    CondOp::Prefix => (d.prefix(col, "?"), 2),
                 };
                 self.args
                     .extend(std::iter::repeat_n(Arg::Param(i, bound), uses));
@@ -474,7 +491,8 @@ impl<'a> Builder<'a> {
                 for inner in s.filter {
                     let name = inner.path[0];
                     let col = column(name);
-                    tests.push(self.compare(&col, Ty::of_name(s.from, name), inner));
+                    let folds = name != "id" && case_insensitive(s.from, name);
+                    tests.push(self.compare(&col, Ty::of_name(s.from, name), folds, inner));
                 }
                 let mut sql = format!(
                     "{col} IN (SELECT {selected} FROM {} {alias}",
@@ -487,6 +505,33 @@ impl<'a> Builder<'a> {
                 sql
             }
         }
+    }
+}
+
+/// Whether `field` of `t` compares case-insensitively: it is in a `case_insensitive`
+/// unique index, so its values are one value whatever their case.
+fn case_insensitive(t: &TemplateMeta, field: &str) -> bool {
+    t.unique
+        .iter()
+        .any(|u| u.case_insensitive && u.fields.contains(&field))
+}
+
+/// `eq`, `in` or `prefix` on a case-insensitive field, comparing as its unique index does
+/// (so the index can serve equality): the placeholder's text and how many times the
+/// parameter binds.
+fn folded_test(d: &dyn Dialect, col: &str, ty: Ty, op: CondOp) -> (String, usize) {
+    match op {
+        CondOp::In => (
+            format!(
+                "{} IN (SELECT {} FROM ({}) e)",
+                d.fold_case(col),
+                d.fold_case("e.v"),
+                d.elements(ty)
+            ),
+            1,
+        ),
+        CondOp::Prefix => (d.prefix(&d.fold_case(col), &d.fold_case("?")), 2),
+        _ => (d.equals_ci(col, ty), 1),
     }
 }
 

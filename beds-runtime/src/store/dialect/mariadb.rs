@@ -64,8 +64,8 @@ impl Dialect for MariaDb {
         format!("SELECT jt.v FROM JSON_TABLE(?, '$[*]' COLUMNS (v {column} PATH '$')) AS jt")
     }
 
-    fn prefix(&self, col: &str) -> String {
-        format!("LEFT({col}, CHAR_LENGTH(?)) = ?")
+    fn prefix(&self, col: &str, arg: &str) -> String {
+        format!("LEFT({col}, CHAR_LENGTH(?)) = {arg}")
     }
 
     /// `DATETIME` reads neither `T` nor `Z`.

@@ -204,9 +204,17 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         format!("{col} IN ({})", self.elements(ty))
     }
 
-    /// `col` starts with the text bound (twice) after it.
-    fn prefix(&self, col: &str) -> String {
-        format!("substr({col}, 1, length(?)) = ?")
+    /// `col` starts with the text bound (twice) after it; `arg` is the second placeholder
+    /// as compared (`?`, or folded by [`Dialect::fold_case`]).
+    fn prefix(&self, col: &str, arg: &str) -> String {
+        format!("substr({col}, 1, length(?)) = {arg}")
+    }
+
+    /// `expr` as a case-insensitive field compares, applied to both sides of a query
+    /// condition on it, the same folding as [`Dialect::equals_ci`]. By default nothing: the
+    /// column's own collation does it (MariaDB).
+    fn fold_case(&self, expr: &str) -> String {
+        expr.to_string()
     }
 
     /// A timestamp as the database reads it from text.

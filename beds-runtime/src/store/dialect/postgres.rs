@@ -72,6 +72,11 @@ impl Dialect for Postgres {
         format!("lower({col}) = lower({})", self.arg(ty))
     }
 
+    /// As the unique index on `lower(col)` compares, so that index can serve it.
+    fn fold_case(&self, expr: &str) -> String {
+        format!("lower({expr})")
+    }
+
     fn elements(&self, ty: Ty) -> String {
         let cast = match ty {
             Ty::Text => "text",

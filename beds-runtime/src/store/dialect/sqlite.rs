@@ -74,6 +74,10 @@ impl Dialect for Sqlite {
         format!("{col} = {} COLLATE NOCASE", self.arg(ty))
     }
 
+    fn fold_case(&self, expr: &str) -> String {
+        format!("{expr} COLLATE NOCASE")
+    }
+
     fn elements(&self, _ty: Ty) -> String {
         "SELECT value AS v FROM json_each(?)".to_string()
     }
