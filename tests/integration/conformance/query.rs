@@ -11,8 +11,8 @@ use super::model::{Model, tokens};
 use super::{Made, detail, send};
 
 /// Runs `q` with parameters taken from the records made: of every candidate assignment
-/// (each record as the sample, optional parameters given or left out, prefixes of one
-/// character or whole values) it keeps the one matching the most records, preferring one
+/// (each record as the sample, optional parameters given or left out, prefixes of none,
+/// one or all of the sample's characters) it keeps the one matching the most records, preferring one
 /// that filters, among those on which a case-folding and a case-exact database agree.
 /// A count must equal the matches; a page query is followed page by page with a small
 /// limit: no duplicates, no gaps, the declared order across page boundaries, every item
@@ -29,10 +29,11 @@ pub async fn run_query(client: &Client, q: &QueryMeta, made: &Made, fold: bool, 
     };
     let model = Model { fold, ..exact };
     let param = |name: &str| q.params.iter().find(|p| p.name == name).unwrap();
-    let arg = |c: &ConditionMeta, v: &Json, p: &str, whole: bool| match (c.op, param(p).kind) {
+    // A prefix is cut to `cut` characters (`None`: the whole value).
+    let arg = |c: &ConditionMeta, v: &Json, cut: Option<usize>| match (c.op, cut) {
         (CondOp::In, _) => json!([v]),
-        (CondOp::Prefix, _) if !whole => {
-            json!(v.as_str().unwrap_or("").chars().take(1).collect::<String>())
+        (CondOp::Prefix, Some(n)) => {
+            json!(v.as_str().unwrap_or("").chars().take(n).collect::<String>())
         }
         _ => v.clone(),
     };
@@ -45,7 +46,13 @@ pub async fn run_query(client: &Client, q: &QueryMeta, made: &Made, fold: bool, 
     let inner = inner_from.map_or(&[][..], |t| exact.records(t));
     for sample in exact.records(q.from.name) {
         for inner_sample in inner.iter().map(Some).chain([None]) {
-            for (whole, drop_optional) in [(false, false), (true, false), (false, true)] {
+            let variants = [
+                (Some(1), false),
+                (None, false),
+                (Some(0), false),
+                (Some(1), true),
+            ];
+            for (cut, drop_optional) in variants {
                 let mut params = Map::new();
                 for c in q.conditions() {
                     match &c.operand {
@@ -71,7 +78,7 @@ pub async fn run_query(client: &Client, q: &QueryMeta, made: &Made, fold: bool, 
                             };
                             params
                                 .entry(name.to_string())
-                                .or_insert_with(|| arg(c, &v, name, whole));
+                                .or_insert_with(|| arg(c, &v, cut));
                         }
                         Operand::Select(s) => {
                             let Some(r) = inner_sample else { continue };
@@ -79,7 +86,7 @@ pub async fn run_query(client: &Client, q: &QueryMeta, made: &Made, fold: bool, 
                                 if let Operand::Param(name) = c.operand {
                                     params
                                         .entry(name.to_string())
-                                        .or_insert_with(|| arg(c, &r[c.path[0]], name, whole));
+                                        .or_insert_with(|| arg(c, &r[c.path[0]], cut));
                                 }
                             }
                         }
@@ -171,6 +178,12 @@ pub async fn run_query(client: &Client, q: &QueryMeta, made: &Made, fold: bool, 
                 other => panic!("{context}: `next` is an array or null, not {other}"),
             }
         }
+        println!(
+            "query {}.{}: {} of {universe} records match, paged {limit} at a time",
+            q.domain,
+            q.name,
+            expected.len()
+        );
         let ids: Vec<&Json> = got.iter().map(|i| &i["id"]).collect();
         let want: Vec<&Json> = expected.iter().map(|r| &r["id"]).collect();
         assert_eq!(

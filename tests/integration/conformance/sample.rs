@@ -31,7 +31,7 @@ pub fn seed() -> u64 {
 pub struct Gen {
     rng: StdRng,
     /// Generators and matchers per pattern (field patterns and token patterns).
-    patterns: HashMap<&'static str, (rand_regex::Regex, regex::Regex)>,
+    patterns: HashMap<(&'static str, u32), (rand_regex::Regex, regex::Regex)>,
     /// A few token-bearing snippets per token set, shared between records so that a
     /// token query matches several of them.
     snippets: HashMap<(&'static str, &'static str), Vec<String>>,
@@ -175,9 +175,13 @@ impl Gen {
             let n = s.chars().count();
             n >= min && n <= max && re.is_none_or(|re| re.is_match(s))
         };
-        for _ in 0..ATTEMPTS {
+        let re = pattern.map(|p| regex::Regex::new(p).unwrap());
+        for attempt in 0..ATTEMPTS {
             let base = match pattern {
-                Some(p) => self.matching(p),
+                // Short repeats, then repeats up to the length limit (an exact length of
+                // ten from `[0-9]+` needs them), in turn.
+                Some(p) if attempt % 2 == 0 => self.matching(p, 6),
+                Some(p) => self.matching(p, max as u32),
                 None => {
                     let len = self.rng.random_range(min.max(1)..=max.min(min.max(1) + 11));
                     (0..len)
@@ -185,7 +189,6 @@ impl Gen {
                         .collect()
                 }
             };
-            let re = pattern.map(|p| self.patterns[p].1.clone());
             if !fits(&base, re.as_ref()) {
                 continue;
             }
@@ -210,7 +213,7 @@ impl Gen {
     fn snippet(&mut self, t: &TemplateMeta, set: &TokenSetMeta) -> String {
         let key = (t.name, set.name);
         if !self.snippets.contains_key(&key) {
-            let pool = (0..2).map(|_| self.matching(set.pattern)).collect();
+            let pool = (0..2).map(|_| self.matching(set.pattern, 6)).collect();
             self.snippets.insert(key, pool);
         }
         let n = self.snippets[&key].len();
@@ -222,19 +225,17 @@ impl Gen {
     /// unanchored, case-sensitive unless the pattern says otherwise), drawn from the
     /// pattern itself with its character classes narrowed to printable ASCII where they
     /// allow it (every database then compares and folds it alike).
-    fn matching(&mut self, pattern: &'static str) -> String {
-        if !self.patterns.contains_key(pattern) {
+    fn matching(&mut self, pattern: &'static str, repeat: u32) -> String {
+        let (generator, matcher) = self.patterns.entry((pattern, repeat)).or_insert_with(|| {
             let hir = regex_syntax::Parser::new()
                 .parse(pattern)
                 .unwrap_or_else(|e| panic!("pattern {pattern}: {e}"));
-            let generator = rand_regex::Regex::with_hir(printable(&hir), 6)
+            let generator = rand_regex::Regex::with_hir(printable(&hir), repeat)
                 .unwrap_or_else(|e| panic!("pattern {pattern}: {e}"));
-            let matcher = regex::Regex::new(pattern).unwrap();
-            self.patterns.insert(pattern, (generator, matcher));
-        }
-        let (generator, matcher) = &self.patterns[pattern];
+            (generator, regex::Regex::new(pattern).unwrap())
+        });
         for _ in 0..ATTEMPTS {
-            let s: String = self.rng.sample(generator);
+            let s: String = self.rng.sample(&*generator);
             // Word boundaries were dropped to generate; the real pattern decides.
             if matcher.is_match(&s) {
                 return s;
