@@ -16,7 +16,8 @@ use super::sample::folded;
 
 /// How values of one field compare in every supported database (samples are ASCII, so
 /// binary text order is the order of SQLite, PostgreSQL's C collation and MariaDB's
-/// `utf8mb4_bin`; MariaDB compares case-insensitive columns case-insensitively).
+/// `utf8mb4_bin`; MariaDB compares case-insensitive columns case-insensitively, as their
+/// capitals).
 #[derive(Debug, Clone, Copy)]
 pub enum Cmp {
     Int,
@@ -66,7 +67,8 @@ impl Cmp {
                 t(a)?.cmp(&t(b)?)
             }
             Cmp::Text { fold: false } => a.as_str()?.cmp(b.as_str()?),
-            Cmp::Text { fold: true } => a.as_str()?.to_lowercase().cmp(&b.as_str()?.to_lowercase()),
+            // `utf8mb4_general_ci` weighs letters as their capitals: `_` sorts after `Z`.
+            Cmp::Text { fold: true } => a.as_str()?.to_uppercase().cmp(&b.as_str()?.to_uppercase()),
         })
     }
 
