@@ -174,7 +174,7 @@ fn fingerprints_follow_the_contract_only() {
 
 /// The generated code that `tests/ui/generated_type_error.rs` compiles with a deliberate
 /// type error, to show where rustc points in a generated file. It must be what the emitter
-/// writes today: `BEDS_BLESS=1 cargo test --test codegen_golden` rewrites it.
+/// writes today: `BEDS_TEST_BLESS=1 cargo test --test codegen_golden` rewrites it.
 #[test]
 fn ui_fixture_is_current() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/generated");
@@ -182,12 +182,12 @@ fn ui_fixture_is_current() {
     let domain = beds_codegen::compile_source("tests/ui/generated/tiny.yaml", &decl).unwrap();
     let text = beds_codegen::generate(&[domain]);
     let path = dir.join("tiny.rs");
-    if std::env::var_os("BEDS_BLESS").is_some() {
+    if std::env::var_os("BEDS_TEST_BLESS").is_some() {
         std::fs::write(&path, &text).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == text,
-        "tests/ui/generated/tiny.rs is stale; rerun with BEDS_BLESS=1"
+        "tests/ui/generated/tiny.rs is stale; rerun with BEDS_TEST_BLESS=1"
     );
 }

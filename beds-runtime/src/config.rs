@@ -15,6 +15,9 @@ pub const EXCHANGE: &str = "beds.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "beds.dlx";
 /// Environment variables that are not config keys.
 const NOT_KEYS: &[&str] = &["BEDS_CONFIG"];
+/// Variables of the test harness (`BEDS_TEST_DATABASE`, `BEDS_TEST_SEED`, ...): a node started
+/// by a test inherits them and must not read them as configuration keys.
+const TEST_PREFIX: &str = "BEDS_TEST_";
 
 /// Which brokers a node runs; one binary serves every role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -416,7 +419,11 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("BEDS_") && !NOT_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                k.starts_with("BEDS_")
+                    && !k.starts_with(TEST_PREFIX)
+                    && !NOT_KEYS.contains(&k.as_str())
+            })
             .collect();
         let mut sources = vec![path.display().to_string()];
         let mut tree = read_yaml(path)?;

@@ -231,7 +231,7 @@ fn consumers(states: &Option<Vec<(u32, u32)>>) -> Option<Vec<u32>> {
 }
 
 /// The broker (a node of the test's own) is stopped for 3 s and started again
-/// `BEDS_FAULT_RESTARTS` times (default 3; 20 or more for the full proof) under a load of
+/// `BEDS_TEST_FAULT_RESTARTS` times (default 3; 20 or more for the full proof) under a load of
 /// 64 writes in flight from an at-least-once client. After each start, within
 /// [`RESUME_BOUND`], the broker must list as many consumers on the read and the write queue
 /// as the node runs workers, and writes must complete again. A restart that misses the
@@ -240,10 +240,10 @@ fn consumers(states: &Option<Vec<(u32, u32)>>) -> Option<Vec<u32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_workers_resume_after_repeated_broker_restarts() {
     let _serial = SERIAL.lock().await;
-    let restarts: usize = match std::env::var("BEDS_FAULT_RESTARTS") {
+    let restarts: usize = match std::env::var("BEDS_TEST_FAULT_RESTARTS") {
         Ok(n) => n
             .parse()
-            .unwrap_or_else(|_| panic!("BEDS_FAULT_RESTARTS is a count, not `{n}`")),
+            .unwrap_or_else(|_| panic!("BEDS_TEST_FAULT_RESTARTS is a count, not `{n}`")),
         Err(_) => 3,
     };
     let broker = Node::start().await;

@@ -4,7 +4,6 @@
 mod call;
 mod concurrency;
 mod conformance;
-mod conformance_groups;
 mod errors;
 mod field_kinds;
 mod json_schema;

@@ -396,7 +396,6 @@ async fn grouped_counts_page_by_their_keys() {
     // `BEDS_*` variables overlay the node's configuration; the test's own is not one.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
         .args(["schema", "--json"])
-        .env_remove("BEDS_TEST_DATABASE")
         .output()
         .unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

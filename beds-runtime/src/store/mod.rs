@@ -437,14 +437,17 @@ impl Store {
         key: &RecordKey,
         expect_version: Option<i64>,
     ) -> Result<Json, BedsError> {
-        let row = self
+        // All rows, not the first: MariaDB sends a refusing foreign key's error after the
+        // RETURNING row, and it must surface here, as this delete's, not at the next
+        // statement of the transaction.
+        let rows = self
             .bind_key(sqlx::query(self.sql(t).delete[key.slot].clone()), key)
             .bind(expect_version)
             .bind(expect_version)
-            .fetch_optional(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| self.db_error(t, e, Write::Delete))?;
-        let Some(row) = row else {
+        let Some(row) = rows.into_iter().next() else {
             return Err(self.missed(conn, t, key).await);
         };
         let id = id_json(t, &row, 0).map_err(|e| internal(t, &e))?;
@@ -611,7 +614,11 @@ fn bind<'q>(d: &dyn Dialect, q: Query<'q>, v: Value, ty: Ty) -> Query<'q> {
     match v {
         Value::Null => match ty {
             Ty::Int => q.bind(None::<i64>),
-            Ty::Float => q.bind(None::<f64>),
+            // sqlx-core 0.9.0's Any driver swaps the two float NULLs (`Option<f64>::None`
+            // reaches the database as a float4 NULL): a NULL bound first typed a prepared
+            // statement's parameter float4, and the next 8-byte value sent for it was
+            // refused on PostgreSQL ("incorrect binary data format").
+            Ty::Float => q.bind(None::<f32>),
             Ty::Bool => q.bind(None::<bool>),
             _ => q.bind(None::<String>),
         },

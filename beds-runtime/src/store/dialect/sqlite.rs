@@ -131,11 +131,20 @@ impl Dialect for Sqlite {
             // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
             if matches!(e.code().as_deref(), Some("5" | "6" | "517" | "262")) {
                 Failure::Transient
+            } else if is_restrict(e.code().as_deref(), e.message()) {
+                Failure::ForeignKey
             } else {
                 Failure::Other
             }
         })
     }
+}
+
+/// An `ON DELETE RESTRICT` action refusing a delete: SQLite raises it as
+/// SQLITE_CONSTRAINT_TRIGGER (1811), not SQLITE_CONSTRAINT_FOREIGNKEY (787), with the
+/// foreign key's message; the schema declares no triggers of its own.
+fn is_restrict(code: Option<&str>, message: &str) -> bool {
+    code == Some("1811") && message == "FOREIGN KEY constraint failed"
 }
 
 /// `UNIQUE constraint failed: spw_users.handle_usr, …` names columns; an index on
@@ -158,6 +167,13 @@ fn unique_index(message: &str) -> UniqueIndex<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restrict_action_is_a_foreign_key_failure() {
+        assert!(is_restrict(Some("1811"), "FOREIGN KEY constraint failed"));
+        assert!(!is_restrict(Some("1811"), "raised by a trigger"));
+        assert!(!is_restrict(Some("19"), "FOREIGN KEY constraint failed"));
+    }
 
     #[test]
     fn unique_violations_name_columns_or_an_index() {
