@@ -343,6 +343,13 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                 .collect();
             let shape = if q.count {
                 "count".to_string()
+            } else if q.grouped() {
+                format!(
+                    "count by {}, page {}..{}",
+                    q.group.join(", "),
+                    q.page.default,
+                    q.page.max
+                )
             } else {
                 let keys: Vec<String> = q
                     .keys()

@@ -174,15 +174,22 @@ impl TestEnv {
         self.config.amqp.queue(key)
     }
 
-    pub async fn raw(&self) -> Raw {
+    /// A plain AMQP connection with a reply queue of its own (named `test.<label>.<id>`),
+    /// for tests that speak the wire without the client.
+    pub async fn amqp_peer(&self, label: &str) -> (Connection, Channel, String, lapin::Consumer) {
         let conn = Connection::connect(&self.config.amqp.url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ at {}: {e}", self.config.amqp.url));
         let channel = conn.create_channel().await.expect("channel");
-        let name = format!("test.reply.{}", uuid::Uuid::now_v7().simple());
+        let name = format!("test.{label}.{}", uuid::Uuid::now_v7().simple());
         let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel, &name)
             .await
             .expect("reply queue");
+        (conn, channel, reply_queue, replies)
+    }
+
+    pub async fn raw(&self) -> Raw {
+        let (conn, channel, reply_queue, replies) = self.amqp_peer("reply").await;
         Raw {
             _conn: conn,
             channel,

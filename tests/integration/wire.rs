@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -45,14 +45,7 @@ pub struct Peer {
 
 impl Peer {
     pub async fn connect(env: &TestEnv) -> Peer {
-        let conn = Connection::connect(&env.config.amqp.url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("the test needs RabbitMQ at {}: {e}", env.config.amqp.url));
-        let channel = conn.create_channel().await.expect("channel");
-        let name = format!("test.wire.{}", uuid::Uuid::now_v7().simple());
-        let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel, &name)
-            .await
-            .expect("reply queue");
+        let (conn, channel, reply_queue, replies) = env.amqp_peer("wire").await;
         Peer {
             _conn: conn,
             channel,
