@@ -284,11 +284,7 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
     for d in catalog.domains {
         let _ = writeln!(out, "domain {} v{}", d.name, d.version);
         for t in d.templates {
-            let ops: Vec<&str> = Op::TEMPLATE
-                .iter()
-                .filter(|op| !(t.append_only && matches!(op, Op::Update | Op::Delete)))
-                .map(|o| o.as_str())
-                .collect();
+            let ops: Vec<&str> = t.ops().map(Op::as_str).collect();
             let mut flags = Vec::new();
             let c = &t.capabilities;
             for (on, name) in [

@@ -7,6 +7,7 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
+use crate::suggest::did_you_mean;
 
 /// The envelope version this runtime speaks.
 pub const VERSION: u32 = 1;
@@ -132,6 +133,39 @@ pub struct Request {
 /// a repeated key pass; `limit`, `after` and `cursor` hold scalars (sort keys are never
 /// json), so an object in them is refused whole and needs no such check (it would cost
 /// every paged request for nothing).
+/// The fields of [`Wire`], for naming an unknown one without listing them all: a reply that
+/// enumerated them would change whenever v1 gains an optional field.
+const FIELDS: &[&str] = &[
+    "v",
+    "id",
+    "correlation_id",
+    "causation_id",
+    "depth",
+    "origin",
+    "domain",
+    "template",
+    "op",
+    "key",
+    "deadline",
+    "idempotency_key",
+    "expect_version",
+    "data",
+    "limit",
+    "after",
+    "query",
+    "params",
+    "cursor",
+];
+
+/// The first top-level field of `body` that v1 does not have.
+fn unknown_field(body: &[u8]) -> Option<String> {
+    let fields = serde_json::from_slice::<Map<String, Json>>(body).ok()?;
+    fields
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| !FIELDS.contains(&k.as_str()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
@@ -457,7 +491,14 @@ impl Request {
                     None => Err(unsupported(None)),
                     _ => Err(BedsError::new(
                         ErrorCode::InvalidEnvelope,
-                        format!("the envelope does not match v{VERSION}: {e}"),
+                        match unknown_field(body) {
+                            Some(field) => format!(
+                                "the envelope does not match v{VERSION}: unknown field `{field}`{}; \
+                                 the fields each operation takes are listed in the envelope contract",
+                                did_you_mean(&field, FIELDS)
+                            ),
+                            None => format!("the envelope does not match v{VERSION}: {e}"),
+                        },
                     )),
                 }
             }
@@ -554,6 +595,39 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_field_list_is_the_envelopes() {
+        // serde's own message for an unknown field lists every field of `Wire`.
+        let e = serde_json::from_str::<Wire>(r#"{"no_such_field": 1}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        let listed: Vec<&str> = e
+            .split("expected one of ")
+            .nth(1)
+            .unwrap()
+            .split(" at line")
+            .next()
+            .unwrap()
+            .split(", ")
+            .map(|f| f.trim_matches('`'))
+            .collect();
+        assert_eq!(listed, FIELDS);
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_likely_meaning() {
+        let body = br#"{"v":1,"id":"0193a000-0000-7000-8000-000000000430","domain":"d","op":"list","limt":5}"#;
+        let e = Request::decode(body).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidEnvelope);
+        assert!(
+            e.message
+                .contains("unknown field `limt` (did you mean `limit`?)"),
+            "{}",
+            e.message
+        );
+    }
 
     fn code(body: &str) -> ErrorCode {
         Request::decode(body.as_bytes()).unwrap_err().code

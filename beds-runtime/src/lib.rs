@@ -16,6 +16,7 @@ mod node;
 pub mod ops;
 pub mod record;
 mod store;
+mod suggest;
 #[doc(hidden)]
 pub mod support;
 pub mod telemetry;

@@ -141,6 +141,13 @@ pub struct RetentionMeta {
 }
 
 impl TemplateMeta {
+    /// The operations a client may send to this template (what `beds check` lists).
+    pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        Op::TEMPLATE
+            .into_iter()
+            .filter(|op| !(self.append_only && matches!(op, Op::Update | Op::Delete)))
+    }
+
     pub fn field(&self, name: &str) -> Option<&'static FieldMeta> {
         self.fields.iter().find(|f| f.name == name)
     }

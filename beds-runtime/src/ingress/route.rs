@@ -6,6 +6,7 @@ use crate::catalog::{Catalog, RouteError, Routes};
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
+use crate::suggest::did_you_mean;
 
 /// What a request runs.
 #[derive(Debug, Clone, Copy)]
@@ -46,13 +47,19 @@ pub(crate) fn resolve(catalog: &Catalog, req: &Request) -> Result<Target, BedsEr
     let routes = catalog
         .route(&req.domain, &req.template)
         .map_err(|e| unknown(catalog, req, e))?;
+    // Names what this template takes, not every operation the envelope knows: the reply
+    // then changes only when the template's declaration does.
     let op = op.ok_or_else(|| {
+        let ops: Vec<&str> = routes.meta.ops().map(Op::as_str).collect();
         BedsError::new(
             ErrorCode::UnknownOperation,
             format!(
-                "unknown operation `{}`; operations: {}",
+                "unknown operation `{}`{}; `{}.{}` takes: {}",
                 req.op,
-                Op::ALL.map(Op::as_str).join(", ")
+                did_you_mean(&req.op, &ops),
+                req.domain,
+                req.template,
+                ops.join(", ")
             ),
         )
     })?;

@@ -12,6 +12,7 @@ use crate::config::{Config, Millis};
 use crate::envelope::{Op, Request};
 use crate::error::BedsError;
 use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
+use crate::suggest::closest;
 
 /// Exit code when the node answered with an error reply.
 const EXIT_REMOTE: u8 = 3;
@@ -264,13 +265,8 @@ impl Target {
     }
 }
 
-/// The operations a client may send to `t`: what `beds check` lists.
 fn ops(t: &TemplateMeta) -> Vec<&'static str> {
-    Op::TEMPLATE
-        .iter()
-        .filter(|op| !(t.append_only && matches!(op, Op::Update | Op::Delete)))
-        .map(|op| op.as_str())
-        .collect()
+    t.ops().map(Op::as_str).collect()
 }
 
 fn resolve(catalog: &Catalog, text: &str) -> Result<Target, CallError> {
@@ -605,51 +601,9 @@ fn wire(value: &impl serde::Serialize) -> String {
     }
 }
 
-/// The known name closest to `word`, if it is close enough to be a likely typo (the
-/// declaration compiler's rule, with a swap of two neighbours counted as one edit).
-fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(&word.to_lowercase(), k), *k))
-        .filter(|(d, k)| *d <= (k.len().max(word.len()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// Optimal string alignment distance: insertions, deletions, substitutions and swaps.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    d[0] = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j - 1] + cost)
-                .min(d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn typos_are_matched_and_strangers_are_not() {
-        let known = ["create", "fetch", "update", "delete", "list"];
-        assert_eq!(closest("fecth", &known), Some("fetch"));
-        assert_eq!(closest("Create", &known), Some("create"));
-        assert_eq!(closest("lsit", &known), Some("list"));
-        assert_eq!(closest("get", &known), None);
-    }
 
     #[test]
     fn invalid_json_points_at_the_column() {
