@@ -134,6 +134,8 @@ pub struct Routes {
     pub update: Handler,
     pub delete: Handler,
     pub list: Handler,
+    pub lock: Handler,
+    pub unlock: Handler,
 }
 
 impl Routes {
@@ -148,6 +150,8 @@ impl Routes {
             update: execute,
             delete: execute,
             list: execute,
+            lock: execute,
+            unlock: execute,
         }
     }
 }

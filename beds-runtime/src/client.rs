@@ -442,6 +442,58 @@ impl<T: Record> TemplateClient<'_, T> {
         self.client.request(req).await.map(drop)
     }
 
+    /// Takes a lease on the record for `ttl` (a template declaring `locking`; others answer
+    /// `operation_not_allowed`); another holder's unexpired lease is `locked`.
+    pub async fn lock(&self, id: T::Id, ttl: Duration) -> Result<Lease<T::Id>, ClientError> {
+        let mut req = self.request(Op::Lock);
+        req.key = Some(key(id));
+        req.data = Some(ttl_data(ttl));
+        self.send(req).await
+    }
+
+    /// Extends a lease this client holds by `ttl` from now.
+    pub async fn relock(
+        &self,
+        lease: &Lease<T::Id>,
+        ttl: Duration,
+    ) -> Result<Lease<T::Id>, ClientError> {
+        let mut req = self.request(Op::Lock);
+        req.key = Some(key(lease.id));
+        req.data = Some(ttl_data(ttl));
+        req.lock_token = Some(lease.token.clone());
+        self.send(req).await
+    }
+
+    /// Gives a lease back.
+    pub async fn unlock(&self, id: T::Id, token: &str) -> Result<(), ClientError> {
+        let mut req = self.request(Op::Unlock);
+        req.key = Some(key(id));
+        req.lock_token = Some(token.to_string());
+        self.client.request(req).await.map(drop)
+    }
+
+    /// `update` of a record this client holds the lease of.
+    pub async fn update_locked(
+        &self,
+        id: T::Id,
+        patch: &T::Patch,
+        token: &str,
+    ) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Update);
+        req.key = Some(key(id));
+        req.data = Some(object(patch)?);
+        req.lock_token = Some(token.to_string());
+        self.send(req).await
+    }
+
+    /// `delete` of a record this client holds the lease of.
+    pub async fn delete_locked(&self, id: T::Id, token: &str) -> Result<(), ClientError> {
+        let mut req = self.request(Op::Delete);
+        req.key = Some(key(id));
+        req.lock_token = Some(token.to_string());
+        self.client.request(req).await.map(drop)
+    }
+
     /// A page of records in key order; `limit` defaults to the template's page size.
     pub async fn list(
         &self,
@@ -453,6 +505,23 @@ impl<T: Record> TemplateClient<'_, T> {
         req.after = after.map(serde_json::to_value).transpose()?;
         self.send(req).await
     }
+}
+
+/// A lease on one record, as `lock` answers it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Lease<Id> {
+    pub id: Id,
+    /// What update, delete, lock and unlock send as `lock_token`.
+    pub token: String,
+    pub expires_at: crate::value::Timestamp,
+}
+
+/// A lease length as `lock` takes it, in milliseconds (at least 1).
+fn ttl_data(ttl: Duration) -> Map<String, Json> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut data = Map::new();
+    data.insert("ttl".into(), Json::from(ms));
+    data
 }
 
 /// Where the next page of a query starts: the previous page's `next`, passed back unchanged.

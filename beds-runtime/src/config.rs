@@ -76,6 +76,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub client: ClientConfig,
     pub log: LogConfig,
+    pub locking: LockingConfig,
 }
 
 impl Default for Config {
@@ -93,6 +94,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
+            locking: LockingConfig::default(),
         }
     }
 }
@@ -262,6 +264,26 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+/// Leases of templates declaring `locking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockingConfig {
+    /// The lease a `lock` without `data.ttl` gets.
+    pub default_ttl: Millis,
+    /// The longest lease a `lock` may ask for; a longer one is refused, not shortened, so
+    /// a holder never believes it holds a lease it does not.
+    pub max_ttl: Millis,
+}
+
+impl Default for LockingConfig {
+    fn default() -> Self {
+        LockingConfig {
+            default_ttl: Millis(30_000),
+            max_ttl: Millis(3_600_000),
         }
     }
 }
@@ -506,6 +528,12 @@ impl Config {
         }
         if self.retry.max_attempts == 0 {
             return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());
+        }
+        let lease = self.locking;
+        if lease.default_ttl.0 == 0 || lease.default_ttl.0 > lease.max_ttl.0 {
+            return Err(
+                "locking.default_ttl must be at least 1ms and at most locking.max_ttl".into(),
+            );
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());

@@ -32,19 +32,27 @@ pub enum Op {
     List,
     /// Runs the named query `query` of the domain.
     Query,
+    /// Takes or extends a lease on a record of a template declaring `locking`.
+    Lock,
+    /// Gives a lease back.
+    Unlock,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 8] = [
         Op::Create,
         Op::Fetch,
         Op::Update,
         Op::Delete,
         Op::List,
         Op::Query,
+        Op::Lock,
+        Op::Unlock,
     ];
     /// The operations of a template (`query` belongs to the domain).
     pub const TEMPLATE: [Op; 5] = [Op::Create, Op::Fetch, Op::Update, Op::Delete, Op::List];
+    /// The operations a template declaring `locking` adds.
+    pub const LOCKING: [Op; 2] = [Op::Lock, Op::Unlock];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +62,8 @@ impl Op {
             Op::Delete => "delete",
             Op::List => "list",
             Op::Query => "query",
+            Op::Lock => "lock",
+            Op::Unlock => "unlock",
         }
     }
 
@@ -63,7 +73,10 @@ impl Op {
 
     /// Writes go to `rec.write` and the wBroker pool; reads to `rec.read`.
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Create | Op::Update | Op::Delete)
+        matches!(
+            self,
+            Op::Create | Op::Update | Op::Delete | Op::Lock | Op::Unlock
+        )
     }
 }
 
@@ -103,6 +116,9 @@ pub struct Request {
     /// For update and delete: apply only if the record is at this version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<i64>,
+    /// The lease held on the record, for update, delete, lock (to extend it) and unlock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_token: Option<String>,
     /// Field values for create and update.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
@@ -149,6 +165,7 @@ const FIELDS: &[&str] = &[
     "deadline",
     "idempotency_key",
     "expect_version",
+    "lock_token",
     "data",
     "limit",
     "after",
@@ -191,6 +208,8 @@ struct Wire {
     idempotency_key: Option<String>,
     #[serde(default)]
     expect_version: Option<i64>,
+    #[serde(default)]
+    lock_token: Option<String>,
     #[serde(default)]
     data: Option<Strict>,
     #[serde(default)]
@@ -252,6 +271,7 @@ impl Wire {
             deadline: self.deadline,
             idempotency_key: self.idempotency_key,
             expect_version: self.expect_version,
+            lock_token: self.lock_token,
             data,
             limit,
             after: self.after,
@@ -460,6 +480,7 @@ impl Request {
             deadline: None,
             idempotency_key: None,
             expect_version: None,
+            lock_token: None,
             data: None,
             limit: None,
             after: None,

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     VersionConflict,
     /// An idempotency key was reused for a different operation.
     IdempotencyKeyReused,
+    /// The record is leased to another holder; `locked_until` says until when.
+    Locked,
     DatabaseUnavailable,
     /// The request's deadline passed before it ran; it was not executed.
     DeadlineExceeded,
@@ -66,7 +68,7 @@ impl ErrorCode {
             InvalidInput => ErrorClass::Validation,
             NotFound => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
-            | IdempotencyKeyReused => ErrorClass::Conflict,
+            | IdempotencyKeyReused | Locked => ErrorClass::Conflict,
             DatabaseUnavailable | DeadlineExceeded => ErrorClass::Transient,
             NoReplyTo | Undecodable => ErrorClass::Contract,
             HandlerPanicked | Internal | Unknown => ErrorClass::Internal,
@@ -115,6 +117,9 @@ pub struct BedsError {
     /// For `version_conflict`: the record's version now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// For `locked`: when the lease held by another holder expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
 }
 
 impl BedsError {
@@ -125,6 +130,7 @@ impl BedsError {
             message: message.into(),
             details: Vec::new(),
             current_version: None,
+            locked_until: None,
         }
     }
 

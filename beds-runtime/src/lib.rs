@@ -25,7 +25,7 @@ mod value;
 
 pub use catalog::{Catalog, CatalogError, RouteError, Routes, schema};
 pub use client::{
-    Client, ClientError, ClientOptions, Cursor, Page, QueryClient, QueryPage, TemplateClient,
+    Client, ClientError, ClientOptions, Cursor, Lease, Page, QueryClient, QueryPage, TemplateClient,
 };
 pub use config::{Config, Role};
 pub use envelope::{Op, Reply, Request};

@@ -143,9 +143,15 @@ pub struct RetentionMeta {
 impl TemplateMeta {
     /// The operations a client may send to this template (what `beds check` lists).
     pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        let locking = if self.capabilities.locking {
+            &Op::LOCKING[..]
+        } else {
+            &[]
+        };
         Op::TEMPLATE
             .into_iter()
             .filter(|op| !(self.append_only && matches!(op, Op::Update | Op::Delete)))
+            .chain(locking.iter().copied())
     }
 
     pub fn field(&self, name: &str) -> Option<&'static FieldMeta> {

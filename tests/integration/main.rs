@@ -7,6 +7,7 @@ mod conformance;
 mod errors;
 mod field_kinds;
 mod json_schema;
+mod locking;
 mod poison;
 mod queries;
 mod reliability;

@@ -29,7 +29,7 @@ use lapin::message::Delivery;
 use serde_json::Value as Json;
 
 use crate::catalog::Catalog;
-use crate::config::RetryConfig;
+use crate::config::{LockingConfig, RetryConfig};
 use crate::envelope::{Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::value::Patterns;
@@ -46,6 +46,7 @@ pub(crate) struct Ingress {
     pub patterns: Arc<Patterns>,
     pub ctx: Ctx,
     pub retry: RetryConfig,
+    pub leases: LockingConfig,
 }
 
 /// Handles one delivery to the end: the chain, then settle.
@@ -108,7 +109,7 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
     deadline::check(req)?;
     let target = route::resolve(ingress.catalog, req)?;
     lane::check(lane, target.op())?;
-    let command = validate::command(&target, req, &ingress.patterns)?;
+    let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
     let idempotency = idempotency::key(&command, req);
     match target {
         Target::Query(q) => dispatch::query(&ingress.ctx, q, command).await,

@@ -77,6 +77,8 @@ fn handler(routes: &Routes, op: Op) -> Handler {
         Op::Update => routes.update,
         Op::Delete => routes.delete,
         Op::List => routes.list,
+        Op::Lock => routes.lock,
+        Op::Unlock => routes.unlock,
         Op::Query => unreachable!("queries are routed by name, not by template"),
     }
 }

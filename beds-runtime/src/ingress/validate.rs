@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::command::Command;
 use super::route::Target;
+use crate::config::LockingConfig;
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{IdKind, PageMeta, QueryMeta, TemplateMeta};
@@ -17,10 +18,11 @@ pub(crate) fn command(
     target: &Target,
     req: &Request,
     patterns: &Patterns,
+    leases: &LockingConfig,
 ) -> Result<Command, BedsError> {
     unused_fields(target, req)?;
     match *target {
-        Target::Template { meta, op, .. } => template(meta, op, req, patterns),
+        Target::Template { meta, op, .. } => template(meta, op, req, patterns, leases),
         Target::Query(q) => query(q, req, patterns),
     }
 }
@@ -37,10 +39,19 @@ fn takes(target: &Target) -> &'static [&'static str] {
                 "key",
                 "data",
                 "expect_version",
+                "lock_token",
                 "idempotency_key",
             ],
-            Op::Delete => &["template", "key", "expect_version", "idempotency_key"],
+            Op::Delete => &[
+                "template",
+                "key",
+                "expect_version",
+                "lock_token",
+                "idempotency_key",
+            ],
             Op::List => &["template", "limit", "after"],
+            Op::Lock => &["template", "key", "data", "lock_token", "idempotency_key"],
+            Op::Unlock => &["template", "key", "lock_token", "idempotency_key"],
             Op::Query => unreachable!("the route step sends queries to `Target::Query`"),
         },
         Target::Query(q) if q.count => &["query", "params"],
@@ -56,6 +67,7 @@ fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
         ("key", req.key.is_some()),
         ("data", req.data.is_some()),
         ("expect_version", req.expect_version.is_some()),
+        ("lock_token", req.lock_token.is_some()),
         ("idempotency_key", req.idempotency_key.is_some()),
         ("limit", req.limit.is_some()),
         ("after", req.after.is_some()),
@@ -91,7 +103,18 @@ fn template(
     op: Op,
     req: &Request,
     patterns: &Patterns,
+    leases: &LockingConfig,
 ) -> Result<Command, BedsError> {
+    if !t.capabilities.locking && matches!(op, Op::Lock | Op::Unlock) {
+        return Err(BedsError::new(
+            ErrorCode::OperationNotAllowed,
+            format!(
+                "`{}` does not declare `locking`: `{}` needs `capabilities: {{ locking: true }}`",
+                req.template,
+                op.as_str()
+            ),
+        ));
+    }
     if t.append_only && matches!(op, Op::Update | Op::Delete) {
         return Err(BedsError::new(
             ErrorCode::OperationNotAllowed,
@@ -121,12 +144,28 @@ fn template(
                 key,
                 changes,
                 expect_version: req.expect_version,
+                lock_token: req.lock_token.clone(),
                 tokens,
             })
         }
         Op::Delete => Command::Write(WriteOp::Delete {
             key: value::record_key(t, req.key.as_ref(), patterns)?,
             expect_version: req.expect_version,
+            lock_token: req.lock_token.clone(),
+        }),
+        Op::Lock => Command::Write(WriteOp::Lock {
+            key: value::record_key(t, req.key.as_ref(), patterns)?,
+            ttl_ms: lease_ttl(req.data.as_ref(), leases)?,
+            token: req.lock_token.clone(),
+        }),
+        Op::Unlock => Command::Write(WriteOp::Unlock {
+            key: value::record_key(t, req.key.as_ref(), patterns)?,
+            token: req.lock_token.clone().ok_or_else(|| {
+                BedsError::new(
+                    ErrorCode::InvalidEnvelope,
+                    "`unlock` needs `lock_token`: the token `lock` answered",
+                )
+            })?,
         }),
         Op::List => {
             let limit = page_limit(req, t.page, t.name)?;
@@ -160,6 +199,45 @@ fn query(q: &'static QueryMeta, req: &Request, patterns: &Patterns) -> Result<Co
         cursor,
         limit,
     })
+}
+
+/// The lease a `lock` asks for: `data.ttl` (`"30s"`, or milliseconds as a number), else the
+/// configured default; above the configured maximum it is refused rather than shortened.
+fn lease_ttl(data: Option<&Map<String, Json>>, leases: &LockingConfig) -> Result<u64, BedsError> {
+    let Some(data) = data else {
+        return Ok(leases.default_ttl.0);
+    };
+    if let Some(other) = data.keys().find(|k| *k != "ttl") {
+        return Err(BedsError::detail(
+            format!("data.{other}"),
+            DetailCode::Unknown,
+            "`lock` takes only `data.ttl`",
+        ));
+    }
+    let ttl = match data.get("ttl") {
+        None | Some(Json::Null) => return Ok(leases.default_ttl.0),
+        Some(Json::Number(n)) => n.as_u64(),
+        Some(Json::String(s)) => s.parse::<crate::config::Millis>().ok().map(|m| m.0),
+        Some(_) => None,
+    };
+    match ttl {
+        None => Err(BedsError::detail(
+            "data.ttl",
+            DetailCode::InvalidFormat,
+            "ttl must be a duration such as `30s`, `500ms` or `2m`, or milliseconds",
+        )),
+        Some(0) => Err(BedsError::detail(
+            "data.ttl",
+            DetailCode::BelowMin,
+            "ttl must be at least 1ms",
+        )),
+        Some(ms) if ms > leases.max_ttl.0 => Err(BedsError::detail(
+            "data.ttl",
+            DetailCode::AboveMax,
+            format!("ttl must be at most {}ms", leases.max_ttl.0),
+        )),
+        Some(ms) => Ok(ms),
+    }
 }
 
 fn data(req: &Request) -> Result<&Map<String, Json>, BedsError> {

@@ -142,6 +142,7 @@ impl Server {
             patterns: Arc::new(patterns),
             ctx: Ctx::new(store.clone()),
             retry: config.retry,
+            leases: config.locking,
         });
         let stop = CancellationToken::new();
         let counters = Arc::new(Counters::default());

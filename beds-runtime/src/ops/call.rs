@@ -39,11 +39,12 @@ Exit codes: 0 ok; 1 configuration invalid; 2 bad command line (unknown name, inv
 3 the node answered with an error (code, message and details on stderr);
 4 no reply (RabbitMQ unreachable, no node for this queue tag, or --timeout passed).")]
 pub struct CallArgs {
-    /// `domain.template.op` (op: create, fetch, update, delete, list) or `domain.query`.
+    /// `domain.template.op` (op: create, fetch, update, delete, list; lock and unlock on a
+    /// template declaring `locking`) or `domain.query`.
     target: String,
     /// JSON: create's data, the key of fetch/update/delete, a query's parameters.
     json: Option<String>,
-    /// update: the fields to change, as a JSON object.
+    /// update: the fields to change, as a JSON object; lock: the lease, `{"ttl": "30s"}`.
     #[arg(long, value_name = "CHANGES")]
     data: Option<String>,
     /// list and queries: page size (default and maximum from the declaration).
@@ -55,6 +56,9 @@ pub struct CallArgs {
     /// update and delete: apply only if the record is at this version.
     #[arg(long, value_name = "N")]
     expect_version: Option<i64>,
+    /// update, delete and unlock: the lease's token (`lock` answers it); lock: extends it.
+    #[arg(long, value_name = "TOKEN")]
+    lock_token: Option<String>,
     /// How long to wait for the reply, e.g. `500ms`, `10s` [default: the configuration's
     /// client.timeout, 5s unless set].
     #[arg(long, value_name = "DURATION")]
@@ -359,10 +363,16 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
         what,
         hint,
     };
-    if args.data.is_some() && op != Op::Update {
+    if args.data.is_some() && !matches!(op, Op::Update | Op::Lock) {
         return Err(unexpected(
             "--data",
-            " (only update does; the JSON argument is what this operation takes)",
+            " (only update and lock do; the JSON argument is what this operation takes)",
+        ));
+    }
+    if args.lock_token.is_some() && !matches!(op, Op::Update | Op::Delete | Op::Lock | Op::Unlock) {
+        return Err(unexpected(
+            "--lock-token",
+            " (only update, delete, lock and unlock do)",
         ));
     }
     if (args.limit.is_some() || args.cursor.is_some()) && !matches!(op, Op::List | Op::Query) {
@@ -398,7 +408,7 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
                 let text = json.ok_or_else(|| needed(data_hint(template)))?;
                 req.data = Some(object(&format!("the data of {name}"), text)?);
             }
-            Op::Fetch | Op::Update | Op::Delete => {
+            Op::Fetch | Op::Update | Op::Delete | Op::Lock | Op::Unlock => {
                 let text = json.ok_or_else(|| needed(key_hint(template)))?;
                 // A bare word is shown as a value of the first unique key in the hint.
                 let unique = template.unique.first().map_or("id", |u| u.fields[0]);
@@ -409,7 +419,18 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
                     })?;
                     req.data = Some(object(&format!("--data of {name}"), text)?);
                 }
+                if op == Op::Lock {
+                    req.data = args
+                        .data
+                        .as_deref()
+                        .map(|text| object(&format!("--data of {name}"), text))
+                        .transpose()?;
+                }
+                if op == Op::Unlock && args.lock_token.is_none() {
+                    return Err(needed("the lease's token: --lock-token <TOKEN>".into()));
+                }
                 req.expect_version = args.expect_version;
+                req.lock_token = args.lock_token.clone();
             }
             Op::List => {
                 if json.is_some() {

@@ -9,6 +9,7 @@
 //! shares, and rows come back in one decodable form (see [`Dialect::select`]).
 
 mod dialect;
+mod lock;
 mod options;
 mod schema;
 mod sql;
@@ -72,12 +73,25 @@ pub enum WriteOp {
         key: RecordKey,
         changes: Vec<(&'static FieldMeta, Value)>,
         expect_version: Option<i64>,
+        /// The lease the writer holds, if the record may be locked.
+        lock_token: Option<String>,
         /// New tokens of the sets whose source field changed.
         tokens: Vec<(usize, Vec<String>)>,
     },
     Delete {
         key: RecordKey,
         expect_version: Option<i64>,
+        lock_token: Option<String>,
+    },
+    /// Takes a lease for `ttl_ms`, or extends the one `token` names.
+    Lock {
+        key: RecordKey,
+        ttl_ms: u64,
+        token: Option<String>,
+    },
+    Unlock {
+        key: RecordKey,
+        token: String,
     },
 }
 
@@ -88,6 +102,8 @@ impl WriteOp {
             WriteOp::Insert { .. } => 0,
             WriteOp::Update { .. } => 1,
             WriteOp::Delete { .. } => 2,
+            WriteOp::Lock { .. } => 3,
+            WriteOp::Unlock { .. } => 4,
         }
     }
 }
@@ -100,6 +116,7 @@ pub struct Store {
     statements: Arc<HashMap<(&'static str, &'static str), Statements>>,
     queries: Arc<HashMap<(&'static str, &'static str), QuerySql>>,
     idempotency: Arc<IdempotencySql>,
+    locks: Arc<lock::LockSql>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
@@ -160,6 +177,7 @@ impl Store {
             statements: Arc::new(statements),
             queries: Arc::new(queries),
             idempotency: Arc::new(sql::idempotency_sql(d)),
+            locks: Arc::new(lock::lock_sql(d)),
         })
     }
 
@@ -210,8 +228,10 @@ impl Store {
                 key,
                 changes,
                 expect_version,
+                lock_token,
                 tokens,
             } => {
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
                 let reply = self
                     .update(&mut tx, t, &key, changes, expect_version)
                     .await?;
@@ -221,7 +241,17 @@ impl Store {
             WriteOp::Delete {
                 key,
                 expect_version,
-            } => self.delete(&mut tx, t, &key, expect_version).await?,
+                lock_token,
+            } => {
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
+                let reply = self.delete(&mut tx, t, &key, expect_version).await?;
+                self.forget_lease(&mut tx, t, &reply).await?;
+                reply
+            }
+            WriteOp::Lock { key, ttl_ms, token } => {
+                self.lock(&mut tx, t, &key, ttl_ms, token).await?
+            }
+            WriteOp::Unlock { key, token } => self.unlock(&mut tx, t, &key, &token).await?,
         };
         sqlx::query(self.idempotency.store_reply.clone())
             .bind(reply.to_string())

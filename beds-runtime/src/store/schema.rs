@@ -7,6 +7,12 @@ use crate::meta::{CondOp, DomainMeta, FieldKind, IdKind, OnDelete, QueryMeta, Te
 /// The DDL for every template, referenced tables first.
 pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<String> {
     let mut out = idempotency_table(d);
+    if domains
+        .iter()
+        .any(|dm| dm.templates.iter().any(|t| t.capabilities.locking))
+    {
+        out.extend(super::lock::ddl(d));
+    }
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));

@@ -28,7 +28,7 @@ pub(super) struct Statements {
     /// Per token set, in declaration order.
     pub tokens: Vec<TokenStatements>,
     /// The idempotency target of a create, an update and a delete (`domain.template.op`).
-    pub targets: [String; 3],
+    pub targets: [String; 5],
     /// Per unique index, in declaration order: how a violation names it.
     pub unique: Vec<UniqueKey>,
 }
@@ -253,7 +253,8 @@ pub(super) fn statements(d: &dyn Dialect, t: &TemplateMeta) -> Statements {
         )),
         update,
         tokens: t.tokens.iter().map(|s| token_statements(d, t, s)).collect(),
-        targets: ["create", "update", "delete"].map(|op| format!("{}.{}.{op}", t.domain, t.name)),
+        targets: ["create", "update", "delete", "lock", "unlock"]
+            .map(|op| format!("{}.{}.{op}", t.domain, t.name)),
         unique: t
             .unique
             .iter()

@@ -136,6 +136,11 @@ impl Dialect for MariaDb {
         ["VARCHAR(255)", "LONGTEXT", "VARCHAR(32)"]
     }
 
+    /// `INSERT IGNORE` would also hide other errors.
+    fn keep_existing(&self, insert: &str, col: &str) -> String {
+        format!("{insert} ON DUPLICATE KEY UPDATE {col} = {col}")
+    }
+
     /// A plain insert: `INSERT IGNORE` would also hide other errors.
     fn claim_statement(&self, insert: &str) -> String {
         insert.to_string()

@@ -265,6 +265,19 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         claim_or_ignore(args)
     }
 
+    // --- Leases ---
+
+    /// `insert` of a row that may exist already, keeping the existing row (and waiting
+    /// for a concurrent insert of it to commit); `col` is a column it may set to itself.
+    fn keep_existing(&self, insert: &str, _col: &str) -> String {
+        format!("{insert} ON CONFLICT DO NOTHING")
+    }
+
+    /// What makes a `SELECT` read the latest committed row and lock it.
+    fn for_update(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+
     // --- Errors ---
 
     /// What a database error means.

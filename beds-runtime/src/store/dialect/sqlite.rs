@@ -70,6 +70,11 @@ impl Dialect for Sqlite {
         "BEGIN IMMEDIATE"
     }
 
+    /// No `FOR UPDATE`: a write transaction (`BEGIN IMMEDIATE`) already excludes others.
+    fn for_update(&self) -> &'static str {
+        ""
+    }
+
     fn equals_ci(&self, col: &str, ty: Ty) -> String {
         format!("{col} = {} COLLATE NOCASE", self.arg(ty))
     }
