@@ -1,13 +1,15 @@
 //! The conformance suite: for every template of every compiled domain, valid and invalid
 //! inputs generated from the declaration, sent over AMQP through create, fetch, list,
 //! update, delete and every named query, with replies and rows checked; then every
-//! declared behaviour (unique indexes, references' `on_delete`, append-only refusals). It
+//! declared behaviour (unique indexes, references' `on_delete`, append-only refusals,
+//! leases of `locking` templates). It
 //! names no domain: a new domain file gets this coverage without writing a test.
 //!
 //! Samples come from one seed per run, printed at the start and in any failure;
 //! `BEDS_TEST_SEED=<seed>` replays a run.
 
 mod groups;
+mod locking;
 mod model;
 mod query;
 mod sample;
@@ -89,6 +91,7 @@ async fn conforms(seed: u64) {
             }
             read_back(&client, d.name, t, &made).await;
             update_one(&client, &db, d.name, t, &mut samples, &mut made).await;
+            locking::leases(&client, d.name, t, &mut made).await;
             exercised.push(format!("{}.{}", d.name, t.name));
         }
         for q in d.queries {
