@@ -720,6 +720,21 @@ mod tests {
     }
 
     #[test]
+    fn lease_lengths_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let c = Config::load_with_env(&ok, env(&[("BEDS_LOCKING__MAX_TTL", "10m")])).unwrap();
+        assert_eq!(
+            (c.locking.default_ttl, c.locking.max_ttl),
+            (Millis(30_000), Millis(600_000))
+        );
+        let e = Config::load_with_env(&ok, env(&[("BEDS_LOCKING__DEFAULT_TTL", "2h")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("locking.default_ttl"), "{e}");
+    }
+
+    #[test]
     fn durations_take_units() {
         let m: Millis = serde_yaml::from_str("5s").unwrap();
         assert_eq!(m, Millis(5000));

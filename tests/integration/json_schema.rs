@@ -23,10 +23,16 @@ async fn schema_covers_the_catalog_and_matches_replies() {
     let schema: Json = serde_json::from_slice(&out.stdout).expect("beds schema --json prints JSON");
     let defs = &schema["$defs"];
     // What a template declares decides its entries: internal templates are not for
-    // clients (none), append-only ones cannot be updated (no `patch`).
+    // clients (none), append-only ones cannot be updated (no `patch`), only those declaring
+    // `locking` are leased (`lock`, `lease`).
     for (d, t) in beds::CATALOG.templates() {
-        for part in ["record", "create", "patch"] {
-            let expected = !t.internal && (part != "patch" || !t.append_only);
+        for part in ["record", "create", "patch", "lock", "lease"] {
+            let expected = !t.internal
+                && match part {
+                    "patch" => !t.append_only,
+                    "lock" | "lease" => t.capabilities.locking,
+                    _ => true,
+                };
             assert_eq!(
                 defs.get(format!("{}.{}.{part}", d.name, t.name)).is_some(),
                 expected,

@@ -625,6 +625,100 @@ fn wire(value: &impl serde::Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::{Capabilities, IdKind, PageMeta};
+
+    static LEASED: TemplateMeta = TemplateMeta {
+        domain: "d",
+        name: "crate_box",
+        version: 1,
+        fingerprint: "0000000000000000",
+        table: "crate_box",
+        id: IdKind::Sequence,
+        id_column: "id",
+        version_column: "version",
+        fields: &[],
+        unique: &[],
+        indexes: &[],
+        page: PageMeta { default: 1, max: 1 },
+        append_only: false,
+        internal: false,
+        capabilities: Capabilities {
+            audit: false,
+            journal: false,
+            locking: true,
+            cache_ttl_ms: None,
+            retention: None,
+        },
+        access: &[],
+        tokens: &[],
+        counts: &[],
+        checks: &[],
+    };
+    static DOMAIN: DomainMeta = DomainMeta {
+        name: "d",
+        version: 1,
+        templates: &[&LEASED],
+        queries: &[],
+    };
+
+    fn args(target: &str, json: &str, data: Option<&str>, token: Option<&str>) -> CallArgs {
+        CallArgs {
+            target: target.into(),
+            json: Some(json.into()),
+            data: data.map(str::to_string),
+            limit: None,
+            cursor: None,
+            expect_version: None,
+            lock_token: token.map(str::to_string),
+            timeout: None,
+            raw: false,
+        }
+    }
+
+    #[test]
+    fn lock_and_unlock_take_a_key_a_lease_and_a_token() {
+        let target = |op| Target::Template {
+            domain: &DOMAIN,
+            template: &LEASED,
+            op,
+        };
+        let lock = request(
+            &target(Op::Lock),
+            &args("d.crate_box.lock", "7", Some(r#"{"ttl":"30s"}"#), None),
+        )
+        .unwrap();
+        assert_eq!(
+            (lock.op.as_str(), lock.key.unwrap()["id"].clone()),
+            ("lock", Json::from(7))
+        );
+        assert_eq!(lock.data.unwrap()["ttl"], Json::from("30s"));
+        let unlock = request(
+            &target(Op::Unlock),
+            &args("d.crate_box.unlock", "7", None, Some("t1")),
+        )
+        .unwrap();
+        assert_eq!(unlock.lock_token.as_deref(), Some("t1"));
+        let update = request(
+            &target(Op::Update),
+            &args("d.crate_box.update", "7", Some("{}"), Some("t1")),
+        )
+        .unwrap();
+        assert_eq!(update.lock_token.as_deref(), Some("t1"));
+        assert!(matches!(
+            request(
+                &target(Op::Unlock),
+                &args("d.crate_box.unlock", "7", None, None)
+            ),
+            Err(CallError::Missing { .. })
+        ));
+        assert!(matches!(
+            request(
+                &target(Op::Fetch),
+                &args("d.crate_box.fetch", "7", None, Some("t1"))
+            ),
+            Err(CallError::Unexpected { .. })
+        ));
+    }
 
     #[test]
     fn invalid_json_points_at_the_column() {

@@ -9,8 +9,8 @@ use crate::meta::{
     WithKind,
 };
 
-/// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` and
-/// `<domain>.<query>.{params,result}`.
+/// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` (and
+/// `.lock`, `.lease` for templates declaring `locking`) and `<domain>.<query>.{params,result}`.
 pub fn catalog(catalog: &Catalog) -> Json {
     let mut defs = Map::new();
     for d in catalog.domains {
@@ -20,6 +20,10 @@ pub fn catalog(catalog: &Catalog) -> Json {
             defs.insert(format!("{base}.create"), create(t));
             if !t.append_only {
                 defs.insert(format!("{base}.patch"), patch(t));
+            }
+            if t.capabilities.locking {
+                defs.insert(format!("{base}.lock"), lock());
+                defs.insert(format!("{base}.lease"), lease(t));
             }
         }
         for q in d.queries {
@@ -78,6 +82,42 @@ fn patch(t: &TemplateMeta) -> Json {
     );
     schema["minProperties"] = json!(1);
     schema
+}
+
+/// `data` of a `lock`: the lease length (the configured default when absent).
+fn lock() -> Json {
+    let ttl = json!({
+        "oneOf": [
+            { "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)?$" },
+            { "type": "integer", "minimum": 1 }
+        ],
+        "description": "Lease length: `30s`, `500ms`, `2m`, or milliseconds; at most the configured locking.max_ttl"
+    });
+    object(
+        "`data` of a `lock`",
+        Map::from_iter([("ttl".to_string(), ttl)]),
+        Vec::new(),
+    )
+}
+
+/// The reply `data` of a `lock`.
+fn lease(t: &TemplateMeta) -> Json {
+    let props = Map::from_iter([
+        ("id".to_string(), id(t.id)),
+        (
+            "token".to_string(),
+            json!({ "type": "string", "description": "Send as `lock_token` with update, delete, lock and unlock" }),
+        ),
+        (
+            "expires_at".to_string(),
+            json!({ "type": "string", "format": "date-time" }),
+        ),
+    ]);
+    object(
+        &format!("A lease on a `{}`", t.name),
+        props,
+        vec!["id", "token", "expires_at"],
+    )
 }
 
 fn params(q: &QueryMeta) -> Json {
