@@ -11,7 +11,8 @@ use crate::model::{
     camel,
 };
 
-/// The `impl Record` of a record type: its key, input types and metadata. Paths are
+/// The `impl Record` of a record type: its key, input types and metadata (and `impl Locking`
+/// if it declares `locking`). Paths are
 /// resolved against `rt`, the runtime's support module, which the caller brings into scope.
 pub fn record_impl(
     domain: &str,
@@ -22,6 +23,11 @@ pub fn record_impl(
     patch: &TokenStream,
 ) -> TokenStream {
     let meta = template_meta(domain, t);
+    // The typed client's lease methods exist only for templates that take leases.
+    let locking = t
+        .capabilities
+        .locking
+        .then(|| quote!(impl rt::Locking for #record {}));
     quote! {
         impl rt::Record for #record {
             type Id = #id;
@@ -29,6 +35,7 @@ pub fn record_impl(
             type Patch = #patch;
             const META: &'static rt::TemplateMeta = &#meta;
         }
+        #locking
     }
 }
 

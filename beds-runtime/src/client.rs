@@ -442,8 +442,22 @@ impl<T: Record> TemplateClient<'_, T> {
         self.client.request(req).await.map(drop)
     }
 
-    /// Takes a lease on the record for `ttl` (a template declaring `locking`; others answer
-    /// `operation_not_allowed`); another holder's unexpired lease is `locked`.
+    /// A page of records in key order; `limit` defaults to the template's page size.
+    pub async fn list(
+        &self,
+        limit: Option<u32>,
+        after: Option<T::Id>,
+    ) -> Result<Page<T>, ClientError> {
+        let mut req = self.request(Op::List);
+        req.limit = limit;
+        req.after = after.map(serde_json::to_value).transpose()?;
+        self.send(req).await
+    }
+}
+
+/// Leases, for templates declaring `locking` ([`crate::Locking`]).
+impl<T: crate::record::Locking> TemplateClient<'_, T> {
+    /// Takes a lease on the record for `ttl`; another holder's unexpired lease is `locked`.
     pub async fn lock(&self, id: T::Id, ttl: Duration) -> Result<Lease<T::Id>, ClientError> {
         let mut req = self.request(Op::Lock);
         req.key = Some(key(id));
@@ -492,18 +506,6 @@ impl<T: Record> TemplateClient<'_, T> {
         req.key = Some(key(id));
         req.lock_token = Some(token.to_string());
         self.client.request(req).await.map(drop)
-    }
-
-    /// A page of records in key order; `limit` defaults to the template's page size.
-    pub async fn list(
-        &self,
-        limit: Option<u32>,
-        after: Option<T::Id>,
-    ) -> Result<Page<T>, ClientError> {
-        let mut req = self.request(Op::List);
-        req.limit = limit;
-        req.after = after.map(serde_json::to_value).transpose()?;
-        self.send(req).await
     }
 }
 

@@ -32,6 +32,6 @@ pub use envelope::{Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};
-pub use record::{Key, Query, Record};
+pub use record::{Key, Locking, Query, Record};
 pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
 pub use value::{Date, Timestamp, format_timestamp};

@@ -29,6 +29,10 @@ pub trait Query: 'static {
 
 /// A record key (a UUID or a sequence number) with its template in the type; it
 /// serialises as the `id` the envelope carries.
+/// A record of a template declaring `locking`: the typed client's `lock`, `unlock` and
+/// token-carrying writes are offered for these alone. Generated with the `Record` impl.
+pub trait Locking: Record {}
+
 pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {}
 
 /// Marker kinds the derive uses to check that a field's Rust type matches its declaration.

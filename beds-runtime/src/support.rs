@@ -17,6 +17,6 @@ pub use crate::meta::{
     FieldMeta, IdKind, LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
     RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
 };
-pub use crate::record::{FieldType, Key, Query, Record, assert_field, kinds};
+pub use crate::record::{FieldType, Key, Locking, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Timestamp};
 pub use serde_json::Value as Json;
