@@ -369,6 +369,16 @@ async fn lock_input_is_checked_and_other_templates_refuse_it() {
             "{refused:?}"
         );
     }
+    let token_without_leases = send(
+        Op::Update,
+        "note",
+        json!({"key": nkey, "data": {"label": "x"}, "lock_token": "t"}),
+    )
+    .await;
+    assert_eq!(
+        token_without_leases.code(),
+        Some(ErrorCode::InvalidEnvelope)
+    );
     let token_on_list = send(Op::List, "door", json!({"lock_token": "t"})).await;
     assert_eq!(token_on_list.code(), Some(ErrorCode::InvalidEnvelope));
 

@@ -115,6 +115,18 @@ fn template(
             ),
         ));
     }
+    // A token for a template without leases would be ignored; refused so it never passes
+    // silently.
+    if !t.capabilities.locking && req.lock_token.is_some() {
+        return Err(BedsError::new(
+            ErrorCode::InvalidEnvelope,
+            format!(
+                "`{}` does not declare `locking`, so `{}` takes no `lock_token`",
+                req.template,
+                op.as_str()
+            ),
+        ));
+    }
     if t.append_only && matches!(op, Op::Update | Op::Delete) {
         return Err(BedsError::new(
             ErrorCode::OperationNotAllowed,
