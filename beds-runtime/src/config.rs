@@ -395,7 +395,10 @@ impl std::str::FromStr for Millis {
             "d" => 86_400_000,
             _ => return Err(DurationError::Unit(text.to_string())),
         };
-        Ok(Millis(n * factor))
+        // Checked: `lock` reads a client's `data.ttl` with this parser.
+        n.checked_mul(factor)
+            .map(Millis)
+            .ok_or_else(|| DurationError::Number(text.to_string()))
     }
 }
 
@@ -740,5 +743,6 @@ mod tests {
         assert_eq!(m, Millis(5000));
         let m: Millis = serde_yaml::from_str("250").unwrap();
         assert_eq!(m, Millis(250));
+        assert!("18446744073709551d".parse::<Millis>().is_err(), "overflow");
     }
 }

@@ -343,13 +343,15 @@ async fn lock_input_is_checked_and_other_templates_refuse_it() {
         (e.details[0].field.as_str(), e.details[0].code),
         ("data.ttl", DetailCode::AboveMax)
     );
-    let bad = send(
-        Op::Lock,
-        "door",
-        json!({"key": key, "data": {"ttl": "soon"}}),
-    )
-    .await;
-    assert_eq!(bad.code(), Some(ErrorCode::InvalidInput));
+    for ttl in [
+        json!("soon"),
+        json!("18446744073709551d"),
+        json!(0),
+        json!(-1),
+    ] {
+        let bad = send(Op::Lock, "door", json!({"key": key, "data": {"ttl": ttl}})).await;
+        assert_eq!(bad.code(), Some(ErrorCode::InvalidInput), "{ttl}: {bad:?}");
+    }
     let no_token = send(Op::Unlock, "door", json!({"key": key})).await;
     assert_eq!(no_token.code(), Some(ErrorCode::InvalidEnvelope));
 
