@@ -110,14 +110,14 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// A record id as the lease table keys it, and as replies show it.
-fn id_forms(id: &Value) -> (String, Json) {
+fn id_forms(id: &Value) -> Result<(String, Json), BedsError> {
     match id {
-        Value::Int(i) => (i.to_string(), Json::from(*i)),
-        Value::Uuid(u) => (u.to_string(), Json::String(u.to_string())),
-        other => {
-            let text = format!("{other:?}");
-            (text.clone(), Json::String(text))
-        }
+        Value::Int(i) => Ok((i.to_string(), Json::from(*i))),
+        Value::Uuid(u) => Ok((u.to_string(), Json::String(u.to_string()))),
+        _ => Err(BedsError::new(
+            ErrorCode::Internal,
+            "a stored id is neither a UUID nor an integer",
+        )),
     }
 }
 
@@ -142,7 +142,7 @@ impl Store {
         key: &RecordKey,
     ) -> Result<(String, Json), BedsError> {
         match self.current(conn, t, key).await? {
-            Some((_, id)) => Ok(id_forms(&id)),
+            Some((_, id)) => id_forms(&id),
             None => Err(BedsError::new(
                 ErrorCode::NotFound,
                 format!("no `{}` with {}", t.name, key.describe(t)),
@@ -261,7 +261,7 @@ impl Store {
         let Some((_, id)) = self.current(conn, t, key).await? else {
             return Ok(());
         };
-        let (record, _) = id_forms(&id);
+        let (record, _) = id_forms(&id)?;
         let guard = &self.locks.guard;
         self.lease_update(conn, t, &record, guard, None, token)
             .await
