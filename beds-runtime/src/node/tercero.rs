@@ -167,8 +167,8 @@ impl EventConsumer {
     }
 
     /// The batch `first` opens: deliveries already waiting and those arriving within
-    /// `wait`, up to `batch`. A consumer error ends the batch early; the next wait for a
-    /// first delivery sees it again.
+    /// `wait`, up to `batch`. A consumer error only ends the batch early: lapin recovers
+    /// the consumer, or the watchdog ends the run on a dead connection.
     async fn fill(&self, first: Delivery, consumer: &mut Consumer) -> Vec<Delivery> {
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + self.config.wait.duration();
