@@ -11,7 +11,7 @@ use crate::read::{
 use crate::yaml::Node;
 
 const TOKEN_KEYS: &[&str] = &["from", "pattern", "lowercase", "max_len", "table"];
-const COUNT_KEYS: &[&str] = &["from", "by", "where"];
+const COUNT_KEYS: &[&str] = &["from", "by", "where", "maintained"];
 const CHECK_KEYS: &[&str] = &["differ", "message"];
 /// Longest token a set may keep (an indexed VARCHAR everywhere).
 const MAX_TOKEN_LEN: i64 = 255;
@@ -152,7 +152,7 @@ pub(crate) fn tokens(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
     out
 }
 
-/// `counts: { likes: { from: like, by: spew } }`; the references are checked by
+/// `counts: { likes: { from: like, by: spew, maintained: true } }`; the references are checked by
 /// [`check_counts`] once every template is known.
 pub(crate) fn counts(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec<Count> {
     let mut out = Vec::new();
@@ -168,6 +168,7 @@ pub(crate) fn counts(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
             continue;
         };
         check_keys(cx, m, &p, COUNT_KEYS);
+        let maintained = flag(cx, m, &p, "maintained");
         let text = |k: &str| get(m, k).and_then(|n| n.as_str()).map(str::to_string);
         match (text("from"), text("by")) {
             (Some(from), Some(by)) => out.push(Count {
@@ -175,6 +176,7 @@ pub(crate) fn counts(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Vec
                 from,
                 by,
                 filter: Vec::new(),
+                maintained,
                 pos: body.pos,
             }),
             _ => cx.error_hint(

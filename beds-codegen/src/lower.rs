@@ -116,9 +116,17 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
         }
     });
     let counts = t.counts.iter().map(|c| {
-        let (name, from, by) = (&c.name, &c.from, &c.by);
+        let (name, from, by, maintained) = (&c.name, &c.from, &c.by, c.maintained);
         let filter = c.filter.iter().map(condition);
-        quote!(rt::CountMeta { name: #name, template: #from, by: #by, filter: &[#(#filter),*] })
+        quote! {
+            rt::CountMeta {
+                name: #name,
+                template: #from,
+                by: #by,
+                filter: &[#(#filter),*],
+                maintained: #maintained,
+            }
+        }
     });
     let checks = t.checks.iter().map(|c| {
         let (name, [a, b], message) = (&c.name, &c.differ, &c.message);
@@ -371,6 +379,11 @@ pub fn contract(domain: &str, t: &Template) -> String {
                 Operand::Literal(CondLiteral::Enum(v)) => format!("enum:{}", text(v)),
                 Operand::Param(_) | Operand::Select(_) => unreachable!("counts compare literals"),
             });
+        }
+        // A maintained count may lag its records (by the tercero's staleness bound), which
+        // a client can notice; written only when set, like the filter.
+        if c.maintained {
+            parts.push("maintained".into());
         }
         line(&parts);
     }

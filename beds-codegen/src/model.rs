@@ -72,6 +72,9 @@ pub struct Count {
     /// `where: { status: open }`: literal conditions on single fields of `from`, all of
     /// which must hold.
     pub filter: Vec<Condition>,
+    /// Kept in a counter table by the tercero role from write events, rather than
+    /// counted at each read.
+    pub maintained: bool,
     pub pos: crate::yaml::Pos,
 }
 

@@ -272,6 +272,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 from: from.clone(),
                 by: by.clone(),
                 filter: Vec::new(),
+                maintained: false,
                 pos: beds_codegen::Pos::default(),
             })
             .collect(),

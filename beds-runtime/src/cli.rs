@@ -247,10 +247,35 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
         config.env
     );
     let lanes = lanes(config.role);
-    if lanes.is_empty() {
+    if config.role == Role::Tercero {
+        let maintained: Vec<String> = catalog
+            .templates()
+            .flat_map(|(d, t)| {
+                t.counts
+                    .iter()
+                    .filter(|c| c.maintained)
+                    .map(move |c| format!("{}.{}.{}", d.name, t.name, c.name))
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "role {}: serves no brokers in this release",
+            "role tercero:\n  consumes {} (bound to {}; {} workers, batches of {} within {} ms)\n  broadcasts invalidations on {}inv.<domain>.<template>\n  maintains counts: {}",
+            config.amqp.queue(crate::tercero::EVENT_QUEUE_KEY),
+            config.amqp.queue(crate::tercero::EVENT_BINDING),
+            config.tercero.workers,
+            config.tercero.batch,
+            config.tercero.wait.0,
+            config.amqp.queue_tag,
+            if maintained.is_empty() {
+                "none declared".to_string()
+            } else {
+                maintained.join(", ")
+            }
+        );
+    } else if lanes.is_empty() {
+        let _ = writeln!(
+            out,
+            "role {}: serves nothing in this release",
             config.role.name()
         );
     } else {

@@ -74,6 +74,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub idempotency: IdempotencyConfig,
     pub retry: RetryConfig,
+    pub tercero: TerceroConfig,
     pub client: ClientConfig,
     pub log: LogConfig,
     pub locking: LockingConfig,
@@ -92,6 +93,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             idempotency: IdempotencyConfig::default(),
             retry: RetryConfig::default(),
+            tercero: TerceroConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
             locking: LockingConfig::default(),
@@ -311,6 +313,33 @@ impl Default for RetryConfig {
     }
 }
 
+/// The tercero role's event consumers: each applies write events in batches of at most
+/// `batch`, waiting at most `wait` for a batch to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerceroConfig {
+    /// Consumers on the event queue (each with its own channel).
+    pub workers: u16,
+    /// Events applied in one database transaction, at most; also the prefetch.
+    pub batch: u16,
+    /// How long a batch waits for more events after its first; part of the staleness
+    /// bound of maintained counts.
+    pub wait: Millis,
+    /// How long applied event ids are kept to recognise redeliveries.
+    pub dedup_ttl: Millis,
+}
+
+impl Default for TerceroConfig {
+    fn default() -> Self {
+        TerceroConfig {
+            workers: 1,
+            batch: 256,
+            wait: Millis(50),
+            dedup_ttl: Millis(7 * 24 * 3_600_000),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
@@ -525,6 +554,9 @@ impl Config {
                     "brokers.{name}: workers and prefetch must be at least 1"
                 ));
             }
+        }
+        if self.tercero.workers == 0 || self.tercero.batch == 0 {
+            return Err("tercero: workers and batch must be at least 1".into());
         }
         if self.amqp.queue_type == QueueType::Quorum && self.amqp.delivery_limit == 0 {
             return Err("amqp.delivery_limit must be at least 1 for quorum queues".into());

@@ -20,6 +20,7 @@ mod suggest;
 #[doc(hidden)]
 pub mod support;
 pub mod telemetry;
+mod tercero;
 mod transport;
 mod value;
 
@@ -33,5 +34,6 @@ pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};
 pub use record::{Key, Locking, Query, Record};
+pub use tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
 pub use value::{Date, Timestamp, format_timestamp};

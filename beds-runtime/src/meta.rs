@@ -111,6 +111,9 @@ pub struct CountMeta {
     pub by: &'static str,
     /// All must hold: single fields of `template` compared with literal values.
     pub filter: &'static [ConditionMeta],
+    /// Read from the counter table the tercero role keeps from write events, not counted
+    /// at each read.
+    pub maintained: bool,
 }
 
 /// A rule across fields: `fields[0]` and `fields[1]` must differ.

@@ -4,6 +4,7 @@
 mod call;
 mod concurrency;
 mod conformance;
+mod counts;
 mod errors;
 mod field_kinds;
 mod json_schema;

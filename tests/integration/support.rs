@@ -272,6 +272,19 @@ impl Rows {
         self.int("COUNT(*)", table, column, value).await
     }
 
+    /// The pool, for statements of a test's own.
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        &self.pool
+    }
+
+    /// `expr` as text in this database's SQL.
+    pub fn as_text(&self, expr: &str) -> String {
+        match self.driver {
+            beds_runtime::config::Driver::Mariadb => format!("CAST({expr} AS CHAR)"),
+            _ => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+
     /// The number of rows of `table`.
     pub async fn total(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {}", self.quote(table));
@@ -302,7 +315,7 @@ impl Drop for TestEnv {
                 .expect("runtime")
                 .block_on(beds_runtime::topology::remove(
                     &amqp,
-                    &[READ_KEY, WRITE_KEY],
+                    &[READ_KEY, WRITE_KEY, beds_runtime::EVENT_QUEUE_KEY],
                 ))
         })
         .join();

@@ -9,15 +9,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, Role};
+use crate::envelope::Origin;
 use crate::ingress::Ingress;
 use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use tercero::EventConsumer;
 use worker::{Worker, supervise};
 
+mod tercero;
 mod worker;
 
 /// Why a node could not start or stop cleanly.
@@ -34,10 +38,15 @@ pub enum ServerError {
     #[error("the compiled domains are inconsistent: {0}")]
     Pattern(#[from] PatternError),
     #[error(
-        "role `{}` serves no brokers in this release; only `appServer` (rBroker + wBroker) does",
+        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker) and `tercero` (write events) do",
         .0.name()
     )]
     RoleNotServed(Role),
+}
+
+/// Whether a role consumes anything in this release.
+pub fn serves(role: Role) -> bool {
+    !lanes(role).is_empty() || role == Role::Tercero
 }
 
 /// The lanes a role consumes.
@@ -62,6 +71,25 @@ async fn expire_idempotency(store: Store, ttl: Duration, stop: CancellationToken
             Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
             Err(e) => {
                 tracing::warn!(error = %e, "expiring idempotency keys failed; retrying later")
+            }
+        }
+    }
+}
+
+/// Forgets applied write-event ids older than `ttl` (no redelivery comes that late),
+/// like [`expire_idempotency`].
+async fn expire_applied_events(store: Store, ttl: Duration, stop: CancellationToken) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store.expire_applied_events(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "applied event ids expired"),
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring applied event ids failed; retrying later")
             }
         }
     }
@@ -105,7 +133,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: &Config, catalog: &'static Catalog) -> Result<Server, ServerError> {
         let lanes = lanes(config.role);
-        if lanes.is_empty() {
+        if !serves(config.role) {
             return Err(ServerError::RoleNotServed(config.role));
         }
         catalog.check()?;
@@ -132,6 +160,11 @@ impl Server {
         topology::declare(&channel, &config.amqp, &keys)
             .await
             .map_err(ServerError::Topology)?;
+        if config.role == Role::Tercero {
+            topology::declare_events(&channel, &config.amqp, EVENT_QUEUE_KEY, EVENT_BINDING)
+                .await
+                .map_err(ServerError::Topology)?;
+        }
         channel
             .close(200, "topology declared".into())
             .await
@@ -183,6 +216,41 @@ impl Server {
                 workers = pool.workers,
                 prefetch = pool.prefetch,
                 "broker pool started"
+            );
+        }
+        if config.role == Role::Tercero {
+            tokio::spawn(expire_applied_events(
+                store.clone(),
+                config.tercero.dedup_ttl.duration(),
+                stop.clone(),
+            ));
+            let origin = Origin {
+                service: "beds".into(),
+                node: config.node.clone(),
+                env: config.env.clone(),
+            };
+            for i in 0..config.tercero.workers {
+                let consumer = EventConsumer {
+                    amqp: config.amqp.clone(),
+                    config: config.tercero,
+                    tag: format!("{}.tercero.{}.{i}", config.node, std::process::id()),
+                    store: store.clone(),
+                    domains: catalog.domains,
+                    origin: origin.clone(),
+                };
+                workers.spawn(supervise(
+                    consumer,
+                    link.clone(),
+                    stop.clone(),
+                    counters.clone(),
+                ));
+            }
+            tracing::info!(
+                queue = %config.amqp.queue(EVENT_QUEUE_KEY),
+                workers = config.tercero.workers,
+                batch = config.tercero.batch,
+                wait_ms = config.tercero.wait.0,
+                "tercero consuming write events"
             );
         }
         Ok(Server {

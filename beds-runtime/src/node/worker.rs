@@ -32,6 +32,38 @@ pub(crate) struct Worker {
     pub ingress: Arc<Ingress>,
 }
 
+/// A consumer the supervisor keeps running: one run per connection, until stopped.
+pub(crate) trait Run: Send + Sync + 'static {
+    /// Consumes until `stop` fires or the run fails.
+    fn run(
+        &self,
+        conn: &Connection,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = WorkerExit> + Send;
+    /// The broker (or role) it serves, for logs.
+    fn broker(&self) -> &'static str;
+    /// Its consumer tag.
+    fn tag(&self) -> &str;
+}
+
+impl Run for Worker {
+    fn run(
+        &self,
+        conn: &Connection,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = WorkerExit> + Send {
+        Worker::run(self, conn, stop)
+    }
+
+    fn broker(&self) -> &'static str {
+        self.lane.broker()
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
 /// Why a worker's run ended.
 #[derive(Debug)]
 pub(crate) enum WorkerExit {
@@ -62,7 +94,7 @@ pub(crate) enum WorkerFailure {
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs one step of a worker's set-up with a bound.
-async fn setup<T>(
+pub(crate) async fn setup<T>(
     what: &'static str,
     step: impl Future<Output = lapin::Result<T>>,
 ) -> Result<T, WorkerFailure> {
@@ -213,7 +245,7 @@ impl Worker {
 
 /// How long a failed worker waits for its deliveries before returning to its supervisor:
 /// longer than one delivery's bounded settle (publish and confirm, then ack).
-const ABANDON_AFTER: Duration = Duration::from_secs(3 * CONFIRM_TIMEOUT.as_secs());
+pub(crate) const ABANDON_AFTER: Duration = Duration::from_secs(3 * CONFIRM_TIMEOUT.as_secs());
 
 /// The longest pause between a worker's failure and its next run.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -223,7 +255,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// that was not crash-looping, so its failure starts the backoff over: after a broker
 /// restart every worker comes back quickly, however many restarts came before.
 pub(crate) async fn supervise(
-    worker: Worker,
+    worker: impl Run,
     link: Arc<Link>,
     stop: CancellationToken,
     counters: Arc<Counters>,
@@ -246,8 +278,8 @@ pub(crate) async fn supervise(
         counters.down.fetch_add(1, Ordering::Relaxed);
         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(MAX_BACKOFF);
         tracing::error!(
-            broker = worker.lane.broker(),
-            tag = %worker.tag,
+            broker = worker.broker(),
+            tag = %worker.tag(),
             failures,
             backoff_ms = backoff.as_millis() as u64,
             why = %why,

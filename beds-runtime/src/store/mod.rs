@@ -8,6 +8,7 @@
 //! in the configured dialect at start-up, values are bound in the few types every driver
 //! shares, and rows come back in one decodable form (see [`Dialect::select`]).
 
+mod counters;
 mod dialect;
 mod lock;
 mod options;
@@ -23,10 +24,11 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
+pub use counters::{EventEffect, counter_name};
 pub use dialect::Dialect;
 use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};
-use sql::{Arg, IdempotencySql, QuerySql, Statements};
+use sql::{Arg, CounterSql, IdempotencySql, QuerySql, Statements};
 
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
@@ -117,6 +119,7 @@ pub struct Store {
     queries: Arc<HashMap<(&'static str, &'static str), QuerySql>>,
     idempotency: Arc<IdempotencySql>,
     locks: Arc<lock::LockSql>,
+    counters: Arc<CounterSql>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
@@ -178,6 +181,7 @@ impl Store {
             queries: Arc::new(queries),
             idempotency: Arc::new(sql::idempotency_sql(d)),
             locks: Arc::new(lock::lock_sql(d)),
+            counters: Arc::new(sql::counter_sql(d)),
         })
     }
 

@@ -13,6 +13,7 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
     {
         out.extend(super::lock::ddl(d));
     }
+    out.extend(tercero_tables(d));
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));
@@ -42,6 +43,41 @@ fn idempotency_table(d: &dyn Dialect) -> Vec<String> {
             "beds_idempotency_created_at_idx",
             "beds_idempotency",
             &[q("created_at")],
+        ),
+    ]
+}
+
+/// The tercero's tables: maintained counters, one row per counter and owner (a missing
+/// row is zero), and the ids of the write events already applied to them.
+fn tercero_tables(d: &dyn Dialect) -> Vec<String> {
+    let [key, _, time] = d.idempotency_types();
+    // A 64-bit integer in every dialect.
+    let int = d.key_type(IdKind::Sequence);
+    let q = |s: &str| d.quote(s);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {int} NOT NULL,\n  PRIMARY KEY ({}, {})\n){}",
+            q("beds_counter"),
+            q("counter"),
+            q("owner"),
+            q("value"),
+            q("counter"),
+            q("owner"),
+            d.table_options()
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {time} NOT NULL\n){}",
+            q("beds_event_applied"),
+            q("id"),
+            q("applied_at"),
+            d.table_options()
+        ),
+        index(
+            d,
+            false,
+            "beds_event_applied_at_idx",
+            "beds_event_applied",
+            &[q("applied_at")],
         ),
     ]
 }

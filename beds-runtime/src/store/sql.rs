@@ -118,6 +118,36 @@ pub(super) fn idempotency_sql(d: &dyn Dialect) -> IdempotencySql {
     }
 }
 
+/// The statements of the tercero's tables.
+#[derive(Debug)]
+pub(super) struct CounterSql {
+    /// Claims an event id: inserts nothing (or fails as a duplicate) if applied before.
+    pub claim: SqlStr,
+    pub add: SqlStr,
+    pub expire: SqlStr,
+}
+
+pub(super) fn counter_sql(d: &dyn Dialect) -> CounterSql {
+    let text = |text: &str| {
+        let q = |s: &str| d.quote(s);
+        text.replace("{c}", &q("beds_counter"))
+            .replace("{e}", &q("beds_event_applied"))
+            .replace("{counter}", &q("counter"))
+            .replace("{owner}", &q("owner"))
+            .replace("{value}", &q("value"))
+            .replace("{id}", &q("id"))
+            .replace("{at}", &q("applied_at"))
+    };
+    let sql = |s: &str| d.prepare(text(s));
+    CounterSql {
+        claim: d.prepare(d.claim_statement(&text("INSERT INTO {e} ({id}, {at}) VALUES (?, ?)"))),
+        add: d.prepare(d.add_to_counter(&text(
+            "INSERT INTO {c} ({counter}, {owner}, {value}) VALUES (?, ?, ?)",
+        ))),
+        expire: sql("DELETE FROM {e} WHERE {at} < ?"),
+    }
+}
+
 /// What a query placeholder is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arg {
@@ -127,6 +157,12 @@ pub(super) enum Arg {
     /// A value written in the declaration, bound like a parameter (never spliced).
     Literal(LiteralValue),
     Limit,
+}
+
+/// The counter table's name of a maintained count: `domain.from.by.count` (the counted
+/// template and its reference name the counting template, which owns the count).
+pub(crate) fn counter_name(domain: &str, count: &CountMeta) -> String {
+    format!("{domain}.{}.{}.{}", count.template, count.by, count.name)
 }
 
 /// A named query's statement and its binding plan.
@@ -405,6 +441,20 @@ impl<'a> Builder<'a> {
     /// `(SELECT COUNT(*) ...)` of the records `count` counts for the record `owner`, its
     /// filter's literals bound in place.
     fn count(&mut self, count: &CountMeta, owner: &str) -> String {
+        if count.maintained {
+            let q = |s: &str| self.d.quote(s);
+            // The counter's name is built from declared snake_case names, never from a
+            // request, so it is written in place.
+            return format!(
+                "COALESCE((SELECT {} FROM {} WHERE {} = '{}' AND {} = {}), 0)",
+                q("value"),
+                q("beds_counter"),
+                q("counter"),
+                counter_name(self.domain.name, count),
+                q("owner"),
+                self.d.as_text(owner)
+            );
+        }
         let counted = self.template(count.template);
         let by = counted.field(count.by).expect("checked").column;
         let alias = self.sub_alias();
@@ -711,6 +761,7 @@ mod tests {
     };
     use crate::store::Store;
     use crate::store::options::StoreOptions;
+    use crate::tercero::{WriteEvent, effect};
     use crate::value::Value;
 
     const PAGE: PageMeta = PageMeta {
@@ -787,12 +838,21 @@ mod tests {
                 template: "task",
                 by: "team",
                 filter: &[eq(&["state"], Operand::Literal(LiteralValue::Enum("todo")))],
+                maintained: false,
             },
             CountMeta {
                 name: "tasks",
                 template: "task",
                 by: "team",
                 filter: &[],
+                maintained: false,
+            },
+            CountMeta {
+                name: "todo_kept",
+                template: "task",
+                by: "team",
+                filter: &[eq(&["state"], Operand::Literal(LiteralValue::Enum("todo")))],
+                maintained: true,
             },
         ],
     );
@@ -892,11 +952,37 @@ mod tests {
         &[],
     );
 
+    const TEAMS_KEPT: &QueryMeta = &query(
+        "teams_kept",
+        TEAM,
+        &[],
+        &[],
+        &[
+            WithMeta {
+                name: "todo",
+                path: &[],
+                what: WithKind::Count("todo"),
+            },
+            WithMeta {
+                name: "todo_kept",
+                path: &[],
+                what: WithKind::Count("todo_kept"),
+            },
+        ],
+        &[],
+    );
+
     static DOMAIN: DomainMeta = DomainMeta {
         name: "d",
         version: 1,
         templates: &[TEAM, TASK],
-        queries: &[PER_STATE, TODO_PER_TEAM_AND_URGENCY, URGENT, TEAMS],
+        queries: &[
+            PER_STATE,
+            TODO_PER_TEAM_AND_URGENCY,
+            URGENT,
+            TEAMS,
+            TEAMS_KEPT,
+        ],
     };
 
     async fn store(dir: &std::path::Path) -> Store {
@@ -940,6 +1026,89 @@ mod tests {
                 &json!({ "todo": 2, "tasks": 3 }),
                 &json!({ "todo": 1, "tasks": 2 })
             ]
+        );
+    }
+
+    /// The write event of a task (`None` for no record on that side).
+    fn task_event(
+        id: &str,
+        task: i64,
+        before: Option<(i64, &str)>,
+        after: Option<(i64, &str)>,
+    ) -> WriteEvent {
+        let rec = |(team, state): (i64, &str)| json!({"id": task, "version": 1, "team": team, "state": state, "urgent": false});
+        let op = match (before, after) {
+            (None, _) => "create",
+            (_, None) => "delete",
+            _ => "update",
+        };
+        let body = json!({
+            "v": 1, "kind": "write_event", "id": id, "correlation_id": "c", "causation_id": "r",
+            "depth": 1, "seq": 1, "domain": "d", "template": "task", "op": op,
+            "key": {"id": task}, "version": 1, "committed_at": "2026-01-01T00:00:00Z",
+            "before": before.map(rec), "after": after.map(rec),
+        });
+        WriteEvent::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    /// A maintained count reads its counter, kept from events: creates inside the filter
+    /// add, a duplicate changes nothing, updates move between owners and in and out of the
+    /// filter, deletes subtract; it then equals the count of the rows.
+    #[tokio::test]
+    async fn maintained_counts_read_the_counters_events_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let sql = store.queries[&("d", "teams_kept")].sql.as_str().to_string();
+        assert!(sql.contains("\"beds_counter\""), "{sql}");
+        let kept = |teams: Vec<Json>| -> Vec<(Json, Json)> {
+            teams
+                .iter()
+                .map(|t| (t["with"]["todo"].clone(), t["with"]["todo_kept"].clone()))
+                .collect()
+        };
+        assert_eq!(
+            kept(store.query(TEAMS_KEPT, vec![], None, 10).await.unwrap()),
+            [(json!(2), json!(0)), (json!(1), json!(0))],
+            "a missing counter row is zero"
+        );
+        let created = [
+            task_event("e1", 1, None, Some((1, "todo"))),
+            task_event("e2", 2, None, Some((1, "todo"))),
+            task_event("e3", 3, None, Some((1, "done"))),
+            task_event("e1", 1, None, Some((1, "todo"))),
+            task_event("e4", 4, None, Some((2, "todo"))),
+            task_event("e5", 5, None, Some((2, "doing"))),
+        ];
+        let effects: Vec<_> = created.iter().map(|e| effect(&[&DOMAIN], e)).collect();
+        assert_eq!(store.apply_events(&effects).await.unwrap(), 5);
+        assert_eq!(
+            store.apply_events(&effects[..2]).await.unwrap(),
+            0,
+            "applied before"
+        );
+        assert_eq!(
+            kept(store.query(TEAMS_KEPT, vec![], None, 10).await.unwrap()),
+            [(json!(2), json!(2)), (json!(1), json!(1))]
+        );
+        for statement in [
+            "UPDATE task SET team = 2 WHERE id = 2",
+            "UPDATE task SET state = 'todo' WHERE id = 3",
+            "UPDATE task SET state = 'done' WHERE id = 4",
+            "DELETE FROM task WHERE id = 1",
+        ] {
+            sqlx::query(statement).execute(&store.pool).await.unwrap();
+        }
+        let changed = [
+            task_event("e6", 2, Some((1, "todo")), Some((2, "todo"))),
+            task_event("e7", 3, Some((1, "done")), Some((1, "todo"))),
+            task_event("e8", 4, Some((2, "todo")), Some((2, "done"))),
+            task_event("e9", 1, Some((1, "todo")), None),
+        ];
+        let effects: Vec<_> = changed.iter().map(|e| effect(&[&DOMAIN], e)).collect();
+        assert_eq!(store.apply_events(&effects).await.unwrap(), 4);
+        assert_eq!(
+            kept(store.query(TEAMS_KEPT, vec![], None, 10).await.unwrap()),
+            [(json!(1), json!(1)), (json!(1), json!(1))]
         );
     }
 

@@ -35,46 +35,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
     };
     for key in keys {
         let queue = amqp.queue(key);
-        let dlq = dead_letter_queue(&queue);
-        channel
-            .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                dlq.as_str().into(),
-                DEAD_LETTER_EXCHANGE.into(),
-                queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-        );
-        if amqp.queue_type == QueueType::Quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-            args.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
-            );
-        }
-        channel
-            .queue_declare(queue.as_str().into(), durable, args)
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                EXCHANGE.into(),
-                queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        work_queue(channel, amqp, &queue, &queue).await?;
         if *key == WRITE_KEY {
             // The retry lane: messages wait out their per-message TTL here, then dead-letter
             // back to the work queue.
@@ -93,6 +54,70 @@ pub async fn declare(channel: &Channel, amqp: &AmqpConfig, keys: &[&str]) -> lap
         }
     }
     Ok(())
+}
+
+/// Declares the exchanges and the durable queue `{tag}{key}` of a consumer of write
+/// events, bound by `{tag}{binding}` and dead-lettering like a work queue.
+pub async fn declare_events(
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    key: &str,
+    binding: &str,
+) -> lapin::Result<()> {
+    declare(channel, amqp, &[]).await?;
+    work_queue(channel, amqp, &amqp.queue(key), &amqp.queue(binding)).await
+}
+
+/// A durable queue of the configured type bound to the main exchange by `binding`, its
+/// rejected messages dead-lettered to `{queue}.dlq`.
+async fn work_queue(
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    queue: &str,
+    binding: &str,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let dlq = dead_letter_queue(queue);
+    channel
+        .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            dlq.as_str().into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    if amqp.queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
+        );
+    }
+    channel.queue_declare(queue.into(), durable, args).await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            EXCHANGE.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// A private reply queue that disappears with its connection, and a consumer on it that

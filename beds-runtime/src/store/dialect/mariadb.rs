@@ -141,6 +141,15 @@ impl Dialect for MariaDb {
         format!("{insert} ON DUPLICATE KEY UPDATE {col} = {col}")
     }
 
+    fn as_text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS CHAR)")
+    }
+
+    fn add_to_counter(&self, insert: &str) -> String {
+        let v = self.quote("value");
+        format!("{insert} ON DUPLICATE KEY UPDATE {v} = {v} + VALUES({v})")
+    }
+
     /// A plain insert: `INSERT IGNORE` would also hide other errors.
     fn claim_statement(&self, insert: &str) -> String {
         insert.to_string()

@@ -251,6 +251,24 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         ["TEXT", "TEXT", "TEXT"]
     }
 
+    /// `expr` as text, to compare a key column with a counter's text owner.
+    fn as_text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS TEXT)")
+    }
+
+    /// `insert` (one counter row) adding its value to an existing row of the same key:
+    /// by default `ON CONFLICT … DO UPDATE` (SQLite, PostgreSQL).
+    fn add_to_counter(&self, insert: &str) -> String {
+        let q = |s: &str| self.quote(s);
+        format!(
+            "{insert} ON CONFLICT ({}, {}) DO UPDATE SET {v} = {}.{v} + excluded.{v}",
+            q("counter"),
+            q("owner"),
+            q("beds_counter"),
+            v = q("value"),
+        )
+    }
+
     // --- Idempotency ---
 
     /// The claim statement, from `insert` (a plain `INSERT` of key, target and time); by

@@ -1,0 +1,255 @@
+//! The tercero role's consumers: write events from `{tag}evt.tercero` in batches, each
+//! batch applied to the counters in one transaction with its event ids (so a redelivered
+//! or twice-published event changes nothing), then its invalidations broadcast with
+//! publisher confirms, then the batch acked. A failure anywhere before the ack leaves the
+//! batch unacked: the broker redelivers it, the dedup table absorbs what was applied and
+//! the invalidations are sent again (they are idempotent).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{Run, WorkerExit, WorkerFailure, setup};
+use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
+use crate::envelope::Origin;
+use crate::meta::DomainMeta;
+use crate::store::Store;
+use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, WriteEvent, effect, invalidation};
+use crate::transport::link::Watch;
+use crate::transport::publish::{PublishError, publish};
+use crate::transport::topology;
+
+/// The longest pause between two attempts at a batch's transaction.
+const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One consumer of the event queue, with its own channel.
+pub(crate) struct EventConsumer {
+    pub amqp: AmqpConfig,
+    pub config: TerceroConfig,
+    pub tag: String,
+    pub store: Store,
+    pub domains: &'static [&'static DomainMeta],
+    pub origin: Origin,
+}
+
+/// A batch's fate when it could not be finished.
+enum BatchError {
+    Publish(PublishError),
+    Ack(lapin::Error),
+    /// The stop fired while the database was refusing the batch.
+    Stopped,
+}
+
+impl Run for EventConsumer {
+    async fn run(&self, conn: &Connection, stop: &CancellationToken) -> WorkerExit {
+        let queue = self.amqp.queue(EVENT_QUEUE_KEY);
+        let (channel, mut consumer) = match self.consume(conn, &queue).await {
+            Ok(started) => started,
+            Err(e) => return WorkerExit::Failed(e),
+        };
+        tracing::debug!(queue = %queue, tag = %self.tag, "consuming write events");
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        let mut watch = Watch::default();
+        let exit = loop {
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => break WorkerExit::Stopped,
+                _ = watchdog.tick() => {
+                    if watch.dead(conn) {
+                        break WorkerExit::Failed(WorkerFailure::ConnectionLost);
+                    }
+                    continue;
+                }
+                next = consumer.next() => next,
+            };
+            let first = match first {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %queue, error = %e, "event consumer interrupted; waiting for recovery");
+                    match tokio::time::timeout(Duration::from_secs(5), channel.wait_for_recovery(e))
+                        .await
+                    {
+                        Ok(Err(source)) => {
+                            break WorkerExit::Failed(WorkerFailure::Amqp {
+                                what: "consuming",
+                                source,
+                            });
+                        }
+                        Ok(Ok(())) | Err(_) => continue,
+                    }
+                }
+                None => break WorkerExit::Failed(WorkerFailure::ConsumerCancelled),
+            };
+            let batch = self.fill(first, &mut consumer).await;
+            match self.settle(&channel, batch, stop).await {
+                Ok(()) => {}
+                Err(BatchError::Stopped) => break WorkerExit::Stopped,
+                Err(BatchError::Publish(e)) => {
+                    tracing::warn!(error = %e, "broadcasting invalidations failed; the batch will be redelivered");
+                    break WorkerExit::Failed(WorkerFailure::ConnectionLost);
+                }
+                Err(BatchError::Ack(source)) => {
+                    break WorkerExit::Failed(WorkerFailure::Amqp {
+                        what: "acking a batch",
+                        source,
+                    });
+                }
+            }
+        };
+        let cancel = channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+        if let Err(e) = setup("cancelling the consumer", cancel).await {
+            tracing::debug!(error = %e, "consumer cancel");
+        }
+        // Unacked deliveries return to the queue when the channel closes.
+        if let Err(e) = setup(
+            "closing the channel",
+            channel.close(200, "tercero done".into()),
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "channel close");
+        }
+        exit
+    }
+
+    fn broker(&self) -> &'static str {
+        "tercero"
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+impl EventConsumer {
+    /// Opens the channel, declares the event queue, and consumes with a prefetch of one
+    /// batch; invalidations are confirmed by the broker before their batch is acked.
+    async fn consume(
+        &self,
+        conn: &Connection,
+        queue: &str,
+    ) -> Result<(Channel, Consumer), WorkerFailure> {
+        let channel = setup("opening a channel", conn.create_channel()).await?;
+        setup(
+            "declaring the event queue",
+            topology::declare_events(&channel, &self.amqp, EVENT_QUEUE_KEY, EVENT_BINDING),
+        )
+        .await?;
+        setup(
+            "enabling publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        setup(
+            "setting prefetch",
+            channel.basic_qos(self.config.batch, BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = setup(
+            "consuming",
+            channel.basic_consume(
+                queue.into(),
+                self.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok((channel, consumer))
+    }
+
+    /// The batch `first` opens: deliveries already waiting and those arriving within
+    /// `wait`, up to `batch`. A consumer error only ends the batch early: lapin recovers
+    /// the consumer, or the watchdog ends the run on a dead connection.
+    async fn fill(&self, first: Delivery, consumer: &mut Consumer) -> Vec<Delivery> {
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + self.config.wait.duration();
+        while batch.len() < usize::from(self.config.batch) {
+            match tokio::time::timeout_at(until, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                Ok(_) | Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Applies, broadcasts and acks one batch. Deliveries that are not write events are
+    /// dead-lettered at once; the database is retried until it answers or the node stops.
+    async fn settle(
+        &self,
+        channel: &Channel,
+        batch: Vec<Delivery>,
+        stop: &CancellationToken,
+    ) -> Result<(), BatchError> {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut last = None;
+        for delivery in batch {
+            match WriteEvent::parse(&delivery.data) {
+                Ok(event) => {
+                    last = Some(delivery.delivery_tag);
+                    events.push(event);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead-lettering a delivery on the event queue");
+                    delivery
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                        .map_err(BatchError::Ack)?;
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let effects: Vec<_> = events.iter().map(|e| effect(self.domains, e)).collect();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.store.apply_events(&effects).await {
+                Ok(new) => {
+                    tracing::debug!(events = events.len(), new, "batch applied");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = pause.as_millis() as u64, "applying a batch of events failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(BatchError::Stopped),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(MAX_DB_BACKOFF);
+                }
+            }
+        }
+        // Every delivered event is invalidated, duplicates once per batch: an event whose
+        // effect an earlier, unacked delivery committed still gets its broadcast.
+        let mut seen = std::collections::HashSet::new();
+        let bodies: Vec<(String, Vec<u8>, String)> = events
+            .iter()
+            .filter(|e| seen.insert(e.id.as_str()))
+            .map(|event| {
+                let (key, body) = invalidation(event, &self.origin);
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                (self.amqp.queue(&key), body.to_string().into_bytes(), id)
+            })
+            .collect();
+        futures_util::future::try_join_all(bodies.iter().map(|(key, body, id)| {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(id.as_str().into());
+            publish(channel, EXCHANGE, key, false, body, properties)
+        }))
+        .await
+        .map_err(BatchError::Publish)?;
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await
+            .map_err(BatchError::Ack)
+    }
+}
