@@ -5,6 +5,7 @@ mod call;
 mod concurrency;
 mod conformance;
 mod errors;
+mod events;
 mod field_kinds;
 mod json_schema;
 mod poison;

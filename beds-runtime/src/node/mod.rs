@@ -9,15 +9,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, Role};
+use crate::envelope::Origin;
 use crate::ingress::Ingress;
 use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
+use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use relay::Relay;
 use worker::{Worker, supervise};
 
+mod relay;
 mod worker;
 
 /// Why a node could not start or stop cleanly.
@@ -99,6 +103,8 @@ pub struct Server {
     stop: CancellationToken,
     workers: JoinSet<()>,
     counters: Arc<Counters>,
+    /// The outbox relay, if events are on.
+    relay: Option<tokio::task::JoinHandle<()>>,
     drain: Duration,
 }
 
@@ -137,10 +143,15 @@ impl Server {
             .await
             .map_err(ServerError::Topology)?;
 
+        let events = config.events.enabled.then(|| Origin {
+            service: "beds".into(),
+            node: config.node.clone(),
+            env: config.env.clone(),
+        });
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
-            ctx: Ctx::new(store.clone()),
+            ctx: Ctx::new(store.clone(), events.clone()),
             retry: config.retry,
         });
         let stop = CancellationToken::new();
@@ -151,6 +162,22 @@ impl Server {
             config.idempotency.ttl.duration(),
             stop.clone(),
         ));
+        let mut relay = None;
+        if events.is_some() {
+            let run = Relay {
+                store: store.clone(),
+                link: link.clone(),
+                amqp: config.amqp.clone(),
+                config: config.events,
+                holder: format!(
+                    "{} {} {}",
+                    config.node,
+                    std::process::id(),
+                    uuid::Uuid::now_v7()
+                ),
+            };
+            relay = Some(tokio::spawn(run.run(stop.clone())));
+        }
         for &lane in lanes {
             let pool = match lane {
                 Lane::Read => config.brokers.read,
@@ -190,6 +217,7 @@ impl Server {
             stop,
             workers,
             counters,
+            relay,
             drain: config.shutdown.drain_timeout.duration(),
         })
     }
@@ -229,6 +257,15 @@ impl Server {
                 "drain timed out; unfinished messages return to their queues"
             );
             self.workers.abort_all();
+        }
+        // The relay finishes its publish in flight (bounded by the confirm timeout) and
+        // gives its lease up; rows it did not publish stay for the next relay.
+        if let Some(relay) = self.relay.take()
+            && tokio::time::timeout(CONFIRM_TIMEOUT * 2, relay)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the event relay did not stop in time; its rows stay in the outbox");
         }
         self.link.close().await;
         self.store.close().await;

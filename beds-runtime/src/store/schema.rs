@@ -7,6 +7,7 @@ use crate::meta::{CondOp, DomainMeta, FieldKind, IdKind, OnDelete, QueryMeta, Te
 /// The DDL for every template, referenced tables first.
 pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<String> {
     let mut out = idempotency_table(d);
+    out.extend(outbox_tables(d));
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));
@@ -36,6 +37,32 @@ fn idempotency_table(d: &dyn Dialect) -> Vec<String> {
             "beds_idempotency_created_at_idx",
             "beds_idempotency",
             &[q("created_at")],
+        ),
+    ]
+}
+
+/// The runtime's event tables: the outbox (events of committed writes not yet confirmed
+/// by the broker, in `seq` order) and the lease of the one relay publishing them.
+fn outbox_tables(d: &dyn Dialect) -> Vec<String> {
+    let [key, text, time] = d.idempotency_types();
+    let q = |s: &str| d.quote(s);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {},\n  {} {text} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_outbox"),
+            q("seq"),
+            d.id_column(IdKind::Sequence),
+            q("body"),
+            q("created_at"),
+            d.table_options()
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {key} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_outbox_lease"),
+            q("name"),
+            q("holder"),
+            q("expires_at"),
+            d.table_options()
         ),
     ]
 }

@@ -8,8 +8,8 @@ use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
 use crate::meta::{
-    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, IdKind, LiteralValue, Operand,
-    QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
+    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue,
+    Operand, QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
 };
 
 /// Statements prepared once per template at start-up.
@@ -18,6 +18,9 @@ pub(super) struct Statements {
     pub insert: SqlStr,
     /// By key slot: 0 is the id, then one per unique index.
     pub fetch: Vec<SqlStr>,
+    /// `fetch` locking the row until the transaction ends (the `before` of an event).
+    pub fetch_locked: Vec<SqlStr>,
+    /// Returns the deleted record's columns.
     pub delete: Vec<SqlStr>,
     pub list_first: SqlStr,
     pub list_after: SqlStr,
@@ -115,6 +118,62 @@ pub(super) fn idempotency_sql(d: &dyn Dialect) -> IdempotencySql {
         claim: d.prepare(d.claim_statement(&insert)),
         store_reply: sql("UPDATE {t} SET {reply} = ? WHERE {key} = ?"),
         expire: sql("DELETE FROM {t} WHERE {created_at} < ?"),
+    }
+}
+
+/// The records of `t` whose reference `f` points at one id, locked until the transaction
+/// ends: what a delete of that id cascades to or nulls.
+pub(super) fn referrers_sql(d: &dyn Dialect, t: &TemplateMeta, f: &FieldMeta) -> SqlStr {
+    d.prepare(format!(
+        "SELECT {} FROM {} WHERE {} = {}{}",
+        record_columns(d, t, None).join(", "),
+        d.quote(t.table),
+        d.quote(f.column),
+        d.arg(Ty::of_field(f)),
+        d.lock_rows()
+    ))
+}
+
+/// The statements of the outbox and its relay lease, prepared once.
+#[derive(Debug)]
+pub(super) struct OutboxSql {
+    pub insert: SqlStr,
+    /// The oldest rows created before a time, in `seq` order, up to a limit.
+    pub batch: SqlStr,
+    pub remove: SqlStr,
+    /// Extends the lease for its holder, or takes it over once it expired.
+    pub renew: SqlStr,
+    /// Creates the lease row (the dialect's insert-or-ignore).
+    pub take: SqlStr,
+    /// Ends the lease of a holder at once, so another relay need not wait for its expiry.
+    pub release: SqlStr,
+}
+
+pub(super) fn outbox_sql(d: &dyn Dialect) -> OutboxSql {
+    let text = |text: &str| {
+        let q = |s: &str| d.quote(s);
+        text.replace("{t}", &q("beds_outbox"))
+            .replace("{lease}", &q("beds_outbox_lease"))
+            .replace("{seq}", &q("seq"))
+            .replace("{body}", &q("body"))
+            .replace("{created_at}", &q("created_at"))
+            .replace("{name}", &q("name"))
+            .replace("{holder}", &q("holder"))
+            .replace("{expires_at}", &q("expires_at"))
+    };
+    let sql = |s: &str| d.prepare(text(s));
+    let take = text("INSERT INTO {lease} ({name}, {holder}, {expires_at}) VALUES ('relay', ?, ?)");
+    OutboxSql {
+        insert: sql("INSERT INTO {t} ({body}, {created_at}) VALUES (?, ?)"),
+        batch: sql("SELECT {seq}, {body} FROM {t} WHERE {created_at} <= ? ORDER BY {seq} LIMIT ?"),
+        remove: sql("DELETE FROM {t} WHERE {seq} = ?"),
+        renew: sql(
+            "UPDATE {lease} SET {holder} = ?, {expires_at} = ? WHERE {name} = 'relay' AND ({holder} = ? OR {expires_at} < ?)",
+        ),
+        take: d.prepare(d.claim_statement(&take)),
+        release: sql(
+            "UPDATE {lease} SET {expires_at} = '' WHERE {name} = 'relay' AND {holder} = ?",
+        ),
     }
 }
 
@@ -228,12 +287,20 @@ pub(super) fn statements(d: &dyn Dialect, t: &TemplateMeta) -> Statements {
             .iter()
             .map(|w| tr(format!("SELECT {cols} FROM {table} WHERE {w}")))
             .collect(),
+        fetch_locked: wheres
+            .iter()
+            .map(|w| {
+                tr(format!(
+                    "SELECT {cols} FROM {table} WHERE {w}{}",
+                    d.lock_rows()
+                ))
+            })
+            .collect(),
         delete: wheres
             .iter()
             .map(|w| {
                 tr(format!(
-                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {}",
-                    d.select(&id, id_ty)
+                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {cols}"
                 ))
             })
             .collect(),

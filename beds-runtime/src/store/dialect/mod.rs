@@ -187,6 +187,12 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         "BEGIN"
     }
 
+    /// What locks the rows a `SELECT` reads until the transaction ends; SQLite needs none,
+    /// its write transaction already excludes every other writer.
+    fn lock_rows(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+
     /// Whether `UPDATE … RETURNING` exists.
     fn update_returning(&self) -> bool {
         true

@@ -70,6 +70,10 @@ impl Dialect for Sqlite {
         "BEGIN IMMEDIATE"
     }
 
+    fn lock_rows(&self) -> &'static str {
+        ""
+    }
+
     fn equals_ci(&self, col: &str, ty: Ty) -> String {
         format!("{col} = {} COLLATE NOCASE", self.arg(ty))
     }
