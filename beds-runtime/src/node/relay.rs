@@ -21,7 +21,7 @@ use crate::events::WriteEvent;
 use crate::store::{OutboxRow, Store};
 use crate::transport::link::Link;
 use crate::transport::names::EXCHANGE;
-use crate::transport::publish::{CONFIRM_TIMEOUT, PublishError, publish};
+use crate::transport::publish::{CONFIRM_TIMEOUT, Message, PublishError, publish_batch};
 
 /// Why a relay round stopped before the outbox was empty.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ enum RelayError {
     Publish { seq: i64, source: PublishError },
     #[error("outbox row seq {seq} is not an event: {source}")]
     Undecodable { seq: i64, source: serde_json::Error },
-    #[error("the lease ran short during a round")]
+    #[error("the outbox lease is not held long enough for a batch")]
     LeaseLost,
 }
 
@@ -50,15 +50,25 @@ pub(crate) struct Relay {
     pub holder: String,
 }
 
+/// What a relay remembers between rounds.
+#[derive(Default)]
+struct State {
+    channel: Option<Channel>,
+    /// When the lease was last taken or renewed (before the statement ran).
+    renewed: Option<Instant>,
+    /// When taking the lease last failed (another relay holds it).
+    refused: Option<Instant>,
+}
+
 impl Relay {
     /// Publishes until `stop` fires; failures are logged and retried after a backoff, so
     /// the relay outlives broker restarts and database outages.
     pub async fn run(self, stop: CancellationToken) {
         let poll = self.config.poll.duration();
-        let mut channel: Option<Channel> = None;
+        let mut state = State::default();
         let mut backoff = poll;
         loop {
-            let pause = match self.round(&mut channel, &stop).await {
+            let pause = match self.round(&mut state, &stop).await {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => {
                     backoff = poll;
@@ -66,7 +76,7 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "event relay round failed; retrying");
-                    channel = None;
+                    state.channel = None;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     backoff
                 }
@@ -76,23 +86,61 @@ impl Relay {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        if let Err(e) = self.store.outbox_release(&self.holder).await {
+        if state.renewed.is_some()
+            && let Err(e) = self.store.outbox_release(&self.holder).await
+        {
             tracing::debug!(error = %e, "releasing the outbox lease failed; it expires");
         }
-        if let Some(ch) = channel {
-            let _ = tokio::time::timeout(CONFIRM_TIMEOUT, ch.close(200, "stop".into())).await;
+        if let Some(ch) = state.channel {
+            let closing = tokio::time::timeout(CONFIRM_TIMEOUT, ch.close(200, "stop".into()));
+            if let Ok(Err(e)) = closing.await {
+                tracing::debug!(error = %e, "closing the relay channel");
+            }
+        }
+    }
+
+    /// Whether this relay holds the lease: renewed every quarter TTL while held, asked for
+    /// again every quarter TTL while another relay holds it (a database write per quarter
+    /// TTL per node, not per poll).
+    async fn hold(&self, state: &mut State) -> Result<bool, RelayError> {
+        let every = self.config.lease_ttl.duration() / 4;
+        let fresh = |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < every);
+        if fresh(state.renewed) {
+            return Ok(true);
+        }
+        if state.renewed.is_none() && fresh(state.refused) {
+            return Ok(false);
+        }
+        let asked = Instant::now();
+        let held = self
+            .store
+            .outbox_lease(&self.holder, self.config.lease_ttl.duration())
+            .await;
+        match held {
+            Ok(true) => {
+                if state.renewed.is_none() {
+                    tracing::info!(holder = %self.holder, "this node's relay publishes the events");
+                }
+                state.renewed = Some(asked);
+                state.refused = None;
+                Ok(true)
+            }
+            Ok(false) => {
+                state.renewed = None;
+                state.refused = Some(asked);
+                Ok(false)
+            }
+            Err(e) => {
+                // Unknown: publish nothing until the lease is renewed again.
+                state.renewed = None;
+                Err(e.into())
+            }
         }
     }
 
     /// One batch: true if it was full (more may be waiting).
-    async fn round(
-        &self,
-        channel: &mut Option<Channel>,
-        stop: &CancellationToken,
-    ) -> Result<bool, RelayError> {
-        let ttl = self.config.lease_ttl.duration();
-        let leased_at = Instant::now();
-        if !self.store.outbox_lease(&self.holder, ttl).await? {
+    async fn round(&self, state: &mut State, stop: &CancellationToken) -> Result<bool, RelayError> {
+        if !self.hold(state).await? {
             return Ok(false);
         }
         let cutoff = crate::value::now()
@@ -102,23 +150,35 @@ impl Relay {
         if rows.is_empty() {
             return Ok(false);
         }
-        let ch = match channel {
-            Some(ch) if ch.status().connected() => ch,
-            _ => channel.insert(self.confirming_channel(stop).await?),
-        };
         let full = rows.len() == self.config.batch as usize;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
-            // A publish takes at most CONFIRM_TIMEOUT; stop before the lease could run out
-            // mid-publish, so two relays never publish at once.
-            if leased_at.elapsed() + CONFIRM_TIMEOUT >= ttl {
-                return Err(RelayError::LeaseLost);
-            }
-            if stop.is_cancelled() {
-                return Ok(false);
-            }
-            self.publish(ch, row).await?;
+            seqs.push(row.seq);
+            messages.push(self.message(row)?);
         }
-        Ok(full)
+        // The batch's publishes and confirms take at most CONFIRM_TIMEOUT: start it only
+        // if the lease outlives that, so two relays never publish at once.
+        let renewed = state.renewed.ok_or(RelayError::LeaseLost)?;
+        if renewed.elapsed() + CONFIRM_TIMEOUT >= self.config.lease_ttl.duration() {
+            state.renewed = None;
+            return Err(RelayError::LeaseLost);
+        }
+        let ch = match &mut state.channel {
+            Some(ch) if ch.status().connected() => ch,
+            slot => slot.insert(self.confirming_channel(stop).await?),
+        };
+        let (confirmed, failed) = publish_batch(ch, EXCHANGE, &messages).await;
+        // Only confirmed rows go; the rest (and any row published but not confirmed) stay
+        // and are published again with the same event id.
+        self.store.outbox_remove(&seqs[..confirmed]).await?;
+        match failed {
+            Some(source) => Err(RelayError::Publish {
+                seq: seqs[confirmed],
+                source,
+            }),
+            None => Ok(full),
+        }
     }
 
     async fn confirming_channel(&self, stop: &CancellationToken) -> Result<Channel, RelayError> {
@@ -138,9 +198,9 @@ impl Relay {
             .unwrap_or(Err(RelayError::ChannelTimedOut))
     }
 
-    /// Publishes one row, persistent and confirmed, then removes it. A crash between the
-    /// confirm and the removal publishes it again later, with the same event id.
-    async fn publish(&self, ch: &Channel, row: OutboxRow) -> Result<(), RelayError> {
+    /// An outbox row as the message published: its `seq` filled in, persistent, JSON,
+    /// `message_id` the event id, `correlation_id` the request's.
+    fn message(&self, row: OutboxRow) -> Result<Message, RelayError> {
         let seq = row.seq;
         let mut event: WriteEvent = serde_json::from_str(&row.body)
             .map_err(|source| RelayError::Undecodable { seq, source })?;
@@ -152,17 +212,10 @@ impl Relay {
             .with_content_type(ShortString::from("application/json"))
             .with_message_id(ShortString::from(event.id.to_string()))
             .with_correlation_id(ShortString::from(event.correlation_id.to_string()));
-        publish(
-            ch,
-            EXCHANGE,
-            &event.routing_key(&self.amqp.queue_tag),
-            false,
-            &body,
+        Ok(Message {
+            routing_key: event.routing_key(&self.amqp.queue_tag),
+            body,
             properties,
-        )
-        .await
-        .map_err(|source| RelayError::Publish { seq, source })?;
-        self.store.outbox_remove(seq).await?;
-        Ok(())
+        })
     }
 }

@@ -223,10 +223,13 @@ impl Store {
             .collect()
     }
 
-    /// Removes a published (confirmed) outbox row.
-    pub async fn outbox_remove(&self, seq: i64) -> Result<(), sqlx::Error> {
+    /// Removes published (confirmed) outbox rows, in one statement.
+    pub async fn outbox_remove(&self, seqs: &[i64]) -> Result<(), sqlx::Error> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
         sqlx::query(self.outbox.remove.clone())
-            .bind(seq)
+            .bind(Json::from(seqs).to_string())
             .execute(&self.pool)
             .await?;
         Ok(())

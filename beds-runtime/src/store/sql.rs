@@ -140,6 +140,7 @@ pub(super) struct OutboxSql {
     pub insert: SqlStr,
     /// The oldest rows created before a time, in `seq` order, up to a limit.
     pub batch: SqlStr,
+    /// Removes the rows whose `seq` is in a JSON array.
     pub remove: SqlStr,
     /// Extends the lease for its holder, or takes it over once it expired.
     pub renew: SqlStr,
@@ -166,7 +167,11 @@ pub(super) fn outbox_sql(d: &dyn Dialect) -> OutboxSql {
     OutboxSql {
         insert: sql("INSERT INTO {t} ({body}, {created_at}) VALUES (?, ?)"),
         batch: sql("SELECT {seq}, {body} FROM {t} WHERE {created_at} <= ? ORDER BY {seq} LIMIT ?"),
-        remove: sql("DELETE FROM {t} WHERE {seq} = ?"),
+        remove: d.prepare(format!(
+            "DELETE FROM {} WHERE {}",
+            d.quote("beds_outbox"),
+            d.in_list(&d.quote("seq"), Ty::Int)
+        )),
         renew: sql(
             "UPDATE {lease} SET {holder} = ?, {expires_at} = ? WHERE {name} = 'relay' AND ({holder} = ? OR {expires_at} < ?)",
         ),
