@@ -103,8 +103,8 @@ pub struct Server {
     stop: CancellationToken,
     workers: JoinSet<()>,
     counters: Arc<Counters>,
-    /// The outbox relay, if events are on.
-    relay: Option<tokio::task::JoinHandle<()>>,
+    /// The outbox relay and its stop, if events are on.
+    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     drain: Duration,
 }
 
@@ -163,6 +163,8 @@ impl Server {
             stop.clone(),
         ));
         let mut relay = None;
+        // Its own token: the relay stops after the workers drained, not with them.
+        let relay_stop = CancellationToken::new();
         if events.is_some() {
             let run = Relay {
                 store: store.clone(),
@@ -176,7 +178,10 @@ impl Server {
                     uuid::Uuid::now_v7()
                 ),
             };
-            relay = Some(tokio::spawn(run.run(stop.clone())));
+            relay = Some((
+                relay_stop.clone(),
+                tokio::spawn(run.run(relay_stop.clone())),
+            ));
         }
         for &lane in lanes {
             let pool = match lane {
@@ -258,17 +263,31 @@ impl Server {
             );
             self.workers.abort_all();
         }
-        // The relay finishes its publish in flight (bounded by the confirm timeout) and
-        // gives its lease up; rows it did not publish stay for the next relay.
-        if let Some(relay) = self.relay.take()
-            && tokio::time::timeout(CONFIRM_TIMEOUT * 2, relay)
-                .await
-                .is_err()
+        // The relay publishes what the drained workers committed (each batch bounded by the
+        // confirm timeout) and gives its lease up; rows it did not publish stay for the next
+        // relay.
+        if let Some((relay_stop, relay)) = self.relay.take()
+            && tokio::time::timeout(CONFIRM_TIMEOUT * 3, async {
+                relay_stop.cancel();
+                relay.await
+            })
+            .await
+            .is_err()
         {
             tracing::warn!("the event relay did not stop in time; its rows stay in the outbox");
         }
         self.link.close().await;
         self.store.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// A server dropped without [`Server::stop`] still stops its relay (its workers stop with
+/// their `JoinSet`), so no task keeps polling a database nobody serves.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((relay_stop, _)) = &self.relay {
+            relay_stop.cancel();
+        }
     }
 }

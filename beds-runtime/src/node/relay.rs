@@ -32,6 +32,8 @@ enum RelayError {
     Channel(lapin::Error),
     #[error("opening a confirming channel took longer than {} s", CONFIRM_TIMEOUT.as_secs())]
     ChannelTimedOut,
+    #[error("the node is stopping")]
+    Stopping,
     #[error("publishing event seq {seq} failed: {source}")]
     Publish { seq: i64, source: PublishError },
     #[error("outbox row seq {seq} is not an event: {source}")]
@@ -86,10 +88,15 @@ impl Relay {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        if state.renewed.is_some()
-            && let Err(e) = self.store.outbox_release(&self.holder).await
-        {
-            tracing::debug!(error = %e, "releasing the outbox lease failed; it expires");
+        // The node stops the relay after its workers drained: one last batch publishes what
+        // they committed meanwhile; anything left stays for the next relay.
+        if state.renewed.is_some() {
+            if let Err(e) = self.round(&mut state, &CancellationToken::new()).await {
+                tracing::info!(error = %e, "events left in the outbox for the next relay");
+            }
+            if let Err(e) = self.store.outbox_release(&self.holder).await {
+                tracing::debug!(error = %e, "releasing the outbox lease failed; it expires");
+            }
         }
         if let Some(ch) = state.channel {
             let closing = tokio::time::timeout(CONFIRM_TIMEOUT, ch.close(200, "stop".into()));
@@ -185,7 +192,7 @@ impl Relay {
         let open = async {
             let conn = tokio::select! {
                 conn = self.link.live() => conn,
-                () = stop.cancelled() => return Err(RelayError::ChannelTimedOut),
+                () = stop.cancelled() => return Err(RelayError::Stopping),
             };
             let ch = conn.create_channel().await.map_err(RelayError::Channel)?;
             ch.confirm_select(ConfirmSelectOptions::default())

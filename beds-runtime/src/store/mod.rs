@@ -234,9 +234,10 @@ impl Store {
                 tokens,
             } => {
                 // Read and locked first, so no other write lands between it and the update.
-                let before = match events {
-                    true => self.locked(&mut tx, t, &key).await?,
-                    false => None,
+                let before = if events {
+                    self.locked(&mut tx, t, &key).await?
+                } else {
+                    None
                 };
                 let reply = self
                     .update(&mut tx, t, &key, fields, expect_version)
@@ -255,12 +256,14 @@ impl Store {
                 expect_version,
             } => {
                 // What the database deletes or nulls by itself, read before it does.
-                let cascaded = match events {
-                    true => match self.locked(&mut tx, t, &key).await? {
-                        Some(root) => self.cascade(&mut tx, t, &root).await?,
-                        None => Vec::new(),
-                    },
-                    false => Vec::new(),
+                let root = if events {
+                    self.locked(&mut tx, t, &key).await?
+                } else {
+                    None
+                };
+                let cascaded = match root {
+                    Some(root) => self.cascade(&mut tx, t, &root).await?,
+                    None => Vec::new(),
                 };
                 let (reply, before) = self.delete(&mut tx, t, &key, expect_version).await?;
                 changes.push(Change {

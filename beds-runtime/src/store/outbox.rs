@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::dialect::{Failure, Ty};
 use super::{Store, record};
-use crate::error::BedsError;
+use crate::error::{BedsError, ErrorCode};
 use crate::events::{EVENT_VERSION, EventKind, Lineage, WriteEvent, WriteOp};
 use crate::meta::{FieldMeta, OnDelete, TemplateMeta};
 use crate::value::{RecordKey, Timestamp, format_timestamp};
@@ -92,9 +92,8 @@ impl Store {
                 if r.on_delete == OnDelete::Restrict {
                     continue;
                 }
-                let value = crate::value::id_value(t.id, &id).map_err(|m| {
-                    BedsError::new(crate::error::ErrorCode::Internal, format!("stored id {m}"))
-                })?;
+                let value = crate::value::id_value(t.id, &id)
+                    .map_err(|m| BedsError::new(ErrorCode::Internal, format!("stored id {m}")))?;
                 let rows = self
                     .bind(sqlx::query(r.select.clone()), value, Ty::Text)
                     .fetch_all(&mut *conn)
@@ -187,10 +186,7 @@ impl Store {
             };
             let body = serde_json::to_string(&event).map_err(|e| {
                 tracing::error!(error = %e, "an event could not be encoded");
-                BedsError::new(
-                    crate::error::ErrorCode::Internal,
-                    "an event could not be encoded",
-                )
+                BedsError::new(ErrorCode::Internal, "an event could not be encoded")
             })?;
             sqlx::query(self.outbox.insert.clone())
                 .bind(body)
