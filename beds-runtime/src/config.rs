@@ -726,6 +726,32 @@ mod tests {
     }
 
     #[test]
+    fn event_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_EVENTS__PUBLISH_AFTER", "1h"),
+                ("BEDS_EVENTS__BATCH", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.events.publish_after, Millis(3_600_000));
+        assert_eq!(c.events.batch, 7);
+        assert!(c.events.enabled);
+        for (key, value, says) in [
+            ("BEDS_EVENTS__BATCH", "0", "events.batch"),
+            ("BEDS_EVENTS__LEASE_TTL", "5s", "events.lease_ttl"),
+        ] {
+            let e = Config::load_with_env(&ok, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact("amqp://guest:guest@h:5672/%2f"),

@@ -91,3 +91,30 @@ pub(crate) struct Lineage {
     pub depth: u32,
     pub origin: Origin,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_reads_and_writes_as_documented() {
+        let text = r#"{"v":1,"kind":"write_event","id":"01a22107-12b7-7605-909a-dde25d9a61b3","correlation_id":"01a22107-123e-753f-abe5-97ed5cc2603b","causation_id":"01a22107-123e-753f-abe5-97ed5cc2603b","depth":1,"origin":{"service":"beds","node":"node1","env":"dev"},"seq":2,"domain":"shop","template":"item","op":"update","key":{"id":"01a22107-1152-77db-b7f2-fcb792989be1"},"version":2,"committed_at":"2026-11-28T07:20:41.399303Z","after":{"id":"01a22107-1152-77db-b7f2-fcb792989be1","version":2},"before":{"id":"01a22107-1152-77db-b7f2-fcb792989be1","version":1}}"#;
+        let event: WriteEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(event.op, WriteOp::Update);
+        assert_eq!(event.routing_key("prod_"), "prod_evt.shop.item.update");
+        let again: Json = serde_json::to_value(&event).unwrap();
+        assert_eq!(again, serde_json::from_str::<Json>(text).unwrap());
+    }
+
+    #[test]
+    fn a_create_has_no_before_and_a_delete_no_after() {
+        let text = r#"{"v":1,"kind":"write_event","id":"01a22107-12b7-7605-909a-dde25d9a61b3","correlation_id":"01a22107-123e-753f-abe5-97ed5cc2603b","causation_id":"01a22107-123e-753f-abe5-97ed5cc2603b","depth":1,"origin":{"service":"beds","node":"n","env":"e"},"seq":3,"domain":"shop","template":"item","op":"delete","key":{"id":7},"version":4,"committed_at":"2026-11-28T07:20:41.399303Z","after":null,"before":{"id":7,"version":4}}"#;
+        let event: WriteEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(event.after, None);
+        assert!(
+            serde_json::to_string(&event)
+                .unwrap()
+                .contains(r#""after":null"#)
+        );
+    }
+}
