@@ -40,9 +40,9 @@ pub enum EventKind {
     WriteEvent,
 }
 
-/// One committed change to one record (see wiki/events.md).
+/// One committed change to one record (see wiki/events.md). Unknown fields are ignored
+/// when reading: the contract grows by adding fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WriteEvent {
     pub v: u32,
     pub kind: EventKind,
@@ -74,13 +74,13 @@ pub struct WriteEvent {
 impl WriteEvent {
     /// `{queue_tag}evt.{domain}.{template}.{op}` on `beds.events`.
     pub fn routing_key(&self, queue_tag: &str) -> String {
-        format!(
-            "{queue_tag}evt.{}.{}.{}",
-            self.domain,
-            self.template,
-            self.op.name()
-        )
+        routing_key(queue_tag, &self.domain, &self.template, self.op)
     }
+}
+
+/// The routing key of an event of `domain.template` for `op`.
+pub fn routing_key(queue_tag: &str, domain: &str, template: &str, op: WriteOp) -> String {
+    format!("{queue_tag}evt.{domain}.{template}.{}", op.name())
 }
 
 /// Where a write came from: what its events carry of the request.

@@ -2,7 +2,8 @@
 //! with publisher confirms, in `seq` order, and removes a row only after its confirm.
 //!
 //! One relay per database publishes at a time: every appServer node runs one, and only the
-//! holder of the outbox lease (a row in the database, renewed each round) reads the outbox.
+//! holder of the outbox lease (a row in the database, renewed every quarter TTL) reads the
+//! outbox.
 //! Per record, writes commit in version order and take increasing `seq` (the record's row
 //! is locked from its read until commit), so one publisher in `seq` order publishes each
 //! record's events in version order, whichever node wrote them. A holder that dies is
@@ -14,10 +15,13 @@ use std::time::{Duration, Instant};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{AmqpConfig, EventsConfig};
-use crate::events::WriteEvent;
+use crate::events::{WriteOp, routing_key};
 use crate::store::{OutboxRow, Store};
 use crate::transport::link::Link;
 use crate::transport::names::EXCHANGE;
@@ -50,6 +54,16 @@ pub(crate) struct Relay {
     /// This relay's name in the lease: node, process and start, so a restarted node is a
     /// new holder and waits for the old lease to expire (its rows may still be in flight).
     pub holder: String,
+}
+
+/// What the relay reads of an event: what its message's properties and routing key need.
+#[derive(Deserialize)]
+struct Head {
+    id: Uuid,
+    correlation_id: Uuid,
+    domain: String,
+    template: String,
+    op: WriteOp,
 }
 
 /// What a relay remembers between rounds.
@@ -206,21 +220,29 @@ impl Relay {
     }
 
     /// An outbox row as the message published: its `seq` filled in, persistent, JSON,
-    /// `message_id` the event id, `correlation_id` the request's.
+    /// `message_id` the event id, `correlation_id` the request's. The body is kept as a JSON
+    /// object, not read into [`crate::events::WriteEvent`]: a field added by a newer node survives an older
+    /// relay.
     fn message(&self, row: OutboxRow) -> Result<Message, RelayError> {
         let seq = row.seq;
-        let mut event: WriteEvent = serde_json::from_str(&row.body)
-            .map_err(|source| RelayError::Undecodable { seq, source })?;
-        event.seq = seq;
-        let body =
-            serde_json::to_vec(&event).map_err(|source| RelayError::Undecodable { seq, source })?;
+        let undecodable = |source| RelayError::Undecodable { seq, source };
+        let mut body: Map<String, Json> = serde_json::from_str(&row.body).map_err(undecodable)?;
+        let event: Head =
+            serde_json::from_value(Json::Object(body.clone())).map_err(undecodable)?;
+        body.insert("seq".into(), Json::from(seq));
+        let body = serde_json::to_vec(&body).map_err(undecodable)?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
             .with_message_id(ShortString::from(event.id.to_string()))
             .with_correlation_id(ShortString::from(event.correlation_id.to_string()));
         Ok(Message {
-            routing_key: event.routing_key(&self.amqp.queue_tag),
+            routing_key: routing_key(
+                &self.amqp.queue_tag,
+                &event.domain,
+                &event.template,
+                event.op,
+            ),
             body,
             properties,
         })
