@@ -73,6 +73,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub shutdown: ShutdownConfig,
     pub idempotency: IdempotencyConfig,
+    pub events: EventsConfig,
     pub retry: RetryConfig,
     pub tercero: TerceroConfig,
     pub client: ClientConfig,
@@ -92,6 +93,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             shutdown: ShutdownConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            events: EventsConfig::default(),
             retry: RetryConfig::default(),
             tercero: TerceroConfig::default(),
             client: ClientConfig::default(),
@@ -286,6 +288,37 @@ impl Default for LockingConfig {
         LockingConfig {
             default_ttl: Millis(30_000),
             max_ttl: Millis(3_600_000),
+        }
+    }
+}
+
+/// Committed-write events: the outbox written with every write and the relay that
+/// publishes it (see wiki/events.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Writes record events and appServer nodes run the relay.
+    pub enabled: bool,
+    /// Outbox rows read and published per round.
+    pub batch: u32,
+    /// How long the relay waits before looking again when the outbox had nothing to send.
+    pub poll: Millis,
+    /// Rows younger than this are left for later: a publish delay (0 in production; tests
+    /// use it to hold committed events in the outbox).
+    pub publish_after: Millis,
+    /// How long the one active relay of a database holds its lease without renewing it;
+    /// another node's relay takes over after that.
+    pub lease_ttl: Millis,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            batch: 100,
+            poll: Millis(100),
+            publish_after: Millis(0),
+            lease_ttl: Millis(30_000),
         }
     }
 }
@@ -570,6 +603,16 @@ impl Config {
                 "locking.default_ttl must be at least 1ms and at most locking.max_ttl".into(),
             );
         }
+        if self.events.batch == 0 {
+            return Err("events.batch must be at least 1".into());
+        }
+        // A relay must be able to finish a publish (bounded by the confirm timeout) well
+        // within its lease, or two relays could publish at once.
+        if self.events.lease_ttl.0 < 20_000 {
+            return Err(
+                "events.lease_ttl must be at least 20s (twice the publish confirm bound)".into(),
+            );
+        }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
         }
@@ -743,6 +786,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn event_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_EVENTS__PUBLISH_AFTER", "1h"),
+                ("BEDS_EVENTS__BATCH", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.events.publish_after, Millis(3_600_000));
+        assert_eq!(c.events.batch, 7);
+        assert!(c.events.enabled);
+        for (key, value, says) in [
+            ("BEDS_EVENTS__BATCH", "0", "events.batch"),
+            ("BEDS_EVENTS__LEASE_TTL", "5s", "events.lease_ttl"),
+        ] {
+            let e = Config::load_with_env(&ok, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

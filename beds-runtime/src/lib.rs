@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod events;
 mod ingress;
 mod meta;
 mod node;

@@ -400,3 +400,105 @@ async fn write_workers_resume_after_repeated_broker_restarts() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// Committed-write events outlive closed connections: the broker closes every connection of
+/// the vhost (the node's relay's among them) twice while 2,000 writes stream in; afterwards
+/// the outbox empties and every stored spew has its create event (duplicates, if any, carry
+/// the same event id).
+#[tokio::test]
+async fn events_survive_connections_closed_mid_stream() {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use std::collections::{HashMap, HashSet};
+
+    let _serial = SERIAL.lock().await;
+    let vhost = Vhost::new();
+    let env = env_in(&vhost, "fault_events");
+    // A durable queue, so events published while this test's own connection is closed wait.
+    let queue = format!("{}events", env.config.amqp.queue_tag);
+    {
+        let conn = lapin::Connection::connect(&env.config.amqp.url, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        beds_runtime::topology::declare(&ch, &env.config.amqp, &[])
+            .await
+            .unwrap();
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            "beds.events".into(),
+            format!("{}evt.#", env.config.amqp.queue_tag).into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        conn.close(200, "declared".into()).await.unwrap();
+    }
+    let server = env.start().await;
+    let author = stream::author(&env).await;
+    let stream = Stream::start(&env, author, 2_000).await;
+    for _ in 0..2 {
+        stream.wait_for(|done| done >= 500).await;
+        rabbitmqctl(&["close_all_connections", "-p", &vhost.0, "fault test"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let outcomes = stream.finish().await;
+    stream::assert_exactly_once(&env, &outcomes).await;
+
+    let db = env.db().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM beds_outbox")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} events still in the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT body_spw FROM spw_spews")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+
+    let conn = lapin::Connection::connect(&env.config.amqp.url, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // Event id -> the created spew's body.
+    let mut events: HashMap<String, String> = HashMap::new();
+    while let Some(m) = ch
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let e: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        if e["template"] == "spew" && e["op"] == "create" {
+            let body = e["after"]["body"].as_str().unwrap().to_string();
+            if let Some(seen) = events.insert(e["id"].as_str().unwrap().to_string(), body.clone()) {
+                assert_eq!(seen, body, "a republished event is the same event");
+            }
+        }
+    }
+    let published: HashSet<&String> = events.values().collect();
+    assert_eq!(events.len(), stored.len(), "one event id per stored spew");
+    assert_eq!(published, stored.iter().collect::<HashSet<_>>());
+    server.stop().await;
+}

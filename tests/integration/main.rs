@@ -6,6 +6,7 @@ mod concurrency;
 mod conformance;
 mod counts;
 mod errors;
+mod events;
 mod field_kinds;
 mod json_schema;
 mod locking;

@@ -8,21 +8,34 @@ use std::pin::Pin;
 use serde_json::Value as Json;
 
 use super::command::Command;
-use crate::envelope::Request;
+use crate::envelope::{Origin, Request};
 use crate::error::{BedsError, ErrorCode};
+use crate::events::Lineage;
 use crate::meta::{QueryMeta, TemplateMeta};
 use crate::store::Store;
 use crate::value::RecordKey;
 
-/// What handlers run against: the node's database.
+/// What handlers run against: the node's database, and this node as the origin of the
+/// events its writes record (`None`: events are off).
 #[derive(Debug, Clone)]
 pub struct Ctx {
     store: Store,
+    events: Option<Origin>,
 }
 
 impl Ctx {
-    pub(crate) fn new(store: Store) -> Ctx {
-        Ctx { store }
+    pub(crate) fn new(store: Store, events: Option<Origin>) -> Ctx {
+        Ctx { store, events }
+    }
+
+    /// The lineage a request's events carry: its conversation, caused by it, one deeper.
+    fn lineage(&self, request: &Request) -> Option<Lineage> {
+        self.events.as_ref().map(|origin| Lineage {
+            correlation_id: request.correlation_id.unwrap_or(request.id),
+            causation_id: request.id,
+            depth: request.depth.saturating_add(1),
+            origin: origin.clone(),
+        })
     }
 }
 
@@ -73,7 +86,8 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
             let key = call
                 .idempotency
                 .ok_or_else(|| mismatch("a write without its idempotency key"))?;
-            ctx.store.write(t, &key, op).await
+            let lineage = ctx.lineage(call.request);
+            ctx.store.write(t, &key, op, lineage.as_ref()).await
         }
         Command::Fetch(key) => ctx
             .store

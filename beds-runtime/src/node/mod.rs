@@ -16,11 +16,14 @@ use crate::ingress::lane::Lane;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
+use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use relay::Relay;
 use tercero::EventConsumer;
 use worker::{Worker, supervise};
 
+mod relay;
 mod tercero;
 mod worker;
 
@@ -127,6 +130,8 @@ pub struct Server {
     stop: CancellationToken,
     workers: JoinSet<()>,
     counters: Arc<Counters>,
+    /// The outbox relay and its stop, if events are on.
+    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     drain: Duration,
 }
 
@@ -170,10 +175,15 @@ impl Server {
             .await
             .map_err(ServerError::Topology)?;
 
+        let events = config.events.enabled.then(|| Origin {
+            service: "beds".into(),
+            node: config.node.clone(),
+            env: config.env.clone(),
+        });
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
-            ctx: Ctx::new(store.clone()),
+            ctx: Ctx::new(store.clone(), events.clone()),
             retry: config.retry,
             leases: config.locking,
         });
@@ -185,6 +195,27 @@ impl Server {
             config.idempotency.ttl.duration(),
             stop.clone(),
         ));
+        let mut relay = None;
+        // Its own token: the relay stops after the workers drained, not with them.
+        let relay_stop = CancellationToken::new();
+        if events.is_some() {
+            let run = Relay {
+                store: store.clone(),
+                link: link.clone(),
+                amqp: config.amqp.clone(),
+                config: config.events,
+                holder: format!(
+                    "{} {} {}",
+                    config.node,
+                    std::process::id(),
+                    uuid::Uuid::now_v7()
+                ),
+            };
+            relay = Some((
+                relay_stop.clone(),
+                tokio::spawn(run.run(relay_stop.clone())),
+            ));
+        }
         for &lane in lanes {
             let pool = match lane {
                 Lane::Read => config.brokers.read,
@@ -259,6 +290,7 @@ impl Server {
             stop,
             workers,
             counters,
+            relay,
             drain: config.shutdown.drain_timeout.duration(),
         })
     }
@@ -299,8 +331,31 @@ impl Server {
             );
             self.workers.abort_all();
         }
+        // The relay publishes what the drained workers committed (each batch bounded by the
+        // confirm timeout) and gives its lease up; rows it did not publish stay for the next
+        // relay.
+        if let Some((relay_stop, relay)) = self.relay.take()
+            && tokio::time::timeout(CONFIRM_TIMEOUT * 3, async {
+                relay_stop.cancel();
+                relay.await
+            })
+            .await
+            .is_err()
+        {
+            tracing::warn!("the event relay did not stop in time; its rows stay in the outbox");
+        }
         self.link.close().await;
         self.store.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// A server dropped without [`Server::stop`] still stops its relay (its workers stop with
+/// their `JoinSet`), so no task keeps polling a database nobody serves.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((relay_stop, _)) = &self.relay {
+            relay_stop.cancel();
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
 use crate::meta::DomainMeta;
 use crate::store::Store;
-use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, WriteEvent, effect, invalidation};
+use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, effect, invalidation, parse};
 use crate::transport::link::Watch;
 use crate::transport::publish::{PublishError, publish};
 use crate::transport::topology;
@@ -192,7 +192,7 @@ impl EventConsumer {
         let mut events = Vec::with_capacity(batch.len());
         let mut last = None;
         for delivery in batch {
-            match WriteEvent::parse(&delivery.data) {
+            match parse(&delivery.data) {
                 Ok(event) => {
                     last = Some(delivery.delivery_tag);
                     events.push(event);
@@ -232,7 +232,7 @@ impl EventConsumer {
         let mut seen = std::collections::HashSet::new();
         let bodies: Vec<(String, Vec<u8>, String)> = events
             .iter()
-            .filter(|e| seen.insert(e.id.as_str()))
+            .filter(|e| seen.insert(e.id))
             .map(|event| {
                 let (key, body) = invalidation(event, &self.origin);
                 let id = body["id"].as_str().unwrap_or_default().to_string();

@@ -77,7 +77,7 @@ pub(super) fn lock_sql(d: &dyn Dialect) -> LockSql {
         )),
         holder: sql(&format!(
             "SELECT {{expires_at}} FROM {{t}} WHERE {ROW}{}",
-            d.for_update()
+            d.lock_rows()
         )),
         forget: sql(&format!("DELETE FROM {{t}} WHERE {ROW}")),
     }

@@ -12,6 +12,7 @@ mod counters;
 mod dialect;
 mod lock;
 mod options;
+mod outbox;
 mod schema;
 mod sql;
 
@@ -28,11 +29,16 @@ pub use counters::{EventEffect, counter_name};
 pub use dialect::Dialect;
 use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};
-use sql::{Arg, CounterSql, IdempotencySql, QuerySql, Statements};
+pub use outbox::OutboxRow;
+use outbox::{Change, Referrer};
+use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
-use crate::meta::{DomainMeta, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta};
+use crate::events::{Lineage, WriteOp as EventOp};
+use crate::meta::{
+    DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta,
+};
 use crate::value::{RecordKey, Value, format_timestamp};
 
 /// The dialect of a configured driver. Dialects hold no state, so one static instance of
@@ -120,6 +126,9 @@ pub struct Store {
     idempotency: Arc<IdempotencySql>,
     locks: Arc<lock::LockSql>,
     counters: Arc<CounterSql>,
+    outbox: Arc<OutboxSql>,
+    /// Per referenced template: who references it, for the events of cascades.
+    referrers: Arc<HashMap<(&'static str, &'static str), Vec<Referrer>>>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
@@ -182,6 +191,8 @@ impl Store {
             idempotency: Arc::new(sql::idempotency_sql(d)),
             locks: Arc::new(lock::lock_sql(d)),
             counters: Arc::new(sql::counter_sql(d)),
+            outbox: Arc::new(sql::outbox_sql(d)),
+            referrers: Arc::new(referrers(d, domains)),
         })
     }
 
@@ -205,13 +216,15 @@ impl Store {
         &self.statements[&(t.domain, t.name)]
     }
 
-    /// Applies one write in a transaction together with its idempotency record: a key seen
-    /// before returns the reply stored with it and changes nothing.
+    /// Applies one write in a transaction together with its idempotency record and, given
+    /// a lineage, the events of every record it changes: a key seen before returns the
+    /// reply stored with it and changes nothing (and records no event).
     pub async fn write(
         &self,
-        t: &TemplateMeta,
+        t: &'static TemplateMeta,
         idempotency_key: &str,
         op: WriteOp,
+        lineage: Option<&Lineage>,
     ) -> Result<Json, BedsError> {
         let target = &self.sql(t).targets[op.slot()];
         let mut tx = self
@@ -222,24 +235,44 @@ impl Store {
         if let Claim::Replay(reply) = self.claim(&mut tx, t, idempotency_key, target).await? {
             return Ok(reply);
         }
+        let events = lineage.is_some();
+        let mut changes = Vec::new();
         let reply = match op {
             WriteOp::Insert { id, values, tokens } => {
                 let reply = self.insert(&mut tx, t, id, values).await?;
                 self.set_tokens(&mut tx, t, &reply, tokens, false).await?;
+                changes.push(Change {
+                    template: t,
+                    op: EventOp::Create,
+                    before: None,
+                    after: Some(reply.clone()),
+                });
                 reply
             }
             WriteOp::Update {
                 key,
-                changes,
+                changes: fields,
                 expect_version,
                 lock_token,
                 tokens,
             } => {
                 self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
+                // Read and locked first, so no other write lands between it and the update.
+                let before = if events {
+                    self.locked(&mut tx, t, &key).await?
+                } else {
+                    None
+                };
                 let reply = self
-                    .update(&mut tx, t, &key, changes, expect_version)
+                    .update(&mut tx, t, &key, fields, expect_version)
                     .await?;
                 self.set_tokens(&mut tx, t, &reply, tokens, true).await?;
+                changes.push(Change {
+                    template: t,
+                    op: EventOp::Update,
+                    before,
+                    after: Some(reply.clone()),
+                });
                 reply
             }
             WriteOp::Delete {
@@ -248,8 +281,25 @@ impl Store {
                 lock_token,
             } => {
                 self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                let reply = self.delete(&mut tx, t, &key, expect_version).await?;
+                // What the database deletes or nulls by itself, read before it does.
+                let root = if events {
+                    self.locked(&mut tx, t, &key).await?
+                } else {
+                    None
+                };
+                let cascaded = match root {
+                    Some(root) => self.cascade(&mut tx, t, &root).await?,
+                    None => Vec::new(),
+                };
+                let (reply, before) = self.delete(&mut tx, t, &key, expect_version).await?;
                 self.forget_lease(&mut tx, t, &reply).await?;
+                changes.push(Change {
+                    template: t,
+                    op: EventOp::Delete,
+                    before: Some(before),
+                    after: None,
+                });
+                changes.extend(cascaded);
                 reply
             }
             WriteOp::Lock { key, ttl_ms, token } => {
@@ -257,6 +307,9 @@ impl Store {
             }
             WriteOp::Unlock { key, token } => self.unlock(&mut tx, t, &key, &token).await?,
         };
+        if let Some(lineage) = lineage {
+            self.record_events(&mut tx, lineage, changes).await?;
+        }
         sqlx::query(self.idempotency.store_reply.clone())
             .bind(reply.to_string())
             .bind(idempotency_key)
@@ -463,14 +516,14 @@ impl Store {
         }
     }
 
-    /// Deletes a record if its version is `expect_version`.
+    /// Deletes a record if its version is `expect_version`: the reply and the deleted record.
     async fn delete(
         &self,
         conn: &mut AnyConnection,
         t: &TemplateMeta,
         key: &RecordKey,
         expect_version: Option<i64>,
-    ) -> Result<Json, BedsError> {
+    ) -> Result<(Json, Json), BedsError> {
         // All rows, not the first: MariaDB sends a refusing foreign key's error after the
         // RETURNING row, and it must surface here, as this delete's, not at the next
         // statement of the transaction.
@@ -485,7 +538,8 @@ impl Store {
             return Err(self.missed(conn, t, key).await);
         };
         let id = id_json(t, &row, 0).map_err(|e| internal(t, &e))?;
-        Ok(serde_json::json!({ "id": id, "deleted": true }))
+        let deleted = record(t, &row, &[])?;
+        Ok((serde_json::json!({ "id": id, "deleted": true }), deleted))
     }
 
     /// The version and id of the record `key` names, if it exists.
@@ -640,6 +694,32 @@ impl Store {
             _ => internal(t, &e),
         }
     }
+}
+
+/// Every reference of every template, by the template it references.
+fn referrers(
+    d: &dyn Dialect,
+    domains: &[&'static DomainMeta],
+) -> HashMap<(&'static str, &'static str), Vec<Referrer>> {
+    let mut out: HashMap<_, Vec<Referrer>> = HashMap::new();
+    for (_, t) in crate::meta::templates(domains) {
+        for f in t.fields {
+            if let FieldKind::Ref {
+                template,
+                on_delete,
+                ..
+            } = f.kind
+            {
+                out.entry((t.domain, template)).or_default().push(Referrer {
+                    template: t,
+                    field: f,
+                    on_delete,
+                    select: sql::referrers_sql(d, t, f),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Binds one value in the form the dialect stores it; a NULL binds as `ty` (PostgreSQL

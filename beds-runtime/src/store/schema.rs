@@ -14,6 +14,7 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
         out.extend(super::lock::ddl(d));
     }
     out.extend(tercero_tables(d));
+    out.extend(outbox_tables(d));
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));
@@ -78,6 +79,32 @@ fn tercero_tables(d: &dyn Dialect) -> Vec<String> {
             "beds_event_applied_at_idx",
             "beds_event_applied",
             &[q("applied_at")],
+        ),
+    ]
+}
+
+/// The runtime's event tables: the outbox (events of committed writes not yet confirmed
+/// by the broker, in `seq` order) and the lease of the one relay publishing them.
+fn outbox_tables(d: &dyn Dialect) -> Vec<String> {
+    let [key, text, time] = d.idempotency_types();
+    let q = |s: &str| d.quote(s);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {},\n  {} {text} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_outbox"),
+            q("seq"),
+            d.id_column(IdKind::Sequence),
+            q("body"),
+            q("created_at"),
+            d.table_options()
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {key} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_outbox_lease"),
+            q("name"),
+            q("holder"),
+            q("expires_at"),
+            d.table_options()
         ),
     ]
 }

@@ -8,8 +8,8 @@ use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
 use crate::meta::{
-    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, IdKind, LiteralValue, Operand,
-    QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
+    CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue,
+    Operand, QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
 };
 
 /// Statements prepared once per template at start-up.
@@ -18,6 +18,9 @@ pub(super) struct Statements {
     pub insert: SqlStr,
     /// By key slot: 0 is the id, then one per unique index.
     pub fetch: Vec<SqlStr>,
+    /// `fetch` locking the row until the transaction ends (the `before` of an event).
+    pub fetch_locked: Vec<SqlStr>,
+    /// Returns the deleted record's columns.
     pub delete: Vec<SqlStr>,
     pub list_first: SqlStr,
     pub list_after: SqlStr,
@@ -148,6 +151,67 @@ pub(super) fn counter_sql(d: &dyn Dialect) -> CounterSql {
     }
 }
 
+/// The records of `t` whose reference `f` points at one id, locked until the transaction
+/// ends: what a delete of that id cascades to or nulls.
+pub(super) fn referrers_sql(d: &dyn Dialect, t: &TemplateMeta, f: &FieldMeta) -> SqlStr {
+    d.prepare(format!(
+        "SELECT {} FROM {} WHERE {} = {}{}",
+        record_columns(d, t, None).join(", "),
+        d.quote(t.table),
+        d.quote(f.column),
+        d.arg(Ty::of_field(f)),
+        d.lock_rows()
+    ))
+}
+
+/// The statements of the outbox and its relay lease, prepared once.
+#[derive(Debug)]
+pub(super) struct OutboxSql {
+    pub insert: SqlStr,
+    /// The oldest rows created before a time, in `seq` order, up to a limit.
+    pub batch: SqlStr,
+    /// Removes the rows whose `seq` is in a JSON array.
+    pub remove: SqlStr,
+    /// Extends the lease for its holder, or takes it over once it expired.
+    pub renew: SqlStr,
+    /// Creates the lease row (the dialect's insert-or-ignore).
+    pub take: SqlStr,
+    /// Ends the lease of a holder at once, so another relay need not wait for its expiry.
+    pub release: SqlStr,
+}
+
+pub(super) fn outbox_sql(d: &dyn Dialect) -> OutboxSql {
+    let text = |text: &str| {
+        let q = |s: &str| d.quote(s);
+        text.replace("{t}", &q("beds_outbox"))
+            .replace("{lease}", &q("beds_outbox_lease"))
+            .replace("{seq}", &q("seq"))
+            .replace("{body}", &q("body"))
+            .replace("{created_at}", &q("created_at"))
+            .replace("{name}", &q("name"))
+            .replace("{holder}", &q("holder"))
+            .replace("{expires_at}", &q("expires_at"))
+    };
+    let sql = |s: &str| d.prepare(text(s));
+    let take = text("INSERT INTO {lease} ({name}, {holder}, {expires_at}) VALUES ('relay', ?, ?)");
+    OutboxSql {
+        insert: sql("INSERT INTO {t} ({body}, {created_at}) VALUES (?, ?)"),
+        batch: sql("SELECT {seq}, {body} FROM {t} WHERE {created_at} <= ? ORDER BY {seq} LIMIT ?"),
+        remove: d.prepare(format!(
+            "DELETE FROM {} WHERE {}",
+            d.quote("beds_outbox"),
+            d.in_list(&d.quote("seq"), Ty::Int)
+        )),
+        renew: sql(
+            "UPDATE {lease} SET {holder} = ?, {expires_at} = ? WHERE {name} = 'relay' AND ({holder} = ? OR {expires_at} < ?)",
+        ),
+        take: d.prepare(d.claim_statement(&take)),
+        release: sql(
+            "UPDATE {lease} SET {expires_at} = '' WHERE {name} = 'relay' AND {holder} = ?",
+        ),
+    }
+}
+
 /// What a query placeholder is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arg {
@@ -264,12 +328,20 @@ pub(super) fn statements(d: &dyn Dialect, t: &TemplateMeta) -> Statements {
             .iter()
             .map(|w| tr(format!("SELECT {cols} FROM {table} WHERE {w}")))
             .collect(),
+        fetch_locked: wheres
+            .iter()
+            .map(|w| {
+                tr(format!(
+                    "SELECT {cols} FROM {table} WHERE {w}{}",
+                    d.lock_rows()
+                ))
+            })
+            .collect(),
         delete: wheres
             .iter()
             .map(|w| {
                 tr(format!(
-                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {}",
-                    d.select(&id, id_ty)
+                    "DELETE FROM {table} WHERE {w} AND {expect} RETURNING {cols}"
                 ))
             })
             .collect(),
@@ -761,7 +833,8 @@ mod tests {
     };
     use crate::store::Store;
     use crate::store::options::StoreOptions;
-    use crate::tercero::{WriteEvent, effect};
+    use crate::events::WriteEvent;
+    use crate::tercero::effect;
     use crate::value::Value;
 
     const PAGE: PageMeta = PageMeta {
@@ -1042,13 +1115,17 @@ mod tests {
             (_, None) => "delete",
             _ => "update",
         };
+        // `e7` -> the UUID ending in 7: the label stays readable, the id stays a UUID.
+        let uuid = |n: &str| format!("00000000-0000-7000-8000-{:0>12}", n);
         let body = json!({
-            "v": 1, "kind": "write_event", "id": id, "correlation_id": "c", "causation_id": "r",
-            "depth": 1, "seq": 1, "domain": "d", "template": "task", "op": op,
+            "v": 1, "kind": "write_event", "id": uuid(&id[1..]), "correlation_id": uuid("c"),
+            "causation_id": uuid("a"), "depth": 1,
+            "origin": {"service": "beds", "node": "n", "env": "test"},
+            "seq": 1, "domain": "d", "template": "task", "op": op,
             "key": {"id": task}, "version": 1, "committed_at": "2026-01-01T00:00:00Z",
             "before": before.map(rec), "after": after.map(rec),
         });
-        WriteEvent::parse(body.to_string().as_bytes()).unwrap()
+        crate::tercero::parse(body.to_string().as_bytes()).unwrap()
     }
 
     /// A maintained count reads its counter, kept from events: creates inside the filter

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use super::WriteEvent;
+use crate::events::WriteEvent;
 use crate::meta::{CondOp, CountMeta, DomainMeta, LiteralValue, Operand};
 use crate::store::{EventEffect, counter_name};
 
@@ -19,16 +19,24 @@ pub(crate) fn effect(domains: &[&'static DomainMeta], event: &WriteEvent) -> Eve
             .filter(|c| c.maintained && c.template == event.template);
         for count in counts {
             let name = counter_name(domain, count);
-            if let Some(owner) = event.before.as_ref().and_then(|r| counted_for(count, r)) {
+            if let Some(owner) = event
+                .before
+                .as_ref()
+                .and_then(Json::as_object)
+                .and_then(|r| counted_for(count, r)) {
                 deltas.push((name.clone(), owner, -1));
             }
-            if let Some(owner) = event.after.as_ref().and_then(|r| counted_for(count, r)) {
+            if let Some(owner) = event
+                .after
+                .as_ref()
+                .and_then(Json::as_object)
+                .and_then(|r| counted_for(count, r)) {
                 deltas.push((name, owner, 1));
             }
         }
     }
     EventEffect {
-        id: event.id.clone(),
+        id: event.id.to_string(),
         deltas,
     }
 }

@@ -3,8 +3,7 @@
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::WriteEvent;
-use super::event::EventOp;
+use crate::events::{WriteEvent, WriteOp};
 use crate::envelope::Origin;
 
 /// The routing key (before the queue tag) and body of the invalidation of `event`'s
@@ -12,8 +11,8 @@ use crate::envelope::Origin;
 pub(crate) fn invalidation(event: &WriteEvent, origin: &Origin) -> (String, Json) {
     let key = format!("inv.{}.{}", event.domain, event.template);
     let version = match event.op {
-        EventOp::Delete => Json::Null,
-        EventOp::Create | EventOp::Update => json!(event.version),
+        WriteOp::Delete => Json::Null,
+        WriteOp::Create | WriteOp::Update => json!(event.version),
     };
     let body = json!({
         "v": 1,

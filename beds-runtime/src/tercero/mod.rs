@@ -7,7 +7,7 @@ mod event;
 mod invalidation;
 
 pub(crate) use effect::effect;
-pub(crate) use event::WriteEvent;
+pub(crate) use event::parse;
 pub(crate) use invalidation::invalidation;
 
 /// The tercero's queue, before the queue tag: every write event, whatever its domain.

@@ -187,6 +187,13 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         "BEGIN"
     }
 
+    /// What locks the rows a `SELECT` reads until the transaction ends (and so makes it
+    /// read the latest committed row); SQLite needs none, its write transaction already
+    /// excludes every other writer.
+    fn lock_rows(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+
     /// Whether `UPDATE … RETURNING` exists.
     fn update_returning(&self) -> bool {
         true
@@ -289,11 +296,6 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// for a concurrent insert of it to commit); `col` is a column it may set to itself.
     fn keep_existing(&self, insert: &str, _col: &str) -> String {
         format!("{insert} ON CONFLICT DO NOTHING")
-    }
-
-    /// What makes a `SELECT` read the latest committed row and lock it.
-    fn for_update(&self) -> &'static str {
-        " FOR UPDATE"
     }
 
     // --- Errors ---

@@ -71,7 +71,7 @@ impl Dialect for Sqlite {
     }
 
     /// No `FOR UPDATE`: a write transaction (`BEGIN IMMEDIATE`) already excludes others.
-    fn for_update(&self) -> &'static str {
+    fn lock_rows(&self) -> &'static str {
         ""
     }
 
