@@ -457,8 +457,15 @@ async fn bench(args: &Args, config: &Config, setup: Setup) -> Result<(), BoxErro
             .envs(env.iter().cloned())
             .env("BEDS_AMQP__QUEUE_TAG", tag)
             .env("BEDS_NODE", format!("bench-{kind}-{n}"));
-        if kind == "node" {
-            cmd.args(["run", "--config"]).arg(config_path());
+        match kind {
+            "node" => {
+                cmd.args(["run", "--config"]).arg(config_path());
+            }
+            "tercero" => {
+                cmd.args(["run", "--role", "tercero", "--config"])
+                    .arg(config_path());
+            }
+            _ => {}
         }
         cmd.spawn()
     };
@@ -469,6 +476,16 @@ async fn bench(args: &Args, config: &Config, setup: Setup) -> Result<(), BoxErro
         if args.workloads.iter().any(|w| w == "echo") {
             echoes.0.push(spawn("echo", n, echo_tag)?);
         }
+    }
+    // Maintained counts are read from counters a tercero keeps: the system under test
+    // includes one, competing for the same cores.
+    let maintained = beds::CATALOG
+        .domains
+        .iter()
+        .flat_map(|d| d.templates)
+        .any(|t| t.counts.iter().any(|c| c.maintained));
+    if maintained {
+        nodes.0.push(spawn("tercero", 0, tag)?);
     }
     let amqp_conn =
         lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
@@ -490,6 +507,9 @@ async fn bench(args: &Args, config: &Config, setup: Setup) -> Result<(), BoxErro
             u32::from(args.write_workers) * args.servers as u32,
         ),
     ];
+    if maintained {
+        waits.push((consumers(tag, beds_runtime::EVENT_QUEUE_KEY), 1));
+    }
     if !echoes.0.is_empty() {
         waits.push((
             consumers(echo_tag, READ_KEY),
