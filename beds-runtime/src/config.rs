@@ -76,6 +76,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub client: ClientConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -93,6 +94,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -262,6 +264,22 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+/// The read cache of templates that declare `cache` (wiki/cache.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Records the node keeps, across all cached templates; past it the least useful go.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
         }
     }
 }

@@ -67,6 +67,17 @@ impl Op {
     }
 }
 
+/// How fresh a read must be (`consistency` in a request, or a cached template's declared
+/// default): `strong` reads the database; `cached` may be served from the node's cache, so
+/// it can be stale up to the template's TTL or the invalidation delay (wiki/cache.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Strong,
+    Cached,
+}
+
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
 /// the wire by [`Request::decode`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -103,6 +114,13 @@ pub struct Request {
     /// For update and delete: apply only if the record is at this version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<i64>,
+    /// For fetch: `strong` or `cached`; absent, the template's declared default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    /// For fetch (read-your-writes): the cache serves only a record at this version or
+    /// later, else the database answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<i64>,
     /// Field values for create and update.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
@@ -149,6 +167,8 @@ const FIELDS: &[&str] = &[
     "deadline",
     "idempotency_key",
     "expect_version",
+    "consistency",
+    "min_version",
     "data",
     "limit",
     "after",
@@ -191,6 +211,10 @@ struct Wire {
     idempotency_key: Option<String>,
     #[serde(default)]
     expect_version: Option<i64>,
+    #[serde(default)]
+    consistency: Option<Consistency>,
+    #[serde(default)]
+    min_version: Option<i64>,
     #[serde(default)]
     data: Option<Strict>,
     #[serde(default)]
@@ -252,6 +276,8 @@ impl Wire {
             deadline: self.deadline,
             idempotency_key: self.idempotency_key,
             expect_version: self.expect_version,
+            consistency: self.consistency,
+            min_version: self.min_version,
             data,
             limit,
             after: self.after,
@@ -460,6 +486,8 @@ impl Request {
             deadline: None,
             idempotency_key: None,
             expect_version: None,
+            consistency: None,
+            min_version: None,
             data: None,
             limit: None,
             after: None,

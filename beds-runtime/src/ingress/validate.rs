@@ -31,7 +31,7 @@ fn takes(target: &Target) -> &'static [&'static str] {
     match *target {
         Target::Template { op, .. } => match op {
             Op::Create => &["template", "data", "idempotency_key"],
-            Op::Fetch => &["template", "key"],
+            Op::Fetch => &["template", "key", "consistency", "min_version"],
             Op::Update => &[
                 "template",
                 "key",
@@ -56,6 +56,8 @@ fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
         ("key", req.key.is_some()),
         ("data", req.data.is_some()),
         ("expect_version", req.expect_version.is_some()),
+        ("consistency", req.consistency.is_some()),
+        ("min_version", req.min_version.is_some()),
         ("idempotency_key", req.idempotency_key.is_some()),
         ("limit", req.limit.is_some()),
         ("after", req.after.is_some()),

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
+use crate::cache::subscriber::Subscriber;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, Role};
 use crate::ingress::Ingress;
@@ -38,7 +40,12 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
+    #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
+    InvalidationsNotSubscribed,
 }
+
+/// How long a start waits for the node's invalidation queue before it fails.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The lanes a role consumes.
 pub fn lanes(role: Role) -> &'static [Lane] {
@@ -100,6 +107,7 @@ pub struct Server {
     workers: JoinSet<()>,
     counters: Arc<Counters>,
     drain: Duration,
+    cache: Arc<Cache>,
 }
 
 impl Server {
@@ -137,13 +145,39 @@ impl Server {
             .await
             .map_err(ServerError::Topology)?;
 
+        let (cache, outbox) = Cache::new(&config.cache);
+        let cache = Arc::new(cache);
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
             ctx: Ctx::new(store.clone()),
             retry: config.retry,
+            cache: cache.clone(),
+            sender: crate::ingress::cache::Sender {
+                node: config.node.clone(),
+                env: config.env.clone(),
+            },
         });
         let stop = CancellationToken::new();
+        // Workers start once the node hears other nodes' invalidations, so nothing it
+        // caches can miss one.
+        let (ready, mut subscribed) = tokio::sync::watch::channel(false);
+        let subscriber = Subscriber {
+            cache: cache.clone(),
+            catalog,
+            link: link.clone(),
+            queue_tag: config.amqp.queue_tag.clone(),
+            node: config.node.clone(),
+            ready,
+        };
+        tokio::spawn(subscriber.run(outbox, stop.clone()));
+        if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            stop.cancel();
+            return Err(ServerError::InvalidationsNotSubscribed);
+        }
         let counters = Arc::new(Counters::default());
         let mut workers = JoinSet::new();
         tokio::spawn(expire_idempotency(
@@ -191,6 +225,7 @@ impl Server {
             workers,
             counters,
             drain: config.shutdown.drain_timeout.duration(),
+            cache,
         })
     }
 
@@ -206,6 +241,17 @@ impl Server {
             workers_down: self.counters.down.load(Ordering::Relaxed),
             restarts: self.counters.restarts.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts invalidations from other nodes this node has applied (it changes on each),
+    /// for tests and measurements of the invalidation delay.
+    pub fn cache_invalidations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cache.applied()
+    }
+
+    /// Records in this node's read cache.
+    pub fn cache_entries(&self) -> u64 {
+        self.cache.len()
     }
 
     /// Runs until the stop token fires, then stops. Failed workers are restarted by their

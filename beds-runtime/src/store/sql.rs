@@ -761,6 +761,7 @@ mod tests {
                 journal: false,
                 locking: false,
                 cache_ttl_ms: None,
+                consistency: crate::envelope::Consistency::Strong,
                 retention: None,
             },
             access: &[],

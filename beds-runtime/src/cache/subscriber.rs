@@ -1,0 +1,185 @@
+//! A node's invalidation traffic on one channel of its own: an exclusive, auto-delete,
+//! server-named queue bound to `{tag}inv.#` on `beds.events`, and the publisher of this
+//! node's own invalidations. When the link is replaced (a broker restart) the queue is gone
+//! with its connection; the next run declares a new one and clears the cache, since
+//! invalidations sent in between were lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cache, Invalidation};
+use crate::catalog::Catalog;
+use crate::transport::link::{Link, Watch};
+use crate::transport::names::EXCHANGE;
+
+/// Where the subscriber runs and what it serves.
+pub(crate) struct Subscriber {
+    pub cache: Arc<Cache>,
+    pub catalog: &'static Catalog,
+    pub link: Arc<Link>,
+    pub queue_tag: String,
+    pub node: String,
+    /// Set to true once the first queue is bound, so a node starts only when it hears
+    /// the other nodes' invalidations.
+    pub ready: watch::Sender<bool>,
+}
+
+/// How long declaring the queue may take before the run is retried.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Subscriber {
+    /// Runs until `stop`: one subscription per live connection, re-declared after a loss.
+    pub async fn run(self, mut outbox: mpsc::Receiver<Invalidation>, stop: CancellationToken) {
+        let mut first = true;
+        loop {
+            let conn = tokio::select! {
+                conn = self.link.live() => conn,
+                () = stop.cancelled() => return,
+            };
+            match tokio::time::timeout(SETUP_TIMEOUT, self.subscribe(&conn)).await {
+                Ok(Ok((channel, consumer))) => {
+                    if !first {
+                        self.cache.clear();
+                    }
+                    first = false;
+                    self.ready.send_replace(true);
+                    self.serve(&conn, &channel, consumer, &mut outbox, &stop)
+                        .await;
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "subscribing to invalidations failed"),
+                Err(_) => tracing::warn!("subscribing to invalidations timed out"),
+            }
+            // Pause before the next attempt; the link reconnects meanwhile.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn subscribe(&self, conn: &Connection) -> lapin::Result<(Channel, Consumer)> {
+        let channel = conn.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                EXCHANGE.into(),
+                Invalidation::binding(&self.queue_tag).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Applies received invalidations and publishes queued ones until the connection dies,
+    /// the consumer ends or `stop` fires.
+    async fn serve(
+        &self,
+        conn: &Connection,
+        channel: &Channel,
+        mut consumer: Consumer,
+        outbox: &mut mpsc::Receiver<Invalidation>,
+        stop: &CancellationToken,
+    ) {
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        let mut watch = Watch::default();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = watchdog.tick() => {
+                    if watch.dead(conn) {
+                        break;
+                    }
+                }
+                Some(inv) = outbox.recv() => self.publish(channel, &inv).await,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => self.receive(&delivery.data),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "invalidation consumer interrupted");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        if let Err(e) = channel.close(200, "invalidations done".into()).await {
+            tracing::debug!(error = %e, "invalidation channel close");
+        }
+    }
+
+    /// Publishes without a confirm: losing one costs staleness up to the TTL, and tercero
+    /// re-broadcasts every committed write from the durable events.
+    async fn publish(&self, channel: &Channel, inv: &Invalidation) {
+        let body = match serde_json::to_vec(inv) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding an invalidation failed");
+                return;
+            }
+        };
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        let sent = channel
+            .basic_publish(
+                EXCHANGE.into(),
+                inv.routing_key(&self.queue_tag).as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "publishing an invalidation failed");
+        }
+    }
+
+    fn receive(&self, body: &[u8]) {
+        let inv = match serde_json::from_slice::<Invalidation>(body) {
+            Ok(inv) if inv.kind == super::KIND => inv,
+            Ok(_) | Err(_) => {
+                tracing::debug!("ignoring a message on the invalidation queue that is not one");
+                return;
+            }
+        };
+        // This node dropped its own entry when the write committed.
+        if inv.origin.node == self.node && inv.origin.service == super::SERVICE {
+            return;
+        }
+        if let Ok(routes) = self.catalog.route(&inv.domain, &inv.template) {
+            self.cache.apply(&inv, routes.meta.domain, routes.meta.name);
+        }
+    }
+}
