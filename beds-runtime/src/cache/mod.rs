@@ -68,6 +68,8 @@ pub(crate) struct Cache {
     /// invalidation happened while it was read (see [`Cache::keep`]).
     epoch: AtomicU64,
     outbox: mpsc::Sender<Invalidation>,
+    /// Fetches answered from the cache.
+    hits: AtomicU64,
     /// Invalidations from other nodes applied so far, for tests and measurements.
     applied: watch::Sender<u64>,
 }
@@ -83,13 +85,22 @@ impl Cache {
                 .build(),
             epoch: AtomicU64::new(0),
             outbox,
+            hits: AtomicU64::new(0),
             applied: watch::Sender::new(0),
         };
         (cache, rx)
     }
 
-    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+    /// The entry of `key` if it is at `floor` or later, counting the hit.
+    pub fn get(&self, key: &Key, floor: i64) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(key).filter(|e| e.version >= floor)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Fetches answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     pub fn epoch(&self) -> u64 {

@@ -58,9 +58,9 @@ pub(crate) fn lookup(
         id,
     };
     let floor = req.min_version.unwrap_or(i64::MIN);
-    match cache.get(&key) {
-        Some(entry) if entry.version >= floor => Lookup::Hit(entry.record.clone()),
-        _ => Lookup::Miss {
+    match cache.get(&key, floor) {
+        Some(entry) => Lookup::Hit(entry.record.clone()),
+        None => Lookup::Miss {
             epoch: cache.epoch(),
             key,
             ttl: Duration::from_millis(ttl),

@@ -249,6 +249,11 @@ impl Server {
         self.cache.applied()
     }
 
+    /// Fetches this node answered from its read cache.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache.hits()
+    }
+
     /// Records in this node's read cache.
     pub fn cache_entries(&self) -> u64 {
         self.cache.len()
