@@ -283,3 +283,89 @@ async fn invalidation_delay() {
     }
     writer.stop().await;
 }
+
+/// A node on the same database under another queue tag: its invalidations reach nobody in
+/// `env`, so a write through it changes the database behind the readers' caches.
+async fn unheard(env: &TestEnv) -> (TestEnv, Server, beds_runtime::Client) {
+    let mut other = TestEnv::new("cache_unheard");
+    other.config.database = env.config.database.clone();
+    other.config.database.apply_schema = false;
+    let server = node(&other, "unheard", true).await;
+    let client = other.client().await;
+    (other, server, client)
+}
+
+#[tokio::test]
+async fn a_cached_read_answers_from_memory_and_a_strong_one_from_the_database() {
+    let env = TestEnv::matrix("cache_memory");
+    let reader = node(&env, "reader", false).await;
+    let writer = node(&env, "writer", true).await;
+    let (_other, other_node, other_client) = unheard(&env).await;
+    let client = env.client().await;
+    let notes = client.template::<Note>();
+    let n = notes.create(&note("v1")).await.unwrap();
+    notes.fetch(n.id).await.unwrap();
+    let v2 = other_client
+        .template::<Note>()
+        .update(n.id, &note("v2"))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        notes.fetch(n.id).await.unwrap().version,
+        1,
+        "cached: from memory"
+    );
+    let strong = notes.fetch_with(n.id, ReadOptions::strong()).await.unwrap();
+    assert_eq!(strong.version, 2, "strong: from the database");
+    let ryw = notes
+        .fetch_with(n.id, ReadOptions::cached().min_version(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        ryw.version, 2,
+        "min_version 2 is not answered with version 1"
+    );
+    client.close().await.unwrap();
+    other_client.close().await.unwrap();
+    other_node.stop().await;
+    writer.stop().await;
+    reader.stop().await;
+}
+
+#[tokio::test]
+async fn a_cached_record_is_read_again_after_its_ttl() {
+    let env = TestEnv::matrix("cache_ttl");
+    let reader = node(&env, "reader", false).await;
+    let writer = node(&env, "writer", true).await;
+    let (_other, other_node, other_client) = unheard(&env).await;
+    let client = env.client().await;
+    let flashes = client.template::<Flash>();
+    let f = flashes.create(&note("v1")).await.unwrap();
+    // Taken before the fetch that caches it: the entry cannot expire earlier than TTL after.
+    let cached_at = Instant::now();
+    flashes.fetch(f.id).await.unwrap();
+    other_client
+        .template::<Flash>()
+        .update(f.id, &note("v2"))
+        .await
+        .unwrap();
+    // Version 1 stays until the 300 ms TTL is over, then the database answers.
+    let deadline = cached_at + Duration::from_secs(5);
+    while flashes.fetch(f.id).await.unwrap().version == 1 {
+        assert!(
+            Instant::now() < deadline,
+            "still cached 5 s after a 300 ms TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cached_at.elapsed() >= Duration::from_millis(300),
+        "served fresh before the TTL"
+    );
+    client.close().await.unwrap();
+    other_client.close().await.unwrap();
+    other_node.stop().await;
+    writer.stop().await;
+    reader.stop().await;
+}
