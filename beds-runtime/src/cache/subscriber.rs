@@ -1,8 +1,8 @@
-//! A node's invalidation traffic on one channel of its own: an exclusive, auto-delete,
-//! server-named queue bound to `{tag}inv.#` on `beds.events`, and the publisher of this
-//! node's own invalidations. When the link is replaced (a broker restart) the queue is gone
-//! with its connection; the next run declares a new one and clears the cache, since
-//! invalidations sent in between were lost.
+//! A node's invalidation traffic on one channel of its own: an exclusive, auto-delete queue
+//! of its own (`beds.inv.{node}.{unique}`) bound to `{tag}inv.#` on `beds.events`, and the
+//! publisher of this node's own invalidations. When the connection is interrupted or
+//! replaced (a broker restart) the run ends; the next one declares a new queue and clears
+//! the cache, since invalidations sent in between were lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +15,12 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{Cache, Invalidation};
 use crate::catalog::Catalog;
 use crate::transport::link::{Link, Watch};
-use crate::transport::names::EXCHANGE;
+use crate::transport::names::{self, EXCHANGE};
 
 /// Where the subscriber runs and what it serves.
 pub(crate) struct Subscriber {
@@ -71,9 +72,10 @@ impl Subscriber {
 
     async fn subscribe(&self, conn: &Connection) -> lapin::Result<(Channel, Consumer)> {
         let channel = conn.create_channel().await?;
+        let name = names::invalidation_queue(&self.node, &Uuid::now_v7().simple().to_string());
         let queue = channel
             .queue_declare(
-                "".into(),
+                name.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,

@@ -70,7 +70,7 @@ pub(crate) fn lookup(
 
 /// After dispatch: keeps a record read on a miss; after a committed write of a cached
 /// template, drops the record and broadcasts the invalidation.
-pub(crate) fn settle(
+pub(crate) fn after(
     cache: &Cache,
     sender: &Sender,
     t: &'static TemplateMeta,

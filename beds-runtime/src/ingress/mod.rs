@@ -3,13 +3,13 @@
 //!
 //! ```text
 //! accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
-//!     -> idempotency -> cache lookup -> dispatch -> cache settle
-//!                                           ... then settle: reply, ack, retry, dead-letter
+//!     -> idempotency -> cache lookup -> dispatch -> cache keep / invalidate
+//!                                        ... then settle: reply, ack, retry, dead-letter
 //! ```
 //!
 //! A step either hands a typed value to the next or ends the chain with a [`BedsError`];
 //! [`settle`] turns the outcome into reply, ack, retry or dead-letter by the error-class
-//! table. Later layers (authorization, cache, telemetry, write events) are further lines in
+//! table. Later layers (authorization, telemetry, write events) are further lines in
 //! [`run`]; wiki/architecture.md says where each goes.
 
 mod accept;
@@ -123,7 +123,7 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
                 return Ok(record);
             }
             let result = handler(&ingress.ctx, Call::new(req, meta, command, idempotency)).await;
-            cache::settle(
+            cache::after(
                 &ingress.cache,
                 &ingress.sender,
                 meta,
