@@ -1,8 +1,9 @@
 //! A node's invalidation traffic on one channel of its own: an exclusive, auto-delete queue
 //! of its own (`beds.inv.{node}.{unique}`) bound to `{tag}inv.#` on `beds.events`, and the
-//! publisher of this node's own invalidations. When the connection is interrupted or
-//! replaced (a broker restart) the run ends; the next one declares a new queue and clears
-//! the cache, since invalidations sent in between were lost.
+//! publisher of this node's own invalidations. Invalidations sent while the connection is
+//! down are lost, so the cache is cleared whenever it comes back: when lapin recovers it
+//! (queue and consumer included), or when the run ends on a dead connection and the next
+//! one declares a new queue on the replacement.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer, Event};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -119,9 +120,18 @@ impl Subscriber {
     ) {
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         let mut watch = Watch::default();
+        // lapin may recover the connection by itself, queue, binding and consumer included,
+        // without the consumer noticing; invalidations sent meanwhile are lost all the same.
+        let mut events = std::pin::pin!(conn.events_listener());
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                Some(event) = events.next() => {
+                    if matches!(event, Event::Connected) {
+                        tracing::info!("connection recovered; the read cache is cleared");
+                        self.cache.clear();
+                    }
+                }
                 _ = watchdog.tick() => {
                     if watch.dead(conn) {
                         break;
