@@ -35,8 +35,11 @@ pub(crate) struct Subscriber {
     pub ready: watch::Sender<bool>,
 }
 
-/// How long declaring the queue may take before the run is retried.
+/// How long declaring the queue (or closing its channel) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long handing one invalidation to the broker may take before it is dropped.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Subscriber {
     /// Runs until `stop`: one subscription per live connection, re-declared after a loss.
@@ -148,7 +151,9 @@ impl Subscriber {
                 },
             }
         }
-        if let Err(e) = channel.close(200, "invalidations done".into()).await {
+        // Bounded: on a connection lapin has abandoned, closing could wait for ever.
+        let close = channel.close(200, "invalidations done".into());
+        if let Ok(Err(e)) = tokio::time::timeout(SETUP_TIMEOUT, close).await {
             tracing::debug!(error = %e, "invalidation channel close");
         }
     }
@@ -164,17 +169,18 @@ impl Subscriber {
             }
         };
         let props = BasicProperties::default().with_content_type("application/json".into());
-        let sent = channel
-            .basic_publish(
-                EXCHANGE.into(),
-                inv.routing_key(&self.queue_tag).as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "publishing an invalidation failed");
+        let send = channel.basic_publish(
+            EXCHANGE.into(),
+            inv.routing_key(&self.queue_tag).as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        );
+        // Bounded, so a blocked connection cannot stop this node applying invalidations.
+        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "publishing an invalidation failed"),
+            Err(_) => tracing::warn!("publishing an invalidation timed out; dropped"),
         }
     }
 
