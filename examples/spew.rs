@@ -66,6 +66,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(ClientOptions::from_config(&config, "spew-example")).await?;
     let result = script(&client).await;
     client.close().await?;
+    println!(
+        "read cache: {} fetches answered from the node's memory (`user` declares \
+         cache: {{ ttl: 30s }}; a write drops its record on every node)",
+        server.cache_hits()
+    );
     // Stop serving before the queues go, so no worker sees its consumer vanish.
     server.stop().await;
     beds_runtime::topology::remove(
@@ -388,6 +393,11 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         "\nwho liked the latest spew, most recent first: {}",
         handles.join(", ")
     );
+
+    // Profiles are read far more often than they change: every user's, five times.
+    let views = users.iter().cycle().take(USERS * 5);
+    in_flight(&tally, views.map(|u| user_api.fetch(u.id))).await?;
+    println!("\nviewed every profile 5 times ({} fetches)", USERS * 5);
 
     let (errors, wanted) = (
         tally.errors.load(Ordering::Relaxed),

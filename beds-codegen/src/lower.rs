@@ -88,6 +88,11 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
     let (append_only, internal) = (t.append_only, t.internal);
     let c = &t.capabilities;
     let (audit, journal, locking) = (c.audit, c.journal, c.locking);
+    let consistency = if c.cache_cached {
+        quote!(rt::Consistency::Cached)
+    } else {
+        quote!(rt::Consistency::Strong)
+    };
     let cache = option(c.cache_ttl_ms.map(|ms| {
         let ms = Lit::u64_unsuffixed(ms);
         quote!(#ms)
@@ -153,6 +158,7 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
                 journal: #journal,
                 locking: #locking,
                 cache_ttl_ms: #cache,
+                consistency: #consistency,
                 retention: #retention,
             },
             access: &[#(#access),*],

@@ -95,6 +95,8 @@ pub struct Capabilities {
     pub locking: bool,
     /// Cache entries' time to live, in milliseconds.
     pub cache_ttl_ms: Option<u64>,
+    /// Whether fetches use the cache when the request names no consistency.
+    pub cache_cached: bool,
     pub retention: Option<Retention>,
 }
 

@@ -57,7 +57,22 @@ pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> 
 
 fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> Option<Query> {
     let entries = expect_map(cx, body, path)?;
-    check_documented_keys(cx, entries, path, QUERY_KEYS);
+    // A query's cache would need invalidation by every template it reads; until that
+    // exists the key is refused, so it never compiles into something that does nothing.
+    if let Some(n) = get(entries, "cache") {
+        cx.error_hint(
+            n.pos,
+            &format!("{path}.cache"),
+            "`cache` on a named query is not supported yet",
+            "remove it; template fetches can be cached with `capabilities: { cache: { ttl: 30s } }`",
+        );
+    }
+    let rest: Vec<(Node, Node)> = entries
+        .iter()
+        .filter(|(k, _)| k.as_str() != Some("cache"))
+        .cloned()
+        .collect();
+    check_documented_keys(cx, &rest, path, QUERY_KEYS);
     let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {

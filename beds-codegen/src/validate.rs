@@ -448,11 +448,26 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     if let Some(n) = get(entries, "cache") {
         let p = format!("{path}.cache");
         if let Some(m) = expect_map(cx, n, &p) {
-            check_keys(cx, m, &p, &["ttl"]);
+            check_keys(cx, m, &p, &["ttl", "consistency"]);
             match get(m, "ttl") {
                 Some(ttl) => caps.cache_ttl_ms = duration(cx, &format!("{p}.ttl"), ttl),
                 None => cx.error_hint(n.pos, &p, "missing `ttl`", "e.g. `cache: { ttl: 30s }`"),
             }
+            // A cached template's fetches use the cache unless the request says `strong`;
+            // `consistency: strong` makes the cache opt-in per request instead.
+            caps.cache_cached = match get(m, "consistency").map(|c| (c, c.as_str())) {
+                None | Some((_, Some("cached"))) => true,
+                Some((_, Some("strong"))) => false,
+                Some((node, other)) => {
+                    cx.error_hint(
+                        node.pos,
+                        &format!("{p}.consistency"),
+                        format!("unknown consistency {}", shown(other, node)),
+                        suggest(other.unwrap_or(""), &["strong", "cached"]),
+                    );
+                    false
+                }
+            };
         }
     }
     if let Some(n) = get(entries, "retention") {

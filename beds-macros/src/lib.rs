@@ -243,6 +243,8 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             journal: flag("journal"),
             locking: flag("locking"),
             cache_ttl_ms: t.cache_ttl_ms,
+            // As in a declaration without `consistency`: a cached template reads cached.
+            cache_cached: t.cache_ttl_ms.is_some(),
             retention: t
                 .retention
                 .clone()

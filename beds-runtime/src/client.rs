@@ -15,7 +15,7 @@ use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
 use crate::config::{Config, EXCHANGE};
-use crate::envelope::{Op, Origin, Reply, Request};
+use crate::envelope::{Consistency, Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
@@ -369,6 +369,41 @@ pub struct Page<T: Record> {
     pub next: Option<T::Id>,
 }
 
+/// How fresh a fetch must be (wiki/cache.md); the default leaves both to the template's
+/// declaration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub consistency: Option<Consistency>,
+    /// Served from the cache only at this version or later, else from the database.
+    pub min_version: Option<i64>,
+}
+
+impl ReadOptions {
+    /// Always the database.
+    pub fn strong() -> ReadOptions {
+        ReadOptions {
+            consistency: Some(Consistency::Strong),
+            min_version: None,
+        }
+    }
+
+    /// The cache when it holds the record.
+    pub fn cached() -> ReadOptions {
+        ReadOptions {
+            consistency: Some(Consistency::Cached),
+            min_version: None,
+        }
+    }
+
+    /// The cache only if its copy is at `version` or later.
+    pub fn min_version(self, version: i64) -> ReadOptions {
+        ReadOptions {
+            min_version: Some(version),
+            ..self
+        }
+    }
+}
+
 /// Typed operations on one template.
 #[derive(Debug)]
 pub struct TemplateClient<'a, T> {
@@ -402,6 +437,16 @@ impl<T: Record> TemplateClient<'_, T> {
     pub async fn fetch(&self, id: T::Id) -> Result<T, ClientError> {
         let mut req = self.request(Op::Fetch);
         req.key = Some(key(id));
+        self.send(req).await
+    }
+
+    /// A fetch by id with read options: `strong` or `cached`, and read-your-writes with
+    /// `min_version` (e.g. the `version` an update returned).
+    pub async fn fetch_with(&self, id: T::Id, options: ReadOptions) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Fetch);
+        req.key = Some(key(id));
+        req.consistency = options.consistency;
+        req.min_version = options.min_version;
         self.send(req).await
     }
 

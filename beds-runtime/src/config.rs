@@ -79,6 +79,7 @@ pub struct Config {
     pub client: ClientConfig,
     pub log: LogConfig,
     pub locking: LockingConfig,
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -99,6 +100,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             log: LogConfig::default(),
             locking: LockingConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -319,6 +321,22 @@ impl Default for EventsConfig {
             poll: Millis(100),
             publish_after: Millis(0),
             lease_ttl: Millis(30_000),
+        }
+    }
+}
+
+/// The read cache of templates that declare `cache` (wiki/cache.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Records the node keeps, across all cached templates; past it the least useful go.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
         }
     }
 }

@@ -80,6 +80,17 @@ impl Op {
     }
 }
 
+/// How fresh a read must be (`consistency` in a request, or a cached template's declared
+/// default): `strong` reads the database; `cached` may be served from the node's cache, so
+/// it can be stale up to the template's TTL or the invalidation delay (wiki/cache.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Strong,
+    Cached,
+}
+
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
 /// the wire by [`Request::decode`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -119,6 +130,13 @@ pub struct Request {
     /// The lease held on the record, for update, delete, lock (to extend it) and unlock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_token: Option<String>,
+    /// For fetch: `strong` or `cached`; absent, the template's declared default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    /// For fetch (read-your-writes): the cache serves only a record at this version or
+    /// later, else the database answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<i64>,
     /// Field values for create and update.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
@@ -166,6 +184,8 @@ const FIELDS: &[&str] = &[
     "idempotency_key",
     "expect_version",
     "lock_token",
+    "consistency",
+    "min_version",
     "data",
     "limit",
     "after",
@@ -210,6 +230,10 @@ struct Wire {
     expect_version: Option<i64>,
     #[serde(default)]
     lock_token: Option<String>,
+    #[serde(default)]
+    consistency: Option<Consistency>,
+    #[serde(default)]
+    min_version: Option<i64>,
     #[serde(default)]
     data: Option<Strict>,
     #[serde(default)]
@@ -272,6 +296,8 @@ impl Wire {
             idempotency_key: self.idempotency_key,
             expect_version: self.expect_version,
             lock_token: self.lock_token,
+            consistency: self.consistency,
+            min_version: self.min_version,
             data,
             limit,
             after: self.after,
@@ -481,6 +507,8 @@ impl Request {
             idempotency_key: None,
             expect_version: None,
             lock_token: None,
+            consistency: None,
+            min_version: None,
             data: None,
             limit: None,
             after: None,

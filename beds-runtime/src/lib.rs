@@ -4,6 +4,7 @@
 //! It never names a domain: everything domain-specific arrives as a compiled
 //! [`Catalog`] from the code `beds-codegen` generates.
 
+pub mod cache;
 mod catalog;
 pub mod cli;
 pub mod client;
@@ -27,10 +28,11 @@ mod value;
 
 pub use catalog::{Catalog, CatalogError, RouteError, Routes, schema};
 pub use client::{
-    Client, ClientError, ClientOptions, Cursor, Lease, Page, QueryClient, QueryPage, TemplateClient,
+    Client, ClientError, ClientOptions, Cursor, Lease, Page, QueryClient, QueryPage, ReadOptions,
+    TemplateClient,
 };
 pub use config::{Config, Role};
-pub use envelope::{Op, Reply, Request};
+pub use envelope::{Consistency, Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};

@@ -4,7 +4,7 @@
 //! Everything here is `'static` data built at compile time; the runtime reads it and never
 //! parses a declaration.
 
-use crate::envelope::Op;
+use crate::envelope::{Consistency, Op};
 
 /// Every template of `domains`, with its domain.
 pub fn templates(
@@ -133,6 +133,9 @@ pub struct Capabilities {
     pub journal: bool,
     pub locking: bool,
     pub cache_ttl_ms: Option<u64>,
+    /// What a fetch without `consistency` gets: `cached` when the template declares a cache
+    /// (unless it declares `consistency: strong`), else `strong`.
+    pub consistency: Consistency,
     pub retention: Option<RetentionMeta>,
 }
 

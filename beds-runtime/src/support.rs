@@ -10,7 +10,7 @@ pub use uuid::Uuid;
 
 pub use crate::catalog::{Catalog, RouteError, Routes};
 pub use crate::client::{Client, QueryClient, TemplateClient};
-pub use crate::envelope::Op;
+pub use crate::envelope::{Consistency, Op};
 pub use crate::ingress::dispatch::{Call, Ctx, Handler, HandlerFuture, execute};
 pub use crate::meta::{
     Capabilities, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta, FieldKind,

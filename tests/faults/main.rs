@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod cache;
 mod node;
 mod stream;
 

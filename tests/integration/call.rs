@@ -95,6 +95,12 @@ async fn replies_are_printed_as_json() {
         (updated["bio"].as_str(), updated["version"].as_i64()),
         (Some("Counts."), Some(2))
     );
+    // Read options: the database, or the cache at version 2 or later.
+    for options in [&["--consistency", "strong"][..], &["--min-version", "2"]] {
+        let read =
+            stdout_json(&call(&env, &[&["spew.user.fetch", &id][..], options].concat()).await);
+        assert_eq!(read, updated, "{options:?}");
+    }
 
     // A query, paged by --limit and the printed `next` passed back as --cursor.
     for body in ["first", "second"] {
@@ -224,6 +230,14 @@ async fn bad_input_is_refused_before_sending_with_exit_code_2() {
         (
             &["spew.user.update", r#"{"handle":"ada"}"#],
             "spew.user.update needs the fields to change: --data",
+        ),
+        (
+            &["spew.user.list", "--consistency", "strong"],
+            "spew.user.list takes no --consistency or --min-version",
+        ),
+        (
+            &["spew.user.fetch", "{}", "--consistency", "eventual"],
+            "`eventual` is not a consistency; use strong or cached",
         ),
         (
             &["spew.home_timeline", "{}", "--cursor", "3"],

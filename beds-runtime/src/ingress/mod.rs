@@ -3,15 +3,17 @@
 //!
 //! ```text
 //! accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
-//!     -> idempotency -> dispatch            ... then settle: reply, ack, retry, dead-letter
+//!     -> idempotency -> cache lookup -> dispatch -> cache keep / invalidate
+//!                                        ... then settle: reply, ack, retry, dead-letter
 //! ```
 //!
 //! A step either hands a typed value to the next or ends the chain with a [`BedsError`];
 //! [`settle`] turns the outcome into reply, ack, retry or dead-letter by the error-class
-//! table. Later layers (authorization, cache, telemetry, write events) are further lines in
+//! table. Later layers (authorization, telemetry, write events) are further lines in
 //! [`run`]; wiki/architecture.md says where each goes.
 
 mod accept;
+pub(crate) mod cache;
 mod command;
 mod deadline;
 pub mod dispatch;
@@ -28,6 +30,7 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use serde_json::Value as Json;
 
+use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{LockingConfig, RetryConfig};
 use crate::envelope::{Reply, Request};
@@ -39,7 +42,7 @@ use route::Target;
 use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
-/// database, and the retry policy.
+/// database, the retry policy and the read cache.
 #[derive(Debug)]
 pub(crate) struct Ingress {
     pub catalog: &'static Catalog,
@@ -47,6 +50,8 @@ pub(crate) struct Ingress {
     pub ctx: Ctx,
     pub retry: RetryConfig,
     pub leases: LockingConfig,
+    pub cache: Arc<Cache>,
+    pub sender: cache::Sender,
 }
 
 /// Handles one delivery to the end: the chain, then settle.
@@ -103,8 +108,8 @@ async fn answer(ingress: &Ingress, lane: Lane, body: &[u8]) -> Reply {
 }
 
 /// The chain of a decoded request, in order. Authorization goes after `route` (it needs the
-/// target) and before `validate`; a read cache wraps `dispatch` for reads; write events are
-/// recorded by the store inside the write's transaction.
+/// target) and before `validate`; the read cache wraps `dispatch` of template operations;
+/// write events are recorded by the store inside the write's transaction.
 async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsError> {
     deadline::check(req)?;
     let target = route::resolve(ingress.catalog, req)?;
@@ -113,8 +118,22 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
     let idempotency = idempotency::key(&command, req);
     match target {
         Target::Query(q) => dispatch::query(&ingress.ctx, q, command).await,
-        Target::Template { meta, handler, .. } => {
-            handler(&ingress.ctx, Call::new(req, meta, command, idempotency)).await
+        Target::Template { meta, handler, op } => {
+            let lookup = cache::lookup(&ingress.cache, meta, req, &command);
+            if let cache::Lookup::Hit(record) = lookup {
+                return Ok(record);
+            }
+            let result = handler(&ingress.ctx, Call::new(req, meta, command, idempotency)).await;
+            cache::after(
+                &ingress.cache,
+                &ingress.sender,
+                meta,
+                op,
+                req,
+                lookup,
+                &result,
+            );
+            result
         }
     }
 }

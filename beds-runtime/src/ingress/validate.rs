@@ -33,7 +33,7 @@ fn takes(target: &Target) -> &'static [&'static str] {
     match *target {
         Target::Template { op, .. } => match op {
             Op::Create => &["template", "data", "idempotency_key"],
-            Op::Fetch => &["template", "key"],
+            Op::Fetch => &["template", "key", "consistency", "min_version"],
             Op::Update => &[
                 "template",
                 "key",
@@ -68,6 +68,8 @@ fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
         ("data", req.data.is_some()),
         ("expect_version", req.expect_version.is_some()),
         ("lock_token", req.lock_token.is_some()),
+        ("consistency", req.consistency.is_some()),
+        ("min_version", req.min_version.is_some()),
         ("idempotency_key", req.idempotency_key.is_some()),
         ("limit", req.limit.is_some()),
         ("after", req.after.is_some()),

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
+use crate::cache::subscriber::Subscriber;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, Role};
 use crate::envelope::Origin;
@@ -45,12 +47,17 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
+    #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
+    InvalidationsNotSubscribed,
 }
 
 /// Whether a role consumes anything in this release.
 pub fn serves(role: Role) -> bool {
     !lanes(role).is_empty() || role == Role::Tercero
 }
+
+/// How long a start waits for the node's invalidation queue before it fails.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The lanes a role consumes.
 pub fn lanes(role: Role) -> &'static [Lane] {
@@ -133,6 +140,7 @@ pub struct Server {
     /// The outbox relay and its stop, if events are on.
     relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     drain: Duration,
+    cache: Arc<Cache>,
 }
 
 impl Server {
@@ -180,14 +188,40 @@ impl Server {
             node: config.node.clone(),
             env: config.env.clone(),
         });
+        let (cache, outbox) = Cache::new(&config.cache);
+        let cache = Arc::new(cache);
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
             ctx: Ctx::new(store.clone(), events.clone()),
             retry: config.retry,
             leases: config.locking,
+            cache: cache.clone(),
+            sender: crate::ingress::cache::Sender {
+                node: config.node.clone(),
+                env: config.env.clone(),
+            },
         });
         let stop = CancellationToken::new();
+        // Workers start once the node hears other nodes' invalidations, so nothing it
+        // caches can miss one.
+        let (ready, mut subscribed) = tokio::sync::watch::channel(false);
+        let subscriber = Subscriber {
+            cache: cache.clone(),
+            catalog,
+            link: link.clone(),
+            queue_tag: config.amqp.queue_tag.clone(),
+            node: config.node.clone(),
+            ready,
+        };
+        tokio::spawn(subscriber.run(outbox, stop.clone()));
+        if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            stop.cancel();
+            return Err(ServerError::InvalidationsNotSubscribed);
+        }
         let counters = Arc::new(Counters::default());
         let mut workers = JoinSet::new();
         tokio::spawn(expire_idempotency(
@@ -292,6 +326,7 @@ impl Server {
             counters,
             relay,
             drain: config.shutdown.drain_timeout.duration(),
+            cache,
         })
     }
 
@@ -307,6 +342,22 @@ impl Server {
             workers_down: self.counters.down.load(Ordering::Relaxed),
             restarts: self.counters.restarts.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts invalidations from other nodes this node has applied (it changes on each),
+    /// for tests and measurements of the invalidation delay.
+    pub fn cache_invalidations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cache.applied()
+    }
+
+    /// Fetches this node answered from its read cache.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache.hits()
+    }
+
+    /// Records in this node's read cache.
+    pub fn cache_entries(&self) -> u64 {
+        self.cache.len()
     }
 
     /// Runs until the stop token fires, then stops. Failed workers are restarted by their

@@ -234,9 +234,13 @@ impl EventConsumer {
             .iter()
             .filter(|e| seen.insert(e.id))
             .map(|event| {
-                let (key, body) = invalidation(event, &self.origin);
-                let id = body["id"].as_str().unwrap_or_default().to_string();
-                (self.amqp.queue(&key), body.to_string().into_bytes(), id)
+                let inv = invalidation(event, &self.origin);
+                let body = serde_json::to_vec(&inv).expect("an invalidation serialises");
+                (
+                    inv.routing_key(&self.amqp.queue_tag),
+                    body,
+                    inv.id.to_string(),
+                )
             })
             .collect();
         futures_util::future::try_join_all(bodies.iter().map(|(key, body, id)| {

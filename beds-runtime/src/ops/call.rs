@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::catalog::Catalog;
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::config::{Config, Millis};
-use crate::envelope::{Op, Request};
+use crate::envelope::{Consistency, Op, Request};
 use crate::error::BedsError;
 use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
 use crate::suggest::closest;
@@ -27,6 +27,7 @@ const EXIT_NO_REPLY: u8 = 4;
 Targets and their JSON argument:
   DOMAIN.TEMPLATE.create DATA                 the record's fields
   DOMAIN.TEMPLATE.fetch  KEY                  {\"id\":…}, a unique key {\"<field>\":…}, or just the id
+                                              [--consistency strong|cached] [--min-version N]
   DOMAIN.TEMPLATE.update KEY --data CHANGES   [--expect-version N]
   DOMAIN.TEMPLATE.delete KEY                  [--expect-version N]
   DOMAIN.TEMPLATE.list                        [--limit N] [--cursor NEXT]
@@ -59,6 +60,13 @@ pub struct CallArgs {
     /// update, delete and unlock: the lease's token (`lock` answers it); lock: extends it.
     #[arg(long, value_name = "TOKEN")]
     lock_token: Option<String>,
+    /// fetch: `strong` (the database) or `cached` (the node's cache when it holds the
+    /// record) [default: the template's declaration].
+    #[arg(long, value_name = "LEVEL", value_parser = consistency)]
+    consistency: Option<Consistency>,
+    /// fetch: served from the cache only at this version or later (read-your-writes).
+    #[arg(long, value_name = "N")]
+    min_version: Option<i64>,
     /// How long to wait for the reply, e.g. `500ms`, `10s` [default: the configuration's
     /// client.timeout, 5s unless set].
     #[arg(long, value_name = "DURATION")]
@@ -387,6 +395,12 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
             " (only update and delete do)",
         ));
     }
+    if (args.consistency.is_some() || args.min_version.is_some()) && op != Op::Fetch {
+        return Err(unexpected(
+            "--consistency or --min-version",
+            " (only fetch does)",
+        ));
+    }
     let mut req = match target {
         Target::Template {
             domain, template, ..
@@ -431,6 +445,8 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
                 }
                 req.expect_version = args.expect_version;
                 req.lock_token = args.lock_token.clone();
+                req.consistency = args.consistency;
+                req.min_version = args.min_version;
             }
             Op::List => {
                 if json.is_some() {
@@ -622,6 +638,17 @@ fn wire(value: &impl serde::Serialize) -> String {
     }
 }
 
+/// Parses `--consistency`.
+fn consistency(s: &str) -> Result<Consistency, String> {
+    match s {
+        "strong" => Ok(Consistency::Strong),
+        "cached" => Ok(Consistency::Cached),
+        other => Err(format!(
+            "`{other}` is not a consistency; use strong or cached"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +674,7 @@ mod tests {
             journal: false,
             locking: true,
             cache_ttl_ms: None,
+            consistency: Consistency::Strong,
             retention: None,
         },
         access: &[],
@@ -670,6 +698,8 @@ mod tests {
             cursor: None,
             expect_version: None,
             lock_token: token.map(str::to_string),
+            consistency: None,
+            min_version: None,
             timeout: None,
             raw: false,
         }

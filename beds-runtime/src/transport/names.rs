@@ -26,6 +26,13 @@ pub fn reply_queue(unique: &str) -> String {
     format!("beds.reply.{unique}")
 }
 
+/// A node's private invalidation queue; the suffix makes it unique. Named by the node, not
+/// the broker: lapin's recovery re-declares a queue by its name, and the broker refuses to
+/// declare a server-generated `amq.gen-…` name.
+pub fn invalidation_queue(node: &str, unique: &str) -> String {
+    format!("beds.inv.{node}.{unique}")
+}
+
 /// Headers BEDS sets on messages it parks in the retry lane or dead-letters.
 pub mod headers {
     /// Attempts the request has had so far.

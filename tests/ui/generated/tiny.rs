@@ -111,6 +111,7 @@ pub mod tiny {
                 journal: false,
                 locking: false,
                 cache_ttl_ms: ::core::option::Option::None,
+                consistency: rt::Consistency::Strong,
                 retention: ::core::option::Option::None,
             },
             access: &[],
