@@ -380,6 +380,7 @@ fn template(
     }
     if let Some(n) = get(entries, "access") {
         t.access = access(cx, &format!("{path}.access"), n);
+        not_yet(cx, n, &format!("{path}.access"), "access");
     }
     if let Some(n) = get(entries, "tokens") {
         t.tokens = crate::derived::tokens(cx, &format!("{path}.tokens"), n, &t);
@@ -444,6 +445,11 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     check_keys(cx, entries, path, CAPABILITY_KEYS);
     caps.audit = flag(cx, entries, path, "audit");
     caps.journal = flag(cx, entries, path, "journal");
+    for key in ["audit", "journal", "retention"] {
+        if let Some(n) = get(entries, key) {
+            not_yet(cx, n, &format!("{path}.{key}"), key);
+        }
+    }
     caps.locking = flag(cx, entries, path, "locking");
     if let Some(n) = get(entries, "cache") {
         let p = format!("{path}.cache");
@@ -505,6 +511,32 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
         }
     }
     caps
+}
+
+/// Keys the language knows whose run-time effect has not landed: refused, never ignored
+/// (a declaration must do what it says). Their shape is still checked, so the diagnostics
+/// stay exact when the feature arrives.
+const NOT_YET: &[(&str, &str)] = &[
+    ("audit", "audit records arrive with the admin role"),
+    ("journal", "record history arrives with the admin role"),
+    ("retention", "retention arrives with the segundo role"),
+    (
+        "access",
+        "access rules are enforced once authorization lands",
+    ),
+];
+
+fn not_yet(cx: &mut Ctx, node: &Node, path: &str, key: &str) {
+    let why = NOT_YET
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("", |(_, why)| why);
+    cx.error_hint(
+        node.pos,
+        path,
+        format!("`{key}` is not supported yet: {why}"),
+        "remove it until then: a declaration that would do nothing is refused",
+    );
 }
 
 /// A positive duration: `500ms`, `30s`, `5m`, `12h` or `90d`.

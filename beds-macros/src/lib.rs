@@ -55,8 +55,6 @@ struct TemplateAttrs {
     version: Option<u32>,
     flags: Vec<String>,
     cache_ttl_ms: Option<u64>,
-    retention: Option<(u64, String)>,
-    access: Vec<(String, Vec<String>)>,
     /// `id = "sequence"`: database-assigned integers instead of UUIDv7.
     sequence: bool,
     tokens: Vec<TokenAttrs>,
@@ -77,8 +75,18 @@ struct TokenAttrs {
     span: Option<Span>,
 }
 
-const FLAGS: &[&str] = &["append_only", "internal", "audit", "journal", "locking"];
-const OPS: &[&str] = &["create", "fetch", "update", "delete", "list"];
+const FLAGS: &[&str] = &["append_only", "internal", "locking"];
+/// Declarations that would do nothing yet: refused, never ignored (the YAML compiler says
+/// the same).
+const NOT_YET: &[(&str, &str)] = &[
+    ("audit", "audit records arrive with the admin role"),
+    ("journal", "record history arrives with the admin role"),
+    ("retention", "retention arrives with the segundo role"),
+    (
+        "access",
+        "access rules are enforced once authorization lands",
+    ),
+];
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
 #[derive(Default)]
@@ -239,18 +247,15 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         append_only: flag("append_only"),
         internal: flag("internal"),
         capabilities: model::Capabilities {
-            audit: flag("audit"),
-            journal: flag("journal"),
+            audit: false,
+            journal: false,
             locking: flag("locking"),
             cache_ttl_ms: t.cache_ttl_ms,
             // As in a declaration without `consistency`: a cached template reads cached.
             cache_cached: t.cache_ttl_ms.is_some(),
-            retention: t
-                .retention
-                .clone()
-                .map(|(age_ms, target)| model::Retention { age_ms, target }),
+            retention: None,
         },
-        access: t.access.clone(),
+        access: Vec::new(),
         tokens: t
             .tokens
             .iter()
@@ -316,6 +321,11 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
 }
 
 fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if let Some((key, why)) = NOT_YET.iter().find(|(k, _)| meta.path.is_ident(k)) {
+        return Err(meta.error(format!(
+            "`{key}` is not supported yet: {why}; remove it until then (a declaration that would do nothing is refused)"
+        )));
+    }
     let string = |meta: &ParseNestedMeta<'_>| -> syn::Result<String> {
         Ok(meta.value()?.parse::<LitStr>()?.value())
     };
@@ -359,36 +369,6 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         t.flags.push(flag.to_string());
     } else if p.is_ident("cache_ttl_ms") {
         t.cache_ttl_ms = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
-    } else if p.is_ident("retention") {
-        let (mut age, mut target) = (None, None);
-        meta.parse_nested_meta(|inner| {
-            if inner.path.is_ident("age_ms") {
-                age = Some(inner.value()?.parse::<LitInt>()?.base10_parse()?);
-            } else if inner.path.is_ident("target") {
-                target = Some(inner.value()?.parse::<LitStr>()?.value());
-            } else {
-                return Err(inner.error("expected `age_ms = N` or `target = \"cool|cold|delete\"`"));
-            }
-            Ok(())
-        })?;
-        match (age, target) {
-            (Some(age), Some(target)) => t.retention = Some((age, target)),
-            _ => return Err(meta.error("retention needs both `age_ms` and `target`")),
-        }
-    } else if p.is_ident("access") {
-        meta.parse_nested_meta(|inner| {
-            let Some(op) = OPS.iter().find(|op| inner.path.is_ident(op)) else {
-                return Err(
-                    inner.error("expected an operation: create, fetch, update, delete or list")
-                );
-            };
-            let who = inner.value()?.parse::<LitStr>()?.value();
-            t.access.push((
-                op.to_string(),
-                who.split(',').map(|s| s.trim().to_string()).collect(),
-            ));
-            Ok(())
-        })?;
     } else if p.is_ident("index") {
         let span = p.require_ident()?.span();
         meta.parse_nested_meta(|inner| {
@@ -495,8 +475,7 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
              version_column, page_default, page_max, create, patch, version, append_only, \
-             internal, audit, journal, locking, cache_ttl_ms, retention(...), access(...), \
-             index(...), unique(...), tokens(...), count(...) or differ(...)",
+             internal, locking, cache_ttl_ms, index(...), unique(...), tokens(...), count(...) or differ(...)",
         ));
     }
     Ok(())

@@ -22,13 +22,7 @@ pub enum Colour {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, rt::Record)]
 #[beds(domain = "lab", template = "gadget", create = GadgetCreate, patch = GadgetPatch, version = 3)]
-#[beds(
-    index(fields = "colour,made_on"),
-    append_only,
-    audit,
-    cache_ttl_ms = 30000
-)]
-#[beds(access(create = "admin,maker"), access(list = "public"))]
+#[beds(index(fields = "colour,made_on"), append_only, cache_ttl_ms = 30000)]
 pub struct Gadget {
     pub id: GadgetId,
     pub version: i64,
@@ -82,22 +76,10 @@ fn create(v: serde_json::Value) -> GadgetCreate {
 fn declarations_reach_the_metadata() {
     let m = <Gadget as rt::Record>::META;
     assert_eq!(
-        (
-            m.version,
-            m.append_only,
-            m.capabilities.audit,
-            m.capabilities.cache_ttl_ms
-        ),
-        (3, true, true, Some(30_000))
+        (m.version, m.append_only, m.capabilities.cache_ttl_ms),
+        (3, true, Some(30_000))
     );
     assert_eq!(m.indexes, &[&["colour", "made_on"][..]]);
-    assert_eq!(
-        m.access,
-        &[
-            (beds_runtime::Op::Create, &["admin", "maker"][..]),
-            (beds_runtime::Op::List, &["public"][..])
-        ]
-    );
     assert_eq!(m.fingerprint.len(), 16);
     let ddl = beds_runtime::schema(beds_runtime::config::Driver::Sqlite, &CATALOG).join("\n");
     assert!(ddl.contains("\"ratio\" REAL NOT NULL"), "{ddl}");
