@@ -826,6 +826,7 @@ mod tests {
     use serde_json::{Value as Json, json};
 
     use crate::config::Driver;
+    use crate::events::WriteEvent;
     use crate::meta::{
         Capabilities, CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind,
         LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta, TemplateMeta,
@@ -833,7 +834,6 @@ mod tests {
     };
     use crate::store::Store;
     use crate::store::options::StoreOptions;
-    use crate::events::WriteEvent;
     use crate::tercero::effect;
     use crate::value::Value;
 

@@ -23,14 +23,16 @@ pub(crate) fn effect(domains: &[&'static DomainMeta], event: &WriteEvent) -> Eve
                 .before
                 .as_ref()
                 .and_then(Json::as_object)
-                .and_then(|r| counted_for(count, r)) {
+                .and_then(|r| counted_for(count, r))
+            {
                 deltas.push((name.clone(), owner, -1));
             }
             if let Some(owner) = event
                 .after
                 .as_ref()
                 .and_then(Json::as_object)
-                .and_then(|r| counted_for(count, r)) {
+                .and_then(|r| counted_for(count, r))
+            {
                 deltas.push((name, owner, 1));
             }
         }

@@ -3,8 +3,8 @@
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use crate::events::{WriteEvent, WriteOp};
 use crate::envelope::Origin;
+use crate::events::{WriteEvent, WriteOp};
 
 /// The routing key (before the queue tag) and body of the invalidation of `event`'s
 /// record: the event's version, or null for a delete (nothing newer can be cached).
