@@ -38,41 +38,51 @@ const CHILD_CONFIG: &str = "BEDS_TEST_TERCERO_CONFIG";
 /// How long convergence may take once every event is published.
 const CONVERGE: Duration = Duration::from_secs(120);
 
-/// SPEW's templates with the counts a timeline reads declared `maintained`, the way the
-/// SPEW declaration will once write events flow from its writes.
-const fn maintained(
+/// SPEW's templates with their counts as given here: all `maintained` (as SPEW declares
+/// them, pinned so the test does not depend on the declaration), or none (a deployment
+/// from before they were, for the backfill).
+const fn with_counts(
     t: &'static rt::TemplateMeta,
     counts: &'static [rt::CountMeta],
 ) -> rt::TemplateMeta {
     rt::TemplateMeta { counts, ..*t }
 }
 
-const fn count(name: &'static str, template: &'static str, by: &'static str) -> rt::CountMeta {
+const fn count(
+    name: &'static str,
+    template: &'static str,
+    by: &'static str,
+    maintained: bool,
+) -> rt::CountMeta {
     rt::CountMeta {
         name,
         template,
         by,
         filter: &[],
-        maintained: true,
+        maintained,
     }
 }
 
-static USER: rt::TemplateMeta = maintained(
-    <User as rt::Record>::META,
-    &[
-        count("followers", "follow", "followee"),
-        count("following", "follow", "follower"),
-        count("spews", "spew", "author"),
-    ],
-);
-static SPEW: rt::TemplateMeta = maintained(
-    <Spew as rt::Record>::META,
-    &[
-        count("likes", "like", "spew"),
-        count("replies", "spew", "reply_to"),
-        count("respews", "spew", "respew_of"),
-    ],
-);
+const fn user_counts(maintained: bool) -> [rt::CountMeta; 3] {
+    [
+        count("followers", "follow", "followee", maintained),
+        count("following", "follow", "follower", maintained),
+        count("spews", "spew", "author", maintained),
+    ]
+}
+
+const fn spew_counts(maintained: bool) -> [rt::CountMeta; 3] {
+    [
+        count("likes", "like", "spew", maintained),
+        count("replies", "spew", "reply_to", maintained),
+        count("respews", "spew", "respew_of", maintained),
+    ]
+}
+
+static USER_COUNTS: [rt::CountMeta; 3] = user_counts(true);
+static SPEW_COUNTS: [rt::CountMeta; 3] = spew_counts(true);
+static USER: rt::TemplateMeta = with_counts(<User as rt::Record>::META, &USER_COUNTS);
+static SPEW: rt::TemplateMeta = with_counts(<Spew as rt::Record>::META, &SPEW_COUNTS);
 static DOMAIN: rt::DomainMeta = rt::DomainMeta {
     name: "spew",
     version: spew::DOMAIN.version,
@@ -87,6 +97,27 @@ static DOMAIN: rt::DomainMeta = rt::DomainMeta {
 /// The tercero's catalog: SPEW's routes, the metadata above.
 static CATALOG: rt::Catalog = rt::Catalog {
     domains: &[&DOMAIN],
+    route: |domain, template| beds::CATALOG.route(domain, template),
+};
+
+static USER_PLAIN_COUNTS: [rt::CountMeta; 3] = user_counts(false);
+static SPEW_PLAIN_COUNTS: [rt::CountMeta; 3] = spew_counts(false);
+static USER_PLAIN: rt::TemplateMeta = with_counts(<User as rt::Record>::META, &USER_PLAIN_COUNTS);
+static SPEW_PLAIN: rt::TemplateMeta = with_counts(<Spew as rt::Record>::META, &SPEW_PLAIN_COUNTS);
+static DOMAIN_PLAIN: rt::DomainMeta = rt::DomainMeta {
+    name: "spew",
+    version: spew::DOMAIN.version,
+    templates: &[
+        &USER_PLAIN,
+        &SPEW_PLAIN,
+        <spew::Follow as rt::Record>::META,
+        <spew::Like as rt::Record>::META,
+    ],
+    queries: &[],
+};
+/// SPEW as served before its counts were maintained: every count is `COUNT(*)`.
+static CATALOG_PLAIN: rt::Catalog = rt::Catalog {
+    domains: &[&DOMAIN_PLAIN],
     route: |domain, template| beds::CATALOG.route(domain, template),
 };
 
@@ -580,6 +611,67 @@ async fn counters_converge_through_duplicates_redeliveries_and_a_killed_node() {
 
     b.stop().await;
     c.stop().await;
+    app.stop().await;
+}
+
+/// A count switched to `maintained` on a database with rows starts exact: rows written by
+/// a node whose counts were not maintained (no tercero, no counters), then a tercero of
+/// the catalog that maintains them started while writes still flow; its backfill counts
+/// the rows and skips the events at or below its outbox mark, and every counter ends
+/// equal to `COUNT(*)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_switched_to_maintained_start_from_the_rows() {
+    let env = TestEnv::matrix("counts_backfill");
+    let app = Server::start(&env.config, &CATALOG_PLAIN)
+        .await
+        .expect("an appServer whose counts are not maintained");
+    let client = env.client().await;
+    let seed: u64 = rand::random();
+    println!("counts_switched_to_maintained: seed {seed}");
+    let writer = tokio::spawn(async move { write_burst(&client, 800, seed).await });
+    let rows = env.rows().await;
+    until(
+        "rows exist before the counts are maintained",
+        CONVERGE,
+        || async { rows.total("spw_likes").await >= 40 },
+    )
+    .await;
+    let tercero = Server::start(&tercero_config(&env, "tercero-late"), &CATALOG)
+        .await
+        .expect("a tercero maintaining the counts");
+    writer.await.unwrap();
+
+    let marks: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {}, {} FROM {}",
+        rows.quote("counter"),
+        rows.quote("seq"),
+        rows.quote("beds_counter_init")
+    )))
+    .fetch_all(rows.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        marks.len(),
+        6,
+        "one backfill per maintained count: {marks:?}"
+    );
+    assert!(marks.iter().all(|(_, seq)| *seq > 0), "{marks:?}");
+    let end = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let outbox = rows.total("beds_outbox").await;
+        let ready = env.depth(&env.queue(beds_runtime::EVENT_QUEUE_KEY)).await;
+        let (kept, truth) = counters_and_truth(&rows).await;
+        if outbox == 0 && ready == 0 && kept == truth {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "seed {seed}: not converged within {CONVERGE:?}: outbox {outbox}, {ready} waiting; \
+             counters {kept:?}, COUNT(*) {truth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tercero.stop().await;
     app.stop().await;
 }
 
