@@ -123,21 +123,33 @@ impl Store {
         let d = self.dialect;
         let q = |s: &str| d.quote(s);
         let sql = |text: String| d.prepare(text);
+        let known = sql(format!(
+            "SELECT {} FROM {} WHERE {} = ?",
+            q("seq"),
+            q("beds_counter_init"),
+            q("counter")
+        ));
+        // Started before: no need to hold writers up.
+        if let Some(mark) = sqlx::query_scalar(known.clone())
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return Ok(mark);
+        }
         let mut tx = self.pool.begin_with(d.begin()).await?;
         if let Some(exclude) = d.exclude_writers() {
             sqlx::query(AssertSqlSafe(exclude))
                 .execute(&mut *tx)
                 .await?;
         }
-        let known: Option<i64> = sqlx::query_scalar(sql(format!(
-            "SELECT {} FROM {} WHERE {} = ?",
-            q("seq"),
-            q("beds_counter_init"),
-            q("counter")
-        )))
-        .bind(name.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Again under the exclusion (another node may have started it meanwhile); on
+        // MariaDB this is also the first consistent read, so the snapshot the counts are
+        // read from is taken after the exclusion.
+        let known: Option<i64> = sqlx::query_scalar(known)
+            .bind(name.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(mark) = known {
             tx.commit().await?;
             return Ok(mark);
