@@ -2,17 +2,21 @@
 //! over AMQP only, through the typed client generated from `domains/spew.yaml`: a few
 //! dozen users, a follow graph, a few hundred spews with replies, respews, hashtags and
 //! mentions, likes; then a home timeline with counts, a thread, a tag search and a
-//! follower list.
+//! follower list. The counts are maintained (`maintained: true` in the declaration): a
+//! tercero node in this process keeps them from the appServer's write events, and the
+//! reads wait until it has counted every write.
 //!
 //! `cargo run --example spew` — needs RabbitMQ at the configured URL
 //! (default amqp://guest:guest@127.0.0.1:5672/%2f; override with BEDS_AMQP__URL). The
 //! database is the configured one (SQLite in a temporary directory unless
 //! BEDS_DATABASE__DRIVER / BEDS_DATABASE__URL say otherwise).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use beds::spew::{
     self, FollowCreate, FollowersParams, HomeTimelineParams, LikeByUserAndSpew, LikeCreate,
@@ -20,9 +24,11 @@ use beds::spew::{
     User, UserCreate,
 };
 use beds_runtime::config::{Driver, redact};
-use beds_runtime::{Client, ClientError, ClientOptions, Config, Server};
+use beds_runtime::{Client, ClientError, ClientOptions, Config, Role, Server};
 use futures_util::{StreamExt, stream};
 
+/// How long a read waits for the tercero to count every write.
+const COUNTED_WITHIN: Duration = Duration::from_secs(10);
 /// Requests kept in flight while seeding.
 const IN_FLIGHT: usize = 32;
 const USERS: usize = 36;
@@ -52,13 +58,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "SPEW is a Twitter-like backend declared in domains/spew.yaml: users post spews (short\n\
          messages) that may reply to or respew (repost) another spew; users follow and like.\n"
     );
+    // The tercero first: events reach only the queues bound when they are published.
+    let mut tercero_config = config.clone();
+    tercero_config.role = Role::Tercero;
+    tercero_config.node = format!("{}-tercero", config.node);
+    let tercero = Server::start(&tercero_config, &beds::CATALOG).await?;
     let server = Server::start(&config, &beds::CATALOG).await?;
     println!(
         "appServer started in this process (the node role that serves the data):\n  \
          rBroker (pool of read workers) consumes the queue {0}rec.read\n  \
          wBroker (pool of write workers) consumes the queue {0}rec.write\n  \
          database: {1}\n\
-         Every step below is a request to it over RabbitMQ, sent by the typed client\n\
+         tercero node started in this process too: it consumes the write events the appServer\n  \
+         publishes (queue {0}evt.tercero) and keeps SPEW's maintained counts (likes, replies,\n  \
+         respews, followers, following, spews), which reads then take from a counter instead\n  \
+         of COUNT(*); they lag writes by well under a second.\n\
+         Every step below is a request to the appServer over RabbitMQ, sent by the typed client\n\
          generated from domains/spew.yaml.\n",
         config.amqp.queue_tag,
         database(&config)
@@ -73,11 +88,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Stop serving before the queues go, so no worker sees its consumer vanish.
     server.stop().await;
+    tercero.stop().await;
     beds_runtime::topology::remove(
         &config.amqp,
         &[
             beds_runtime::topology::READ_KEY,
             beds_runtime::topology::WRITE_KEY,
+            beds_runtime::EVENT_QUEUE_KEY,
         ],
     )
     .await?;
@@ -276,19 +293,52 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
     unlike?;
     println!("created {} likes, then unliked one", likes.len());
 
+    // What the counts must say, from the writes made: maintained counts lag them.
+    let likes_of = tally_by(likes.iter().skip(1).map(|l| l.spew));
+    let replies_to = tally_by(spews.iter().filter_map(|s| s.reply_to));
+    let respews_of = tally_by(spews.iter().filter_map(|s| s.respew_of));
+    let followers_of = tally_by(follows.iter().map(|f| f.followee));
+    let following_of = tally_by(follows.iter().map(|f| f.follower));
+    let spews_of = tally_by(spews.iter().map(|s| s.author));
+
     // Reads.
     let me = &users[3];
-    let home = api
-        .home_timeline()
-        .page(&HomeTimelineParams { user: me.id }, Some(8), None)
-        .await;
-    tally.note(&home);
+    let waited = Instant::now();
+    let home = counted(
+        &tally,
+        || {
+            let (q, p) = (api.home_timeline(), HomeTimelineParams { user: me.id });
+            async move { q.page(&p, Some(8), None).await }
+        },
+        |page| {
+            page.items.iter().all(|i| {
+                let w = &i.with;
+                (w.likes, w.replies, w.respews)
+                    == (
+                        n(&likes_of, i.record.id),
+                        n(&replies_to, i.record.id),
+                        n(&respews_of, i.record.id),
+                    )
+                    && (w.author_followers, w.author_following, w.author_spews)
+                        == (
+                            n(&followers_of, i.record.author),
+                            n(&following_of, i.record.author),
+                            n(&spews_of, i.record.author),
+                        )
+            })
+        },
+    )
+    .await?;
+    println!(
+        "\nthe tercero had counted every write {} ms after the last one",
+        waited.elapsed().as_millis()
+    );
     println!(
         "\nhome timeline of @{}: their spews and those of the users they follow, newest first\n\
          (first page of 8; time of posting in UTC, ♥ likes, ↩ replies, ⟳ respews):",
         me.handle
     );
-    for item in home?.items {
+    for item in home.items {
         let w = &item.with;
         println!(
             "  {} @{:<10} {:<58} ♥{:<3} ↩{:<2} ⟳{:<2} (author: {}, following {}, {})",
@@ -309,17 +359,25 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         .filter(|s| s.reply_to.is_none())
         .max_by_key(|s| spews.iter().filter(|r| r.reply_to == Some(s.id)).count())
         .expect("spews exist");
-    let thread = api
-        .thread()
-        .page(&ThreadParams { spew: root.id }, None, None)
-        .await;
-    tally.note(&thread);
+    let thread = counted(
+        &tally,
+        || {
+            let (q, p) = (api.thread(), ThreadParams { spew: root.id });
+            async move { q.page(&p, None, None).await }
+        },
+        |page| {
+            page.items
+                .iter()
+                .all(|i| i.with.likes == n(&likes_of, i.record.id))
+        },
+    )
+    .await?;
     println!(
         "\nthread of the spew with the most replies ({}): the spew, then its replies (↳),\n\
          oldest first:",
         root.id
     );
-    for (i, item) in thread?.items.iter().enumerate() {
+    for (i, item) in thread.items.iter().enumerate() {
         println!(
             "  {}@{:<10} {} (♥{})",
             if i == 0 { "" } else { "  ↳ " },
@@ -361,13 +419,27 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         println!("  @{:<10} {}", item.with.author_handle, item.record.body);
     }
 
-    let followers = api
-        .followers()
-        .page(&FollowersParams { user: star.id }, Some(10), None)
-        .await;
-    tally.note(&followers);
+    let followers = counted(
+        &tally,
+        || {
+            let (q, p) = (api.followers(), FollowersParams { user: star.id });
+            async move { q.page(&p, Some(10), None).await }
+        },
+        |page| {
+            page.items.iter().all(|i| {
+                let w = &i.with;
+                (w.followers, w.following, w.spews)
+                    == (
+                        n(&followers_of, i.record.id),
+                        n(&following_of, i.record.id),
+                        n(&spews_of, i.record.id),
+                    )
+            })
+        },
+    )
+    .await?;
     println!("\nfollowers of @{} (first 10 by handle):", star.handle);
-    for item in followers?.items {
+    for item in followers.items {
         println!(
             "  @{:<10} {:<14} {}, following {}, {}",
             item.record.handle,
@@ -412,6 +484,46 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{} unexpected error replies", errors - wanted).into());
     }
     Ok(())
+}
+
+/// How many times each key occurs.
+fn tally_by<K: Hash + Eq>(keys: impl Iterator<Item = K>) -> HashMap<K, i64> {
+    let mut counts = HashMap::new();
+    for k in keys {
+        *counts.entry(k).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A key's count in `counts` (0 when it never occurred).
+fn n<K: Hash + Eq>(counts: &HashMap<K, i64>, key: K) -> i64 {
+    counts.get(&key).copied().unwrap_or(0)
+}
+
+/// Reads until `exact` holds for the reply: maintained counts lag the writes by the
+/// tercero's staleness bound. An error reply, or counts still behind after
+/// [`COUNTED_WITHIN`], fail the example.
+async fn counted<T, F>(
+    tally: &Tally,
+    read: impl Fn() -> F,
+    exact: impl Fn(&T) -> bool,
+) -> Result<T, Box<dyn std::error::Error>>
+where
+    F: Future<Output = Result<T, ClientError>>,
+{
+    let end = Instant::now() + COUNTED_WITHIN;
+    loop {
+        let reply = read().await;
+        tally.note(&reply);
+        let reply = reply?;
+        if exact(&reply) {
+            return Ok(reply);
+        }
+        if Instant::now() >= end {
+            return Err(format!("maintained counts still behind after {COUNTED_WITHIN:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `requests` with up to [`IN_FLIGHT`] outstanding, in order; stops at the first error.

@@ -135,8 +135,8 @@ fn fingerprints_are_pinned() {
     assert_eq!(
         shown,
         [
-            "user 5df8a71770a1a950",
-            "spew 65a54fbc22b01182",
+            "user 7ed43abda97e25ec",
+            "spew 589eda8efc4631b8",
             "follow 129560a10be308ef",
             "like 20907e9a85622f08",
         ]

@@ -4,21 +4,25 @@
 //! a second live node taking over), every counter equals `COUNT(*)` of its rows, and every
 //! event's invalidation was broadcast.
 //!
-//! The events are published by the test, exactly as the write-event contract states
-//! ([`write_events`] is the one event source): when the transactional outbox and its
-//! relay publish them, that function becomes "write, then let the relay publish".
+//! The events are the real ones: writes through the client, published by the appServer's
+//! relay. The test captures them on a queue of its own bound to `{tag}evt.#` and delivers
+//! some again to the tercero queue with their ids (duplicates while the stream flows,
+//! redeliveries after it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use beds::spew::{
-    self, FollowCreate, LikeCreate, Spew, SpewCreate, SpewId, SpewPatch, User, UserCreate, UserId,
+    self, FollowCreate, FollowId, LikeCreate, LikeId, Spew, SpewCreate, SpewId, SpewPatch, User,
+    UserCreate, UserId,
 };
 use beds_runtime::support as rt;
 use beds_runtime::{Client, Config, Role, Server};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::rngs::StdRng;
@@ -34,41 +38,51 @@ const CHILD_CONFIG: &str = "BEDS_TEST_TERCERO_CONFIG";
 /// How long convergence may take once every event is published.
 const CONVERGE: Duration = Duration::from_secs(120);
 
-/// SPEW's templates with the counts a timeline reads declared `maintained`, the way the
-/// SPEW declaration will once write events flow from its writes.
-const fn maintained(
+/// SPEW's templates with their counts as given here: all `maintained` (as SPEW declares
+/// them, pinned so the test does not depend on the declaration), or none (a deployment
+/// from before they were, for the backfill).
+const fn with_counts(
     t: &'static rt::TemplateMeta,
     counts: &'static [rt::CountMeta],
 ) -> rt::TemplateMeta {
     rt::TemplateMeta { counts, ..*t }
 }
 
-const fn count(name: &'static str, template: &'static str, by: &'static str) -> rt::CountMeta {
+const fn count(
+    name: &'static str,
+    template: &'static str,
+    by: &'static str,
+    maintained: bool,
+) -> rt::CountMeta {
     rt::CountMeta {
         name,
         template,
         by,
         filter: &[],
-        maintained: true,
+        maintained,
     }
 }
 
-static USER: rt::TemplateMeta = maintained(
-    <User as rt::Record>::META,
-    &[
-        count("followers", "follow", "followee"),
-        count("following", "follow", "follower"),
-        count("spews", "spew", "author"),
-    ],
-);
-static SPEW: rt::TemplateMeta = maintained(
-    <Spew as rt::Record>::META,
-    &[
-        count("likes", "like", "spew"),
-        count("replies", "spew", "reply_to"),
-        count("respews", "spew", "respew_of"),
-    ],
-);
+const fn user_counts(maintained: bool) -> [rt::CountMeta; 3] {
+    [
+        count("followers", "follow", "followee", maintained),
+        count("following", "follow", "follower", maintained),
+        count("spews", "spew", "author", maintained),
+    ]
+}
+
+const fn spew_counts(maintained: bool) -> [rt::CountMeta; 3] {
+    [
+        count("likes", "like", "spew", maintained),
+        count("replies", "spew", "reply_to", maintained),
+        count("respews", "spew", "respew_of", maintained),
+    ]
+}
+
+static USER_COUNTS: [rt::CountMeta; 3] = user_counts(true);
+static SPEW_COUNTS: [rt::CountMeta; 3] = spew_counts(true);
+static USER: rt::TemplateMeta = with_counts(<User as rt::Record>::META, &USER_COUNTS);
+static SPEW: rt::TemplateMeta = with_counts(<Spew as rt::Record>::META, &SPEW_COUNTS);
 static DOMAIN: rt::DomainMeta = rt::DomainMeta {
     name: "spew",
     version: spew::DOMAIN.version,
@@ -86,6 +100,27 @@ static CATALOG: rt::Catalog = rt::Catalog {
     route: |domain, template| beds::CATALOG.route(domain, template),
 };
 
+static USER_PLAIN_COUNTS: [rt::CountMeta; 3] = user_counts(false);
+static SPEW_PLAIN_COUNTS: [rt::CountMeta; 3] = spew_counts(false);
+static USER_PLAIN: rt::TemplateMeta = with_counts(<User as rt::Record>::META, &USER_PLAIN_COUNTS);
+static SPEW_PLAIN: rt::TemplateMeta = with_counts(<Spew as rt::Record>::META, &SPEW_PLAIN_COUNTS);
+static DOMAIN_PLAIN: rt::DomainMeta = rt::DomainMeta {
+    name: "spew",
+    version: spew::DOMAIN.version,
+    templates: &[
+        &USER_PLAIN,
+        &SPEW_PLAIN,
+        <spew::Follow as rt::Record>::META,
+        <spew::Like as rt::Record>::META,
+    ],
+    queries: &[],
+};
+/// SPEW as served before its counts were maintained: every count is `COUNT(*)`.
+static CATALOG_PLAIN: rt::Catalog = rt::Catalog {
+    domains: &[&DOMAIN_PLAIN],
+    route: |domain, template| beds::CATALOG.route(domain, template),
+};
+
 fn events_wanted() -> usize {
     std::env::var("BEDS_TEST_COUNT_EVENTS")
         .ok()
@@ -93,43 +128,14 @@ fn events_wanted() -> usize {
         .unwrap_or(DEFAULT_EVENTS)
 }
 
-/// The write event of one committed change, as the contract states it.
-struct Recorder {
-    seq: i64,
-    events: Vec<Json>,
-}
-
-impl Recorder {
-    fn record(&mut self, template: &str, op: &str, before: Option<Json>, after: Option<Json>) {
-        self.seq += 1;
-        let rec = after.as_ref().or(before.as_ref()).expect("a record");
-        let request = uuid::Uuid::now_v7().to_string();
-        self.events.push(json!({
-            "v": 1, "kind": "write_event", "id": uuid::Uuid::now_v7().to_string(),
-            "correlation_id": request, "causation_id": request, "depth": 1,
-            "origin": {"service": "beds", "node": "test-writer", "env": "test"},
-            "seq": self.seq, "domain": "spew", "template": template, "op": op,
-            "key": {"id": rec["id"]}, "version": rec["version"],
-            "committed_at": beds_runtime::format_timestamp(&chrono::Utc::now()),
-            "after": after, "before": before,
-        }));
-    }
-}
-
-fn wire<T: serde::Serialize>(record: &T) -> Json {
-    serde_json::to_value(record).expect("a record serialises")
-}
-
-/// The event source: `n` writes through the client (follows and likes made and undone,
-/// spews posted as replies and respews, and moved between authors and threads), each
-/// with the write event its commit produces.
-async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
+/// The source of the burst: `n` writes through the client (follows and likes made and
+/// undone, spews posted as replies and respews, and moved between authors and threads).
+/// None cascades, so each commits exactly one write event, which the appServer's relay
+/// publishes; returns how many were made.
+async fn write_burst(client: &Client, n: usize, seed: u64) -> usize {
     let api = spew::client(client);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rec = Recorder {
-        seq: 0,
-        events: Vec::new(),
-    };
+    let mut made = 0;
     let mut users: Vec<UserId> = Vec::new();
     for i in 0..12 {
         let u = api
@@ -141,14 +147,14 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
             })
             .await
             .unwrap();
-        rec.record("user", "create", None, Some(wire(&u)));
+        made += 1;
         users.push(u.id);
     }
     let mut spews: Vec<Spew> = Vec::new();
-    let mut follows: HashMap<(UserId, UserId), Json> = HashMap::new();
-    let mut likes: HashMap<(UserId, SpewId), Json> = HashMap::new();
+    let mut follows: HashMap<(UserId, UserId), FollowId> = HashMap::new();
+    let mut likes: HashMap<(UserId, SpewId), LikeId> = HashMap::new();
     let pick = |rng: &mut StdRng, users: &[UserId]| users[rng.random_range(0..users.len())];
-    while rec.events.len() < n {
+    while made < n {
         let any_spew = |rng: &mut StdRng, spews: &[Spew]| {
             (!spews.is_empty()).then(|| spews[rng.random_range(0..spews.len())].id)
         };
@@ -169,7 +175,6 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
                     })
                     .await
                     .unwrap();
-                rec.record("spew", "create", None, Some(wire(&s)));
                 spews.push(s);
             }
             3 if !spews.is_empty() => {
@@ -178,8 +183,7 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
                     0 => None,
                     _ => any_spew(&mut rng, &spews).filter(|id| *id != spews[i].id),
                 };
-                let before = wire(&spews[i]);
-                let s = api
+                spews[i] = api
                     .spew()
                     .update(
                         spews[i].id,
@@ -192,18 +196,14 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
                     )
                     .await
                     .unwrap();
-                rec.record("spew", "update", Some(before), Some(wire(&s)));
-                spews[i] = s;
             }
             4..=5 => {
                 let (a, b) = (pick(&mut rng, &users), pick(&mut rng, &users));
                 if a == b {
                     continue;
                 }
-                if let Some(before) = follows.remove(&(a, b)) {
-                    let id = serde_json::from_value(before["id"].clone()).unwrap();
+                if let Some(id) = follows.remove(&(a, b)) {
                     api.follow().delete(id).await.unwrap();
-                    rec.record("follow", "delete", Some(before), None);
                 } else {
                     let f = api
                         .follow()
@@ -213,9 +213,7 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
                         })
                         .await
                         .unwrap();
-                    let after = wire(&f);
-                    rec.record("follow", "create", None, Some(after.clone()));
-                    follows.insert((a, b), after);
+                    follows.insert((a, b), f.id);
                 }
             }
             _ => {
@@ -223,24 +221,21 @@ async fn write_events(client: &Client, n: usize, seed: u64) -> Vec<Json> {
                     continue;
                 };
                 let u = pick(&mut rng, &users);
-                if let Some(before) = likes.remove(&(u, s)) {
-                    let id = serde_json::from_value(before["id"].clone()).unwrap();
+                if let Some(id) = likes.remove(&(u, s)) {
                     api.like().delete(id).await.unwrap();
-                    rec.record("like", "delete", Some(before), None);
                 } else {
                     let l = api
                         .like()
                         .create(&LikeCreate { user: u, spew: s })
                         .await
                         .unwrap();
-                    let after = wire(&l);
-                    rec.record("like", "create", None, Some(after.clone()));
-                    likes.insert((u, s), after);
+                    likes.insert((u, s), l.id);
                 }
             }
         }
+        made += 1;
     }
-    rec.events
+    made
 }
 
 async fn publisher(env: &TestEnv) -> (Connection, Channel) {
@@ -248,27 +243,54 @@ async fn publisher(env: &TestEnv) -> (Connection, Channel) {
         .await
         .expect("RabbitMQ");
     let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     (conn, channel)
 }
 
-/// Publishes events as the relay does: routing key and message id per the contract.
-async fn publish(env: &TestEnv, channel: &Channel, events: &[&Json]) {
+/// An exclusive queue of the test's own bound to `beds.events` by `key`.
+async fn bound_queue(channel: &Channel, key: &str) -> String {
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            q.name().as_str().into(),
+            "beds.events".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    q.name().to_string()
+}
+
+/// Delivers captured events again, straight to the tercero queue (not through
+/// `beds.events`, which would capture them a second time), with their ids: to a consumer
+/// they are the broker's redeliveries and the relay's duplicate publishes.
+async fn republish(env: &TestEnv, channel: &Channel, events: &[&Json]) {
+    let queue = env.queue(beds_runtime::EVENT_QUEUE_KEY);
     for e in events {
-        let key = format!(
-            "{}evt.{}.{}.{}",
-            env.config.amqp.queue_tag,
-            e["domain"].as_str().unwrap(),
-            e["template"].as_str().unwrap(),
-            e["op"].as_str().unwrap()
-        );
         channel
             .basic_publish(
-                "beds.events".into(),
-                key.as_str().into(),
+                "".into(),
+                queue.as_str().into(),
                 Default::default(),
                 &serde_json::to_vec(e).unwrap(),
                 BasicProperties::default()
                     .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
                     .with_message_id(e["id"].as_str().unwrap().into()),
             )
             .await
@@ -276,6 +298,61 @@ async fn publish(env: &TestEnv, channel: &Channel, events: &[&Json]) {
             .await
             .unwrap();
     }
+}
+
+/// Captures the relay's events from `queue` as they arrive, sending every seventh to the
+/// tercero queue a second time at once (a duplicate in the middle of the stream).
+fn capture(
+    env: &TestEnv,
+    channel: Channel,
+    queue: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<Json>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let env_queue = env.queue(beds_runtime::EVENT_QUEUE_KEY);
+    let sink = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        while let Some(Ok(d)) = consumer.next().await {
+            let event: Json = serde_json::from_slice(&d.data).expect("an event is JSON");
+            let n = {
+                let mut seen = sink.lock().unwrap();
+                seen.push(event.clone());
+                seen.len()
+            };
+            if n % 7 == 0 {
+                channel
+                    .basic_publish(
+                        "".into(),
+                        env_queue.as_str().into(),
+                        Default::default(),
+                        &d.data,
+                        BasicProperties::default()
+                            .with_content_type("application/json".into())
+                            .with_delivery_mode(2)
+                            .with_message_id(event["id"].as_str().unwrap().into()),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    (seen, task)
 }
 
 /// Every maintained count's counters, and the same values from `COUNT(*)` over the
@@ -398,40 +475,10 @@ async fn until<F: Future<Output = bool>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_converge_through_duplicates_redeliveries_and_a_killed_node() {
     let env = TestEnv::matrix("counts");
-    let app = env.start().await;
-    let client = env.client().await;
-    let seed: u64 = rand::random();
-    println!("counts: seed {seed}");
-    let events = write_events(&client, events_wanted(), seed).await;
-    let distinct: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-
-    let (_conn, channel) = publisher(&env).await;
-    // Every invalidation, on a queue bound before the first event.
-    let inv = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            inv.name().as_str().into(),
-            "beds.events".into(),
-            format!("{}inv.#", env.config.amqp.queue_tag)
-                .as_str()
-                .into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-
-    // The queue exists before the first event, as it does once any tercero ever ran.
+    let tag = env.config.amqp.queue_tag.clone();
+    let (conn, channel) = publisher(&env).await;
+    // Events reach only the queues bound when they are published: the tercero queue, the
+    // test's capture of every event and its queue of invalidations exist before any write.
     beds_runtime::topology::declare_events(
         &channel,
         &env.config.amqp,
@@ -440,51 +487,83 @@ async fn counters_converge_through_duplicates_redeliveries_and_a_killed_node() {
     )
     .await
     .unwrap();
+    let captured = bound_queue(&channel, &format!("{tag}evt.#")).await;
+    let inv = bound_queue(&channel, &format!("{tag}inv.#")).await;
+    let capture_channel = conn.create_channel().await.unwrap();
+    capture_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (seen, capturing) = capture(&env, capture_channel, captured);
+
+    let app = env.start().await;
+    let client = env.client().await;
+    let seed: u64 = rand::random();
+    println!("counts: seed {seed}");
+    let wanted = events_wanted();
     let mut killed = ChildNode::spawn(&tercero_config(&env, "tercero-a"));
+    let writer = tokio::spawn(async move { write_burst(&client, wanted, seed).await });
     let rows = env.rows().await;
-    // The first half, every seventh event twice.
-    let half = events.len() / 2;
-    let first: Vec<&Json> = events[..half]
-        .iter()
-        .enumerate()
-        .flat_map(|(i, e)| if i % 7 == 0 { vec![e, e] } else { vec![e] })
-        .collect();
-    publish(&env, &channel, &first).await;
+
+    // Mid-stream: the first node is killed once it applied a sixth, and two nodes take
+    // over while the writes go on.
     until("the first node applies a part", CONVERGE, || async {
-        rows.total("beds_event_applied").await >= (half / 3) as i64
+        rows.total("beds_event_applied").await >= (wanted / 6) as i64
     })
     .await;
     killed.kill();
-
-    // Two nodes take over; the rest arrives, then a redelivery of every fifth event.
+    let published_at_kill = seen.lock().unwrap().len();
     let b = Server::start(&tercero_config(&env, "tercero-b"), &CATALOG)
         .await
         .expect("tercero b");
     let c = Server::start(&tercero_config(&env, "tercero-c"), &CATALOG)
         .await
         .expect("tercero c");
-    let rest: Vec<&Json> = events[half..].iter().collect();
-    publish(&env, &channel, &rest).await;
-    let again: Vec<&Json> = events.iter().step_by(5).collect();
-    publish(&env, &channel, &again).await;
+    let made = writer.await.unwrap();
+    println!(
+        "counts: {made} writes; tercero-a killed after {published_at_kill} events were published"
+    );
 
-    until("every event is applied", CONVERGE, || async {
-        rows.total("beds_event_applied").await == distinct.len() as i64
-    })
+    until(
+        "every event is published and captured",
+        CONVERGE,
+        || async { rows.total("beds_outbox").await == 0 && seen.lock().unwrap().len() >= made },
+    )
     .await;
-    until("the tercero queue drains", CONVERGE, || async {
-        env.depth(&env.queue(beds_runtime::EVENT_QUEUE_KEY)).await == 0
-    })
-    .await;
-    let (kept, truth) = counters_and_truth(&rows).await;
-    assert!(!truth.is_empty());
-    assert_eq!(kept, truth, "seed {seed}: counters differ from COUNT(*)");
+    capturing.abort();
+    let events: Vec<Json> = seen.lock().unwrap().clone();
+    assert_eq!(events.len(), made, "one event per write");
+    let distinct: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), made, "each event published once");
+    // A redelivery of every fifth event, after the originals.
+    let again: Vec<&Json> = events.iter().step_by(5).collect();
+    republish(&env, &channel, &again).await;
+
+    // Applied, drained, and the counters equal to COUNT(*): a batch still in flight would
+    // leave one of them unmet.
+    let end = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let applied = rows.total("beds_event_applied").await;
+        let ready = env.depth(&env.queue(beds_runtime::EVENT_QUEUE_KEY)).await;
+        let (kept, truth) = counters_and_truth(&rows).await;
+        assert!(!truth.is_empty());
+        if applied == distinct.len() as i64 && ready == 0 && kept == truth {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "seed {seed}: not converged within {CONVERGE:?}: {applied} of {} events applied, \
+             {ready} waiting; counters {kept:?}, COUNT(*) {truth:?}",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every event's invalidation, at least once (a batch redelivered after its commit is
     // broadcast again), each naming its event.
     let mut consumer = channel
         .basic_consume(
-            inv.name().as_str().into(),
+            inv.as_str().into(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -532,6 +611,67 @@ async fn counters_converge_through_duplicates_redeliveries_and_a_killed_node() {
 
     b.stop().await;
     c.stop().await;
+    app.stop().await;
+}
+
+/// A count switched to `maintained` on a database with rows starts exact: rows written by
+/// a node whose counts were not maintained (no tercero, no counters), then a tercero of
+/// the catalog that maintains them started while writes still flow; its backfill counts
+/// the rows and skips the events at or below its outbox mark, and every counter ends
+/// equal to `COUNT(*)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_switched_to_maintained_start_from_the_rows() {
+    let env = TestEnv::matrix("counts_backfill");
+    let app = Server::start(&env.config, &CATALOG_PLAIN)
+        .await
+        .expect("an appServer whose counts are not maintained");
+    let client = env.client().await;
+    let seed: u64 = rand::random();
+    println!("counts_switched_to_maintained: seed {seed}");
+    let writer = tokio::spawn(async move { write_burst(&client, 800, seed).await });
+    let rows = env.rows().await;
+    until(
+        "rows exist before the counts are maintained",
+        CONVERGE,
+        || async { rows.total("spw_likes").await >= 40 },
+    )
+    .await;
+    let tercero = Server::start(&tercero_config(&env, "tercero-late"), &CATALOG)
+        .await
+        .expect("a tercero maintaining the counts");
+    writer.await.unwrap();
+
+    let marks: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {}, {} FROM {}",
+        rows.quote("counter"),
+        rows.quote("seq"),
+        rows.quote("beds_counter_init")
+    )))
+    .fetch_all(rows.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        marks.len(),
+        6,
+        "one backfill per maintained count: {marks:?}"
+    );
+    assert!(marks.iter().all(|(_, seq)| *seq > 0), "{marks:?}");
+    let end = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let outbox = rows.total("beds_outbox").await;
+        let ready = env.depth(&env.queue(beds_runtime::EVENT_QUEUE_KEY)).await;
+        let (kept, truth) = counters_and_truth(&rows).await;
+        if outbox == 0 && ready == 0 && kept == truth {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "seed {seed}: not converged within {CONVERGE:?}: outbox {outbox}, {ready} waiting; \
+             counters {kept:?}, COUNT(*) {truth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tercero.stop().await;
     app.stop().await;
 }
 

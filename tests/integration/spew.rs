@@ -99,7 +99,7 @@ async fn mentioning(client: &Client, handle: &str) -> Vec<SpewId> {
 #[tokio::test]
 async fn graph_rules_conflicts_and_case_insensitive_handles() {
     let env = TestEnv::matrix("spew_graph");
-    let server = env.start().await;
+    let server = env.start_counting().await;
     let client = env.client().await;
     let api = spew::client(&client);
     let (ann, bob) = (user(&client, "Ann").await, user(&client, "bob").await);
@@ -202,7 +202,7 @@ async fn graph_rules_conflicts_and_case_insensitive_handles() {
 #[tokio::test]
 async fn home_timeline_pages_have_no_gaps_or_duplicates_while_spews_arrive() {
     let env = TestEnv::matrix("spew_home");
-    let server = env.start().await;
+    let server = env.start_counting().await;
     let client = env.client().await;
     let (me, f1, f2, stranger) = (
         user(&client, "myself").await,
@@ -256,7 +256,7 @@ async fn home_timeline_pages_have_no_gaps_or_duplicates_while_spews_arrive() {
 #[tokio::test]
 async fn counts_equal_the_rows_and_threads_have_their_shape() {
     let env = TestEnv::matrix("spew_counts");
-    let server = env.start().await;
+    let server = env.start_counting().await;
     let client = env.client().await;
     let api = spew::client(&client);
     let users = [
@@ -278,6 +278,8 @@ async fn counts_equal_the_rows_and_threads_have_their_shape() {
         like(&client, u, &root).await;
     }
     like(&client, ann, &r1).await;
+    // The counts are maintained: read them once the tercero counted every write.
+    env.settle().await;
 
     let thread = api
         .thread()
@@ -412,11 +414,35 @@ async fn counts_equal_the_rows_and_threads_have_their_shape() {
         Some(ErrorCode::NotFound),
         "bob's respew went with him"
     );
+    // The cascaded deletes' events moved the root's counters too.
+    env.settle().await;
+    let page = api
+        .user_timeline()
+        .page(
+            &UserTimelineParams {
+                author: ann.id,
+                before: None,
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let root_item = &page.items[0];
+    assert_eq!(root_item.record.id, root.id);
+    assert_eq!(
+        (
+            root_item.with.likes,
+            root_item.with.replies,
+            root_item.with.respews
+        ),
+        (2, 1, 0),
+        "bob's like, reply and respew are no longer counted"
+    );
     // Deleting the root takes its respews and likes; replies stay.
     api.spew().delete(root.id).await.unwrap();
     assert_eq!(db.count("spw_likes", "spew_lik", &json!(root.id)).await, 0);
     assert_eq!(api.spew().fetch(r2.id).await.unwrap().reply_to, None);
-
     client.close().await.unwrap();
     server.stop().await;
 }
@@ -424,7 +450,7 @@ async fn counts_equal_the_rows_and_threads_have_their_shape() {
 #[tokio::test]
 async fn tags_and_mentions_are_extracted_on_edge_cases() {
     let env = TestEnv::matrix("spew_tokens");
-    let server = env.start().await;
+    let server = env.start_counting().await;
     let client = env.client().await;
     let api = spew::client(&client);
     let ann = user(&client, "Ann_1").await;
@@ -499,7 +525,7 @@ async fn tags_and_mentions_are_extracted_on_edge_cases() {
 #[tokio::test]
 async fn query_conditions_on_handles_ignore_case_like_the_handle_index() {
     let env = TestEnv::matrix("spew_handle_case");
-    let server = env.start().await;
+    let server = env.start_counting().await;
     let client = env.client().await;
     let api = spew::client(&client);
     let grace = user(&client, "Grace_x").await;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use beds_runtime::topology::{READ_KEY, WRITE_KEY};
-use beds_runtime::{Client, ClientOptions, Config, Server};
+use beds_runtime::{Catalog, Client, ClientOptions, Config, Server};
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value as Json;
@@ -16,6 +16,36 @@ use sqlx::sqlite::SqliteConnectOptions;
 
 pub fn repo_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/beds.yaml")
+}
+
+/// The queue [`TestEnv::settle`] counts published events on.
+const SETTLE_KEY: &str = "evt.settle";
+/// How long [`TestEnv::settle`] waits for the tercero to count what was written.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Whether any template of `catalog` keeps a count from events.
+pub fn maintains_counts(catalog: &Catalog) -> bool {
+    catalog
+        .domains
+        .iter()
+        .flat_map(|d| d.templates)
+        .flat_map(|t| t.counts)
+        .any(|c| c.maintained)
+}
+
+/// The nodes of [`TestEnv::start_counting`].
+pub struct Nodes {
+    pub app: Server,
+    tercero: Option<Server>,
+}
+
+impl Nodes {
+    pub async fn stop(self) {
+        self.app.stop().await;
+        if let Some(t) = self.tercero {
+            t.stop().await;
+        }
+    }
 }
 
 pub struct TestEnv {
@@ -153,6 +183,93 @@ impl TestEnv {
         Server::start(&self.config, &beds::CATALOG)
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ and its database: {e}"))
+    }
+
+    /// An appServer of `beds::CATALOG` and, when any of its counts is `maintained`, a
+    /// tercero node beside it (same configuration, tag and database) keeping them. Reads of
+    /// those counts lag writes until [`TestEnv::settle`].
+    pub async fn start_counting(&self) -> Nodes {
+        self.start_counting_with(&beds::CATALOG).await
+    }
+
+    /// [`TestEnv::start_counting`] for the templates of `catalog`.
+    pub async fn start_counting_with(&self, catalog: &'static Catalog) -> Nodes {
+        let tercero = if maintains_counts(catalog) {
+            self.declare_settle_queue().await;
+            let mut config = self.config.clone();
+            config.role = beds_runtime::Role::Tercero;
+            config.node = format!("{}-tercero", config.node);
+            Some(
+                Server::start(&config, catalog)
+                    .await
+                    .unwrap_or_else(|e| panic!("the test's tercero node starts: {e}")),
+            )
+        } else {
+            None
+        };
+        let app = Server::start(&self.config, catalog)
+            .await
+            .unwrap_or_else(|e| panic!("the test needs RabbitMQ and its database: {e}"));
+        Nodes { app, tercero }
+    }
+
+    /// Binds the queue [`TestEnv::settle`] counts published events on; events reach only
+    /// the queues bound when they are published, so this precedes the first write.
+    async fn declare_settle_queue(&self) {
+        let raw = self.raw().await;
+        let queue = self.queue(SETTLE_KEY);
+        raw.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("the settle queue");
+        raw.channel
+            .queue_bind(
+                queue.as_str().into(),
+                "beds.events".into(),
+                format!("{}evt.#", self.config.amqp.queue_tag)
+                    .as_str()
+                    .into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("the settle queue's binding");
+    }
+
+    /// Waits until every write committed so far is counted by the tercero of
+    /// [`TestEnv::start_counting`]: the outbox is empty (every event published), the tercero
+    /// queue holds no ready event, and the applied events are as many as were published
+    /// (counted on the settle queue, which nothing consumes; the tercero records an event
+    /// as applied in the transaction that changes the counters, so no batch is in flight
+    /// once they match). Without a tercero (no maintained count) there is nothing to wait
+    /// for. Relay duplicates (a crash between publish and confirm) would keep it waiting:
+    /// the tests that make them count on their own.
+    pub async fn settle(&self) {
+        if self.queue_state(&self.queue(SETTLE_KEY)).await.is_none() {
+            return;
+        }
+        let rows = self.rows().await;
+        let end = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let outbox = rows.total("beds_outbox").await;
+            // Read after the outbox: every event of a write before this call is counted.
+            let published = self.depth(&self.queue(SETTLE_KEY)).await;
+            let waiting = self.depth(&self.queue(beds_runtime::EVENT_QUEUE_KEY)).await;
+            let applied = rows.total("beds_event_applied").await;
+            if outbox == 0 && waiting == 0 && applied >= i64::from(published) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "not settled within {SETTLE:?}: {outbox} events in the outbox, {waiting} waiting \
+                 for the tercero, {applied} of {published} applied"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -315,7 +432,12 @@ impl Drop for TestEnv {
                 .expect("runtime")
                 .block_on(beds_runtime::topology::remove(
                     &amqp,
-                    &[READ_KEY, WRITE_KEY, beds_runtime::EVENT_QUEUE_KEY],
+                    &[
+                        READ_KEY,
+                        WRITE_KEY,
+                        beds_runtime::EVENT_QUEUE_KEY,
+                        SETTLE_KEY,
+                    ],
                 ))
         })
         .join();

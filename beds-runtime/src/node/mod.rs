@@ -294,6 +294,13 @@ impl Server {
                 node: config.node.clone(),
                 env: config.env.clone(),
             };
+            // Before the first event: a count newly maintained starts from its rows.
+            let marks = Arc::new(
+                store
+                    .initialise_counters(catalog.domains)
+                    .await
+                    .map_err(StoreError::Backfill)?,
+            );
             for i in 0..config.tercero.workers {
                 let consumer = EventConsumer {
                     amqp: config.amqp.clone(),
@@ -301,6 +308,7 @@ impl Server {
                     tag: format!("{}.tercero.{}.{i}", config.node, std::process::id()),
                     store: store.clone(),
                     domains: catalog.domains,
+                    marks: marks.clone(),
                     origin: origin.clone(),
                 };
                 workers.spawn(supervise(

@@ -5,6 +5,7 @@
 //! batch unacked: the broker redelivers it, the dedup table absorbs what was applied and
 //! the invalidations are sent again (they are idempotent).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,7 +22,7 @@ use super::worker::{Run, WorkerExit, WorkerFailure, setup};
 use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
 use crate::meta::DomainMeta;
-use crate::store::Store;
+use crate::store::{CounterMarks, Store};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, effect, invalidation, parse};
 use crate::transport::link::Watch;
 use crate::transport::publish::{PublishError, publish};
@@ -37,6 +38,8 @@ pub(crate) struct EventConsumer {
     pub tag: String,
     pub store: Store,
     pub domains: &'static [&'static DomainMeta],
+    /// The backfill marks read or made when the node started.
+    pub marks: Arc<CounterMarks>,
     pub origin: Origin,
 }
 
@@ -209,7 +212,10 @@ impl EventConsumer {
         let Some(last) = last else {
             return Ok(());
         };
-        let effects: Vec<_> = events.iter().map(|e| effect(self.domains, e)).collect();
+        let effects: Vec<_> = events
+            .iter()
+            .map(|e| effect(self.domains, &self.marks, e))
+            .collect();
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store.apply_events(&effects).await {

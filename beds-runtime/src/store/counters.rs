@@ -1,14 +1,18 @@
 //! Maintained counters and the record of applied write events, written together in one
 //! transaction so that an event's effect lands exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::Store;
-use super::dialect::Failure;
-use crate::meta::{CountMeta, DomainMeta};
+use super::dialect::{Failure, Ty};
+use crate::meta::{CountMeta, DomainMeta, LiteralValue, Operand};
 use crate::value::format_timestamp;
+
+/// Per maintained counter, the outbox `seq` its backfill counted up to: an event at or
+/// below it is already in the counter.
+pub type CounterMarks = HashMap<String, i64>;
 
 /// One event's effect on the counters: its id, then `(counter, owner, delta)` changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +86,143 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts every maintained count of `domains` not started before from its rows, and
+    /// returns every maintained count's mark. Per count, in one transaction that excludes
+    /// writers ([`Dialect::exclude_writers`](super::dialect::Dialect::exclude_writers)):
+    /// its counters are replaced by `COUNT(*) … GROUP BY` of the rows (with its filter)
+    /// and the outbox high-water mark recorded in `beds_counter_init`; a count already
+    /// there keeps its counters and mark. Concurrent nodes serialise on the exclusion.
+    pub async fn initialise_counters(
+        &self,
+        domains: &[&'static DomainMeta],
+    ) -> Result<CounterMarks, sqlx::Error> {
+        let mut marks = HashMap::new();
+        for domain in domains {
+            let counts = domain
+                .templates
+                .iter()
+                .flat_map(|t| t.counts)
+                .filter(|c| c.maintained);
+            for count in counts {
+                let name = counter_name(domain, count);
+                let mark = self.initialise_counter(domain, count, &name).await?;
+                marks.insert(name, mark);
+            }
+        }
+        Ok(marks)
+    }
+
+    async fn initialise_counter(
+        &self,
+        domain: &DomainMeta,
+        count: &CountMeta,
+        name: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let d = self.dialect;
+        let q = |s: &str| d.quote(s);
+        let sql = |text: String| d.prepare(text);
+        let known = sql(format!(
+            "SELECT {} FROM {} WHERE {} = ?",
+            q("seq"),
+            q("beds_counter_init"),
+            q("counter")
+        ));
+        // Started before: no need to hold writers up.
+        if let Some(mark) = sqlx::query_scalar(known.clone())
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return Ok(mark);
+        }
+        let mut tx = self.pool.begin_with(d.begin()).await?;
+        if let Some(exclude) = d.exclude_writers() {
+            sqlx::query(AssertSqlSafe(exclude))
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Again under the exclusion (another node may have started it meanwhile); on
+        // MariaDB this is also the first consistent read, so the snapshot the counts are
+        // read from is taken after the exclusion.
+        let known: Option<i64> = sqlx::query_scalar(known)
+            .bind(name.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(mark) = known {
+            tx.commit().await?;
+            return Ok(mark);
+        }
+        let mark: i64 = sqlx::query_scalar(AssertSqlSafe(d.outbox_high_water()))
+            .fetch_one(&mut *tx)
+            .await?;
+        let counted = domain
+            .template(count.template)
+            .expect("checked at build time");
+        let by = q(counted
+            .field(count.by)
+            .expect("checked at build time")
+            .column);
+        let mut tests = vec![format!("{by} IS NOT NULL")];
+        let mut literals = Vec::new();
+        for c in count.filter {
+            let f = counted.field(c.path[0]).expect("checked at build time");
+            tests.push(format!("{} = {}", q(f.column), d.arg(Ty::of_field(f))));
+            match &c.operand {
+                Operand::Literal(v) => literals.push(*v),
+                _ => unreachable!("count filters compare a field with a literal"),
+            }
+        }
+        let mut select = sqlx::query_as::<_, (String, i64)>(sql(format!(
+            "SELECT {}, COUNT(*) FROM {} WHERE {} GROUP BY {by}",
+            d.as_text(&by),
+            q(counted.table),
+            tests.join(" AND ")
+        )));
+        for v in literals {
+            select = match v {
+                LiteralValue::Bool(b) => select.bind(b),
+                LiteralValue::Enum(e) => select.bind(e),
+            };
+        }
+        let rows = select.fetch_all(&mut *tx).await?;
+        sqlx::query(sql(format!(
+            "DELETE FROM {} WHERE {} = ?",
+            q("beds_counter"),
+            q("counter")
+        )))
+        .bind(name.to_string())
+        .execute(&mut *tx)
+        .await?;
+        for (owner, n) in rows {
+            sqlx::query(sql(format!(
+                "INSERT INTO {} ({}, {}, {}) VALUES (?, ?, ?)",
+                q("beds_counter"),
+                q("counter"),
+                q("owner"),
+                q("value")
+            )))
+            .bind(name.to_string())
+            .bind(owner)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(sql(format!(
+            "INSERT INTO {} ({}, {}, {}) VALUES (?, ?, ?)",
+            q("beds_counter_init"),
+            q("counter"),
+            q("seq"),
+            q("initialised_at")
+        )))
+        .bind(name.to_string())
+        .bind(mark)
+        .bind(format_timestamp(&crate::value::now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(mark)
     }
 
     /// Forgets applied event ids older than `ttl` (past any redelivery); returns how many.

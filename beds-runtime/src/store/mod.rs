@@ -25,7 +25,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
-pub use counters::{EventEffect, counter_name};
+pub use counters::{CounterMarks, EventEffect, counter_name};
 pub use dialect::Dialect;
 use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};

@@ -55,4 +55,6 @@ pub enum StoreError {
         statement: String,
         source: sqlx::Error,
     },
+    #[error("starting the maintained counts from their rows failed: {0}")]
+    Backfill(sqlx::Error),
 }

@@ -49,7 +49,7 @@ fn idempotency_table(d: &dyn Dialect) -> Vec<String> {
 }
 
 /// The tercero's tables: maintained counters, one row per counter and owner (a missing
-/// row is zero), and the ids of the write events already applied to them.
+/// row is zero), their backfill marks, and the ids of the write events already applied.
 fn tercero_tables(d: &dyn Dialect) -> Vec<String> {
     let [key, _, time] = d.idempotency_types();
     // A 64-bit integer in every dialect.
@@ -71,6 +71,16 @@ fn tercero_tables(d: &dyn Dialect) -> Vec<String> {
             q("beds_event_applied"),
             q("id"),
             q("applied_at"),
+            d.table_options()
+        ),
+        // Per maintained count: the outbox mark of its backfill; events at or below it
+        // were counted by the backfill's COUNT(*).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {int} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_counter_init"),
+            q("counter"),
+            q("seq"),
+            q("initialised_at"),
             d.table_options()
         ),
         index(

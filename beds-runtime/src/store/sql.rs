@@ -1157,7 +1157,10 @@ mod tests {
             task_event("e4", 4, None, Some((2, "todo"))),
             task_event("e5", 5, None, Some((2, "doing"))),
         ];
-        let effects: Vec<_> = created.iter().map(|e| effect(&[&DOMAIN], e)).collect();
+        let effects: Vec<_> = created
+            .iter()
+            .map(|e| effect(&[&DOMAIN], &Default::default(), e))
+            .collect();
         assert_eq!(store.apply_events(&effects).await.unwrap(), 5);
         assert_eq!(
             store.apply_events(&effects[..2]).await.unwrap(),
@@ -1182,7 +1185,10 @@ mod tests {
             task_event("e8", 4, Some((2, "todo")), Some((2, "done"))),
             task_event("e9", 1, Some((1, "todo")), None),
         ];
-        let effects: Vec<_> = changed.iter().map(|e| effect(&[&DOMAIN], e)).collect();
+        let effects: Vec<_> = changed
+            .iter()
+            .map(|e| effect(&[&DOMAIN], &Default::default(), e))
+            .collect();
         assert_eq!(store.apply_events(&effects).await.unwrap(), 4);
         assert_eq!(
             kept(store.query(TEAMS_KEPT, vec![], None, 10).await.unwrap()),

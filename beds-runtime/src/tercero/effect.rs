@@ -6,10 +6,15 @@ use serde_json::{Map, Value as Json};
 
 use crate::events::WriteEvent;
 use crate::meta::{CondOp, CountMeta, DomainMeta, LiteralValue, Operand};
-use crate::store::{EventEffect, counter_name};
+use crate::store::{CounterMarks, EventEffect, counter_name};
 
-/// The counter changes of `event` for every maintained count of its template.
-pub(crate) fn effect(domains: &[&'static DomainMeta], event: &WriteEvent) -> EventEffect {
+/// The counter changes of `event` for every maintained count of its template, but none
+/// for a counter whose backfill already counted it (`seq` at or below its mark).
+pub(crate) fn effect(
+    domains: &[&'static DomainMeta],
+    marks: &CounterMarks,
+    event: &WriteEvent,
+) -> EventEffect {
     let mut deltas = Vec::new();
     for domain in domains.iter().filter(|d| d.name == event.domain) {
         let counts = domain
@@ -19,6 +24,9 @@ pub(crate) fn effect(domains: &[&'static DomainMeta], event: &WriteEvent) -> Eve
             .filter(|c| c.maintained && c.template == event.template);
         for count in counts {
             let name = counter_name(domain, count);
+            if marks.get(&name).is_some_and(|mark| event.seq <= *mark) {
+                continue;
+            }
             if let Some(owner) = event
                 .before
                 .as_ref()

@@ -17,6 +17,22 @@ use crate::value::Timestamp;
 pub struct MariaDb;
 
 impl Dialect for MariaDb {
+    /// A locking read of every outbox row and the gap after the last: waits for
+    /// uncommitted inserts and blocks new ones (InnoDB next-key locks).
+    fn exclude_writers(&self) -> Option<String> {
+        Some(format!(
+            "SELECT COUNT(*) FROM {} FOR UPDATE",
+            self.quote("beds_outbox")
+        ))
+    }
+
+    /// The next `AUTO_INCREMENT` value, less one (live in MariaDB's information schema).
+    fn outbox_high_water(&self) -> String {
+        "SELECT CAST(COALESCE(MAX(AUTO_INCREMENT), 1) - 1 AS SIGNED) FROM \
+         information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'beds_outbox'"
+            .into()
+    }
+
     fn name(&self) -> &'static str {
         "MariaDB"
     }

@@ -263,6 +263,18 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
         format!("CAST({expr} AS TEXT)")
     }
 
+    /// A statement that, at the start of a transaction, waits for every write that inserted
+    /// into the outbox to commit and keeps new ones from inserting until the transaction
+    /// ends, so a backfill's `COUNT(*)` and its outbox mark describe the same writes. None
+    /// on SQLite: its write transaction (`begin`) already excludes every writer.
+    fn exclude_writers(&self) -> Option<String> {
+        None
+    }
+
+    /// One `BIGINT`: the highest outbox `seq` ever assigned, 0 before the first. Not
+    /// `MAX(seq)`: the relay deletes published rows.
+    fn outbox_high_water(&self) -> String;
+
     /// `insert` (one counter row) adding its value to an existing row of the same key:
     /// by default `ON CONFLICT … DO UPDATE` (SQLite, PostgreSQL).
     fn add_to_counter(&self, insert: &str) -> String {

@@ -12,6 +12,22 @@ use crate::store::options::{StoreError, StoreOptions};
 pub struct Postgres;
 
 impl Dialect for Postgres {
+    /// Conflicts with the `ROW EXCLUSIVE` lock of every `INSERT` (and the relay's
+    /// `DELETE`), not with reads.
+    fn exclude_writers(&self) -> Option<String> {
+        Some(format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            self.quote("beds_outbox")
+        ))
+    }
+
+    /// The identity sequence's last value (`NULL` until first used).
+    fn outbox_high_water(&self) -> String {
+        "SELECT COALESCE((SELECT s.last_value FROM pg_sequences s WHERE format('%I.%I', \
+         s.schemaname, s.sequencename) = pg_get_serial_sequence('\"beds_outbox\"', 'seq')), 0)"
+            .into()
+    }
+
     fn name(&self) -> &'static str {
         "PostgreSQL"
     }

@@ -70,6 +70,11 @@ impl Dialect for Sqlite {
         "BEGIN IMMEDIATE"
     }
 
+    /// `AUTOINCREMENT` keeps the highest rowid ever used in `sqlite_sequence`.
+    fn outbox_high_water(&self) -> String {
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'beds_outbox'), 0)".into()
+    }
+
     /// No `FOR UPDATE`: a write transaction (`BEGIN IMMEDIATE`) already excludes others.
     fn lock_rows(&self) -> &'static str {
         ""
