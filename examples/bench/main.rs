@@ -104,8 +104,8 @@ struct Args {
 
 fn main() -> ExitCode {
     match std::env::var(CHILD).as_deref() {
-        // An appServer: the same runtime and CLI as `beds run`.
-        Ok("node") => return beds_runtime::cli::main(&beds::CATALOG),
+        // An appServer or a tercero: the same runtime and CLI as `beds run`.
+        Ok("node" | "tercero") => return beds_runtime::cli::main(&beds::CATALOG),
         Ok("echo") => return child_echo(),
         _ => {}
     }
