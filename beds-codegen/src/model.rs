@@ -517,3 +517,16 @@ impl CondOp {
         CondOp::NAMES[self as usize]
     }
 }
+
+/// Keys the language knows whose run-time effect has not landed: refused, never ignored (a
+/// declaration must do what it says), by the YAML compiler and the derive alike, with why.
+/// Their shape is still checked, so the diagnostics stay exact when the feature arrives.
+pub const NOT_YET: &[(&str, &str)] = &[
+    ("audit", "audit records arrive with the admin role"),
+    ("journal", "record history arrives with the admin role"),
+    ("retention", "retention arrives with the segundo role"),
+    (
+        "access",
+        "access rules are enforced once authorization lands",
+    ),
+];

@@ -513,21 +513,8 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     caps
 }
 
-/// Keys the language knows whose run-time effect has not landed: refused, never ignored
-/// (a declaration must do what it says). Their shape is still checked, so the diagnostics
-/// stay exact when the feature arrives.
-const NOT_YET: &[(&str, &str)] = &[
-    ("audit", "audit records arrive with the admin role"),
-    ("journal", "record history arrives with the admin role"),
-    ("retention", "retention arrives with the segundo role"),
-    (
-        "access",
-        "access rules are enforced once authorization lands",
-    ),
-];
-
 fn not_yet(cx: &mut Ctx, node: &Node, path: &str, key: &str) {
-    let why = NOT_YET
+    let why = crate::model::NOT_YET
         .iter()
         .find(|(k, _)| *k == key)
         .map_or("", |(_, why)| why);

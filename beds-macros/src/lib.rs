@@ -76,17 +76,6 @@ struct TokenAttrs {
 }
 
 const FLAGS: &[&str] = &["append_only", "internal", "locking"];
-/// Declarations that would do nothing yet: refused, never ignored (the YAML compiler says
-/// the same).
-const NOT_YET: &[(&str, &str)] = &[
-    ("audit", "audit records arrive with the admin role"),
-    ("journal", "record history arrives with the admin role"),
-    ("retention", "retention arrives with the segundo role"),
-    (
-        "access",
-        "access rules are enforced once authorization lands",
-    ),
-];
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
 #[derive(Default)]
@@ -321,7 +310,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
 }
 
 fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-    if let Some((key, why)) = NOT_YET.iter().find(|(k, _)| meta.path.is_ident(k)) {
+    if let Some((key, why)) = model::NOT_YET.iter().find(|(k, _)| meta.path.is_ident(k)) {
         return Err(meta.error(format!(
             "`{key}` is not supported yet: {why}; remove it until then (a declaration that would do nothing is refused)"
         )));

@@ -10,15 +10,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Run, WorkerExit, WorkerFailure, setup};
+use super::worker::{Run, WorkerExit, WorkerFailure, consume_on, setup};
 use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
 use crate::meta::DomainMeta;
@@ -146,27 +142,8 @@ impl EventConsumer {
             topology::declare_events(&channel, &self.amqp, EVENT_QUEUE_KEY, EVENT_BINDING),
         )
         .await?;
-        setup(
-            "enabling publisher confirms",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
-        setup(
-            "setting prefetch",
-            channel.basic_qos(self.config.batch, BasicQosOptions::default()),
-        )
-        .await?;
-        let consumer = setup(
-            "consuming",
-            channel.basic_consume(
-                queue.into(),
-                self.tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        Ok((channel, consumer))
+        // Invalidations are confirmed before the batch is acked.
+        consume_on(channel, queue, &self.tag, self.config.batch, true).await
     }
 
     /// The batch `first` opens: deliveries already waiting and those arriving within

@@ -217,30 +217,43 @@ impl Worker {
         )
         .await?;
         // Replies to writes are confirmed by the broker before the request is acked.
-        if self.lane == Lane::Write {
-            setup(
-                "enabling publisher confirms",
-                channel.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-        }
-        setup(
-            "setting prefetch",
-            channel.basic_qos(self.pool.prefetch, BasicQosOptions::default()),
-        )
-        .await?;
-        let consumer = setup(
-            "consuming",
-            channel.basic_consume(
-                queue.into(),
-                self.tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        Ok((channel, consumer))
+        let confirms = self.lane == Lane::Write;
+        consume_on(channel, queue, &self.tag, self.pool.prefetch, confirms).await
     }
+}
+
+/// Ends every pool's channel set-up, each step bounded: publisher confirms (when its
+/// publishes must be confirmed), the prefetch, and the consumer of `queue`.
+pub(crate) async fn consume_on(
+    channel: lapin::Channel,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+    confirms: bool,
+) -> Result<(lapin::Channel, lapin::Consumer), WorkerFailure> {
+    if confirms {
+        setup(
+            "enabling publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+    }
+    setup(
+        "setting prefetch",
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let consumer = setup(
+        "consuming",
+        channel.basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok((channel, consumer))
 }
 
 /// How long a failed worker waits for its deliveries before returning to its supervisor:

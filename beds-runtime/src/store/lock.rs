@@ -41,14 +41,19 @@ pub(super) struct LockSql {
 }
 
 fn text(d: &dyn Dialect, sql: &str) -> String {
-    let q = |s: &str| d.quote(s);
-    sql.replace("{t}", &q(TABLE))
-        .replace("{domain}", &q("domain"))
-        .replace("{template}", &q("template"))
-        .replace("{record}", &q("record"))
-        .replace("{token}", &q("token"))
-        .replace("{expires_at}", &q("expires_at"))
-        .replace("{seq}", &q("seq"))
+    super::sql::named(
+        d,
+        sql,
+        &[
+            ("t", TABLE),
+            ("domain", "domain"),
+            ("template", "template"),
+            ("record", "record"),
+            ("token", "token"),
+            ("expires_at", "expires_at"),
+            ("seq", "seq"),
+        ],
+    )
 }
 
 /// The row of one record, and a lease that does not stand in the way of `token`.

@@ -103,12 +103,17 @@ pub(super) struct IdempotencySql {
 
 pub(super) fn idempotency_sql(d: &dyn Dialect) -> IdempotencySql {
     let text = |text: &str| {
-        let q = |s: &str| d.quote(s);
-        text.replace("{t}", &q("beds_idempotency"))
-            .replace("{key}", &q("key"))
-            .replace("{target}", &q("target"))
-            .replace("{reply}", &q("reply"))
-            .replace("{created_at}", &q("created_at"))
+        named(
+            d,
+            text,
+            &[
+                ("t", "beds_idempotency"),
+                ("key", "key"),
+                ("target", "target"),
+                ("reply", "reply"),
+                ("created_at", "created_at"),
+            ],
+        )
     };
     let sql = |s: &str| d.prepare(text(s));
     let insert =
@@ -132,14 +137,19 @@ pub(super) struct CounterSql {
 
 pub(super) fn counter_sql(d: &dyn Dialect) -> CounterSql {
     let text = |text: &str| {
-        let q = |s: &str| d.quote(s);
-        text.replace("{c}", &q("beds_counter"))
-            .replace("{e}", &q("beds_event_applied"))
-            .replace("{counter}", &q("counter"))
-            .replace("{owner}", &q("owner"))
-            .replace("{value}", &q("value"))
-            .replace("{id}", &q("id"))
-            .replace("{at}", &q("applied_at"))
+        named(
+            d,
+            text,
+            &[
+                ("c", "beds_counter"),
+                ("e", "beds_event_applied"),
+                ("counter", "counter"),
+                ("owner", "owner"),
+                ("value", "value"),
+                ("id", "id"),
+                ("at", "applied_at"),
+            ],
+        )
     };
     let sql = |s: &str| d.prepare(text(s));
     CounterSql {
@@ -149,6 +159,14 @@ pub(super) fn counter_sql(d: &dyn Dialect) -> CounterSql {
         ))),
         expire: sql("DELETE FROM {e} WHERE {at} < ?"),
     }
+}
+
+/// `text` with each `{name}` replaced by the quoted identifier it stands for: the runtime's
+/// own tables are written once as readable SQL for every dialect.
+pub(super) fn named(d: &dyn Dialect, text: &str, names: &[(&str, &str)]) -> String {
+    names.iter().fold(text.to_string(), |text, (name, ident)| {
+        text.replace(&format!("{{{name}}}"), &d.quote(ident))
+    })
 }
 
 /// The records of `t` whose reference `f` points at one id, locked until the transaction
@@ -182,15 +200,20 @@ pub(super) struct OutboxSql {
 
 pub(super) fn outbox_sql(d: &dyn Dialect) -> OutboxSql {
     let text = |text: &str| {
-        let q = |s: &str| d.quote(s);
-        text.replace("{t}", &q("beds_outbox"))
-            .replace("{lease}", &q("beds_outbox_lease"))
-            .replace("{seq}", &q("seq"))
-            .replace("{body}", &q("body"))
-            .replace("{created_at}", &q("created_at"))
-            .replace("{name}", &q("name"))
-            .replace("{holder}", &q("holder"))
-            .replace("{expires_at}", &q("expires_at"))
+        named(
+            d,
+            text,
+            &[
+                ("t", "beds_outbox"),
+                ("lease", "beds_outbox_lease"),
+                ("seq", "seq"),
+                ("body", "body"),
+                ("created_at", "created_at"),
+                ("name", "name"),
+                ("holder", "holder"),
+                ("expires_at", "expires_at"),
+            ],
+        )
     };
     let sql = |s: &str| d.prepare(text(s));
     let take = text("INSERT INTO {lease} ({name}, {holder}, {expires_at}) VALUES ('relay', ?, ?)");
