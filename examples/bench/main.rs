@@ -392,7 +392,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     for t in [&tag, &echo_tag] {
         let mut amqp = config.amqp.clone();
         amqp.queue_tag = t.clone();
-        let _ = beds_runtime::topology::remove(&amqp, &[READ_KEY, WRITE_KEY]).await;
+        let _ = beds_runtime::topology::remove(
+            &amqp,
+            &[READ_KEY, WRITE_KEY, beds_runtime::EVENT_QUEUE_KEY],
+        )
+        .await;
     }
     result
 }
