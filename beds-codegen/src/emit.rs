@@ -218,6 +218,14 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
         quote!(rt::WithMeta { name: #wname, path: &[#(#path),*], what: #what })
     });
     let group = &q.group;
+    let reads = q.reads(d);
+    let cache_ttl_ms = match q.cache_ttl_ms {
+        Some(ms) => {
+            let ms = proc_macro2::Literal::u64_unsuffixed(ms);
+            quote!(Some(#ms))
+        }
+        None => quote!(None),
+    };
     let doc = docs(
         q.doc.as_deref(),
         &if q.group.is_empty() {
@@ -322,6 +330,8 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                 count: #count,
                 with: &[#(#with_metas),*],
                 group: &[#(#group),*],
+                cache_ttl_ms: #cache_ttl_ms,
+                reads: &[#(#reads),*],
             };
         }
     }

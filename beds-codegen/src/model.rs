@@ -390,6 +390,72 @@ pub struct Query {
     /// `group: [status]`: fields of `from`; when not empty the query returns one row per
     /// distinct combination with its count, ordered and paged by these keys.
     pub group: Vec<String>,
+    /// `cache: { ttl: 30s }`: results kept this long unless a template it reads changes.
+    pub cache_ttl_ms: Option<u64>,
+}
+
+impl Query {
+    /// Every template the query reads: its `from`, templates reached through reference
+    /// paths in conditions and `with`, sub-selects' `from`s and the templates counted by
+    /// `with` counts; sorted, without repeats.
+    pub fn reads(&self, d: &Domain) -> Vec<String> {
+        let mut out = vec![self.from.clone()];
+        let conditions = self.filter.iter().chain(self.any.iter().flatten());
+        for c in conditions {
+            condition_reads(d, &self.from, c, &mut out);
+        }
+        for w in &self.with {
+            let end = walk(d, &self.from, &w.path, &mut out);
+            if let WithWhat::Count(name) = &w.what
+                && let Some(c) = d
+                    .templates
+                    .iter()
+                    .find(|t| t.name == end)
+                    .and_then(|t| t.counts.iter().find(|c| c.name == *name))
+            {
+                out.push(c.from.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The templates a condition reads from `from`: its path's references and sub-selects.
+fn condition_reads(d: &Domain, from: &str, c: &Condition, out: &mut Vec<String>) {
+    walk(d, from, &c.path, out);
+    if let Operand::Select(s) = &c.operand {
+        out.push(s.from.clone());
+        for c in &s.filter {
+            condition_reads(d, &s.from, c, out);
+        }
+    }
+}
+
+/// Follows the reference fields of `path` from `from`, collecting the templates reached;
+/// returns the template at the end (the last segment may be a field, `id` or a count).
+fn walk(d: &Domain, from: &str, path: &[String], out: &mut Vec<String>) -> String {
+    let mut at = from.to_string();
+    for seg in path {
+        let next = d
+            .templates
+            .iter()
+            .find(|t| t.name == at)
+            .and_then(|t| t.field(seg))
+            .and_then(|f| match &f.ty {
+                FieldType::Ref { template, .. } => Some(template.clone()),
+                _ => None,
+            });
+        match next {
+            Some(t) => {
+                out.push(t.clone());
+                at = t;
+            }
+            None => break,
+        }
+    }
+    at
 }
 
 impl Query {

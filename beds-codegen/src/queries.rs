@@ -14,7 +14,7 @@ use crate::read::{
 use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &[
-    "doc", "from", "params", "where", "order", "page", "count", "with", "group",
+    "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache",
 ];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
@@ -57,22 +57,20 @@ pub(crate) fn queries(cx: &mut Ctx, node: &Node, domain: &Domain) -> Vec<Query> 
 
 fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> Option<Query> {
     let entries = expect_map(cx, body, path)?;
-    // A query's cache would need invalidation by every template it reads; until that
-    // exists the key is refused, so it never compiles into something that does nothing.
-    if let Some(n) = get(entries, "cache") {
-        cx.error_hint(
-            n.pos,
-            &format!("{path}.cache"),
-            "`cache` on a named query is not supported yet",
-            "remove it; template fetches can be cached with `capabilities: { cache: { ttl: 30s } }`",
-        );
-    }
-    let rest: Vec<(Node, Node)> = entries
-        .iter()
-        .filter(|(k, _)| k.as_str() != Some("cache"))
-        .cloned()
-        .collect();
-    check_documented_keys(cx, &rest, path, QUERY_KEYS);
+    // Invalidated by a generation per template it reads (wiki/cache.md).
+    let cache_ttl_ms = get(entries, "cache").and_then(|n| {
+        let p = format!("{path}.cache");
+        let m = expect_map(cx, n, &p)?;
+        check_keys(cx, m, &p, &["ttl"]);
+        match get(m, "ttl") {
+            Some(ttl) => crate::validate::duration(cx, &format!("{p}.ttl"), ttl),
+            None => {
+                cx.error_hint(n.pos, &p, "missing `ttl`", "e.g. `cache: { ttl: 30s }`");
+                None
+            }
+        }
+    });
+    check_documented_keys(cx, entries, path, QUERY_KEYS);
     let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {
@@ -292,6 +290,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         order,
         page: q_page,
         count,
+        cache_ttl_ms,
     })
 }
 

@@ -527,7 +527,7 @@ fn not_yet(cx: &mut Ctx, node: &Node, path: &str, key: &str) {
 }
 
 /// A positive duration: `500ms`, `30s`, `5m`, `12h` or `90d`.
-fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
+pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
     let text = node.as_str().unwrap_or_default();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -318,6 +318,11 @@ pub struct QueryMeta {
     /// Group keys (fields of `from`): when not empty, the query returns one row per
     /// distinct combination with its `count`, ordered and paged by these keys.
     pub group: &'static [&'static str],
+    /// `cache: { ttl }`: how long a result may be served from the node's cache.
+    pub cache_ttl_ms: Option<u64>,
+    /// Every template of `domain` the query reads; a write to any of them makes a cached
+    /// result stale (wiki/cache.md).
+    pub reads: &'static [&'static str],
 }
 
 impl QueryMeta {

@@ -369,3 +369,198 @@ async fn a_cached_record_is_read_again_after_its_ttl() {
     writer.stop().await;
     reader.stop().await;
 }
+
+/// A template queried with `cache: { ttl }`, and one its query reads only through a
+/// sub-select: `memos whose text is among the pins' texts starting with $p`.
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "querycache", template = "memo", create = NoteInput, patch = NoteInput)]
+pub struct Memo {
+    pub id: NoteId,
+    pub version: i64,
+    #[beds(string, max = 40)]
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "querycache", template = "pin", create = NoteInput, patch = NoteInput)]
+pub struct Pin {
+    pub id: NoteId,
+    pub version: i64,
+    #[beds(string, max = 40)]
+    pub text: String,
+}
+
+const PIN_TEXT: &rt::FieldMeta = &<Pin as rt::Record>::META.fields[0];
+const PINS: &rt::SelectMeta = &rt::SelectMeta {
+    from: <Pin as rt::Record>::META,
+    select: "text",
+    filter: &[rt::ConditionMeta {
+        path: &["text"],
+        op: rt::CondOp::Prefix,
+        operand: rt::Operand::Param("p"),
+    }],
+};
+static PINNED: rt::QueryMeta = rt::QueryMeta {
+    domain: "querycache",
+    name: "pinned",
+    from: <Memo as rt::Record>::META,
+    params: &[rt::ParamMeta {
+        name: "p",
+        kind: rt::ParamKind::Field(PIN_TEXT),
+        optional: false,
+        list: false,
+    }],
+    filter: &[rt::ConditionMeta {
+        path: &["text"],
+        op: rt::CondOp::In,
+        operand: rt::Operand::Select(PINS),
+    }],
+    any: &[],
+    order: &[("text", false)],
+    page: rt::PageMeta {
+        default: 10,
+        max: 10,
+    },
+    count: false,
+    with: &[],
+    group: &[],
+    cache_ttl_ms: Some(60_000),
+    reads: &["memo", "pin"],
+};
+static MEMO: rt::Routes = rt::Routes::of::<Memo>();
+static PIN: rt::Routes = rt::Routes::of::<Pin>();
+static QUERY_DOMAIN: rt::DomainMeta = rt::DomainMeta {
+    name: "querycache",
+    version: 1,
+    templates: &[<Memo as rt::Record>::META, <Pin as rt::Record>::META],
+    queries: &[&PINNED],
+};
+static QUERY_CATALOG: rt::Catalog = rt::Catalog {
+    domains: &[&QUERY_DOMAIN],
+    route: |domain, template| match (domain, template) {
+        ("querycache", "memo") => Ok(&MEMO),
+        ("querycache", "pin") => Ok(&PIN),
+        ("querycache", _) => Err(rt::RouteError::UnknownTemplate),
+        _ => Err(rt::RouteError::UnknownDomain),
+    },
+};
+
+/// A query declaring `cache` is answered from memory when asked again; a write on another
+/// node to its `from` template, or to a template it reads only through a sub-select, makes
+/// the next query read the database within [`CONVERGENCE`]; `strong` always bypasses.
+#[tokio::test]
+async fn a_cached_query_is_invalidated_by_writes_to_any_template_it_reads() {
+    let env = TestEnv::matrix("cache_query");
+    let start = |name: &str, writes: bool| {
+        let mut config = env.config.clone();
+        config.node = name.to_string();
+        if writes {
+            config.brokers.read.workers = 0;
+        } else {
+            config.brokers.write.workers = 0;
+        }
+        async move {
+            Server::start(&config, &QUERY_CATALOG)
+                .await
+                .unwrap_or_else(|e| panic!("node starts: {e}"))
+        }
+    };
+    let writer = start("writer", true).await;
+    let reader = start("reader", false).await;
+    let raw = env.raw().await;
+    let (read, write) = (env.queue("rec.read"), env.queue("rec.write"));
+    let envelope = |extra: serde_json::Value| {
+        let mut req = json!({"v": 1, "id": uuid::Uuid::now_v7(), "domain": "querycache"});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&req).unwrap()
+    };
+    let create = |template: &str, text: &str| {
+        envelope(json!({"template": template, "op": "create", "data": {"text": text}}))
+    };
+    let ask = |strong: bool| {
+        let mut q = json!({"op": "query", "query": "pinned", "params": {"p": "a"}});
+        if strong {
+            q["consistency"] = json!("strong");
+        }
+        envelope(q)
+    };
+    let texts = |r: serde_json::Value| -> Vec<String> {
+        assert_eq!(r["status"], "ok", "{r}");
+        r["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (template, text) in [("memo", "a1"), ("memo", "a2"), ("pin", "a1")] {
+        let r = raw.request(&write, &create(template, text)).await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    // Until the writes above reach the reader, its cache may hold nothing stale: it
+    // has cached nothing yet.
+    assert_eq!(texts(raw.request(&read, &ask(false)).await), ["a1"]);
+    assert_eq!(reader.query_cache_hits(), 0);
+    assert_eq!(texts(raw.request(&read, &ask(false)).await), ["a1"]);
+    assert_eq!(reader.query_cache_hits(), 1, "the second query is a hit");
+    assert_eq!(texts(raw.request(&read, &ask(true)).await), ["a1"]);
+    assert_eq!(
+        reader.query_cache_hits(),
+        1,
+        "a strong query bypasses the cache"
+    );
+
+    // The sub-select's template: a new pin adds `a2` to the result.
+    let converges = |expected: Vec<&'static str>| {
+        let raw = &raw;
+        let read = &read;
+        async move {
+            let deadline = Instant::now() + CONVERGENCE;
+            loop {
+                let seen = texts(raw.request(read, &ask(false)).await);
+                if seen == expected {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still {seen:?} {CONVERGENCE:?} after the write"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let r = raw.request(&write, &create("pin", "a2")).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    converges(vec!["a1", "a2"]).await;
+    let hits = reader.query_cache_hits();
+    assert_eq!(texts(raw.request(&read, &ask(false)).await), ["a1", "a2"]);
+    assert_eq!(reader.query_cache_hits(), hits + 1, "cached again");
+
+    // The `from` template: renaming memo `a2` drops it from the result.
+    let memos = raw
+        .request(
+            &read,
+            &envelope(json!({"template": "memo", "op": "list", "limit": 10})),
+        )
+        .await;
+    let a2 = memos["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["text"] == "a2")
+        .expect("memo a2")["id"]
+        .clone();
+    let r = raw
+        .request(
+            &write,
+            &envelope(json!({"template": "memo", "op": "update", "key": {"id": a2}, "data": {"text": "b2"}})),
+        )
+        .await;
+    assert_eq!(r["status"], "ok", "{r}");
+    converges(vec!["a1"]).await;
+
+    reader.stop().await;
+    writer.stop().await;
+}

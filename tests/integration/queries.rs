@@ -453,6 +453,8 @@ const fn label_query(
         count: false,
         with: &[],
         group: &[],
+        cache_ttl_ms: None,
+        reads: &["label"],
     }
 }
 

@@ -7,8 +7,9 @@
 mod invalidation;
 pub(crate) mod subscriber;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -53,6 +54,39 @@ impl Expiry<Key, Arc<Entry>> for PerTemplate {
     }
 }
 
+/// A cached result of a named query: the generations of the templates it reads, taken
+/// before the database read, and when it stops being served.
+#[derive(Debug)]
+pub(crate) struct QueryEntry {
+    pub result: Json,
+    generations: Vec<u64>,
+    ttl: Duration,
+}
+
+/// Each query result expires after its query's TTL.
+struct PerQuery;
+
+impl Expiry<String, Arc<QueryEntry>> for PerQuery {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Arc<QueryEntry>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Arc<QueryEntry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
 /// The `origin.service` of invalidations BEDS nodes send.
 pub const SERVICE: &str = "beds";
 
@@ -70,6 +104,15 @@ pub(crate) struct Cache {
     outbox: mpsc::Sender<Invalidation>,
     /// Fetches answered from the cache.
     hits: AtomicU64,
+    /// Named query results, keyed by the query, its parameters, cursor and limit as JSON.
+    queries: moka::sync::Cache<String, Arc<QueryEntry>>,
+    /// Per (domain, template): bumped by every invalidation this node applies, so a cached
+    /// query result that read the template is no longer served.
+    generations: Mutex<HashMap<(String, String), u64>>,
+    /// Bumped by [`Cache::clear`]: every template's generation changes at once.
+    cleared: AtomicU64,
+    /// Queries answered from the cache.
+    query_hits: AtomicU64,
     /// Invalidations from other nodes applied so far, for tests and measurements.
     applied: watch::Sender<u64>,
 }
@@ -86,6 +129,13 @@ impl Cache {
             epoch: AtomicU64::new(0),
             outbox,
             hits: AtomicU64::new(0),
+            queries: moka::sync::Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(PerQuery)
+                .build(),
+            generations: Mutex::new(HashMap::new()),
+            cleared: AtomicU64::new(0),
+            query_hits: AtomicU64::new(0),
             applied: watch::Sender::new(0),
         };
         (cache, rx)
@@ -123,16 +173,67 @@ impl Cache {
         }
     }
 
-    /// Drops one record.
+    /// Drops one record and bumps its template's generation.
     pub fn invalidate(&self, key: &Key) {
+        self.bump(key.domain, key.template);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate(key);
     }
 
+    /// Bumps the generation of a template: cached query results that read it go stale.
+    pub fn bump(&self, domain: &str, template: &str) {
+        let mut g = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        *g.entry((domain.to_string(), template.to_string()))
+            .or_insert(0) += 1;
+    }
+
+    /// The generations of `reads` now (the clear count first), to compare later.
+    pub fn generations(&self, domain: &str, reads: &[&str]) -> Vec<u64> {
+        let mut out = vec![self.cleared.load(Ordering::SeqCst)];
+        let g = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(reads.iter().map(|t| {
+            g.get(&(domain.to_string(), (*t).to_string()))
+                .copied()
+                .unwrap_or(0)
+        }));
+        out
+    }
+
+    /// The cached result of `key` if it has not expired and none of the templates it
+    /// read changed since (`reads` of its query in `domain`), counting the hit.
+    pub fn query(&self, key: &str, domain: &str, reads: &[&str]) -> Option<Json> {
+        let entry = self.queries.get(key)?;
+        if entry.generations != self.generations(domain, reads) {
+            self.queries.invalidate(key);
+            return None;
+        }
+        self.query_hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry.result.clone())
+    }
+
+    /// Keeps a query result read with the generations taken before the read.
+    pub fn keep_query(&self, key: String, result: Json, generations: Vec<u64>, ttl: Duration) {
+        self.queries.insert(
+            key,
+            Arc::new(QueryEntry {
+                result,
+                generations,
+                ttl,
+            }),
+        );
+    }
+
+    /// Queries answered from the cache so far.
+    pub fn query_hits(&self) -> u64 {
+        self.query_hits.load(Ordering::Relaxed)
+    }
+
     /// Drops everything: after a reconnect, invalidations sent meanwhile were lost.
     pub fn clear(&self) {
+        self.cleared.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+        self.queries.invalidate_all();
     }
 
     /// Queues an invalidation for the other nodes; a full outbox drops it (best-effort).
@@ -146,12 +247,13 @@ impl Cache {
 
     /// Applies an invalidation from another node.
     pub fn apply(&self, inv: &Invalidation, domain: &'static str, template: &'static str) {
-        if let Some(id) = inv.key.get("id").and_then(id_text) {
-            self.invalidate(&Key {
+        match inv.key.get("id").and_then(id_text) {
+            Some(id) => self.invalidate(&Key {
                 domain,
                 template,
                 id,
-            });
+            }),
+            None => self.bump(domain, template),
         }
         self.applied.send_modify(|n| *n += 1);
     }

@@ -3,6 +3,12 @@
 //! `min_version` is there; otherwise the database answers and the record is kept. A
 //! committed update or delete drops the record here at once (after commit, before the
 //! reply) and queues an invalidation for the other nodes.
+//!
+//! A named query declaring `cache: { ttl }` is answered from the node's cache when its
+//! result for the same parameters, cursor and limit is there, younger than the TTL, and
+//! no template it reads has been invalidated since (generations, wiki/cache.md). Any
+//! committed write of a template a cached query reads (creates included) bumps its
+//! generation here and is broadcast.
 
 use std::time::Duration;
 
@@ -11,9 +17,10 @@ use uuid::Uuid;
 
 use super::command::Command;
 use crate::cache::{Cache, Invalidation, KIND, Key, SERVICE, id_text};
+use crate::catalog::Catalog;
 use crate::envelope::{Consistency, Op, Origin, Request, VERSION};
 use crate::error::BedsError;
-use crate::meta::TemplateMeta;
+use crate::meta::{QueryMeta, TemplateMeta};
 use crate::value::Value;
 
 /// What the step decided before dispatch.
@@ -68,8 +75,69 @@ pub(crate) fn lookup(
     }
 }
 
+/// What the step decided before a named query.
+pub(crate) enum QueryLookup {
+    /// Served from the cache.
+    Hit(Json),
+    /// Read from the database, then kept with the generations read before.
+    Miss {
+        key: String,
+        generations: Vec<u64>,
+        ttl: Duration,
+    },
+    /// Not a cached query, or a `strong` request.
+    Bypass,
+}
+
+pub(crate) fn query_lookup(cache: &Cache, q: &'static QueryMeta, req: &Request) -> QueryLookup {
+    let Some(ttl) = q.cache_ttl_ms else {
+        return QueryLookup::Bypass;
+    };
+    if req.consistency == Some(Consistency::Strong) {
+        return QueryLookup::Bypass;
+    }
+    let key = serde_json::json!([q.domain, q.name, req.params, req.cursor, req.limit]).to_string();
+    // Taken before the database read: an invalidation during it makes the entry stale.
+    let generations = cache.generations(q.domain, q.reads);
+    match cache.query(&key, q.domain, q.reads) {
+        Some(result) => QueryLookup::Hit(result),
+        None => QueryLookup::Miss {
+            key,
+            generations,
+            ttl: Duration::from_millis(ttl),
+        },
+    }
+}
+
+/// After a named query: keeps the result read on a miss.
+pub(crate) fn query_after(cache: &Cache, lookup: QueryLookup, result: &Result<Json, BedsError>) {
+    if let (
+        QueryLookup::Miss {
+            key,
+            generations,
+            ttl,
+        },
+        Ok(reply),
+    ) = (lookup, result)
+    {
+        cache.keep_query(key, reply.clone(), generations, ttl);
+    }
+}
+
+/// Whether a cached named query of `t`'s domain reads `t`.
+pub(crate) fn queried(catalog: &Catalog, t: &TemplateMeta) -> bool {
+    catalog
+        .domains
+        .iter()
+        .filter(|d| d.name == t.domain)
+        .flat_map(|d| d.queries.iter())
+        .any(|q| q.cache_ttl_ms.is_some() && q.reads.contains(&t.name))
+}
+
 /// After dispatch: keeps a record read on a miss; after a committed write of a cached
-/// template, drops the record and broadcasts the invalidation.
+/// template, or of one a cached query reads (`queried`), drops the record, bumps the
+/// template's generation and broadcasts the invalidation.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn after(
     cache: &Cache,
     sender: &Sender,
@@ -78,6 +146,7 @@ pub(crate) fn after(
     req: &Request,
     lookup: Lookup,
     result: &Result<Json, BedsError>,
+    queried: bool,
 ) {
     let Ok(reply) = result else { return };
     if let Lookup::Miss { key, ttl, epoch } = lookup {
@@ -86,8 +155,14 @@ pub(crate) fn after(
         }
         return;
     }
-    // A create has nothing cached to drop (misses are not cached).
-    if t.capabilities.cache_ttl_ms.is_none() || !matches!(op, Op::Update | Op::Delete) {
+    // A create has no cached record to drop (misses are not cached), but it may change
+    // a cached query's result.
+    let writes = if queried {
+        matches!(op, Op::Create | Op::Update | Op::Delete)
+    } else {
+        t.capabilities.cache_ttl_ms.is_some() && matches!(op, Op::Update | Op::Delete)
+    };
+    if !writes {
         return;
     }
     let Some(id) = reply.get("id") else { return };

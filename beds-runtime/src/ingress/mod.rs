@@ -117,7 +117,15 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
     let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
     let idempotency = idempotency::key(&command, req);
     match target {
-        Target::Query(q) => dispatch::query(&ingress.ctx, q, command).await,
+        Target::Query(q) => {
+            let lookup = cache::query_lookup(&ingress.cache, q, req);
+            if let cache::QueryLookup::Hit(result) = lookup {
+                return Ok(result);
+            }
+            let result = dispatch::query(&ingress.ctx, q, command).await;
+            cache::query_after(&ingress.cache, lookup, &result);
+            result
+        }
         Target::Template { meta, handler, op } => {
             let lookup = cache::lookup(&ingress.cache, meta, req, &command);
             if let cache::Lookup::Hit(record) = lookup {
@@ -132,6 +140,7 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
                 req,
                 lookup,
                 &result,
+                cache::queried(ingress.catalog, meta),
             );
             result
         }

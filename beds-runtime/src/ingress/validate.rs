@@ -54,8 +54,8 @@ fn takes(target: &Target) -> &'static [&'static str] {
             Op::Unlock => &["template", "key", "lock_token", "idempotency_key"],
             Op::Query => unreachable!("the route step sends queries to `Target::Query`"),
         },
-        Target::Query(q) if q.count => &["query", "params"],
-        Target::Query(_) => &["query", "params", "limit", "cursor"],
+        Target::Query(q) if q.count => &["query", "params", "consistency"],
+        Target::Query(_) => &["query", "params", "limit", "cursor", "consistency"],
     }
 }
 

@@ -363,6 +363,11 @@ impl Server {
         self.cache.hits()
     }
 
+    /// Named queries answered from this node's cache so far.
+    pub fn query_cache_hits(&self) -> u64 {
+        self.cache.query_hits()
+    }
+
     /// Records in this node's read cache.
     pub fn cache_entries(&self) -> u64 {
         self.cache.len()

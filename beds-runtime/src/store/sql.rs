@@ -996,6 +996,8 @@ mod tests {
             count: false,
             with,
             group,
+            cache_ttl_ms: None,
+            reads: &[],
         }
     }
 
