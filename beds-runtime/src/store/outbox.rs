@@ -159,6 +159,12 @@ impl Store {
         lineage: &Lineage,
         changes: Vec<Change>,
     ) -> Result<(), BedsError> {
+        if let (Some(gate), Some(c)) = (&self.outbox.gate, changes.first()) {
+            sqlx::query(gate.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(c.template, e, super::Write::None))?;
+        }
         let now = crate::value::now();
         let created_at = format_timestamp(&now);
         for c in changes {

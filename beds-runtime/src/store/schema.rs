@@ -98,7 +98,8 @@ fn tercero_tables(d: &dyn Dialect) -> Vec<String> {
 fn outbox_tables(d: &dyn Dialect) -> Vec<String> {
     let [key, text, time] = d.idempotency_types();
     let q = |s: &str| d.quote(s);
-    vec![
+    let gate = d.writer_gate().map(|g| g.ddl).into_iter().flatten();
+    let mut tables = vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  {} {},\n  {} {text} NOT NULL,\n  {} {time} NOT NULL\n){}",
             q("beds_outbox"),
@@ -116,7 +117,9 @@ fn outbox_tables(d: &dyn Dialect) -> Vec<String> {
             q("expires_at"),
             d.table_options()
         ),
-    ]
+    ];
+    tables.extend(gate);
+    tables
 }
 
 fn index(d: &dyn Dialect, unique: bool, name: &str, table: &str, columns: &[String]) -> String {

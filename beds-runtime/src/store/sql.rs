@@ -186,6 +186,8 @@ pub(super) fn referrers_sql(d: &dyn Dialect, t: &TemplateMeta, f: &FieldMeta) ->
 #[derive(Debug)]
 pub(super) struct OutboxSql {
     pub insert: SqlStr,
+    /// The dialect's writer gate, passed before a write's first outbox row.
+    pub gate: Option<SqlStr>,
     /// The oldest rows created before a time, in `seq` order, up to a limit.
     pub batch: SqlStr,
     /// Removes the rows whose `seq` is in a JSON array.
@@ -219,6 +221,7 @@ pub(super) fn outbox_sql(d: &dyn Dialect) -> OutboxSql {
     let take = text("INSERT INTO {lease} ({name}, {holder}, {expires_at}) VALUES ('relay', ?, ?)");
     OutboxSql {
         insert: sql("INSERT INTO {t} ({body}, {created_at}) VALUES (?, ?)"),
+        gate: d.writer_gate().map(|g| d.prepare(g.pass)),
         batch: sql("SELECT {seq}, {body} FROM {t} WHERE {created_at} <= ? ORDER BY {seq} LIMIT ?"),
         remove: d.prepare(format!(
             "DELETE FROM {} WHERE {}",

@@ -6,7 +6,7 @@ use sqlx::SqlStr;
 use sqlx::error::DatabaseError;
 
 use super::{
-    ClaimArgs, Claimed, Dialect, Failure, Location, Ty, UniqueIndex, by_kind, lookup,
+    ClaimArgs, Claimed, Dialect, Failure, Location, Ty, UniqueIndex, WriterGate, by_kind, lookup,
     server_location,
 };
 use crate::meta::{FieldKind, FieldMeta, IdKind};
@@ -16,14 +16,35 @@ use crate::value::Timestamp;
 #[derive(Debug)]
 pub struct MariaDb;
 
+/// The writer gate's table (see [`Dialect::writer_gate`]).
+const GATE: &str = "beds_outbox_gate";
+
 impl Dialect for MariaDb {
-    /// A locking read of every outbox row and the gap after the last: waits for
-    /// uncommitted inserts and blocks new ones (InnoDB next-key locks).
+    /// The gate row, exclusively: waits for every write past the gate (they hold its shared
+    /// lock until they commit) and stops new ones before they insert. A locking read of the
+    /// outbox itself would not do: InnoDB assigns the `AUTO_INCREMENT` before the insert
+    /// waits for the lock, so a waiting write's `seq` would fall under the backfill's mark
+    /// though its change is not in the backfill's count.
     fn exclude_writers(&self) -> Option<String> {
         Some(format!(
-            "SELECT COUNT(*) FROM {} FOR UPDATE",
-            self.quote("beds_outbox")
+            "SELECT {id} FROM {} WHERE {id} = 1 FOR UPDATE",
+            self.quote(GATE),
+            id = self.quote("id")
         ))
+    }
+
+    fn writer_gate(&self) -> Option<WriterGate> {
+        let (gate, id) = (self.quote(GATE), self.quote("id"));
+        Some(WriterGate {
+            ddl: [
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {gate} ({id} INT NOT NULL PRIMARY KEY){}",
+                    self.table_options()
+                ),
+                format!("INSERT IGNORE INTO {gate} ({id}) VALUES (1)"),
+            ],
+            pass: format!("SELECT {id} FROM {gate} WHERE {id} = 1 LOCK IN SHARE MODE"),
+        })
     }
 
     /// The next `AUTO_INCREMENT` value, less one (live in MariaDB's information schema).

@@ -122,6 +122,15 @@ pub enum Claimed {
     Taken(Option<(String, String)>),
 }
 
+/// The MariaDB writer gate (see [`Dialect::writer_gate`]).
+#[derive(Debug)]
+pub struct WriterGate {
+    /// Creates the gate's table and its one row, idempotently.
+    pub ddl: [String; 2],
+    /// A write's shared lock on the gate row, held until its transaction ends.
+    pub pass: String,
+}
+
 /// A supported database. Implementations are unit structs, chosen by
 /// [`crate::store::dialect`].
 ///
@@ -268,6 +277,15 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// ends, so a backfill's `COUNT(*)` and its outbox mark describe the same writes. None
     /// on SQLite: its write transaction (`begin`) already excludes every writer.
     fn exclude_writers(&self) -> Option<String> {
+        None
+    }
+
+    /// Where the database assigns an outbox `seq` before an insert would wait for
+    /// [`Dialect::exclude_writers`], writers pass a gate first: the gate's table (created
+    /// with its one row) and the statement each write runs before its first outbox row,
+    /// holding a shared lock the exclusion waits for. None where the exclusion already
+    /// stops writers before they take a `seq`.
+    fn writer_gate(&self) -> Option<WriterGate> {
         None
     }
 
