@@ -52,6 +52,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// Whether a node of this deployment signed its headers (only those are replayed).
     pub trusted: bool,
+    /// The code an unsigned letter's headers claim, not believed.
+    pub claimed: Option<String>,
     pub attempts: i64,
     pub body: Vec<u8>,
 }
@@ -104,7 +106,11 @@ pub async fn replay(
         while let Some(msg) = next(&channel, &dlq).await? {
             let d = &msg.delivery;
             let letter = describe(key, &queue, &d.properties, &d.data);
-            if code.is_some_and(|c| c != letter.code) {
+            // An unsigned letter is selected by what it claims too, so a replay by code
+            // reports the forgeries that claim it.
+            let selected =
+                code.is_none_or(|c| c == letter.code || letter.claimed.as_deref() == Some(c));
+            if !selected {
                 skipped.push(d.acker.clone());
                 continue;
             }
@@ -207,7 +213,8 @@ fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8])
         _ => None,
     };
     if let Err(why) = key.verify(Purpose::DeadLetter, props, body) {
-        let claimed = match (text(headers::ERROR_CODE), death_reason(&headers)) {
+        let claimed = text(headers::ERROR_CODE);
+        let claims = match (&claimed, death_reason(&headers)) {
             (Some(code), _) => format!("; it claims `{code}`"),
             (None, Some(reason)) => format!("; the broker's x-death reason is `{reason}`"),
             (None, None) => String::new(),
@@ -216,9 +223,10 @@ fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8])
             queue: queue.to_string(),
             code: UNTRUSTED.into(),
             reason: format!(
-                "not dead-lettered by a node of this deployment: {why}{claimed}; `beds dlq replay` leaves it, `beds dlq purge` removes it"
+                "not dead-lettered by a node of this deployment: {why}{claims}; `beds dlq replay` leaves it, `beds dlq purge` removes it"
             ),
             trusted: false,
+            claimed,
             attempts: 0,
             body: body.to_vec(),
         };
@@ -232,6 +240,7 @@ fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8])
         code: text(headers::ERROR_CODE).unwrap_or_else(|| "unknown".into()),
         reason: text(headers::REASON).unwrap_or_default(),
         trusted: true,
+        claimed: None,
         attempts,
         body: body.to_vec(),
     }
