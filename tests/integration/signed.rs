@@ -245,9 +245,51 @@ async fn a_write_published_to_the_retry_lane_is_dead_lettered_untrusted() {
     server.stop().await;
 }
 
+/// A broker user of its own for one test (RabbitMQ checks `user_id` against the login, so
+/// a client whose login is not the node's needs one), removed when dropped.
+struct BrokerUser(String);
+
+impl BrokerUser {
+    fn new() -> BrokerUser {
+        let name = format!("beds-test-{}", uuid::Uuid::now_v7().simple());
+        ctl(&["add_user", &name, "test-password"]);
+        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        BrokerUser(name)
+    }
+
+    /// `url` logged in as this user.
+    fn url(&self, url: &str) -> String {
+        let (_, rest) = url.split_once('@').expect("an AMQP URL with a login");
+        format!("amqp://{}:test-password@{rest}", self.0)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.0])
+            .output();
+    }
+}
+
+fn ctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("this test needs rabbitmqctl on PATH");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The database is locked: the write goes round the retry lane. A client's
 /// `x-beds-attempt: 5` (beyond `max_attempts`) changes nothing: the write gets its four
-/// attempts, each retry signed by the node.
+/// attempts, each retry signed by the node. The client logs in as a user of its own and
+/// sets `user_id`: the node, which may not publish another login's `user_id`, carries it
+/// as the signed `x-beds-user-id` through every retry into the dead letter.
 #[tokio::test]
 async fn a_client_attempt_header_does_not_shorten_the_retries() {
     use sqlx::Connection;
@@ -257,7 +299,20 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
     env.config.retry.max_attempts = 4;
     env.config.retry.backoff = beds_runtime::config::Millis(100);
     let server = env.start().await;
-    let (_conn, channel, reply_queue, mut replies) = env.amqp_peer("attempts").await;
+    let user = BrokerUser::new();
+    let conn = lapin::Connection::connect(
+        &user.url(&env.config.amqp.url),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the test user connects");
+    let channel = conn.create_channel().await.unwrap();
+    let (reply_queue, mut replies) = beds_runtime::topology::reply_queue(
+        &channel,
+        &beds_runtime::names::reply_queue(&uuid::Uuid::now_v7().simple().to_string()),
+    )
+    .await
+    .unwrap();
     let write = env.queue("rec.write");
     let mut dead = consume(&channel, &format!("{write}.dlq")).await;
 
@@ -274,6 +329,7 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
         .with_content_type("application/json".into())
         .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id("attempts-1".into())
+        .with_user_id(user.0.as_str().into())
         .with_headers(table(&[
             (headers::ATTEMPT, AMQPValue::LongLongInt(5)),
             (headers::ERROR_CODE, text("internal")),
@@ -296,6 +352,13 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
         header(&letter, headers::ERROR_CODE).as_deref(),
         Some("database_unavailable")
     );
+    assert_eq!(header(&letter, headers::CALLER), Some(user.0.clone()));
+    assert_eq!(letter.properties.user_id(), &None);
+    let key = ServiceKey::load(&env.config).unwrap();
+    assert_eq!(
+        key.verify(Purpose::DeadLetter, &letter.properties, &letter.data),
+        Ok(())
+    );
     // RabbitMQ's own record: three trips through the retry lane.
     let retry = retry_queue(&write);
     let trips = match got.inner().get(headers::DEATH) {
@@ -308,6 +371,7 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
         other => panic!("x-death: {other:?}"),
     };
     assert_eq!(trips, Some(AMQPValue::LongLongInt(3)));
+    conn.close(200, "done".into()).await.unwrap();
     server.stop().await;
 }
 

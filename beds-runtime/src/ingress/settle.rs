@@ -242,15 +242,68 @@ fn republished(
     extra: &[(&str, AMQPValue)],
 ) -> BasicProperties {
     let mut table = foreign_headers(&delivery.properties);
+    if let Some(user) = caller(key, delivery) {
+        table.insert(
+            headers::CALLER.into(),
+            AMQPValue::LongString(user.as_str().into()),
+        );
+    }
     for (k, v) in extra {
         table.insert((*k).into(), v.clone());
     }
-    let properties = delivery
-        .properties
-        .clone()
+    let properties = without_user_id(&delivery.properties)
         .with_headers(table)
         .with_delivery_mode(2);
     key.sign(purpose, properties, &delivery.data)
+}
+
+/// Who sent a request: its `user_id` (RabbitMQ checked it against the sender's login), or,
+/// on a delivery the node republished itself (a retry, a replay), the `x-beds-user-id` it
+/// carried under its retry signature. A client's own `x-beds-user-id` is never read.
+pub(crate) fn caller(key: &ServiceKey, delivery: &Delivery) -> Option<ShortString> {
+    if let Some(user) = delivery.properties.user_id() {
+        return Some(user.clone());
+    }
+    key.verify(Purpose::Retry, &delivery.properties, &delivery.data)
+        .ok()?;
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(headers::CALLER)?
+    {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).as_ref().into()),
+        AMQPValue::ShortString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `properties` without `user_id`: RabbitMQ refuses a publish whose `user_id` is not the
+/// node's own login, so a republished request carries its caller in a header instead.
+fn without_user_id(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {
+            $(if let Some(v) = p.$get() { out = out.$set(v.clone()); })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        expiration => with_expiration,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 /// Parks a failed write in the retry lane for an exponential, jittered delay.
@@ -366,6 +419,35 @@ async fn unanswerable(channel: &Channel, key: &ServiceKey, delivery: &Delivery, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_republished_request_keeps_every_property_but_user_id() {
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id("c".into())
+            .with_reply_to("beds.reply.x".into())
+            .with_message_id("m".into())
+            .with_priority(3)
+            .with_user_id("client-a".into());
+        let out = without_user_id(&p);
+        assert_eq!(out.user_id(), &None);
+        assert_eq!(
+            (
+                out.content_type(),
+                out.correlation_id(),
+                out.reply_to(),
+                out.message_id(),
+                out.priority()
+            ),
+            (
+                p.content_type(),
+                p.correlation_id(),
+                p.reply_to(),
+                p.message_id(),
+                p.priority()
+            )
+        );
+    }
 
     #[test]
     fn replies_name_the_login_of_the_url_only() {

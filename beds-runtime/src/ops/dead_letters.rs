@@ -119,14 +119,18 @@ pub async fn replay(
                 skipped.push(d.acker.clone());
                 continue;
             }
-            let mut headers = FieldTable::default();
+            let mut table = FieldTable::default();
             for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
-                // A replay starts over: no attempt count, no history of its death.
-                if !k.as_str().starts_with(headers::PREFIX) && k.as_str() != headers::DEATH {
-                    headers.insert(k.clone(), v.clone());
+                // A replay starts over: no attempt count, no history of its death; the
+                // caller the node carried stays, under a retry signature (the node reads
+                // `x-beds-user-id` only from a delivery signed so).
+                let ours = k.as_str().starts_with(headers::PREFIX) && k.as_str() != headers::CALLER;
+                if !ours && k.as_str() != headers::DEATH {
+                    table.insert(k.clone(), v.clone());
                 }
             }
-            let props = d.properties.clone().with_headers(headers);
+            let props = d.properties.clone().with_headers(table);
+            let props = key.sign(Purpose::Retry, props, &d.data);
             match publish(&channel, EXCHANGE, &queue, true, &d.data, props).await {
                 Ok(Published::Delivered) => {}
                 Ok(Published::Unroutable) => {

@@ -61,6 +61,10 @@ pub mod headers {
     pub const ERROR_CLASS: &str = "x-beds-error-class";
     /// The error code of the last failure.
     pub const ERROR_CODE: &str = "x-beds-error-code";
+    /// The AMQP `user_id` of the request a node republished (retry lane, dead letter,
+    /// replay): the node cannot publish another login's `user_id`, so it carries the
+    /// caller here, under its signature.
+    pub const CALLER: &str = "x-beds-user-id";
     /// The node's HMAC over what a message says (transport::signing).
     pub const SIGNATURE: &str = "x-beds-signature";
     /// Every header BEDS sets starts with this.
