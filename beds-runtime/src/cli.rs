@@ -184,9 +184,11 @@ async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), CliError
 async fn dlq(config: &Config, action: DlqAction) -> Result<(), CliError> {
     use crate::ops::dead_letters;
     let amqp = &config.amqp;
+    let key = crate::transport::signing::ServiceKey::load(config).map_err(DlqError::from)?;
+    let key = &key;
     match action {
         DlqAction::List => {
-            let letters = dead_letters::list(amqp).await?;
+            let letters = dead_letters::list(amqp, key).await?;
             if letters.is_empty() {
                 println!("no dead letters for queue tag `{}`", amqp.queue_tag);
             }
@@ -195,7 +197,7 @@ async fn dlq(config: &Config, action: DlqAction) -> Result<(), CliError> {
             }
         }
         DlqAction::Show { n } => {
-            let letters = dead_letters::list(amqp).await?;
+            let letters = dead_letters::list(amqp, key).await?;
             let l =
                 n.checked_sub(1)
                     .and_then(|i| letters.get(i))
@@ -209,8 +211,15 @@ async fn dlq(config: &Config, action: DlqAction) -> Result<(), CliError> {
             println!("body:     {}", String::from_utf8_lossy(&l.body));
         }
         DlqAction::Replay { code } => {
-            let n = dead_letters::replay(amqp, code.as_deref()).await?;
-            println!("replayed {n} dead letters to their work queues");
+            let done = dead_letters::replay(amqp, key, code.as_deref()).await?;
+            println!("replayed {} dead letters to their work queues", done.moved);
+            if done.refused > 0 {
+                println!(
+                    "refused {} dead letters not signed by a node of this deployment ({}); see them with `beds dlq list`, remove them with `beds dlq purge`",
+                    done.refused,
+                    dead_letters::UNTRUSTED
+                );
+            }
         }
         DlqAction::Purge => {
             let n = dead_letters::purge(amqp).await?;

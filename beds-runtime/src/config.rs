@@ -80,6 +80,7 @@ pub struct Config {
     pub log: LogConfig,
     pub locking: LockingConfig,
     pub cache: CacheConfig,
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -101,8 +102,19 @@ impl Default for Config {
             log: LogConfig::default(),
             locking: LockingConfig::default(),
             cache: CacheConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
+}
+
+/// Who and what a node trusts (wiki/security.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// A file holding the deployment's service key, shared by all its nodes, that signs
+    /// retry and dead-letter headers, events, invalidations and replies. Required outside
+    /// the `dev` and `test` environments.
+    pub service_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

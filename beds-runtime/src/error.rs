@@ -50,6 +50,12 @@ pub enum ErrorCode {
     NoReplyTo,
     /// Dead-letter only: the body was not UTF-8 JSON.
     Undecodable,
+    /// Dead-letter only: `reply_to` names no reply queue (only `amq.rabbitmq.reply-to` and
+    /// `beds.reply.*` are answered).
+    BadReplyTo,
+    /// Dead-letter only: the message claims to come from a node (a retry, an event, an
+    /// invalidation) without a valid signature.
+    UntrustedOrigin,
     /// Dead-letter only: the handler panicked on this message.
     HandlerPanicked,
     Internal,
@@ -70,7 +76,7 @@ impl ErrorCode {
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
             | IdempotencyKeyReused | Locked => ErrorClass::Conflict,
             DatabaseUnavailable | DeadlineExceeded => ErrorClass::Transient,
-            NoReplyTo | Undecodable => ErrorClass::Contract,
+            NoReplyTo | Undecodable | BadReplyTo | UntrustedOrigin => ErrorClass::Contract,
             HandlerPanicked | Internal | Unknown => ErrorClass::Internal,
         }
     }

@@ -38,5 +38,5 @@ pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};
 pub use record::{Key, Locking, Query, Record};
 pub use tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
-pub use transport::{CONNECT_TIMEOUT, ConnectError, names, topology};
+pub use transport::{CONNECT_TIMEOUT, ConnectError, names, signing, topology};
 pub use value::{Date, Timestamp, format_timestamp};

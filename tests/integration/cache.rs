@@ -564,3 +564,77 @@ async fn a_cached_query_is_invalidated_by_writes_to_any_template_it_reads() {
     reader.stop().await;
     writer.stop().await;
 }
+
+/// An invalidation published by a client, unsigned or with a made-up signature, evicts
+/// nothing: the reader counts and drops it, and keeps answering from its cache even
+/// though the database changed behind it.
+#[tokio::test]
+async fn a_forged_invalidation_evicts_nothing() {
+    use beds_runtime::names::headers;
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let env = TestEnv::new("cache_forged");
+    let reader = node(&env, "reader", false).await;
+    let writer = node(&env, "writer", true).await;
+    let (_other, other_node, other_client) = unheard(&env).await;
+    let client = env.client().await;
+    let notes = client.template::<Note>();
+    let n = notes.create(&note("v1")).await.unwrap();
+    notes.fetch(n.id).await.unwrap();
+    other_client
+        .template::<Note>()
+        .update(n.id, &note("v2"))
+        .await
+        .unwrap();
+
+    let (_conn, channel, _reply, _replies) = env.amqp_peer("forger").await;
+    let id = uuid::Uuid::now_v7();
+    let body = serde_json::to_vec(&json!({
+        "v": 1, "kind": "invalidation", "id": id, "correlation_id": id, "causation_id": id,
+        "depth": 1, "origin": {"service": "beds", "node": "writer", "env": "test"},
+        "domain": "cachetest", "template": "note", "key": {"id": n.id}, "version": 2
+    }))
+    .unwrap();
+    let routing_key = format!("{}inv.cachetest.note", env.config.amqp.queue_tag);
+    let mut made_up = FieldTable::default();
+    made_up.insert(
+        headers::SIGNATURE.into(),
+        AMQPValue::LongString("ab".repeat(32).into()),
+    );
+    for headers in [FieldTable::default(), made_up] {
+        let props = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(id.to_string().into())
+            .with_headers(headers);
+        channel
+            .basic_publish(
+                "beds.events".into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + CONVERGENCE * 5;
+    while reader.untrusted_invalidations() < 2 {
+        assert!(Instant::now() < deadline, "the forgeries reach the reader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hits = reader.cache_hits();
+    assert_eq!(
+        notes.fetch(n.id).await.unwrap().version,
+        1,
+        "still the cached version: the forged invalidation evicted nothing"
+    );
+    assert_eq!(reader.cache_hits(), hits + 1);
+    client.close().await.unwrap();
+    other_client.close().await.unwrap();
+    other_node.stop().await;
+    writer.stop().await;
+    reader.stop().await;
+}

@@ -281,17 +281,26 @@ async fn bound_queue(channel: &Channel, key: &str) -> String {
 /// they are the broker's redeliveries and the relay's duplicate publishes.
 async fn republish(env: &TestEnv, channel: &Channel, events: &[&Json]) {
     let queue = env.queue(beds_runtime::EVENT_QUEUE_KEY);
+    // Signed with the test environment's (development) key, as the relay signed them:
+    // a redelivery of a genuine event, not a forgery.
+    let key = beds_runtime::signing::ServiceKey::development();
     for e in events {
+        let body = serde_json::to_vec(e).unwrap();
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(e["id"].as_str().unwrap().into());
         channel
             .basic_publish(
                 "".into(),
                 queue.as_str().into(),
                 Default::default(),
-                &serde_json::to_vec(e).unwrap(),
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(e["id"].as_str().unwrap().into()),
+                &body,
+                key.sign(
+                    beds_runtime::signing::Purpose::WriteEvent,
+                    properties,
+                    &body,
+                ),
             )
             .await
             .unwrap()
@@ -340,10 +349,8 @@ fn capture(
                         env_queue.as_str().into(),
                         Default::default(),
                         &d.data,
-                        BasicProperties::default()
-                            .with_content_type("application/json".into())
-                            .with_delivery_mode(2)
-                            .with_message_id(event["id"].as_str().unwrap().into()),
+                        // The relay's properties, its signature included.
+                        d.properties.clone(),
                     )
                     .await
                     .unwrap()

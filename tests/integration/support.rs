@@ -291,14 +291,18 @@ impl TestEnv {
         self.config.amqp.queue(key)
     }
 
-    /// A plain AMQP connection with a reply queue of its own (named `test.<label>.<id>`),
+    /// A plain AMQP connection with a reply queue of its own (named
+    /// `beds.reply.test.<label>.<id>`, a form the node answers),
     /// for tests that speak the wire without the client.
     pub async fn amqp_peer(&self, label: &str) -> (Connection, Channel, String, lapin::Consumer) {
         let conn = Connection::connect(&self.config.amqp.url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ at {}: {e}", self.config.amqp.url));
         let channel = conn.create_channel().await.expect("channel");
-        let name = format!("test.{label}.{}", uuid::Uuid::now_v7().simple());
+        let name = beds_runtime::names::reply_queue(&format!(
+            "test.{label}.{}",
+            uuid::Uuid::now_v7().simple()
+        ));
         let (reply_queue, replies) = beds_runtime::topology::reply_queue(&channel, &name)
             .await
             .expect("reply queue");

@@ -6,9 +6,11 @@
 //! one declares a new queue on the replacement.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -22,6 +24,7 @@ use super::{Cache, Invalidation};
 use crate::catalog::Catalog;
 use crate::transport::link::{Link, Watch};
 use crate::transport::names::{self, EXCHANGE};
+use crate::transport::signing::{Purpose, ServiceKey};
 
 /// Where the subscriber runs and what it serves.
 pub(crate) struct Subscriber {
@@ -33,6 +36,10 @@ pub(crate) struct Subscriber {
     /// Set to true once the first queue is bound, so a node starts only when it hears
     /// the other nodes' invalidations.
     pub ready: watch::Sender<bool>,
+    /// Signs this node's invalidations and verifies received ones.
+    pub key: ServiceKey,
+    /// Received invalidations refused for want of a valid signature.
+    pub untrusted: Arc<AtomicU64>,
 }
 
 /// How long declaring the queue (or closing its channel) may take.
@@ -142,7 +149,7 @@ impl Subscriber {
                 }
                 Some(inv) = outbox.recv() => self.publish(channel, &inv).await,
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => self.receive(&delivery.data),
+                    Some(Ok(delivery)) => self.receive(&delivery),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "invalidation consumer interrupted");
                         break;
@@ -168,7 +175,10 @@ impl Subscriber {
                 return;
             }
         };
-        let props = BasicProperties::default().with_content_type("application/json".into());
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(inv.id.to_string().into());
+        let props = self.key.sign(Purpose::Invalidation, props, &body);
         let send = channel.basic_publish(
             EXCHANGE.into(),
             inv.routing_key(&self.queue_tag).as_str().into(),
@@ -184,7 +194,23 @@ impl Subscriber {
         }
     }
 
-    fn receive(&self, body: &[u8]) {
+    /// Applies a signed invalidation. The queue is exclusive and consumed without acks, so
+    /// it has no dead-letter route: a forged or unsigned one is dropped, counted and logged.
+    fn receive(&self, delivery: &Delivery) {
+        let body = &delivery.data;
+        if let Err(why) = self
+            .key
+            .verify(Purpose::Invalidation, &delivery.properties, body)
+        {
+            let n = self.untrusted.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                untrusted = n,
+                routing_key = %delivery.routing_key,
+                why = %why,
+                "dropping an invalidation not signed by a node of this deployment (untrusted_origin)"
+            );
+            return;
+        }
         let inv = match serde_json::from_slice::<Invalidation>(body) {
             Ok(inv) if inv.kind == super::KIND => inv,
             Ok(_) | Err(_) => {

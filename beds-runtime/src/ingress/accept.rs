@@ -6,6 +6,7 @@ use lapin::message::Delivery;
 use lapin::types::ShortString;
 
 use crate::error::{BedsError, ErrorCode};
+use crate::transport::names;
 
 /// Where and how the reply goes.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
             "no reply_to (or an empty one): the request cannot be answered",
         ));
     };
+    reply_queue(queue.as_str())?;
     if let Some(ct) = props.content_type() {
         content_type(ct.as_str())?;
     }
@@ -38,6 +40,22 @@ pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
         queue,
         correlation: props.correlation_id().clone(),
     })
+}
+
+/// Only reply queues of the documented form are answered: a `reply_to` naming a work queue
+/// or another client's queue would make the node publish there on the caller's behalf.
+fn reply_queue(queue: &str) -> Result<(), BedsError> {
+    if names::is_reply_queue(queue) {
+        return Ok(());
+    }
+    Err(BedsError::new(
+        ErrorCode::BadReplyTo,
+        format!(
+            "reply_to `{}` is not a reply queue: use `{}` or a queue of your own named `beds.reply.<unique>`",
+            queue.chars().take(64).collect::<String>(),
+            names::DIRECT_REPLY_TO
+        ),
+    ))
 }
 
 /// Accepts `application/json` in any case, with at most a `charset` parameter that says
@@ -74,6 +92,29 @@ fn content_type(ct: &str) -> Result<(), BedsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_documented_reply_queues_are_answered() {
+        for ok in [
+            "amq.rabbitmq.reply-to",
+            "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxMjM0.xyz",
+            "beds.reply.0193abc",
+        ] {
+            assert!(reply_queue(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "rec.read",
+            "dev_rec.write",
+            "beds.reply.",
+            "beds.replyx",
+            "amq.rabbitmq.reply-to.",
+            "victim",
+        ] {
+            let e = reply_queue(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadReplyTo, "{bad}");
+            assert!(e.message.contains("beds.reply.<unique>"), "{}", e.message);
+        }
+    }
 
     #[test]
     fn json_is_accepted_in_any_case_with_a_utf8_charset_only() {

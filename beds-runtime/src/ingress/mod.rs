@@ -2,7 +2,7 @@
 //! composed in one place ([`run`]):
 //!
 //! ```text
-//! accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
+//! provenance (retry signature) -> accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
 //!     -> idempotency -> cache lookup -> dispatch -> cache keep / invalidate
 //!                                        ... then settle: reply, ack, retry, dead-letter
 //! ```
@@ -52,6 +52,7 @@ pub(crate) struct Ingress {
     pub leases: LockingConfig,
     pub cache: Arc<Cache>,
     pub sender: cache::Sender,
+    pub signer: settle::Signer,
 }
 
 /// Handles one delivery to the end: the chain, then settle.
@@ -62,10 +63,21 @@ pub(crate) async fn handle(
     delivery: Delivery,
 ) {
     let outcome = process(&ingress, lane, &delivery).await;
-    settle::settle(&channel, &delivery, lane, &ingress.retry, outcome).await;
+    settle::settle(
+        &channel,
+        &delivery,
+        lane,
+        &ingress.retry,
+        &ingress.signer,
+        outcome,
+    )
+    .await;
 }
 
 async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome {
+    if let Err(e) = settle::provenance(&ingress.signer.key, delivery) {
+        return Outcome::Unanswerable(e);
+    }
     let to = match accept::delivery(delivery) {
         Ok(to) => to,
         Err(e) => return Outcome::Unanswerable(e),

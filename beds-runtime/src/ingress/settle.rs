@@ -1,10 +1,16 @@
 //! The last step: turn a delivery's outcome into reply, ack, retry or dead-letter, by the
 //! error-class table (wiki/reliability.md). Every wait on the broker here is bounded, so a
 //! delivery on a connection lapin has abandoned ends instead of holding its worker.
+//!
+//! The retry and dead-letter headers are the node's own: a client's `x-beds-*` headers are
+//! dropped before the node adds its own, and what it adds is signed with the service key
+//! (transport::signing). A delivery's attempt count is read only from a valid retry
+//! signature, so a client cannot shorten its retries, and a delivery that came back
+//! through a retry lane without one is dead-lettered as `untrusted_origin`.
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel};
 
 use super::accept::ReplyTo;
@@ -12,8 +18,41 @@ use super::lane::Lane;
 use crate::config::RetryConfig;
 use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorClass, ErrorCode};
-use crate::transport::names::{DEAD_LETTER_EXCHANGE, headers, retry_queue};
+use crate::transport::names::{DEAD_LETTER_EXCHANGE, EXCHANGE, headers, retry_queue};
 use crate::transport::publish::{CONFIRM_TIMEOUT, PublishError, Published, publish};
+use crate::transport::signing::{Purpose, ServiceKey, foreign_headers};
+
+/// How the node vouches for what it publishes.
+#[derive(Debug, Clone)]
+pub(crate) struct Signer {
+    pub key: ServiceKey,
+    /// The node's broker login, set as the replies' `user_id` (RabbitMQ refuses a
+    /// `user_id` that is not the publishing connection's login, so a client can trust it).
+    pub login: Option<ShortString>,
+}
+
+impl Signer {
+    /// The login is the user named in the AMQP URL; none when the URL names none or the
+    /// broker authenticates otherwise (EXTERNAL), since a wrong `user_id` closes the channel.
+    pub fn new(key: ServiceKey, amqp_url: &str) -> Signer {
+        let named = amqp_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?']).next())
+            .is_some_and(|authority| authority.contains('@'));
+        let login = amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .ok()
+            .filter(|uri| {
+                named
+                    && !matches!(
+                        uri.query.auth_mechanism,
+                        Some(lapin::uri::SASLMechanism::External)
+                    )
+            })
+            .map(|uri| ShortString::from(uri.authority.userinfo.username));
+        Signer { key, login }
+    }
+}
 
 /// How a delivery ended.
 #[derive(Debug)]
@@ -54,19 +93,21 @@ pub(crate) async fn settle(
     delivery: &Delivery,
     lane: Lane,
     retry: &RetryConfig,
+    signer: &Signer,
     outcome: Outcome,
 ) {
+    let key = &signer.key;
     let (to, reply) = match outcome {
-        Outcome::Unanswerable(error) => return unanswerable(channel, delivery, error).await,
+        Outcome::Unanswerable(error) => return unanswerable(channel, key, delivery, error).await,
         Outcome::Reply { to, reply } => (to, reply),
     };
     if let (Disposition::Retry, Some(error)) = (
         disposition(lane, reply.error.as_ref()),
         reply.error.as_ref(),
     ) {
-        let attempt = attempts(delivery) + 1;
+        let attempt = attempts(key, delivery) + 1;
         if attempt < retry.max_attempts {
-            match park_for_retry(channel, delivery, attempt, retry).await {
+            match park_for_retry(channel, key, delivery, attempt, retry).await {
                 Ok(()) => ack(delivery).await,
                 // Not acked: the request is redelivered and tried again.
                 Err(e) => {
@@ -75,12 +116,12 @@ pub(crate) async fn settle(
             }
             return;
         }
-        if let Err(e) = dead_letter(channel, delivery, error, attempt).await {
+        if let Err(e) = dead_letter(channel, key, delivery, error, attempt).await {
             tracing::warn!(error = %e, "could not dead-letter a failed write; leaving it unacked");
             return;
         }
     }
-    if answer(channel, lane, to, &reply).await {
+    if answer(channel, signer, lane, to, &reply).await {
         ack(delivery).await;
     }
 }
@@ -88,15 +129,25 @@ pub(crate) async fn settle(
 /// Publishes the reply; true when the request may be acked. Write replies are mandatory
 /// and confirmed: the request is acked only once the broker has the reply (or has said no
 /// one can receive it).
-async fn answer(channel: &Channel, lane: Lane, to: ReplyTo, reply: &Reply) -> bool {
+async fn answer(
+    channel: &Channel,
+    signer: &Signer,
+    lane: Lane,
+    to: ReplyTo,
+    reply: &Reply,
+) -> bool {
     let body = serde_json::to_vec(reply).expect("replies serialize");
     let correlation = to
         .correlation
         .unwrap_or_else(|| reply.causation_id.to_string().into());
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_correlation_id(correlation)
         .with_message_id(reply.id.to_string().into());
+    if let Some(login) = &signer.login {
+        properties = properties.with_user_id(login.clone());
+    }
+    let properties = signer.key.sign(Purpose::Reply, properties, &body);
     let confirmed = lane == Lane::Write;
     match publish(channel, "", to.queue.as_str(), confirmed, &body, properties).await {
         Ok(Published::Delivered) => true,
@@ -122,8 +173,52 @@ async fn ack(delivery: &Delivery) {
     }
 }
 
-/// Attempts a request has had, from its header.
-fn attempts(delivery: &Delivery) -> u32 {
+/// Step 0: a delivery that came back through its retry lane (RabbitMQ's `x-death` names
+/// the lane) must carry the retry signature the node put on it when it parked it; anyone
+/// else's message there is refused before anything runs. A client's own `x-death` on a
+/// direct publish only gets its message refused.
+pub(crate) fn provenance(key: &ServiceKey, delivery: &Delivery) -> Result<(), BedsError> {
+    let lane = retry_queue(delivery.routing_key.as_str());
+    let via_retry = match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(headers::DEATH))
+    {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().iter().any(|d| match d {
+            AMQPValue::FieldTable(t) => match t.inner().get("queue") {
+                Some(AMQPValue::LongString(q)) => q.as_bytes() == lane.as_bytes(),
+                Some(AMQPValue::ShortString(q)) => q.as_str() == lane,
+                _ => false,
+            },
+            _ => false,
+        }),
+        _ => false,
+    };
+    if !via_retry {
+        return Ok(());
+    }
+    key.verify(Purpose::Retry, &delivery.properties, &delivery.data)
+        .map_err(|why| {
+            BedsError::new(
+                ErrorCode::UntrustedOrigin,
+                format!(
+                    "arrived through the retry lane {lane} but {why}: only a node parks writes                      there; publish requests to {EXCHANGE} with routing key {}",
+                    delivery.routing_key
+                ),
+            )
+        })
+}
+
+/// Attempts a request has had: from the header of a retry the node signed, else none (a
+/// client's `x-beds-attempt` is not read).
+fn attempts(key: &ServiceKey, delivery: &Delivery) -> u32 {
+    if key
+        .verify(Purpose::Retry, &delivery.properties, &delivery.data)
+        .is_err()
+    {
+        return 0;
+    }
     delivery
         .properties
         .headers()
@@ -138,22 +233,83 @@ fn attempts(delivery: &Delivery) -> u32 {
         .unwrap_or(0)
 }
 
-/// The original message with `extra` headers added, persistent.
-fn republished(delivery: &Delivery, extra: &[(&str, AMQPValue)]) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    for (k, v) in extra {
-        headers.insert((*k).into(), v.clone());
+/// The original message, persistent, with every `x-beds-*` header it came with replaced
+/// by `extra`, signed for `purpose`. Other headers (RabbitMQ's `x-death` included) stay.
+fn republished(
+    key: &ServiceKey,
+    purpose: Purpose,
+    delivery: &Delivery,
+    extra: &[(&str, AMQPValue)],
+) -> BasicProperties {
+    let mut table = foreign_headers(&delivery.properties);
+    if let Some(user) = caller(key, delivery) {
+        table.insert(
+            headers::CALLER.into(),
+            AMQPValue::LongString(user.as_str().into()),
+        );
     }
-    delivery
+    for (k, v) in extra {
+        table.insert((*k).into(), v.clone());
+    }
+    let properties = without_user_id(&delivery.properties)
+        .with_headers(table)
+        .with_delivery_mode(2);
+    key.sign(purpose, properties, &delivery.data)
+}
+
+/// Who sent a request: its `user_id` (RabbitMQ checked it against the sender's login), or,
+/// on a delivery the node republished itself (a retry, a replay), the `x-beds-user-id` it
+/// carried under its retry signature. A client's own `x-beds-user-id` is never read.
+pub(crate) fn caller(key: &ServiceKey, delivery: &Delivery) -> Option<ShortString> {
+    if let Some(user) = delivery.properties.user_id() {
+        return Some(user.clone());
+    }
+    key.verify(Purpose::Retry, &delivery.properties, &delivery.data)
+        .ok()?;
+    match delivery
         .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2)
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(headers::CALLER)?
+    {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).as_ref().into()),
+        AMQPValue::ShortString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `properties` without `user_id`: RabbitMQ refuses a publish whose `user_id` is not the
+/// node's own login, so a republished request carries its caller in a header instead.
+fn without_user_id(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {
+            $(if let Some(v) = p.$get() { out = out.$set(v.clone()); })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        expiration => with_expiration,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 /// Parks a failed write in the retry lane for an exponential, jittered delay.
 async fn park_for_retry(
     channel: &Channel,
+    key: &ServiceKey,
     delivery: &Delivery,
     attempt: u32,
     cfg: &RetryConfig,
@@ -170,7 +326,10 @@ async fn park_for_retry(
             .unwrap_or_default()
             .subsec_nanos(),
     ) % (base / 4 + 1);
+    // The expiration is not signed: it only says how long the lane holds the message.
     let props = republished(
+        key,
+        Purpose::Retry,
         delivery,
         &[(headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt)))],
     )
@@ -187,6 +346,7 @@ async fn park_for_retry(
 /// Sends a request to the dead-letter queue, saying why in headers.
 async fn dead_letter(
     channel: &Channel,
+    key: &ServiceKey,
     delivery: &Delivery,
     error: &BedsError,
     attempt: u32,
@@ -194,6 +354,8 @@ async fn dead_letter(
     let class = serde_json::to_value(error.class).unwrap_or_default();
     let code = serde_json::to_value(error.code).unwrap_or_default();
     let props = republished(
+        key,
+        Purpose::DeadLetter,
         delivery,
         &[
             (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
@@ -212,8 +374,8 @@ async fn dead_letter(
         ],
     );
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
-    let key = delivery.routing_key.as_str();
-    park(channel, DEAD_LETTER_EXCHANGE, key, delivery, props).await
+    let routing_key = delivery.routing_key.as_str();
+    park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await
 }
 
 /// Republishes a delivery's body (mandatory, confirmed): no route is an error.
@@ -232,7 +394,7 @@ async fn park(
 
 /// Dead-letters a message that cannot be answered, with the reason in headers, then acks
 /// it; if that publish fails, rejects it so the queue's DLX still catches it (x-death only).
-async fn unanswerable(channel: &Channel, delivery: &Delivery, error: BedsError) {
+async fn unanswerable(channel: &Channel, key: &ServiceKey, delivery: &Delivery, error: BedsError) {
     tracing::warn!(
         routing_key = %delivery.routing_key,
         message_id = ?delivery.properties.message_id(),
@@ -240,7 +402,8 @@ async fn unanswerable(channel: &Channel, delivery: &Delivery, error: BedsError) 
         reason = %error.message,
         "dead-lettering a message that cannot be answered"
     );
-    if let Err(why) = dead_letter(channel, delivery, &error, attempts(delivery) + 1).await {
+    let attempt = attempts(key, delivery) + 1;
+    if let Err(why) = dead_letter(channel, key, delivery, &error, attempt).await {
         tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
         let reject = delivery.reject(BasicRejectOptions { requeue: false });
         match tokio::time::timeout(CONFIRM_TIMEOUT, reject).await {
@@ -256,6 +419,46 @@ async fn unanswerable(channel: &Channel, delivery: &Delivery, error: BedsError) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_republished_request_keeps_every_property_but_user_id() {
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id("c".into())
+            .with_reply_to("beds.reply.x".into())
+            .with_message_id("m".into())
+            .with_priority(3)
+            .with_user_id("client-a".into());
+        let out = without_user_id(&p);
+        assert_eq!(out.user_id(), &None);
+        assert_eq!(
+            (
+                out.content_type(),
+                out.correlation_id(),
+                out.reply_to(),
+                out.message_id(),
+                out.priority()
+            ),
+            (
+                p.content_type(),
+                p.correlation_id(),
+                p.reply_to(),
+                p.message_id(),
+                p.priority()
+            )
+        );
+    }
+
+    #[test]
+    fn replies_name_the_login_of_the_url_only() {
+        let login = |url: &str| Signer::new(ServiceKey::development(), url).login;
+        assert_eq!(
+            login("amqp://beds-node:secret@host:5672/%2f"),
+            Some("beds-node".into())
+        );
+        assert_eq!(login("amqp://host:5672/%2f"), None);
+        assert_eq!(login("amqps://node@host/%2f?auth_mechanism=external"), None);
+    }
 
     #[test]
     fn the_class_decides_and_only_writes_are_retried() {

@@ -15,10 +15,12 @@ use crate::envelope::Origin;
 use crate::ingress::Ingress;
 use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
+use crate::ingress::settle::Signer;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
 use crate::transport::publish::CONFIRM_TIMEOUT;
+use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
 use relay::Relay;
@@ -49,6 +51,8 @@ pub enum ServerError {
     RoleNotServed(Role),
     #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
     InvalidationsNotSubscribed,
+    #[error(transparent)]
+    ServiceKey(#[from] KeyError),
 }
 
 /// Whether a role consumes anything in this release.
@@ -141,6 +145,8 @@ pub struct Server {
     relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     drain: Duration,
     cache: Arc<Cache>,
+    /// Invalidations dropped for want of a valid signature.
+    untrusted: Arc<AtomicU64>,
 }
 
 impl Server {
@@ -150,6 +156,7 @@ impl Server {
             return Err(ServerError::RoleNotServed(config.role));
         }
         catalog.check()?;
+        let key = ServiceKey::load(config)?;
         let patterns = Patterns::compile(catalog.domains)?;
         let store = Store::open(
             &StoreOptions::from_config(&config.database),
@@ -201,11 +208,13 @@ impl Server {
                 node: config.node.clone(),
                 env: config.env.clone(),
             },
+            signer: Signer::new(key.clone(), &config.amqp.url),
         });
         let stop = CancellationToken::new();
         // Workers start once the node hears other nodes' invalidations, so nothing it
         // caches can miss one.
         let (ready, mut subscribed) = tokio::sync::watch::channel(false);
+        let untrusted = Arc::new(AtomicU64::new(0));
         let subscriber = Subscriber {
             cache: cache.clone(),
             catalog,
@@ -213,6 +222,8 @@ impl Server {
             queue_tag: config.amqp.queue_tag.clone(),
             node: config.node.clone(),
             ready,
+            key: key.clone(),
+            untrusted: untrusted.clone(),
         };
         tokio::spawn(subscriber.run(outbox, stop.clone()));
         if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up))
@@ -238,6 +249,7 @@ impl Server {
                 link: link.clone(),
                 amqp: config.amqp.clone(),
                 config: config.events,
+                key: key.clone(),
                 holder: format!(
                     "{} {} {}",
                     config.node,
@@ -310,6 +322,7 @@ impl Server {
                     domains: catalog.domains,
                     marks: marks.clone(),
                     origin: origin.clone(),
+                    key: key.clone(),
                 };
                 workers.spawn(supervise(
                     consumer,
@@ -335,6 +348,7 @@ impl Server {
             relay,
             drain: config.shutdown.drain_timeout.duration(),
             cache,
+            untrusted,
         })
     }
 
@@ -366,6 +380,12 @@ impl Server {
     /// Named queries answered from this node's cache so far.
     pub fn query_cache_hits(&self) -> u64 {
         self.cache.query_hits()
+    }
+
+    /// Invalidations this node refused because they were not signed by a node of its
+    /// deployment (they evict nothing).
+    pub fn untrusted_invalidations(&self) -> u64 {
+        self.untrusted.load(Ordering::Relaxed)
     }
 
     /// Records in this node's read cache.

@@ -26,6 +26,7 @@ use crate::store::{OutboxRow, Store};
 use crate::transport::link::Link;
 use crate::transport::names::EXCHANGE;
 use crate::transport::publish::{CONFIRM_TIMEOUT, Message, PublishError, publish_batch};
+use crate::transport::signing::{Purpose, ServiceKey};
 
 /// Why a relay round stopped before the outbox was empty.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub(crate) struct Relay {
     pub link: Arc<Link>,
     pub amqp: AmqpConfig,
     pub config: EventsConfig,
+    /// Signs each event, so consumers can tell it from one published by anyone else.
+    pub key: ServiceKey,
     /// This relay's name in the lease: node, process and start, so a restarted node is a
     /// new holder and waits for the old lease to expire (its rows may still be in flight).
     pub holder: String,
@@ -220,7 +223,7 @@ impl Relay {
     }
 
     /// An outbox row as the message published: its `seq` filled in, persistent, JSON,
-    /// `message_id` the event id, `correlation_id` the request's. The body is kept as a JSON
+    /// `message_id` the event id, `correlation_id` the request's, signed. The body is kept as a JSON
     /// object, not read into [`crate::events::WriteEvent`]: a field added by a newer node survives an older
     /// relay.
     fn message(&self, row: OutboxRow) -> Result<Message, RelayError> {
@@ -236,6 +239,7 @@ impl Relay {
             .with_content_type(ShortString::from("application/json"))
             .with_message_id(ShortString::from(event.id.to_string()))
             .with_correlation_id(ShortString::from(event.correlation_id.to_string()));
+        let properties = self.key.sign(Purpose::WriteEvent, properties, &body);
         Ok(Message {
             routing_key: routing_key(
                 &self.amqp.queue_tag,

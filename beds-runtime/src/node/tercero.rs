@@ -11,17 +11,21 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{Run, WorkerExit, WorkerFailure, consume_on, setup};
 use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
+use crate::error::{BedsError, ErrorCode};
 use crate::meta::DomainMeta;
 use crate::store::{CounterMarks, Store};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, effect, invalidation, parse};
 use crate::transport::link::Watch;
-use crate::transport::publish::{PublishError, publish};
+use crate::transport::names::{DEAD_LETTER_EXCHANGE, headers};
+use crate::transport::publish::{PublishError, Published, publish};
+use crate::transport::signing::{Purpose, ServiceKey, foreign_headers};
 use crate::transport::topology;
 
 /// The longest pause between two attempts at a batch's transaction.
@@ -37,6 +41,8 @@ pub(crate) struct EventConsumer {
     /// The backfill marks read or made when the node started.
     pub marks: Arc<CounterMarks>,
     pub origin: Origin,
+    /// Verifies events and signs invalidations and dead letters.
+    pub key: ServiceKey,
 }
 
 /// A batch's fate when it could not be finished.
@@ -172,6 +178,15 @@ impl EventConsumer {
         let mut events = Vec::with_capacity(batch.len());
         let mut last = None;
         for delivery in batch {
+            if let Err(why) =
+                self.key
+                    .verify(Purpose::WriteEvent, &delivery.properties, &delivery.data)
+            {
+                self.untrusted(channel, &delivery, &why.to_string())
+                    .await
+                    .map_err(BatchError::Ack)?;
+                continue;
+            }
             match parse(&delivery.data) {
                 Ok(event) => {
                     last = Some(delivery.delivery_tag);
@@ -230,6 +245,7 @@ impl EventConsumer {
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_message_id(id.as_str().into());
+            let properties = self.key.sign(Purpose::Invalidation, properties, body);
             publish(channel, EXCHANGE, key, false, body, properties)
         }))
         .await
@@ -238,5 +254,63 @@ impl EventConsumer {
             .basic_ack(last, BasicAckOptions { multiple: true })
             .await
             .map_err(BatchError::Ack)
+    }
+
+    /// Dead-letters an event that no node of this deployment signed to the queue's
+    /// dead-letter queue, with code `untrusted_origin` (signed, so `beds dlq` trusts the
+    /// verdict), and acks it; it changes no counter and is not broadcast. If that publish
+    /// fails it is rejected: the queue's own dead-lettering still keeps it off the counters.
+    async fn untrusted(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        why: &str,
+    ) -> Result<(), lapin::Error> {
+        let queue = self.amqp.queue(EVENT_QUEUE_KEY);
+        let error = BedsError::new(
+            ErrorCode::UntrustedOrigin,
+            format!("a write event not signed by a node of this deployment: {why}"),
+        );
+        tracing::warn!(
+            routing_key = %delivery.routing_key,
+            reason = %error.message,
+            "dead-lettering a write event (untrusted_origin)"
+        );
+        let mut table = foreign_headers(&delivery.properties);
+        for (name, text) in [
+            (headers::REASON, error.message.as_str()),
+            (headers::ERROR_CLASS, "contract"),
+            (headers::ERROR_CODE, "untrusted_origin"),
+        ] {
+            table.insert(name.into(), AMQPValue::LongString(text.into()));
+        }
+        table.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(1));
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(2);
+        let properties = self
+            .key
+            .sign(Purpose::DeadLetter, properties, &delivery.data);
+        let parked = publish(
+            channel,
+            DEAD_LETTER_EXCHANGE,
+            &queue,
+            true,
+            &delivery.data,
+            properties,
+        )
+        .await;
+        match parked {
+            Ok(Published::Delivered) => delivery.ack(BasicAckOptions::default()).await?,
+            Ok(Published::Unroutable) | Err(_) => {
+                tracing::warn!("the dead-letter queue did not take it; rejecting instead");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?
+            }
+        };
+        Ok(())
     }
 }

@@ -1,4 +1,8 @@
 //! `beds dlq`: inspect, replay and purge the dead-letter queues `{tag}rec.*.dlq`.
+//!
+//! A dead letter's code and reason are believed only when the node that dead-lettered it
+//! signed them (transport::signing): anyone who can publish to `beds.dlx` can write
+//! `x-beds-error-code`. Anything else is listed as `untrusted_origin` and never replayed.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +15,19 @@ use lapin::{BasicProperties, Channel, Connection};
 use crate::config::{AmqpConfig, EXCHANGE};
 use crate::transport::names::{READ_KEY, WRITE_KEY, dead_letter_queue, headers};
 use crate::transport::publish::{PublishError, Published, publish};
+use crate::transport::signing::{KeyError, Purpose, ServiceKey};
 use crate::transport::{ConnectError, connect};
+
+/// The code `beds dlq` shows for a dead letter no node signed.
+pub const UNTRUSTED: &str = "untrusted_origin";
 
 /// Why a dead-letter operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    ServiceKey(#[from] KeyError),
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("{what} {queue}: {source}")]
@@ -37,25 +47,30 @@ pub enum DlqError {
 pub struct DeadLetter {
     /// The work queue it came from (its original routing key).
     pub queue: String,
-    /// Our error code, or RabbitMQ's `x-death` reason (e.g. `rejected`).
+    /// Our error code when a node signed it, else `untrusted_origin`.
     pub code: String,
     pub reason: String,
+    /// Whether a node of this deployment signed its headers (only those are replayed).
+    pub trusted: bool,
+    /// The code an unsigned letter's headers claim, not believed.
+    pub claimed: Option<String>,
     pub attempts: i64,
     pub body: Vec<u8>,
 }
 
 /// Reads every dead letter of the tag; they stay in their queues.
-pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, DlqError> {
+pub async fn list(amqp: &AmqpConfig, key: &ServiceKey) -> Result<Vec<DeadLetter>, DlqError> {
     let (conn, channel) = open(amqp).await?;
     let mut out = Vec::new();
-    for key in [READ_KEY, WRITE_KEY] {
-        let queue = amqp.queue(key);
+    for lane_key in [READ_KEY, WRITE_KEY] {
+        let queue = amqp.queue(lane_key);
         let dlq = dead_letter_queue(&queue);
         while let Some(msg) = next(&channel, &dlq).await? {
             out.push(describe(
+                key,
                 &queue,
                 &msg.delivery.properties,
-                msg.delivery.data.clone(),
+                &msg.delivery.data,
             ));
         }
     }
@@ -63,33 +78,59 @@ pub async fn list(amqp: &AmqpConfig) -> Result<Vec<DeadLetter>, DlqError> {
     Ok(out)
 }
 
-/// Moves dead letters back to their work queue (all, or those with `code`), with fresh
-/// attempts; returns how many.
-pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, DlqError> {
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Moved back to their work queue.
+    pub moved: usize,
+    /// Selected but left in place: no node signed them (`untrusted_origin`).
+    pub refused: usize,
+}
+
+/// Moves signed dead letters back to their work queue (all, or those with `code`), with
+/// fresh attempts. Unsigned or forged ones stay where they are and are counted.
+pub async fn replay(
+    amqp: &AmqpConfig,
+    key: &ServiceKey,
+    code: Option<&str>,
+) -> Result<Replayed, DlqError> {
     let (conn, channel) = open(amqp).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut moved = 0;
-    for key in [READ_KEY, WRITE_KEY] {
-        let queue = amqp.queue(key);
+    let mut done = Replayed::default();
+    for lane_key in [READ_KEY, WRITE_KEY] {
+        let queue = amqp.queue(lane_key);
         let dlq = dead_letter_queue(&queue);
         let mut skipped = Vec::new();
         while let Some(msg) = next(&channel, &dlq).await? {
             let d = &msg.delivery;
-            let letter = describe(&queue, &d.properties, Vec::new());
-            if code.is_some_and(|c| c != letter.code) {
+            let letter = describe(key, &queue, &d.properties, &d.data);
+            // An unsigned letter is selected by what it claims too, so a replay by code
+            // reports the forgeries that claim it.
+            let selected =
+                code.is_none_or(|c| c == letter.code || letter.claimed.as_deref() == Some(c));
+            if !selected {
                 skipped.push(d.acker.clone());
                 continue;
             }
-            let mut headers = FieldTable::default();
+            if !letter.trusted {
+                done.refused += 1;
+                skipped.push(d.acker.clone());
+                continue;
+            }
+            let mut table = FieldTable::default();
             for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
-                // A replay starts over: no attempt count, no history of its death.
-                if !k.as_str().starts_with(headers::PREFIX) && k.as_str() != headers::DEATH {
-                    headers.insert(k.clone(), v.clone());
+                // A replay starts over: no attempt count, no history of its death; the
+                // caller the node carried stays, under a retry signature (the node reads
+                // `x-beds-user-id` only from a delivery signed so).
+                let ours = k.as_str().starts_with(headers::PREFIX) && k.as_str() != headers::CALLER;
+                if !ours && k.as_str() != headers::DEATH {
+                    table.insert(k.clone(), v.clone());
                 }
             }
-            let props = d.properties.clone().with_headers(headers);
+            let props = d.properties.clone().with_headers(table);
+            let props = key.sign(Purpose::Retry, props, &d.data);
             match publish(&channel, EXCHANGE, &queue, true, &d.data, props).await {
                 Ok(Published::Delivered) => {}
                 Ok(Published::Unroutable) => {
@@ -101,7 +142,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, DlqE
                 Err(source) => return Err(DlqError::NotTaken { queue, source }),
             }
             d.acker.ack(BasicAckOptions::default()).await?;
-            moved += 1;
+            done.moved += 1;
         }
         for acker in skipped {
             let _ = acker
@@ -113,7 +154,7 @@ pub async fn replay(amqp: &AmqpConfig, code: Option<&str>) -> Result<usize, DlqE
         }
     }
     let _ = conn.close(200, "dlq replay".into()).await;
-    Ok(moved)
+    Ok(done)
 }
 
 /// Empties the dead-letter queues of the tag; returns how many messages were dropped.
@@ -166,35 +207,59 @@ async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {
     Ok((conn, channel))
 }
 
-fn describe(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLetter {
+/// A dead letter as `beds dlq` shows it: its claims only if a node signed them. One the
+/// broker dead-lettered by itself (a quorum queue's delivery limit, a rejected message)
+/// carries no signature either: its `x-death` reason is shown, as information only.
+fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let headers = props.headers().clone().unwrap_or_default();
     let text = |k: &str| match headers.inner().get(k) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     };
-    let death_reason = match headers.inner().get(headers::DEATH) {
-        Some(AMQPValue::FieldArray(a)) => a.as_slice().first().and_then(|d| match d {
-            AMQPValue::FieldTable(t) => match t.inner().get("reason") {
-                Some(AMQPValue::LongString(s)) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            },
-            _ => None,
-        }),
-        _ => None,
-    };
+    if let Err(why) = key.verify(Purpose::DeadLetter, props, body) {
+        let claimed = text(headers::ERROR_CODE);
+        let claims = match (&claimed, death_reason(&headers)) {
+            (Some(code), _) => format!("; it claims `{code}`"),
+            (None, Some(reason)) => format!("; the broker's x-death reason is `{reason}`"),
+            (None, None) => String::new(),
+        };
+        return DeadLetter {
+            queue: queue.to_string(),
+            code: UNTRUSTED.into(),
+            reason: format!(
+                "not dead-lettered by a node of this deployment: {why}{claims}; `beds dlq replay` leaves it, `beds dlq purge` removes it"
+            ),
+            trusted: false,
+            claimed,
+            attempts: 0,
+            body: body.to_vec(),
+        };
+    }
     let attempts = match headers.inner().get(headers::ATTEMPT) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         _ => 1,
     };
     DeadLetter {
         queue: queue.to_string(),
-        code: text(headers::ERROR_CODE)
-            .or(death_reason.clone())
-            .unwrap_or_else(|| "unknown".into()),
-        reason: text(headers::REASON).or(death_reason).unwrap_or_default(),
+        code: text(headers::ERROR_CODE).unwrap_or_else(|| "unknown".into()),
+        reason: text(headers::REASON).unwrap_or_default(),
+        trusted: true,
+        claimed: None,
         attempts,
-        body,
+        body: body.to_vec(),
+    }
+}
+
+/// The reason of the first `x-death` entry RabbitMQ added (e.g. `rejected`).
+fn death_reason(headers: &FieldTable) -> Option<String> {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get(headers::DEATH) else {
+        return None;
+    };
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(t) => match t.inner().get("reason")? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        },
+        _ => None,
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod link;
 pub mod names;
 pub(crate) mod publish;
+pub mod signing;
 pub mod topology;
 
 use std::time::Duration;

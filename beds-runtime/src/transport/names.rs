@@ -26,6 +26,22 @@ pub fn reply_queue(unique: &str) -> String {
     format!("beds.reply.{unique}")
 }
 
+/// RabbitMQ's direct reply-to pseudo-queue; the broker rewrites it to a name under
+/// `amq.rabbitmq.reply-to.` before the node sees it.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Whether a request may name `queue` as its `reply_to`: the direct reply-to (as sent or
+/// rewritten) or a client's `beds.reply.{unique}` queue. Nothing else, so a node never
+/// publishes a reply into a work queue or someone else's queue.
+pub fn is_reply_queue(queue: &str) -> bool {
+    let under = |prefix: &str| {
+        queue
+            .strip_prefix(prefix)
+            .is_some_and(|unique| !unique.is_empty())
+    };
+    queue == DIRECT_REPLY_TO || under(&format!("{DIRECT_REPLY_TO}.")) || under("beds.reply.")
+}
+
 /// A node's private invalidation queue; the suffix makes it unique. Named by the node, not
 /// the broker: lapin's recovery re-declares a queue by its name, and the broker refuses to
 /// declare a server-generated `amq.gen-…` name.
@@ -33,7 +49,9 @@ pub fn invalidation_queue(node: &str, unique: &str) -> String {
     format!("beds.inv.{node}.{unique}")
 }
 
-/// Headers BEDS sets on messages it parks in the retry lane or dead-letters.
+/// Headers BEDS sets on messages it parks in the retry lane or dead-letters (and the
+/// signature it puts on everything it publishes). A client's `x-beds-*` headers are never
+/// read.
 pub mod headers {
     /// Attempts the request has had so far.
     pub const ATTEMPT: &str = "x-beds-attempt";
@@ -43,6 +61,12 @@ pub mod headers {
     pub const ERROR_CLASS: &str = "x-beds-error-class";
     /// The error code of the last failure.
     pub const ERROR_CODE: &str = "x-beds-error-code";
+    /// The AMQP `user_id` of the request a node republished (retry lane, dead letter,
+    /// replay): the node cannot publish another login's `user_id`, so it carries the
+    /// caller here, under its signature.
+    pub const CALLER: &str = "x-beds-user-id";
+    /// The node's HMAC over what a message says (transport::signing).
+    pub const SIGNATURE: &str = "x-beds-signature";
     /// Every header BEDS sets starts with this.
     pub const PREFIX: &str = "x-beds-";
     /// RabbitMQ's own record of dead-lettering.
