@@ -1,32 +1,35 @@
 //! Logging set-up.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// lapin modules that log message bodies (as decimal byte arrays): every message the broker
 /// returns, at WARN, and every frame, at TRACE. Bodies are personal data and a returned
-/// 1 MB reply became 20 MB of log, so these caps are added after the user's filter, where
-/// the more specific directive wins over e.g. `lapin=trace`.
-pub const BODY_DUMP_CAPS: [&str; 3] = [
-    "lapin::returned_messages=error",
-    "lapin::channels=debug",
-    "lapin::frames=debug",
+/// 1 MB reply became 20 MB of log, so these caps apply on top of any `log.filter` or
+/// `RUST_LOG` (a separate filter both must pass; `lapin=trace` cannot lift them).
+pub const BODY_DUMP_CAPS: [(&str, LevelFilter); 3] = [
+    ("lapin::returned_messages", LevelFilter::ERROR),
+    ("lapin::channels", LevelFilter::DEBUG),
+    ("lapin::frames", LevelFilter::DEBUG),
 ];
 
-/// The configured filter (`RUST_LOG` overrides it) with [`BODY_DUMP_CAPS`] on top.
-pub fn filter(configured: &str) -> EnvFilter {
-    let mut filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured));
-    for cap in BODY_DUMP_CAPS {
-        filter = filter.add_directive(cap.parse().expect("the caps are valid directives"));
-    }
-    filter
+/// The caps of [`BODY_DUMP_CAPS`]; everything else passes.
+pub fn body_dump_caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(BODY_DUMP_CAPS)
 }
 
-/// Installs the fmt subscriber once.
-pub fn init(configured: &str) {
+/// Installs the fmt subscriber once; `RUST_LOG` overrides the configured filter.
+pub fn init(filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(configured))
+        .with_env_filter(filter)
         .with_target(false)
+        .finish()
+        .with(body_dump_caps())
         .try_init();
 }
 
@@ -35,9 +38,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn body_dump_caps_win_over_a_broad_lapin_filter() {
-        let shown = filter("info,lapin=trace,lapin::returned_messages=trace").to_string();
-        assert!(shown.contains("lapin::returned_messages=error"), "{shown}");
-        assert!(!shown.contains("lapin::returned_messages=trace"), "{shown}");
+    fn body_dumps_are_capped_and_the_rest_passes() {
+        let caps = body_dump_caps();
+        assert!(!caps.would_enable("lapin::returned_messages", &tracing::Level::WARN));
+        assert!(!caps.would_enable("lapin::channels", &tracing::Level::TRACE));
+        assert!(caps.would_enable("lapin::channels", &tracing::Level::DEBUG));
+        assert!(caps.would_enable("beds_runtime::node", &tracing::Level::TRACE));
     }
 }

@@ -12,6 +12,7 @@ use std::io;
 use std::time::Duration;
 
 use amq_protocol_tcp::{AMQPUriTcpExt, OwnedIdentity, OwnedTLSConfig};
+use futures_util::io::{AsyncReadExt, AsyncWriteExt};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
@@ -21,6 +22,9 @@ use crate::config::{AmqpTlsConfig, SecretError, redact};
 /// connection and leave the AMQP handshake hanging; without a bound, a reconnect made while
 /// holding the node's connection (see `Link::get`) would stall every worker for good.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// AMQP 0-9-1's protocol header, the first bytes a client sends.
+const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 
 /// Why a connection to RabbitMQ could not be opened; one line each, naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +98,23 @@ pub async fn connect(
         url: shown.clone(),
         source,
     })?;
-    let probe = uri.connect_with_config_async(tls_config.as_ref(), &runtime);
+    let probe = async {
+        let mut stream = uri
+            .connect_with_config_async(tls_config.as_ref(), &runtime)
+            .await?;
+        // The broker answers the protocol header with Connection.Start. Over TLS 1.3 a
+        // refused client certificate shows only here, as an alert on the first read.
+        stream.write_all(PROTOCOL_HEADER).await?;
+        stream.flush().await?;
+        let mut first = [0u8; 1];
+        match stream.read(&mut first).await? {
+            0 => Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+            _ => Ok(()),
+        }
+    };
     match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
-        Ok(Ok(stream)) => drop(stream),
-        Ok(Err(e)) => return Err(transport_error(shown, uri.scheme, e)),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(transport_error(shown, uri.scheme == AMQPScheme::AMQPS, e)),
         Err(_) => {
             return Err(ConnectError::Timeout {
                 url: shown,
@@ -107,6 +124,7 @@ pub async fn connect(
         }
     }
     let user = uri.authority.userinfo.username.clone();
+    let over_tls = uri.scheme == AMQPScheme::AMQPS;
     // Auto-recovery reconnects and replays channels, consumers and declarations after the
     // broker closes the connection or restarts.
     let attempt = Connection::connect_uri_with_config(
@@ -126,6 +144,12 @@ pub async fn connect(
                     url: shown,
                     user,
                     reason: e.to_string(),
+                }
+            }
+            ErrorKind::IOError(io) if over_tls && io.kind() == io::ErrorKind::InvalidData => {
+                ConnectError::Tls {
+                    url: shown,
+                    reason: io.to_string(),
                 }
             }
             ErrorKind::IOError(io) if io.kind() == io::ErrorKind::ConnectionAborted => {
@@ -148,7 +172,7 @@ pub async fn connect(
 }
 
 /// Names the cause of a failed TCP connect or TLS handshake.
-fn transport_error(url: String, scheme: AMQPScheme, e: io::Error) -> ConnectError {
+fn transport_error(url: String, over_tls: bool, e: io::Error) -> ConnectError {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ConnectError::Refused { url },
         io::ErrorKind::TimedOut => ConnectError::Timeout {
@@ -164,7 +188,7 @@ fn transport_error(url: String, scheme: AMQPScheme, e: io::Error) -> ConnectErro
             reason: e.to_string(),
         },
         // The TCP connection was made; what failed is the handshake over it.
-        _ if scheme == AMQPScheme::AMQPS => ConnectError::Tls {
+        _ if over_tls => ConnectError::Tls {
             url,
             reason: e.to_string(),
         },
