@@ -355,3 +355,158 @@ async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
         "the log holds the body:\n{node_log}"
     );
 }
+
+/// `beds run` against a closed port and with a wrong password: a non-zero exit at once,
+/// one line on stderr naming the cause, and no panic from lapin's threads.
+#[test]
+fn beds_run_names_a_connection_failure_in_one_line() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    for (url, says, within) in [
+        (
+            format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"),
+            "connection refused",
+            Duration::from_secs(3),
+        ),
+        (
+            "amqp://guest:wrong-password@127.0.0.1:5672/%2f".to_string(),
+            "refused the login of user `guest`",
+            Duration::from_secs(9),
+        ),
+    ] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_beds"))
+            .args(["run", "--config"])
+            .arg(repo_config_path())
+            .env("BEDS_ENV", "test")
+            .env("BEDS_AMQP__URL", &url)
+            .env("BEDS_AMQP__QUEUE_TAG", "test.connfail.")
+            .env(
+                "BEDS_DATABASE__DATA_DIR",
+                tempfile::tempdir().unwrap().path(),
+            )
+            .output()
+            .expect("run the beds binary");
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: exit 0");
+        assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(says),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("wrong-password"),
+            "{err}"
+        );
+        assert!(took < within, "{url}: took {took:?}");
+    }
+}
+
+/// TLS to PostgreSQL (the local server has TLS with its own certificate): `require`
+/// connects encrypted; `verify_full` with a CA that did not sign the server's certificate
+/// fails the start, saying why.
+#[tokio::test]
+async fn postgres_tls_is_required_and_verified() {
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+                sql,
+            ])
+            .output()
+            .expect("the TLS database test needs psql and the local PostgreSQL");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    if psql("show ssl") != "on" {
+        panic!("the local PostgreSQL has ssl off; this test needs TLS on it");
+    }
+    let db = format!(
+        "beds_tls_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    psql(&format!("CREATE DATABASE {db}"));
+    struct Dropped<F: Fn()>(F);
+    impl<F: Fn()> Drop for Dropped<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _drop = Dropped(|| {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qAtc",
+            ])
+            .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .status();
+    });
+    let mut env = TestEnv::new("pgtls");
+    env.config.database.driver = beds_runtime::config::Driver::Postgres;
+    env.config.database.url = Some(format!("postgres://postgres@127.0.0.1:5432/{db}"));
+    env.config.database.tls.mode = Some(beds_runtime::config::DatabaseTlsMode::Require);
+    let server = env.start().await;
+    let encrypted = psql(&format!(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE datname = '{db}' AND ssl"
+    ));
+    assert_ne!(encrypted, "0", "the node's connections are not encrypted");
+    server.stop().await;
+
+    let certs = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .current_dir(certs.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .output()
+        .expect("the TLS database test needs the openssl command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.config.database.tls.mode = Some(beds_runtime::config::DatabaseTlsMode::VerifyFull);
+    env.config.database.tls.ca_file = Some(certs.path().join("ca.pem"));
+    let err = match beds_runtime::Server::start(&env.config, &beds::CATALOG).await {
+        Ok(_) => panic!("verify_full accepted a server certificate the CA did not sign"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot open the PostgreSQL database")
+            && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+}
