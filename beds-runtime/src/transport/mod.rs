@@ -98,6 +98,14 @@ pub async fn connect(
         url: shown.clone(),
         source,
     })?;
+    // Resolved first, so that an unknown host is not taken for a TLS failure below.
+    let host = (uri.authority.host.as_str(), uri.authority.port);
+    if let Err(e) = tokio::net::lookup_host(host).await {
+        return Err(ConnectError::Unreachable {
+            url: shown,
+            reason: format!("cannot resolve {}: {e}", uri.authority.host),
+        });
+    }
     let probe = async {
         let mut stream = uri
             .connect_with_config_async(tls_config.as_ref(), &runtime)
