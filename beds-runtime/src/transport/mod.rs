@@ -82,6 +82,7 @@ pub async fn connect(
         url: shown.clone(),
         reason: format!("the URL does not parse ({reason})"),
     })?;
+    let over_tls = uri.scheme == AMQPScheme::AMQPS;
     let tls_config = match uri.scheme {
         AMQPScheme::AMQPS => {
             let files = tls.load()?;
@@ -122,7 +123,7 @@ pub async fn connect(
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(transport_error(shown, uri.scheme == AMQPScheme::AMQPS, e)),
+        Ok(Err(e)) => return Err(transport_error(shown, over_tls, e)),
         Err(_) => {
             return Err(ConnectError::Timeout {
                 url: shown,
@@ -132,7 +133,6 @@ pub async fn connect(
         }
     }
     let user = uri.authority.userinfo.username.clone();
-    let over_tls = uri.scheme == AMQPScheme::AMQPS;
     // Auto-recovery reconnects and replays channels, consumers and declarations after the
     // broker closes the connection or restarts.
     let attempt = Connection::connect_uri_with_config(
@@ -158,15 +158,6 @@ pub async fn connect(
                 ConnectError::Tls {
                     url: shown,
                     reason: io.to_string(),
-                }
-            }
-            ErrorKind::IOError(io) if io.kind() == io::ErrorKind::ConnectionAborted => {
-                // RabbitMQ drops the socket on a failed login when the client does not
-                // announce the authentication_failure_close capability.
-                ConnectError::AccessRefused {
-                    url: shown,
-                    user,
-                    reason: "the broker closed the connection during the login".into(),
                 }
             }
             _ => ConnectError::Failed { url: shown, source },
