@@ -405,6 +405,44 @@ fn beds_run_names_a_connection_failure_in_one_line() {
     }
 }
 
+/// A port that accepts TCP connections but never answers: `beds run` says the broker did
+/// not answer within the connect bound, in one line, instead of hanging or panicking.
+#[test]
+fn beds_run_names_a_silent_broker_a_timeout() {
+    // Connections queue in the backlog and are never accepted, so nothing is ever sent back.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["run", "--config"])
+        .arg(repo_config_path())
+        .env("BEDS_ENV", "test")
+        .env(
+            "BEDS_AMQP__URL",
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        )
+        .env(
+            "BEDS_DATABASE__DATA_DIR",
+            tempfile::tempdir().unwrap().path(),
+        )
+        .output()
+        .expect("run the beds binary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("did not answer the connection") && err.contains("within 10 s"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
 /// TLS to PostgreSQL (the local server has TLS with its own certificate): `require`
 /// connects encrypted; `verify_full` with a CA that did not sign the server's certificate
 /// fails the start, saying why.

@@ -127,7 +127,7 @@ pub async fn connect(
         Err(_) => {
             return Err(ConnectError::Timeout {
                 url: shown,
-                stage: "accept the connection",
+                stage: "answer the connection (TCP, TLS, protocol header)",
                 after: CONNECT_TIMEOUT,
             });
         }
@@ -176,7 +176,7 @@ fn transport_error(url: String, over_tls: bool, e: io::Error) -> ConnectError {
         io::ErrorKind::ConnectionRefused => ConnectError::Refused { url },
         io::ErrorKind::TimedOut => ConnectError::Timeout {
             url,
-            stage: "accept the connection",
+            stage: "accept the TCP connection",
             after: CONNECT_TIMEOUT,
         },
         io::ErrorKind::NotFound
