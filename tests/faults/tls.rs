@@ -160,7 +160,8 @@ async fn amqps_serves_with_the_broker_ca_and_fails_without_it() {
     server.stop().await;
 }
 
-/// `amqp.tls.mode: required` refuses a plaintext URL before connecting.
+/// `amqp.tls.mode: required` refuses a plaintext URL before connecting; `beds check` shows
+/// the TLS set-up.
 #[test]
 fn tls_required_refuses_a_plaintext_url_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_beds"))
@@ -176,5 +177,26 @@ fn tls_required_refuses_a_plaintext_url_at_start() {
     assert!(
         err.contains("amqp.tls.mode is required") && err.contains("plaintext"),
         "{err}"
+    );
+    // `beds check` shows the TLS set-up it would use.
+    let certs = Certs::generate();
+    let ca = certs.file("ca.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["check", "--config"])
+        .arg(repo_config_path())
+        .env("BEDS_ENV", "test")
+        .env("BEDS_AMQP__URL", "amqps://guest:guest@127.0.0.1:5671/%2f")
+        .env("BEDS_AMQP__TLS__MODE", "required")
+        .env("BEDS_AMQP__TLS__CA_FILE", &ca)
+        .output()
+        .expect("run beds check");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "amqp amqps://guest:***@127.0.0.1:5671/%2f (TLS required, CA {})",
+            ca.display()
+        )),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
