@@ -167,11 +167,11 @@ pub enum SecretError {
         path: PathBuf,
         reason: String,
     },
-    #[error("{key}: {path} holds no PEM {what}; give a PEM file (-----BEGIN {what}-----)")]
+    #[error("{key}: {path} holds no usable PEM {what}; give a PEM file (-----BEGIN {what}-----)")]
     NotPem {
         key: &'static str,
         path: PathBuf,
-        what: &'static str,
+        what: PemKind,
     },
     #[error("{key}: {path} is empty; write the secret into it")]
     Empty { key: &'static str, path: PathBuf },
@@ -189,7 +189,7 @@ impl AmqpTlsConfig {
             set: "an amqps:// amqp.url",
             missing: "amqp.tls.ca_file (the PEM CA that signed the broker's certificate)",
         })?;
-        let ca = read_pem("amqp.tls.ca_file", ca_path, "CERTIFICATE")?;
+        let ca = read_pem("amqp.tls.ca_file", ca_path, PemKind::Certificate)?;
         let identity = match (&self.cert_file, &self.key_file) {
             (None, None) => None,
             (Some(_), None) => {
@@ -205,28 +205,46 @@ impl AmqpTlsConfig {
                 });
             }
             (Some(cert), Some(key)) => Some((
-                read_pem("amqp.tls.cert_file", cert, "CERTIFICATE")?.into_bytes(),
-                read_pem("amqp.tls.key_file", key, "PRIVATE KEY")?.into_bytes(),
+                read_pem("amqp.tls.cert_file", cert, PemKind::Certificate)?.into_bytes(),
+                read_pem("amqp.tls.key_file", key, PemKind::PrivateKey)?.into_bytes(),
             )),
         };
         Ok(TlsFiles { ca, identity })
     }
 }
 
-/// Reads a PEM file that must hold at least one block whose label ends with `what`
-/// (`PRIVATE KEY` also matches `RSA PRIVATE KEY` and `EC PRIVATE KEY`).
-fn read_pem(key: &'static str, path: &Path, what: &'static str) -> Result<String, SecretError> {
+/// What a PEM file must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+impl std::fmt::Display for PemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PemKind::Certificate => "CERTIFICATE",
+            PemKind::PrivateKey => "PRIVATE KEY",
+        })
+    }
+}
+
+/// Reads a PEM file and decodes it: at least one certificate, or one private key.
+fn read_pem(key: &'static str, path: &Path, what: PemKind) -> Result<String, SecretError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let text = std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
         key,
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let pem = text.lines().any(|l| {
-        l.strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-            .is_some_and(|label| label.ends_with(what))
-    });
-    if !pem {
+    let usable = match what {
+        PemKind::Certificate => CertificateDer::pem_slice_iter(text.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certs| !certs.is_empty()),
+        PemKind::PrivateKey => PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok(),
+    };
+    if !usable {
         return Err(SecretError::NotPem {
             key,
             path: path.to_path_buf(),
@@ -886,7 +904,7 @@ impl Config {
                  verify_full; set one of them or remove the file"
                     .into(),
             ),
-            (_, Some(ca)) => read_pem("database.tls.ca_file", ca, "CERTIFICATE")
+            (_, Some(ca)) => read_pem("database.tls.ca_file", ca, PemKind::Certificate)
                 .map(drop)
                 .map_err(|e| e.to_string()),
             _ => Ok(()),
@@ -1281,6 +1299,11 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
         );
         let junk = write(dir.path(), "junk.pem", "not pem\n");
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nM!!B\n-----END CERTIFICATE-----\n",
+        );
         let path = |p: &PathBuf| p.display().to_string();
         let amqps = ("BEDS_AMQP__URL", "amqps://guest:guest@h:5671/%2f");
         let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
@@ -1294,7 +1317,23 @@ mod tests {
                     (amqps.0, amqps.1.into()),
                     ("BEDS_AMQP__TLS__CA_FILE", path(&junk)),
                 ],
-                "holds no PEM CERTIFICATE",
+                "holds no usable PEM CERTIFICATE",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&broken)),
+                ],
+                "broken.pem holds no usable PEM CERTIFICATE",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&ca)),
+                    ("BEDS_AMQP__TLS__CERT_FILE", path(&ca)),
+                    ("BEDS_AMQP__TLS__KEY_FILE", path(&ca)),
+                ],
+                "amqp.tls.key_file: ",
             ),
             (
                 vec![
