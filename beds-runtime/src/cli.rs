@@ -245,6 +245,23 @@ async fn shutdown_signal() {
 }
 
 /// What `beds check` prints.
+/// How `beds check` shows the TLS set-up of an AMQP connection.
+fn tls_summary(amqp: &crate::config::AmqpConfig) -> String {
+    let tls = &amqp.tls;
+    let required = tls.mode == crate::config::AmqpTlsMode::Required;
+    if !amqp.url.starts_with("amqps://") {
+        return " (plaintext)".into();
+    }
+    let mut parts = vec![if required { "TLS required" } else { "TLS" }.to_string()];
+    if let Some(ca) = &tls.ca_file {
+        parts.push(format!("CA {}", ca.display()));
+    }
+    if let Some(cert) = &tls.cert_file {
+        parts.push(format!("client certificate {}", cert.display()));
+    }
+    format!(" ({})", parts.join(", "))
+}
+
 fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -304,7 +321,12 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             );
         }
     }
-    let _ = writeln!(out, "amqp {}", config.amqp.redacted_url());
+    let _ = writeln!(
+        out,
+        "amqp {}{}",
+        config.amqp.redacted_url(),
+        tls_summary(&config.amqp)
+    );
     let _ = writeln!(
         out,
         "database {} (schema applied at start: {})",

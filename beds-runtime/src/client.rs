@@ -14,7 +14,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
-use crate::config::{Config, EXCHANGE};
+use crate::config::{AmqpTlsConfig, Config, EXCHANGE};
 use crate::envelope::{Consistency, Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
@@ -27,6 +27,8 @@ use crate::transport::{ConnectError, topology};
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub url: String,
+    /// Used when `url` is `amqps://`.
+    pub tls: AmqpTlsConfig,
     pub queue_tag: String,
     pub timeout: Duration,
     /// Service name in the origin of every request.
@@ -40,6 +42,7 @@ impl ClientOptions {
     pub fn from_config(config: &Config, service: &str) -> ClientOptions {
         ClientOptions {
             url: config.amqp.url.clone(),
+            tls: config.amqp.tls.clone(),
             queue_tag: config.amqp.queue_tag.clone(),
             timeout: config.client.timeout.duration(),
             service: service.to_string(),
@@ -166,7 +169,12 @@ impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let reply_queue = names::reply_queue(&Uuid::now_v7().simple().to_string());
         let pending: Pending = Arc::default();
-        let link = Link::open(&options.url, &format!("beds client {}", options.service)).await?;
+        let link = Link::open(
+            &options.url,
+            &options.tls,
+            &format!("beds client {}", options.service),
+        )
+        .await?;
         let session = Session::open(link.get().await, &reply_queue, &pending).await?;
         Ok(Client {
             link,

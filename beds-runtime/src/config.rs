@@ -128,6 +128,159 @@ pub struct AmqpConfig {
     /// Quorum queues only: deliveries after which RabbitMQ dead-letters a message that was
     /// never acked (e.g. one that crashes or hangs the node every time).
     pub delivery_limit: u32,
+    /// A file holding the whole URL, password included; replaces `url`. Keeps the secret
+    /// out of config files and the process environment.
+    pub url_file: Option<PathBuf>,
+    /// A file holding the login's password; replaces the password of `url`.
+    pub password_file: Option<PathBuf>,
+    pub tls: AmqpTlsConfig,
+}
+
+/// TLS to RabbitMQ: an `amqps://` URL connects with TLS, verifying the broker's certificate
+/// against `ca_file` only (no system roots).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpTlsConfig {
+    pub mode: AmqpTlsMode,
+    /// PEM file of the CA(s) that signed the broker's certificate; required by `amqps://`.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) presented to the broker; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Whether a plaintext `amqp://` URL is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmqpTlsMode {
+    /// The URL's scheme decides: `amqps://` uses TLS, `amqp://` does not.
+    #[default]
+    Optional,
+    /// Only `amqps://` is accepted; an `amqp://` URL is refused at start-up.
+    Required,
+}
+
+/// The PEM material of an [`AmqpTlsConfig`], read and checked.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificates, PEM.
+    pub ca: String,
+    /// The client certificate chain and key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A secret or TLS file that cannot be used; names the key to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: cannot read {path}: {reason}; fix the path or the file's permissions")]
+    Unreadable {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{key}: {path} holds no usable PEM {what}; give a PEM file (-----BEGIN {what}-----)")]
+    NotPem {
+        key: &'static str,
+        path: PathBuf,
+        what: PemKind,
+    },
+    #[error("{key}: {path} is empty; write the secret into it")]
+    Empty { key: &'static str, path: PathBuf },
+    #[error("{set} is set without {missing}; set both or neither")]
+    Pair {
+        set: &'static str,
+        missing: &'static str,
+    },
+}
+
+impl AmqpTlsConfig {
+    /// Reads the CA and the optional client identity, checking each is PEM of the right kind.
+    pub fn load(&self) -> Result<TlsFiles, SecretError> {
+        let ca_path = self.ca_file.as_ref().ok_or(SecretError::Pair {
+            set: "an amqps:// amqp.url",
+            missing: "amqp.tls.ca_file (the PEM CA that signed the broker's certificate)",
+        })?;
+        let ca = read_pem("amqp.tls.ca_file", ca_path, PemKind::Certificate)?;
+        let identity = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SecretError::Pair {
+                    set: "amqp.tls.cert_file",
+                    missing: "amqp.tls.key_file",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(SecretError::Pair {
+                    set: "amqp.tls.key_file",
+                    missing: "amqp.tls.cert_file",
+                });
+            }
+            (Some(cert), Some(key)) => Some((
+                read_pem("amqp.tls.cert_file", cert, PemKind::Certificate)?.into_bytes(),
+                read_pem("amqp.tls.key_file", key, PemKind::PrivateKey)?.into_bytes(),
+            )),
+        };
+        Ok(TlsFiles { ca, identity })
+    }
+}
+
+/// What a PEM file must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+impl std::fmt::Display for PemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PemKind::Certificate => "CERTIFICATE",
+            PemKind::PrivateKey => "PRIVATE KEY",
+        })
+    }
+}
+
+/// Reads a PEM file and decodes it: at least one certificate, or one private key.
+fn read_pem(key: &'static str, path: &Path, what: PemKind) -> Result<String, SecretError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let text = std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
+        key,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let usable = match what {
+        PemKind::Certificate => CertificateDer::pem_slice_iter(text.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certs| !certs.is_empty()),
+        PemKind::PrivateKey => PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok(),
+    };
+    if !usable {
+        return Err(SecretError::NotPem {
+            key,
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    Ok(text)
+}
+
+/// Reads a one-line secret (trailing newline dropped).
+fn read_secret(key: &'static str, path: &Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
+        key,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() {
+        return Err(SecretError::Empty {
+            key,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(secret)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +297,9 @@ impl Default for AmqpConfig {
             queue_tag: String::new(),
             queue_type: QueueType::Classic,
             delivery_limit: 5,
+            url_file: None,
+            password_file: None,
+            tls: AmqpTlsConfig::default(),
         }
     }
 }
@@ -232,6 +388,61 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSync,
     /// Create missing tables and indexes at start-up.
     pub apply_schema: bool,
+    /// A file holding the whole URL, password included; replaces `url`.
+    pub url_file: Option<PathBuf>,
+    pub tls: DatabaseTlsConfig,
+}
+
+/// TLS to PostgreSQL and MariaDB, passed to the driver as URL parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseTlsConfig {
+    /// Unset: the driver's default (`prefer`: TLS when the server offers it, unverified).
+    pub mode: Option<DatabaseTlsMode>,
+    /// PEM file of the CA that signed the server's certificate (`verify_ca`, `verify_full`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// PostgreSQL's `sslmode` names; MariaDB gets their `ssl-mode` equivalents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseTlsMode {
+    /// Plaintext.
+    Disable,
+    /// TLS when the server offers it, certificate not verified.
+    Prefer,
+    /// TLS or no connection; certificate not verified.
+    Require,
+    /// TLS with the certificate verified against `ca_file`.
+    VerifyCa,
+    /// As `verify_ca`, and the host name must match the certificate.
+    VerifyFull,
+}
+
+impl DatabaseTlsMode {
+    fn verifies(self) -> bool {
+        matches!(
+            self,
+            DatabaseTlsMode::VerifyCa | DatabaseTlsMode::VerifyFull
+        )
+    }
+
+    /// The driver's name for the mode, as an `ssl-mode` URL parameter.
+    fn driver_name(self, driver: Driver) -> &'static str {
+        use DatabaseTlsMode::*;
+        match (driver, self) {
+            (Driver::Mariadb, Disable) => "DISABLED",
+            (Driver::Mariadb, Prefer) => "PREFERRED",
+            (Driver::Mariadb, Require) => "REQUIRED",
+            (Driver::Mariadb, VerifyCa) => "VERIFY_CA",
+            (Driver::Mariadb, VerifyFull) => "VERIFY_IDENTITY",
+            (_, Disable) => "disable",
+            (_, Prefer) => "prefer",
+            (_, Require) => "require",
+            (_, VerifyCa) => "verify-ca",
+            (_, VerifyFull) => "verify-full",
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -245,11 +456,30 @@ impl Default for DatabaseConfig {
             busy_timeout: Millis(5_000),
             sqlite_synchronous: SqliteSync::Full,
             apply_schema: true,
+            url_file: None,
+            tls: DatabaseTlsConfig::default(),
         }
     }
 }
 
 impl DatabaseConfig {
+    /// `url` with the `database.tls` settings added as the driver's URL parameters.
+    pub fn connect_url(&self) -> Option<String> {
+        let url = self.url.clone()?;
+        let mut params = Vec::new();
+        if let Some(mode) = self.tls.mode {
+            params.push(format!("ssl-mode={}", mode.driver_name(self.driver)));
+        }
+        if let Some(ca) = &self.tls.ca_file {
+            params.push(format!("ssl-ca={}", ca.display()));
+        }
+        if params.is_empty() {
+            return Some(url);
+        }
+        let joint = if url.contains('?') { '&' } else { '?' };
+        Some(format!("{url}{joint}{}", params.join("&")))
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         // `join` keeps an absolute `sqlite_file` as it is.
         self.data_dir.join(&self.sqlite_file)
@@ -576,7 +806,12 @@ impl Config {
             set_path(&mut tree, &keys, value);
             sources.push(var.clone());
         }
-        let config: Config = serde_yaml::from_value(tree).map_err(|e| ConfigError::Invalid {
+        let mut config: Config =
+            serde_yaml::from_value(tree).map_err(|e| ConfigError::Invalid {
+                sources: sources.join(", "),
+                message: e.to_string(),
+            })?;
+        config.read_secrets().map_err(|e| ConfigError::Invalid {
             sources: sources.join(", "),
             message: e.to_string(),
         })?;
@@ -585,6 +820,107 @@ impl Config {
             message,
         })?;
         Ok(config)
+    }
+
+    /// Replaces URLs and passwords by the contents of their `*_file` keys.
+    fn read_secrets(&mut self) -> Result<(), SecretError> {
+        if let Some(path) = &self.amqp.url_file {
+            self.amqp.url = read_secret("amqp.url_file", path)?;
+        }
+        if let Some(path) = &self.amqp.password_file {
+            let password = read_secret("amqp.password_file", path)?;
+            self.amqp.url = with_password(&self.amqp.url, &password).ok_or(SecretError::Pair {
+                set: "amqp.password_file",
+                missing: "a user name in amqp.url (amqp://user@host:5672/vhost)",
+            })?;
+        }
+        if let Some(path) = &self.database.url_file {
+            self.database.url = Some(read_secret("database.url_file", path)?);
+        }
+        Ok(())
+    }
+
+    /// TLS and login checks of `amqp`; the URL itself must already be amqp(s)://.
+    fn validate_amqp(&self) -> Result<(), String> {
+        let amqp = &self.amqp;
+        let uri: lapin::uri::AMQPUri = amqp.url.parse().map_err(|e| {
+            format!(
+                "amqp.url `{}` is not a valid AMQP URL ({e}); write amqp://user@host:5672/vhost",
+                amqp.redacted_url()
+            )
+        })?;
+        let tls = amqp.url.starts_with("amqps://");
+        if !tls && amqp.tls.mode == AmqpTlsMode::Required {
+            return Err(format!(
+                "amqp.tls.mode is required but amqp.url `{}` is plaintext; use an amqps:// URL \
+                 (port 5671) and set amqp.tls.ca_file",
+                amqp.redacted_url()
+            ));
+        }
+        if tls {
+            amqp.tls.load().map_err(|e| e.to_string())?;
+        } else if amqp.tls.ca_file.is_some()
+            || amqp.tls.cert_file.is_some()
+            || amqp.tls.key_file.is_some()
+        {
+            return Err(format!(
+                "amqp.tls files are set but amqp.url `{}` is plaintext, so they would not be \
+                 used; use an amqps:// URL or remove them",
+                amqp.redacted_url()
+            ));
+        }
+        // lapin logs in as guest when the URL names no user.
+        if uri.authority.userinfo.username == "guest" && !["dev", "test"].contains(&&*self.env) {
+            return Err(format!(
+                "amqp.url logs in as `guest` in env `{}`; guest is for dev and test only: \
+                 create a user for this node (scripts/rabbitmq-permissions.sh) and put its \
+                 URL in amqp.url_file",
+                self.env
+            ));
+        }
+        Ok(())
+    }
+
+    /// TLS checks of `database`.
+    fn validate_database_tls(&self) -> Result<(), String> {
+        let db = &self.database;
+        let tls = &db.tls;
+        if db.driver == Driver::Sqlite {
+            if tls.mode.is_some() || tls.ca_file.is_some() {
+                return Err(
+                    "database.tls is for postgres and mariadb; sqlite is a local file".into(),
+                );
+            }
+            return Ok(());
+        }
+        let url = db.url.as_deref().unwrap_or_default();
+        if (tls.mode.is_some() || tls.ca_file.is_some())
+            && ["sslmode", "ssl-mode", "sslrootcert", "ssl-ca", "sslca"]
+                .iter()
+                .any(|p| url.contains(&format!("{p}=")))
+        {
+            return Err(
+                "database.url sets TLS parameters and so does database.tls; keep \
+                        only database.tls"
+                    .into(),
+            );
+        }
+        match (tls.mode, &tls.ca_file) {
+            (Some(mode), None) if mode.verifies() => Err(format!(
+                "database.tls.mode {} needs database.tls.ca_file, the PEM CA that signed the \
+                 server's certificate",
+                serde_yaml::to_string(&mode).unwrap_or_default().trim()
+            )),
+            (Some(mode), Some(_)) if !mode.verifies() => Err(
+                "database.tls.ca_file is only used by database.tls.mode verify_ca or \
+                 verify_full; set one of them or remove the file"
+                    .into(),
+            ),
+            (_, Some(ca)) => read_pem("database.tls.ca_file", ca, PemKind::Certificate)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -597,9 +933,10 @@ impl Config {
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
             return Err(format!(
                 "amqp.url `{}` must start with amqp:// or amqps://",
-                self.amqp.url
+                self.amqp.redacted_url()
             ));
         }
+        self.validate_amqp()?;
         if !self
             .amqp
             .queue_tag
@@ -674,8 +1011,28 @@ impl Config {
             }
             _ => {}
         }
-        Ok(())
+        self.validate_database_tls()
     }
+}
+
+/// `url` with its password replaced (percent-encoded); `None` when it names no user.
+fn with_password(url: &str, password: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    if user.is_empty() {
+        return None;
+    }
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Some(format!("{scheme}://{user}:{encoded}@{host}"))
 }
 
 /// `amqp://name:secret@host/` -> `amqp://name:***@host/`.
@@ -683,7 +1040,8 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    // The last `@`: a password may hold one unencoded.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
             None => url.to_string(),
@@ -866,6 +1224,226 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("locking.default_ttl"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\nenv: test\n");
+        let url = write(dir.path(), "url", "amqp://node:s3cr3t@h:5672/%2f\n");
+        let pw = write(dir.path(), "pw", "p@ss/w:rd\n");
+        let db = write(dir.path(), "db", "postgres://beds:dbsecret@h/beds\n");
+        let path = |p: &PathBuf| p.display().to_string();
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_AMQP__URL_FILE", &path(&url)),
+                ("BEDS_DATABASE__DRIVER", "postgres"),
+                ("BEDS_DATABASE__URL_FILE", &path(&db)),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.amqp.url, "amqp://node:s3cr3t@h:5672/%2f");
+        assert_eq!(c.amqp.redacted_url(), "amqp://node:***@h:5672/%2f");
+        assert_eq!(
+            c.database.url.as_deref(),
+            Some("postgres://beds:dbsecret@h/beds")
+        );
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_AMQP__URL", "amqp://node@h:5672/%2f"),
+                ("BEDS_AMQP__PASSWORD_FILE", &path(&pw)),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.amqp.url, "amqp://node:p%40ss%2Fw%3Ard@h:5672/%2f");
+        assert!(
+            !c.amqp.redacted_url().contains("ss"),
+            "{}",
+            c.amqp.redacted_url()
+        );
+        let e = Config::load_with_env(&ok, env(&[("BEDS_AMQP__URL_FILE", "/nonexistent/url")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("amqp.url_file") && e.contains("/nonexistent/url"),
+            "{e}"
+        );
+        // A plaintext-URL error does not show the password either.
+        let e = Config::load_with_env(&ok, env(&[("BEDS_AMQP__URL", "http://u:hunter2@h/")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn guest_is_refused_outside_dev_and_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        for url in ["amqp://guest:guest@h:5672/%2f", "amqp://h:5672/%2f"] {
+            let e =
+                Config::load_with_env(&ok, env(&[("BEDS_ENV", "prod"), ("BEDS_AMQP__URL", url)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains("`guest`") && e.contains("env `prod`"), "{e}");
+        }
+        for name in ["dev", "test"] {
+            Config::load_with_env(&ok, env(&[("BEDS_ENV", name)])).unwrap();
+        }
+        Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_ENV", "prod"),
+                ("BEDS_AMQP__URL", "amqp://node:x@h/%2f"),
+            ]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn amqp_tls_setups_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ca = write(
+            dir.path(),
+            "ca.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        );
+        let junk = write(dir.path(), "junk.pem", "not pem\n");
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nM!!B\n-----END CERTIFICATE-----\n",
+        );
+        let path = |p: &PathBuf| p.display().to_string();
+        let amqps = ("BEDS_AMQP__URL", "amqps://guest:guest@h:5671/%2f");
+        let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+            (
+                vec![("BEDS_AMQP__TLS__MODE", "required".into())],
+                "amqp.tls.mode is required",
+            ),
+            (vec![(amqps.0, amqps.1.into())], "amqp.tls.ca_file"),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&junk)),
+                ],
+                "holds no usable PEM CERTIFICATE",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&broken)),
+                ],
+                "broken.pem holds no usable PEM CERTIFICATE",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&ca)),
+                    ("BEDS_AMQP__TLS__CERT_FILE", path(&ca)),
+                    ("BEDS_AMQP__TLS__KEY_FILE", path(&ca)),
+                ],
+                "amqp.tls.key_file: ",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", "/nonexistent/ca.pem".into()),
+                ],
+                "amqp.tls.ca_file: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                vec![
+                    (amqps.0, amqps.1.into()),
+                    ("BEDS_AMQP__TLS__CA_FILE", path(&ca)),
+                    ("BEDS_AMQP__TLS__CERT_FILE", path(&ca)),
+                ],
+                "amqp.tls.cert_file is set without amqp.tls.key_file",
+            ),
+            (
+                vec![("BEDS_AMQP__TLS__CA_FILE", path(&ca))],
+                "would not be used",
+            ),
+        ];
+        for (vars, says) in cases {
+            let vars: Vec<(String, String)> =
+                vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let e = Config::load_with_env(&ok, vars).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                amqps,
+                ("BEDS_AMQP__TLS__CA_FILE", &path(&ca)),
+                ("BEDS_AMQP__TLS__MODE", "required"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.amqp.tls.load().unwrap().ca.lines().count(), 3);
+    }
+
+    #[test]
+    fn database_tls_becomes_driver_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ca = write(
+            dir.path(),
+            "ca.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        );
+        let load = |driver: &str, url: &str, mode: &str, ca: Option<&Path>| {
+            let mut vars = vec![
+                ("BEDS_DATABASE__DRIVER".to_string(), driver.to_string()),
+                ("BEDS_DATABASE__URL".to_string(), url.to_string()),
+                ("BEDS_DATABASE__TLS__MODE".to_string(), mode.to_string()),
+            ];
+            if let Some(ca) = ca {
+                vars.push((
+                    "BEDS_DATABASE__TLS__CA_FILE".into(),
+                    ca.display().to_string(),
+                ));
+            }
+            Config::load_with_env(&ok, vars)
+        };
+        let c = load("postgres", "postgres://u@h/db", "require", None).unwrap();
+        assert_eq!(
+            c.database.connect_url().unwrap(),
+            "postgres://u@h/db?ssl-mode=require"
+        );
+        let c = load("mariadb", "mysql://u@h/db?x=1", "verify_full", Some(&ca)).unwrap();
+        assert_eq!(
+            c.database.connect_url().unwrap(),
+            format!(
+                "mysql://u@h/db?x=1&ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+                ca.display()
+            )
+        );
+        for (url, mode, ca, says) in [
+            (
+                "postgres://u@h/db",
+                "verify_ca",
+                None,
+                "needs database.tls.ca_file",
+            ),
+            (
+                "postgres://u@h/db",
+                "require",
+                Some(ca.as_path()),
+                "only used by",
+            ),
+            (
+                "postgres://u@h/db?sslmode=disable",
+                "require",
+                None,
+                "keep only database.tls",
+            ),
+        ] {
+            let e = load("postgres", url, mode, ca).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod support;
 mod cache;
 mod node;
 mod stream;
+mod tls;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -29,7 +29,17 @@ static NODES: AtomicUsize = AtomicUsize::new(0);
 pub struct Node {
     name: String,
     port: u16,
+    /// The TLS listener's port, if the node has one.
+    tls_port: Option<u16>,
     dir: Option<tempfile::TempDir>,
+}
+
+/// PEM files of a TLS listener that requires client certificates signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A port nobody listens on now.
@@ -53,10 +63,15 @@ fn output(cmd: &mut Command, what: &str) -> Output {
 impl Node {
     /// Boots a new node and waits until its broker application runs.
     pub async fn start() -> Node {
-        blocking(Node::boot).await
+        blocking(|| Node::boot(None)).await
     }
 
-    fn boot() -> Node {
+    /// A node with a TLS listener too, verifying client certificates against `tls.ca`.
+    pub async fn start_tls(tls: TlsListener) -> Node {
+        blocking(move || Node::boot(Some(tls))).await
+    }
+
+    fn boot(tls: Option<TlsListener>) -> Node {
         let n = NODES.fetch_add(1, Ordering::Relaxed);
         let name = format!("beds-fault-{}-{n}@localhost", std::process::id());
         let port = free_port();
@@ -74,11 +89,32 @@ impl Node {
         std::fs::create_dir(path.join("log")).unwrap();
         std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
         // Its own config file: /etc/rabbitmq/rabbitmq.conf pins 5672.
-        std::fs::write(
-            path.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        let mut conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        let tls_port = tls.map(|tls| {
+            let mut tls_port = free_port();
+            while [port, dist].contains(&tls_port) {
+                tls_port = free_port();
+            }
+            // Copied in: the node runs as `rabbitmq` and reads only its own directory.
+            for (file, from) in [
+                ("ca.pem", &tls.ca),
+                ("cert.pem", &tls.cert),
+                ("key.pem", &tls.key),
+            ] {
+                std::fs::copy(from, path.join(file)).unwrap();
+            }
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {dir}/ca.pem\n\
+                 ssl_options.certfile = {dir}/cert.pem\n\
+                 ssl_options.keyfile = {dir}/key.pem\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = true\n",
+                dir = path.display()
+            ));
+            tls_port
+        });
+        std::fs::write(path.join("rabbitmq.conf"), conf).unwrap();
         // The Debian wrapper runs the server as `rabbitmq`: it must own its directories.
         let chown = output(
             Command::new("chown")
@@ -95,6 +131,7 @@ impl Node {
         let node = Node {
             name,
             port,
+            tls_port,
             dir: Some(dir),
         };
         let started = output(
@@ -159,6 +196,12 @@ impl Node {
     /// The AMQP URL of the default vhost.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The AMQP-over-TLS URL of the default vhost (a node from [`Node::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a node started with a TLS listener");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
     }
 
     /// The last lines of the node's log, for failure messages.

@@ -301,7 +301,9 @@ async fn no_reply_exits_4_and_says_why() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.starts_with("error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f")
+        err.starts_with(
+            "error: cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f: connection refused"
+        )
             && !err.contains("secret"),
         "{err}"
     );

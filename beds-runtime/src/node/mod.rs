@@ -169,6 +169,7 @@ impl Server {
         let link = Arc::new(
             Link::open(
                 &config.amqp.url,
+                &config.amqp.tls,
                 &format!("beds {} {}", config.role.name(), config.node),
             )
             .await?,

@@ -159,11 +159,6 @@ pub enum CallError {
         tag: String,
         url: String,
     },
-    #[error(
-        "cannot reach RabbitMQ at {url} ({reason}); start it with `rabbitmq-server -detached` \
-         or point BEDS_AMQP__URL (or amqp.url) at a running broker"
-    )]
-    Unreachable { url: String, reason: String },
     #[error(transparent)]
     Client(ClientError),
 }
@@ -172,9 +167,7 @@ impl CallError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CallError::Remote(_) => EXIT_REMOTE,
-            CallError::NoReply { .. } | CallError::Unreachable { .. } | CallError::Client(_) => {
-                EXIT_NO_REPLY
-            }
+            CallError::NoReply { .. } | CallError::Client(_) => EXIT_NO_REPLY,
             _ => EXIT_USAGE,
         }
     }
@@ -189,7 +182,6 @@ pub async fn run(config: &Config, catalog: &Catalog, args: CallArgs) -> Result<(
         options.timeout = t.duration();
     }
     let timeout = options.timeout;
-    reachable(&config.amqp.url).await?;
     let client = Client::connect(options).await.map_err(CallError::Client)?;
     let sent = client.exchange(req).await;
     // The reply (or its absence) is what matters; a slow close is bounded by the client.
@@ -215,42 +207,6 @@ pub async fn run(config: &Config, catalog: &Catalog, args: CallArgs) -> Result<(
         println!("{}", pretty(&data));
     }
     Ok(())
-}
-
-/// How long the broker's address may take to accept a TCP connection.
-const PROBE: Duration = Duration::from_secs(3);
-
-/// A plain TCP connect to the broker first: the AMQP connect retries a refused connection
-/// until its 10 s bound, then blames the handshake; a command line should say at once that
-/// nothing listens there.
-async fn reachable(url: &str) -> Result<(), CallError> {
-    use std::net::{TcpStream, ToSocketAddrs};
-    // A URL that does not parse is left to the client, which names the problem.
-    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
-        return Ok(());
-    };
-    let (host, port) = (uri.authority.host, uri.authority.port);
-    let probe = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut last = format!("{host} resolves to no address");
-        for addr in (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())?
-        {
-            match TcpStream::connect_timeout(&addr, PROBE) {
-                Ok(_) => return Ok(()),
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        Err(last)
-    });
-    match probe.await {
-        Ok(Err(reason)) => Err(CallError::Unreachable {
-            url: crate::config::redact(url),
-            reason,
-        }),
-        // A probe that could not run proves nothing; the client's own connect decides.
-        Ok(Ok(())) | Err(_) => Ok(()),
-    }
 }
 
 fn pretty(value: &impl serde::Serialize) -> String {

@@ -202,7 +202,7 @@ async fn next(
 }
 
 async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {
-    let conn = connect(&amqp.url, "beds dlq").await?;
+    let conn = connect(&amqp.url, &amqp.tls, "beds dlq").await?;
     let channel = conn.create_channel().await?;
     Ok((conn, channel))
 }

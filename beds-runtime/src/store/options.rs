@@ -26,7 +26,7 @@ impl StoreOptions {
         StoreOptions {
             driver: c.driver,
             sqlite_file: c.sqlite_path(),
-            url: c.url.clone(),
+            url: c.connect_url(),
             max_connections: c.max_connections,
             busy_timeout: c.busy_timeout.duration(),
             sqlite_sync_full: c.sqlite_synchronous == SqliteSync::Full,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use lapin::Connection;
 use tokio::sync::Mutex;
 
+use crate::config::AmqpTlsConfig;
 use crate::transport::{ConnectError, connect};
 
 /// How long closing a connection may take at shutdown.
@@ -24,6 +25,7 @@ pub const STALLED: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Link {
     url: String,
+    tls: AmqpTlsConfig,
     name: String,
     current: Mutex<(Arc<Connection>, Watch)>,
 }
@@ -50,10 +52,11 @@ impl Watch {
 }
 
 impl Link {
-    pub async fn open(url: &str, name: &str) -> Result<Link, ConnectError> {
-        let conn = connect(url, name).await?;
+    pub async fn open(url: &str, tls: &AmqpTlsConfig, name: &str) -> Result<Link, ConnectError> {
+        let conn = connect(url, tls, name).await?;
         Ok(Link {
             url: url.to_string(),
+            tls: tls.clone(),
             name: name.to_string(),
             current: Mutex::new((Arc::new(conn), Watch::default())),
         })
@@ -65,7 +68,7 @@ impl Link {
         let mut current = self.current.lock().await;
         let (conn, watch) = &mut *current;
         if watch.dead(conn) {
-            match connect(&self.url, &self.name).await {
+            match connect(&self.url, &self.tls, &self.name).await {
                 Ok(fresh) => {
                     tracing::info!(name = %self.name, "reconnected to RabbitMQ");
                     let stale = std::mem::replace(conn, Arc::new(fresh));

@@ -164,7 +164,7 @@ pub enum RemoveError {
 /// Deletes the work, retry and dead-letter queues of `keys` (for tests and throwaway
 /// environments; a production tag is never removed by BEDS itself).
 pub async fn remove(amqp: &AmqpConfig, keys: &[&str]) -> Result<(), RemoveError> {
-    let conn = connect(&amqp.url, "beds topology cleanup").await?;
+    let conn = connect(&amqp.url, &amqp.tls, "beds topology cleanup").await?;
     let channel = conn.create_channel().await?;
     for key in keys {
         let queue = amqp.queue(key);
