@@ -80,6 +80,7 @@ pub struct Config {
     pub log: LogConfig,
     pub locking: LockingConfig,
     pub cache: CacheConfig,
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -101,6 +102,7 @@ impl Default for Config {
             log: LogConfig::default(),
             locking: LockingConfig::default(),
             cache: CacheConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -406,6 +408,63 @@ impl Default for ClientConfig {
     }
 }
 
+/// Who is calling and what they may do (wiki/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Refuse (`unauthenticated`) a request without the AMQP `user_id` property; absent:
+    /// on outside the `dev` and `test` environments ([`Config::require_user_id`]).
+    pub require_user_id: Option<bool>,
+    /// Calling services (AMQP user ids) that may assert `subject` and `roles` directly.
+    pub trusted_services: Vec<String>,
+    /// Roles a calling service holds itself when a request names no end user.
+    pub service_roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// The rule of every operation and query that declares none.
+    pub default_access: Vec<String>,
+    /// Keys and claims of the signed tokens in `auth`.
+    pub tokens: TokensConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            require_user_id: None,
+            trusted_services: Vec::new(),
+            service_roles: Default::default(),
+            default_access: vec!["public".into()],
+            tokens: TokensConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// When set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must include it.
+    pub audience: Option<String>,
+    /// Verification keys by key id; a token names its key in its `kid` header.
+    pub keys: Vec<TokenKeyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    pub kid: String,
+    pub alg: TokenAlg,
+    /// The secret (HS256: the shared secret's bytes) or public key (EdDSA: PEM) file.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenAlg {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -575,7 +634,22 @@ impl Config {
         Ok(config)
     }
 
+    /// `security.require_user_id`, or its default: on outside `dev` and `test`.
+    pub fn require_user_id(&self) -> bool {
+        self.security
+            .require_user_id
+            .unwrap_or(!matches!(self.env.as_str(), "dev" | "test"))
+    }
+
     fn validate(&self) -> Result<(), String> {
+        if let Some(bad) = self.security.default_access.iter().find(|p| *p == "owner") {
+            return Err(format!(
+                "security.default_access cannot name `{bad}`: not every template declares an owner field; use `public`, `authenticated` or roles"
+            ));
+        }
+        if self.security.default_access.is_empty() {
+            return Err("security.default_access needs at least one principal, e.g. `[public]` or `[authenticated]`".into());
+        }
         if self.version != CONFIG_VERSION {
             return Err(format!(
                 "config version {} is not supported; this build reads version {CONFIG_VERSION}",

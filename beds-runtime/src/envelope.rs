@@ -158,6 +158,15 @@ pub struct Request {
     /// Keyset cursor for query: the `next` value of the previous page, passed back as is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Vec<Json>>,
+    /// A signed token (JWT) naming the end user (`sub`) and their `roles`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The end user, asserted directly: only from a trusted service (`security.trusted_services`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The end user's roles, asserted directly: only from a trusted service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
 }
 
 /// A request as it arrives. The envelope's own fields are typed, so their problems are
@@ -192,6 +201,9 @@ const FIELDS: &[&str] = &[
     "query",
     "params",
     "cursor",
+    "auth",
+    "subject",
+    "roles",
 ];
 
 /// The first top-level field of `body` that v1 does not have.
@@ -246,6 +258,12 @@ struct Wire {
     params: Option<Strict>,
     #[serde(default)]
     cursor: Option<Json>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
 }
 
 impl Wire {
@@ -304,6 +322,9 @@ impl Wire {
             query: self.query,
             params,
             cursor,
+            auth: self.auth,
+            subject: self.subject,
+            roles: self.roles,
         })
     }
 }
@@ -515,6 +536,9 @@ impl Request {
             query: None,
             params: None,
             cursor: None,
+            auth: None,
+            subject: None,
+            roles: None,
         }
     }
 

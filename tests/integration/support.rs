@@ -287,6 +287,18 @@ impl TestEnv {
         .expect("open the node's SQLite file")
     }
 
+    /// The broker user the harness connects as: the `user_id` its hand-made requests carry.
+    pub fn login(&self) -> String {
+        self.config
+            .amqp
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .expect("an AMQP URL")
+            .authority
+            .userinfo
+            .username
+    }
+
     pub fn queue(&self, key: &str) -> String {
         self.config.amqp.queue(key)
     }
@@ -309,6 +321,7 @@ impl TestEnv {
         let (conn, channel, reply_queue, replies) = self.amqp_peer("reply").await;
         Raw {
             _conn: conn,
+            login: self.login(),
             channel,
             reply_queue,
             replies: tokio::sync::Mutex::new(replies),
@@ -447,6 +460,8 @@ impl Drop for TestEnv {
 /// A bare lapin connection for publishing hand-made messages.
 pub struct Raw {
     _conn: Connection,
+    /// The `user_id` requests carry, as a client sets it.
+    pub login: String,
     pub channel: Channel,
     pub reply_queue: String,
     replies: tokio::sync::Mutex<lapin::Consumer>,
@@ -458,6 +473,7 @@ impl Raw {
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_correlation_id("raw-1".into())
+            .with_user_id(self.login.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into());
         self.publish(routing_key, body, props).await;
         let mut consumer = self.replies.lock().await;

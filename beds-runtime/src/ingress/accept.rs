@@ -1,6 +1,7 @@
 //! Step 1: the AMQP properties. A message without `reply_to` (or with an empty one), or
 //! whose body is not UTF-8 JSON, cannot be answered: it is dead-lettered, not replied to,
-//! before anything runs.
+//! before anything runs. The AMQP `user_id` (which RabbitMQ validates against the
+//! connection's login) is the calling service, handed to the authorize step.
 
 use lapin::message::Delivery;
 use lapin::types::ShortString;
@@ -15,7 +16,14 @@ pub(crate) struct ReplyTo {
     pub correlation: Option<ShortString>,
 }
 
-pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
+/// An answerable delivery: where the reply goes and who sent it.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub reply: ReplyTo,
+    pub user_id: Option<String>,
+}
+
+pub(crate) fn delivery(delivery: &Delivery) -> Result<Accepted, BedsError> {
     let props = &delivery.properties;
     // An empty name is the default exchange's own routing key: no queue would take the
     // reply, so it is as unanswerable as a missing one.
@@ -34,9 +42,16 @@ pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
             "undecodable body: not UTF-8",
         ));
     }
-    Ok(ReplyTo {
-        queue,
-        correlation: props.correlation_id().clone(),
+    Ok(Accepted {
+        reply: ReplyTo {
+            queue,
+            correlation: props.correlation_id().clone(),
+        },
+        user_id: props
+            .user_id()
+            .as_ref()
+            .map(|u| u.to_string())
+            .filter(|u| !u.is_empty()),
     })
 }
 

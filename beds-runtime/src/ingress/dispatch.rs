@@ -12,6 +12,7 @@ use crate::envelope::{Origin, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::events::Lineage;
 use crate::meta::{QueryMeta, TemplateMeta};
+use crate::security::OwnerCheck;
 use crate::store::Store;
 use crate::value::RecordKey;
 
@@ -46,6 +47,8 @@ pub struct Call<'a> {
     meta: &'static TemplateMeta,
     command: Command,
     idempotency: Option<String>,
+    /// An `owner` rule the store applies to the record in the write's transaction.
+    owner: Option<OwnerCheck>,
 }
 
 impl<'a> Call<'a> {
@@ -54,12 +57,14 @@ impl<'a> Call<'a> {
         meta: &'static TemplateMeta,
         command: Command,
         idempotency: Option<String>,
+        owner: Option<OwnerCheck>,
     ) -> Self {
         Call {
             request,
             meta,
             command,
             idempotency,
+            owner,
         }
     }
 
@@ -87,7 +92,9 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
                 .idempotency
                 .ok_or_else(|| mismatch("a write without its idempotency key"))?;
             let lineage = ctx.lineage(call.request);
-            ctx.store.write(t, &key, op, lineage.as_ref()).await
+            ctx.store
+                .write(t, &key, op, lineage.as_ref(), call.owner.as_ref())
+                .await
         }
         Command::Fetch(key) => ctx
             .store

@@ -47,6 +47,8 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
     InvalidationsNotSubscribed,
 }
@@ -201,6 +203,7 @@ impl Server {
                 node: config.node.clone(),
                 env: config.env.clone(),
             },
+            security: Arc::new(crate::security::Security::from_config(config)?),
         });
         let stop = CancellationToken::new();
         // Workers start once the node hears other nodes' invalidations, so nothing it

@@ -678,6 +678,7 @@ mod tests {
             retention: None,
         },
         access: &[],
+        owner: None,
         tokens: &[],
         counts: &[],
         checks: &[],

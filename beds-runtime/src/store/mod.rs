@@ -36,6 +36,7 @@ use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::events::{Lineage, WriteOp as EventOp};
+use crate::security::OwnerCheck;
 use crate::meta::{
     DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta,
 };
@@ -225,6 +226,7 @@ impl Store {
         idempotency_key: &str,
         op: WriteOp,
         lineage: Option<&Lineage>,
+        owner: Option<&OwnerCheck>,
     ) -> Result<Json, BedsError> {
         let target = &self.sql(t).targets[op.slot()];
         let mut tx = self
@@ -256,13 +258,17 @@ impl Store {
                 lock_token,
                 tokens,
             } => {
-                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                // Read and locked first, so no other write lands between it and the update.
-                let before = if events {
+                // Read and locked first, so no other write lands between it and the update,
+                // and the owner checked is the owner written over.
+                let before = if events || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
                 };
+                if let Some(owner) = owner {
+                    owner.record(t, "update", before.as_ref())?;
+                }
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
                 let reply = self
                     .update(&mut tx, t, &key, fields, expect_version)
                     .await?;
@@ -280,13 +286,18 @@ impl Store {
                 expect_version,
                 lock_token,
             } => {
-                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                // What the database deletes or nulls by itself, read before it does.
-                let root = if events {
+                // What the database deletes or nulls by itself, read before it does; and
+                // the owner, in the same transaction as the delete.
+                let root = if events || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
                 };
+                if let Some(owner) = owner {
+                    owner.record(t, "delete", root.as_ref())?;
+                }
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
+                let root = root.filter(|_| events);
                 let cascaded = match root {
                     Some(root) => self.cascade(&mut tx, t, &root).await?,
                     None => Vec::new(),
@@ -303,9 +314,19 @@ impl Store {
                 reply
             }
             WriteOp::Lock { key, ttl_ms, token } => {
+                if let Some(owner) = owner {
+                    let record = self.locked(&mut tx, t, &key).await?;
+                    owner.record(t, "lock", record.as_ref())?;
+                }
                 self.lock(&mut tx, t, &key, ttl_ms, token).await?
             }
-            WriteOp::Unlock { key, token } => self.unlock(&mut tx, t, &key, &token).await?,
+            WriteOp::Unlock { key, token } => {
+                if let Some(owner) = owner {
+                    let record = self.locked(&mut tx, t, &key).await?;
+                    owner.record(t, "unlock", record.as_ref())?;
+                }
+                self.unlock(&mut tx, t, &key, &token).await?
+            }
         };
         if let Some(lineage) = lineage {
             self.record_events(&mut tx, lineage, changes).await?;

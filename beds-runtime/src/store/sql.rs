@@ -913,6 +913,7 @@ mod tests {
                 retention: None,
             },
             access: &[],
+            owner: None,
             tokens: &[],
             counts,
             checks: &[],
@@ -998,6 +999,7 @@ mod tests {
             group,
             cache_ttl_ms: None,
             reads: &[],
+            access: &[],
         }
     }
 
