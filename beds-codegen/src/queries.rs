@@ -14,8 +14,7 @@ use crate::read::{
 use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &[
-    "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache",
-    "access",
+    "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache", "access",
 ];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.

@@ -386,7 +386,7 @@ fn template(
     if let Some(n) = get(entries, "owner") {
         t.owner = owner(cx, &format!("{path}.owner"), n, &t);
     }
-    owner_rules(cx, path, body, &t);
+    owner_rules(cx, path, body, &t, get(entries, "owner").is_some());
     if let Some(n) = get(entries, "tokens") {
         t.tokens = crate::derived::tokens(cx, &format!("{path}.tokens"), n, &t);
     }
@@ -583,7 +583,11 @@ fn owner(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Option<String> 
             cx.error_hint(
                 node.pos,
                 path,
-                format!("`{}` has no field `{name}`; {}", t.name, suggest(name, &names)),
+                format!(
+                    "`{}` has no field `{name}`; {}",
+                    t.name,
+                    suggest(name, &names)
+                ),
                 "name the field whose value is the owning subject (e.g. `owner: author`)",
             );
             None
@@ -591,8 +595,9 @@ fn owner(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Option<String> 
     }
 }
 
-/// `owner` in a rule needs the owner field; a list has no one record to own.
-fn owner_rules(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
+/// `owner` in a rule needs the owner field (a declared but bad one is reported already); a
+/// list has no one record to own.
+fn owner_rules(cx: &mut Ctx, path: &str, body: &Node, t: &Template, declared: bool) {
     for (op, who) in &t.access {
         if !who.iter().any(|w| w == "owner") {
             continue;
@@ -604,7 +609,7 @@ fn owner_rules(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
                 "`owner` cannot apply to `list`: a page has no single owner",
                 "use `authenticated` or a role, and a named query filtered by owner",
             );
-        } else if t.owner.is_none() {
+        } else if !declared {
             cx.error_hint(
                 body.pos,
                 &format!("{path}.access.{op}"),

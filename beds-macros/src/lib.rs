@@ -286,7 +286,9 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
     {
         errors.push(syn::Error::new(
             Span::call_site(),
-            format!("`owner = \"{owner}\"` names no field; name the field holding the owning subject"),
+            format!(
+                "`owner = \"{owner}\"` names no field; name the field holding the owning subject"
+            ),
         ));
     }
     for unknown in lower::unknown_fields(&lowered) {

@@ -50,11 +50,17 @@ pub enum SecurityError {
 pub enum TokenError {
     #[error("the `auth` token has expired; get a new one")]
     Expired,
-    #[error("the `auth` token's signature does not verify; it was altered or signed with another key")]
+    #[error(
+        "the `auth` token's signature does not verify; it was altered or signed with another key"
+    )]
     BadSignature,
-    #[error("the `auth` token names the unknown key id `{0}`; sign with a key listed in security.tokens.keys")]
+    #[error(
+        "the `auth` token names the unknown key id `{0}`; sign with a key listed in security.tokens.keys"
+    )]
     UnknownKid(String),
-    #[error("the `auth` token has no `kid` header; sign it with a key id listed in security.tokens.keys")]
+    #[error(
+        "the `auth` token has no `kid` header; sign it with a key id listed in security.tokens.keys"
+    )]
     NoKid,
     #[error("the `auth` token's issuer is not the one this node accepts")]
     WrongIssuer,
@@ -167,8 +173,7 @@ impl Security {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(token_error)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(token_error)?;
         Ok((data.claims.sub, data.claims.roles))
     }
 }
@@ -196,7 +201,12 @@ pub struct OwnerCheck {
 impl OwnerCheck {
     /// Checks a stored record (`None`: there is none). A missing record is refused like
     /// another's, so a caller learns nothing about records they may not touch.
-    pub fn record(&self, t: &TemplateMeta, op: &str, record: Option<&Json>) -> Result<(), BedsError> {
+    pub fn record(
+        &self,
+        t: &TemplateMeta,
+        op: &str,
+        record: Option<&Json>,
+    ) -> Result<(), BedsError> {
         match record.and_then(|r| r.get(self.field)) {
             Some(v) if same_subject(v, &self.subject) => Ok(()),
             _ => Err(forbidden_owner(t, op, self.field)),

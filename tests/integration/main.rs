@@ -15,6 +15,7 @@ mod poison;
 mod queries;
 mod reliability;
 mod round_trip;
+mod security;
 mod spawn;
 mod spew;
 mod support;

@@ -470,10 +470,21 @@ pub struct Raw {
 impl Raw {
     /// Publishes `body` to `beds.events` with `routing_key` and returns the reply body.
     pub async fn request(&self, routing_key: &str, body: &[u8]) -> Json {
-        let props = BasicProperties::default()
+        let props = BasicProperties::default().with_user_id(self.login.as_str().into());
+        self.request_with(routing_key, body, props).await
+    }
+
+    /// Like [`Raw::request`], with `props` (to which JSON, the correlation id and the reply
+    /// queue are added) instead of a client's.
+    pub async fn request_with(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Json {
+        let props = props
             .with_content_type("application/json".into())
             .with_correlation_id("raw-1".into())
-            .with_user_id(self.login.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into());
         self.publish(routing_key, body, props).await;
         let mut consumer = self.replies.lock().await;

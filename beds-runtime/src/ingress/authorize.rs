@@ -91,7 +91,11 @@ fn rule<'a>(security: &'a Security, target: &Target) -> Vec<&'a str> {
     };
     match declared {
         Some(who) => who.to_vec(),
-        None => security.default_access().iter().map(String::as_str).collect(),
+        None => security
+            .default_access()
+            .iter()
+            .map(String::as_str)
+            .collect(),
     }
 }
 
@@ -120,10 +124,12 @@ pub(crate) fn check(
         }
     }
     let owned = match (*target, owner, &principal.subject) {
-        (Target::Template { meta, .. }, true, Some(subject)) => meta.owner.map(|field| OwnerCheck {
-            field,
-            subject: subject.clone(),
-        }),
+        (Target::Template { meta, .. }, true, Some(subject)) => {
+            meta.owner.map(|field| OwnerCheck {
+                field,
+                subject: subject.clone(),
+            })
+        }
         _ => None,
     };
     let Some(check) = owned else {
@@ -152,7 +158,11 @@ pub(crate) fn check(
     }
 }
 
-fn creates_own(t: &TemplateMeta, check: &OwnerCheck, value: Option<&Json>) -> Result<(), BedsError> {
+fn creates_own(
+    t: &TemplateMeta,
+    check: &OwnerCheck,
+    value: Option<&Json>,
+) -> Result<(), BedsError> {
     match value {
         Some(v) if same_subject(v, &check.subject) => Ok(()),
         _ => Err(BedsError::new(

@@ -76,8 +76,8 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
     };
     // Each delivery already runs in its own task; catching the unwind here keeps a panicking
     // handler from taking its worker down, without a second task or a copy of the body.
-    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id))
-        .catch_unwind();
+    let work =
+        std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id)).catch_unwind();
     match work.await {
         Ok(reply) => Outcome::Reply { to, reply },
         Err(panic) => {

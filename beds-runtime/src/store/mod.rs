@@ -36,10 +36,10 @@ use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 use crate::config::Driver;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::events::{Lineage, WriteOp as EventOp};
-use crate::security::OwnerCheck;
 use crate::meta::{
     DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta,
 };
+use crate::security::OwnerCheck;
 use crate::value::{RecordKey, Value, format_timestamp};
 
 /// The dialect of a configured driver. Dialects hold no state, so one static instance of
