@@ -461,3 +461,43 @@ async fn idempotency_keys_are_scoped_to_the_caller() {
     }
     server.stop().await;
 }
+
+/// `beds check` prints the effective rule of every operation and query.
+#[test]
+fn check_prints_the_effective_rules() {
+    let out = Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["--config"])
+        .arg(crate::support::repo_config_path())
+        .arg("check")
+        .output()
+        .expect("run beds check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "security: user_id required: no; trusted services: none; default access: public"
+        ),
+        "{text}"
+    );
+    let spew = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("spew "))
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(
+        spew.trim(),
+        "access create: owner, admin | fetch: public (default) | update: owner, admin | \
+         delete: owner, admin | list: public (default)  (owner field `author`)",
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.contains("query home_timeline") && l.ends_with("access authenticated, admin")
+        ),
+        "{text}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::error::{BedsError, ErrorCode};
 use crate::events::Lineage;
 use crate::meta::{QueryMeta, TemplateMeta};
 use crate::security::OwnerCheck;
-use crate::store::Store;
+use crate::store::{IdempotencyKey, Store};
 use crate::value::RecordKey;
 
 /// What handlers run against: the node's database, and this node as the origin of the
@@ -46,7 +46,7 @@ pub struct Call<'a> {
     request: &'a Request,
     meta: &'static TemplateMeta,
     command: Command,
-    idempotency: Option<String>,
+    idempotency: Option<IdempotencyKey>,
     /// An `owner` rule the store applies to the record in the write's transaction.
     owner: Option<OwnerCheck>,
 }
@@ -56,7 +56,7 @@ impl<'a> Call<'a> {
         request: &'a Request,
         meta: &'static TemplateMeta,
         command: Command,
-        idempotency: Option<String>,
+        idempotency: Option<IdempotencyKey>,
         owner: Option<OwnerCheck>,
     ) -> Self {
         Call {

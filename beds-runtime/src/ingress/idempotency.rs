@@ -10,11 +10,12 @@
 use super::command::Command;
 use crate::envelope::Request;
 use crate::security::Principal;
+use crate::store::IdempotencyKey;
 
 /// The namespace of stored idempotency keys (a UUIDv5 namespace of its own).
 const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1e_4c0a_9d3f_5e27_8a41_2f90_c3d7_b5e8);
 
-pub(crate) fn key(command: &Command, req: &Request, caller: &Principal) -> Option<String> {
+pub(crate) fn key(command: &Command, req: &Request, caller: &Principal) -> Option<IdempotencyKey> {
     match command {
         Command::Write(_) => {
             let key = req
@@ -22,7 +23,10 @@ pub(crate) fn key(command: &Command, req: &Request, caller: &Principal) -> Optio
                 .clone()
                 .unwrap_or_else(|| req.id.to_string());
             let scoped = serde_json::json!([caller.service, caller.subject, key]).to_string();
-            Some(uuid::Uuid::new_v5(&NAMESPACE, scoped.as_bytes()).to_string())
+            Some(IdempotencyKey {
+                stored: uuid::Uuid::new_v5(&NAMESPACE, scoped.as_bytes()).to_string(),
+                given: key,
+            })
         }
         _ => None,
     }

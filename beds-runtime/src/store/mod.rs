@@ -223,7 +223,7 @@ impl Store {
     pub async fn write(
         &self,
         t: &'static TemplateMeta,
-        idempotency_key: &str,
+        idempotency_key: &IdempotencyKey,
         op: WriteOp,
         lineage: Option<&Lineage>,
         owner: Option<&OwnerCheck>,
@@ -333,7 +333,7 @@ impl Store {
         }
         sqlx::query(self.idempotency.store_reply.clone())
             .bind(reply.to_string())
-            .bind(idempotency_key)
+            .bind(&idempotency_key.stored)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.db_error(t, e, Write::None))?;
@@ -349,7 +349,7 @@ impl Store {
         &self,
         conn: &mut AnyConnection,
         t: &TemplateMeta,
-        key: &str,
+        key: &IdempotencyKey,
         target: &str,
     ) -> Result<Claim, BedsError> {
         let now = format_timestamp(&crate::value::now());
@@ -360,7 +360,7 @@ impl Store {
                 pool: &self.pool,
                 claim: &self.idempotency.claim,
                 lookup: &self.idempotency.lookup,
-                key,
+                key: &key.stored,
                 target,
                 now: &now,
             })
@@ -368,7 +368,7 @@ impl Store {
             .map_err(|e| self.db_error(t, e, Write::None))?;
         match claimed {
             Claimed::Held => Ok(Claim::Held),
-            Claimed::Taken(seen) => replayed(stored_reply(key, target, seen)?),
+            Claimed::Taken(seen) => replayed(stored_reply(&key.given, target, seen)?),
         }
     }
 
@@ -937,6 +937,14 @@ fn internal(t: &TemplateMeta, e: &sqlx::Error) -> BedsError {
         ErrorCode::Internal,
         format!("storing `{}` failed unexpectedly", t.name),
     )
+}
+
+/// A write's idempotency key: as the caller gave it (or the message id), for messages, and
+/// as stored, scoped to the caller (see `ingress/idempotency.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyKey {
+    pub given: String,
+    pub stored: String,
 }
 
 /// A key another delivery claimed: its reply, or (if that delivery rolled back after all,
