@@ -642,6 +642,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let login = self
+            .amqp
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|u| u.authority.userinfo.username);
+        if !matches!(self.env.as_str(), "dev" | "test") && login.as_deref() == Ok("guest") {
+            return Err(format!(
+                "amqp.url logs in as `guest` in env `{}`: guest is for dev and test only; give this node a broker user of its own",
+                self.env
+            ));
+        }
         if let Some(bad) = self.security.default_access.iter().find(|p| *p == "owner") {
             return Err(format!(
                 "security.default_access cannot name `{bad}`: not every template declares an owner field; use `public`, `authenticated` or roles"
@@ -856,6 +867,32 @@ mod tests {
             }
         );
         assert_eq!(c.role, Role::Admin);
+    }
+
+    #[test]
+    fn security_defaults_follow_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let dev = Config::load_with_env(&base, env(&[])).unwrap();
+        assert!(!dev.require_user_id());
+        assert_eq!(dev.security.default_access, vec!["public".to_string()]);
+        let prod = Config::load_with_env(
+            &base,
+            env(&[
+                ("BEDS_ENV", "prod"),
+                ("BEDS_AMQP__URL", "amqp://web:pw@127.0.0.1:5672/%2f"),
+            ]),
+        )
+        .unwrap();
+        assert!(prod.require_user_id(), "on outside dev and test");
+        let e = Config::load_with_env(&base, env(&[("BEDS_ENV", "prod")])).unwrap_err();
+        assert!(
+            e.to_string().contains("guest is for dev and test only"),
+            "{e}"
+        );
+        let e = Config::load_with_env(&base, env(&[("BEDS_SECURITY__DEFAULT_ACCESS", "[owner]")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot name `owner`"), "{e}");
     }
 
     #[test]

@@ -277,6 +277,33 @@ async fn callers_are_identified_and_access_rules_are_enforced() {
         .await;
     r.expect("bob edits his own profile");
 
+    // `beds call --auth-file`: the token from a file, the user id from the URL.
+    let token_file = keydir.path().join("bob.token");
+    std::fs::write(&token_file, format!("{bob_token}\n")).unwrap();
+    let id = spew_id.as_str().unwrap().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_beds"));
+    cmd.args([
+        "call",
+        "spew.spew.update",
+        &id,
+        "--data",
+        r#"{"body":"from the CLI"}"#,
+    ])
+    .arg("--auth-file")
+    .arg(&token_file)
+    .arg("--config")
+    .arg(crate::support::repo_config_path())
+    .env("BEDS_ENV", "test")
+    .env("BEDS_AMQP__URL", broker.url(&app, "secret"))
+    .env("BEDS_AMQP__QUEUE_TAG", &env.config.amqp.queue_tag);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run beds call"))
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+    assert_eq!(body_now(&admin, &spew_id).await.unwrap(), "ada's first");
+
     // The owner can (EdDSA token, same app user); so can an admin (role in the token).
     let ada_token = token(
         &ed,

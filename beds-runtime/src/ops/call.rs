@@ -74,6 +74,10 @@ pub struct CallArgs {
     /// Print the whole reply envelope (ids, status, data or error), not only its `data`.
     #[arg(long)]
     raw: bool,
+    /// A file holding the end user's signed token, sent as `auth` (a file, so the token
+    /// stays out of the command line and shell history).
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<std::path::PathBuf>,
 }
 
 /// Why a call failed; [`CallError::exit_code`] tells a usage error, an error reply and a
@@ -164,6 +168,11 @@ pub enum CallError {
          or point BEDS_AMQP__URL (or amqp.url) at a running broker"
     )]
     Unreachable { url: String, reason: String },
+    #[error("cannot read the token file `{}` (--auth-file): {source}", path.display())]
+    AuthFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Client(ClientError),
 }
@@ -187,6 +196,13 @@ pub async fn run(config: &Config, catalog: &Catalog, args: CallArgs) -> Result<(
     let mut options = ClientOptions::from_config(config, "beds-call");
     if let Some(t) = args.timeout {
         options.timeout = t.duration();
+    }
+    if let Some(path) = &args.auth_file {
+        let token = std::fs::read_to_string(path).map_err(|source| CallError::AuthFile {
+            path: path.clone(),
+            source,
+        })?;
+        options = options.with_auth(token.trim());
     }
     let timeout = options.timeout;
     reachable(&config.amqp.url).await?;
@@ -703,6 +719,7 @@ mod tests {
             min_version: None,
             timeout: None,
             raw: false,
+            auth_file: None,
         }
     }
 
