@@ -528,3 +528,101 @@ fn check_prints_the_effective_rules() {
         "{text}"
     );
 }
+
+/// A hand-written record: the derive's `owner` and `access(...)` have the same effect as
+/// the YAML keys.
+mod derived {
+    use beds_runtime::support as rt;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(transparent)]
+    pub struct MemoId(pub uuid::Uuid);
+
+    impl rt::Key for MemoId {}
+
+    #[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+    #[beds(domain = "sectest", template = "memo", create = MemoInput, patch = MemoPatch,
+           owner = "writer", access(update = "owner", delete = "owner, admin"))]
+    pub struct Memo {
+        pub id: MemoId,
+        pub version: i64,
+        #[beds(string, max = 40)]
+        pub writer: String,
+        #[beds(string, max = 40)]
+        pub text: String,
+    }
+
+    #[derive(Debug, Serialize)]
+    pub struct MemoInput {
+        pub writer: String,
+        pub text: String,
+    }
+
+    #[derive(Debug, Default, Serialize)]
+    pub struct MemoPatch {
+        pub text: String,
+    }
+
+    static MEMO: rt::Routes = rt::Routes::of::<Memo>();
+    static DOMAIN: rt::DomainMeta = rt::DomainMeta {
+        name: "sectest",
+        version: 1,
+        templates: &[<Memo as rt::Record>::META],
+        queries: &[],
+    };
+    pub static CATALOG: rt::Catalog = rt::Catalog {
+        domains: &[&DOMAIN],
+        route: |domain, template| match (domain, template) {
+            ("sectest", "memo") => Ok(&MEMO),
+            ("sectest", _) => Err(rt::RouteError::UnknownTemplate),
+            _ => Err(rt::RouteError::UnknownDomain),
+        },
+    };
+}
+
+#[tokio::test]
+async fn derived_access_rules_are_enforced() {
+    use derived::{CATALOG, Memo, MemoInput, MemoPatch};
+    let mut env = TestEnv::new("security_derive");
+    env.config.security.trusted_services = vec![env.login()];
+    let server = beds_runtime::Server::start(&env.config, &CATALOG)
+        .await
+        .expect("start");
+    let options = || ClientOptions::from_config(&env.config, "tests");
+    let (ann, ben) = (
+        Client::connect(options().as_subject(Some("ann"), &[]))
+            .await
+            .unwrap(),
+        Client::connect(options().as_subject(Some("ben"), &[]))
+            .await
+            .unwrap(),
+    );
+    let memo = ann
+        .template::<Memo>()
+        .create(&MemoInput {
+            writer: "ann".into(),
+            text: "ann's".into(),
+        })
+        .await
+        .expect("create is public (no rule)");
+    let patch = MemoPatch {
+        text: "changed".into(),
+    };
+    let e = ben
+        .template::<Memo>()
+        .update(memo.id, &patch)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let mine = ann
+        .template::<Memo>()
+        .update(memo.id, &patch)
+        .await
+        .unwrap();
+    assert_eq!(mine.text, "changed");
+    for c in [ann, ben] {
+        c.close().await.ok();
+    }
+    server.stop().await;
+}
