@@ -276,6 +276,8 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::UniqueViolation,
             ErrorCode::WrongQueue,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
             ErrorCode::Internal,
         ] {
             assert_eq!(
