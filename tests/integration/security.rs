@@ -543,7 +543,7 @@ mod derived {
 
     #[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
     #[beds(domain = "sectest", template = "memo", create = MemoInput, patch = MemoPatch,
-           owner = "writer", access(update = "owner", delete = "owner, admin"))]
+           owner = "writer", access(fetch = "owner", update = "owner", delete = "owner, admin"))]
     pub struct Memo {
         pub id: MemoId,
         pub version: i64,
@@ -621,6 +621,19 @@ async fn derived_access_rules_are_enforced() {
         .await
         .unwrap();
     assert_eq!(mine.text, "changed");
+    // Fetch under `owner`: another's record and a missing one are refused alike.
+    let e = ben.template::<Memo>().fetch(memo.id).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let missing = derived::MemoId(uuid::Uuid::now_v7());
+    let e = ben.template::<Memo>().fetch(missing).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let e = ben.template::<Memo>().delete(memo.id).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let own = ann.template::<Memo>().fetch(memo.id).await.unwrap();
+    assert_eq!(
+        own.text, "changed",
+        "still there, unchanged by the refused delete"
+    );
     for c in [ann, ben] {
         c.close().await.ok();
     }
