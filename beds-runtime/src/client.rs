@@ -24,7 +24,7 @@ use crate::transport::names;
 use crate::transport::{ConnectError, topology};
 
 /// Where a client sends and how long it waits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub url: String,
     pub queue_tag: String,
@@ -85,6 +85,22 @@ impl ClientOptions {
             roles: Some(roles.iter().map(|r| r.to_string()).collect()),
             ..self
         }
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    // The URL's password and the token are credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("url", &crate::config::redact(&self.url))
+            .field("queue_tag", &self.queue_tag)
+            .field("timeout", &self.timeout)
+            .field("service", &self.service)
+            .field("user_id", &self.user_id)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
     }
 }
 

@@ -93,7 +93,7 @@ pub enum Consistency {
 
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
 /// the wire by [`Request::decode`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct Request {
     pub v: u32,
     /// This message's id (UUIDv7).
@@ -167,6 +167,39 @@ pub struct Request {
     /// The end user's roles, asserted directly: only from a trusted service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Request {
+    // The token is a credential: shown only as present.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("v", &self.v)
+            .field("id", &self.id)
+            .field("correlation_id", &self.correlation_id)
+            .field("causation_id", &self.causation_id)
+            .field("depth", &self.depth)
+            .field("origin", &self.origin)
+            .field("domain", &self.domain)
+            .field("template", &self.template)
+            .field("op", &self.op)
+            .field("key", &self.key)
+            .field("deadline", &self.deadline)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("expect_version", &self.expect_version)
+            .field("lock_token", &self.lock_token)
+            .field("consistency", &self.consistency)
+            .field("min_version", &self.min_version)
+            .field("data", &self.data)
+            .field("limit", &self.limit)
+            .field("after", &self.after)
+            .field("query", &self.query)
+            .field("params", &self.params)
+            .field("cursor", &self.cursor)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request as it arrives. The envelope's own fields are typed, so their problems are
@@ -668,6 +701,17 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let mut r = Request::new("d", "t", Op::Fetch);
+        r.auth = Some("eyJsecret.token.sig".into());
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("eyJsecret"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn the_field_list_is_the_envelopes() {
