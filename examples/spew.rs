@@ -24,7 +24,7 @@ use beds::spew::{
     User, UserCreate,
 };
 use beds_runtime::config::{Driver, redact};
-use beds_runtime::{Client, ClientError, ClientOptions, Config, Role, Server};
+use beds_runtime::{Client, ClientError, ClientOptions, Config, ErrorCode, Role, Server};
 use futures_util::{StreamExt, stream};
 
 /// How long a read waits for the tercero to count every write.
@@ -53,6 +53,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let data = tempfile::tempdir()?;
     config.database.data_dir = data.path().to_path_buf();
     config.amqp.queue_tag = format!("example.{}.", std::process::id());
+    // This example is the service that seeds the network and the web front end acting for
+    // each user: the node trusts its broker user to say which user it acts for
+    // (wiki/security.md); the seeding requests act with the role `admin`.
+    let options = ClientOptions::from_config(&config, "spew-example");
+    config.security.trusted_services = options.user_id.iter().cloned().collect();
 
     println!(
         "SPEW is a Twitter-like backend declared in domains/spew.yaml: users post spews (short\n\
@@ -78,8 +83,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         config.amqp.queue_tag,
         database(&config)
     );
-    let client = Client::connect(ClientOptions::from_config(&config, "spew-example")).await?;
-    let result = script(&client).await;
+    let client = Client::connect(options.clone().as_subject(None, &["admin"])).await?;
+    let result = script(&client, &options).await;
     client.close().await?;
     println!(
         "read cache: {} fetches answered from the node's memory (`user` declares \
@@ -165,7 +170,10 @@ const LINES: &[&str] = &[
     "Keyset pagination never skips a row",
 ];
 
-async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
+async fn script(
+    client: &Client,
+    options: &ClientOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let tally = Tally::default();
     let api = spew::client(client);
@@ -259,6 +267,37 @@ async fn script(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
         "created {} spews ({replies} replies, {respews} respews)",
         spews.len()
     );
+
+    // Access rules (`access:` in domains/spew.yaml): a spew is edited only by its author.
+    let target = &spews[0];
+    let intruder = users
+        .iter()
+        .find(|u| u.id != target.author)
+        .ok_or("no second user")?;
+    let as_intruder = Client::connect(
+        options
+            .clone()
+            .as_subject(Some(&intruder.id.to_string()), &[]),
+    )
+    .await?;
+    let edit = spew::SpewPatch {
+        body: Some("hijacked".into()),
+        ..Default::default()
+    };
+    match spew::client(&as_intruder)
+        .spew()
+        .update(target.id, &edit)
+        .await
+    {
+        Err(e) if e.code() == Some(ErrorCode::Forbidden) => {
+            println!(
+                "@{} tried to edit someone else's spew: refused: {e}",
+                intruder.handle
+            )
+        }
+        other => return Err(format!("editing another's spew was not refused: {other:?}").into()),
+    }
+    as_intruder.close().await?;
 
     // Likes, popular spews more often; one duplicate and one unlike.
     let mut liked = Vec::new();

@@ -219,6 +219,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     });
     let group = &q.group;
     let reads = q.reads(d);
+    let access = &q.access;
     let cache_ttl_ms = match q.cache_ttl_ms {
         Some(ms) => {
             let ms = proc_macro2::Literal::u64_unsuffixed(ms);
@@ -332,6 +333,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                 group: &[#(#group),*],
                 cache_ttl_ms: #cache_ttl_ms,
                 reads: &[#(#reads),*],
+                access: &[#(#access),*],
             };
         }
     }

@@ -105,6 +105,7 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
         let op = Ident::new(&camel(op), Span::call_site());
         quote!((rt::Op::#op, &[#(#who),*]))
     });
+    let owner = option(t.owner.as_ref().map(|o| quote!(#o)));
     let tokens = t.tokens.iter().map(|s| {
         let (name, from, pattern, lowercase, table) =
             (&s.name, &s.from, &s.pattern, s.lowercase, &s.table);
@@ -162,6 +163,7 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
                 retention: #retention,
             },
             access: &[#(#access),*],
+            owner: #owner,
             tokens: &[#(#tokens),*],
             counts: &[#(#counts),*],
             checks: &[#(#checks),*],

@@ -37,6 +37,9 @@ pub struct Template {
     pub capabilities: Capabilities,
     /// Who may call each operation: (operation, principals).
     pub access: Vec<(String, Vec<String>)>,
+    /// `owner: author`: the field (a reference, a string or `id`) whose value is the
+    /// subject that owns a record, for `owner` rules.
+    pub owner: Option<String>,
     /// Token sets derived from text fields at write time.
     pub tokens: Vec<TokenSet>,
     /// Counts of referencing records, returned by queries that ask (`with`).
@@ -114,6 +117,10 @@ impl Retention {
 
 /// The operations access rules can name.
 pub const OPERATIONS: &[&str] = &["create", "fetch", "update", "delete", "list"];
+
+/// Principals an access rule may name besides roles: anyone, any identified subject, and
+/// the subject named by the record's owner field.
+pub const PRINCIPALS: &[&str] = &["public", "authenticated", "owner"];
 
 impl Template {
     pub fn field(&self, name: &str) -> Option<&Field> {
@@ -392,6 +399,8 @@ pub struct Query {
     pub group: Vec<String>,
     /// `cache: { ttl: 30s }`: results kept this long unless a template it reads changes.
     pub cache_ttl_ms: Option<u64>,
+    /// `access: [authenticated]`: who may run it; empty: the node's default access.
+    pub access: Vec<String>,
 }
 
 impl Query {
@@ -591,8 +600,4 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("audit", "audit records arrive with the admin role"),
     ("journal", "record history arrives with the admin role"),
     ("retention", "retention arrives with the segundo role"),
-    (
-        "access",
-        "access rules are enforced once authorization lands",
-    ),
 ];

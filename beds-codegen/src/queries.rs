@@ -14,7 +14,7 @@ use crate::read::{
 use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &[
-    "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache",
+    "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache", "access",
 ];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
@@ -71,6 +71,9 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         }
     });
     check_documented_keys(cx, entries, path, QUERY_KEYS);
+    let access = get(entries, "access")
+        .map(|n| crate::validate::query_access(cx, &format!("{path}.access"), n))
+        .unwrap_or_default();
     let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {
@@ -291,6 +294,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         page: q_page,
         count,
         cache_ttl_ms,
+        access,
     })
 }
 

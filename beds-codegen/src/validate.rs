@@ -28,6 +28,7 @@ const TEMPLATE_KEYS: &[&str] = &[
     "internal",
     "capabilities",
     "access",
+    "owner",
     "tokens",
     "counts",
     "checks",
@@ -250,6 +251,7 @@ fn template(
         internal: false,
         capabilities: Capabilities::default(),
         access: Vec::new(),
+        owner: None,
         tokens: Vec::new(),
         counts: Vec::new(),
         checks: Vec::new(),
@@ -380,8 +382,11 @@ fn template(
     }
     if let Some(n) = get(entries, "access") {
         t.access = access(cx, &format!("{path}.access"), n);
-        not_yet(cx, n, &format!("{path}.access"), "access");
     }
+    if let Some(n) = get(entries, "owner") {
+        t.owner = owner(cx, &format!("{path}.owner"), n, &t);
+    }
+    owner_rules(cx, path, body, &t, get(entries, "owner").is_some());
     if let Some(n) = get(entries, "tokens") {
         t.tokens = crate::derived::tokens(cx, &format!("{path}.tokens"), n, &t);
     }
@@ -555,6 +560,105 @@ pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
     }
 }
 
+/// `owner: author`: a reference or string field, or `id` (a record that is its subject,
+/// like a user profile).
+fn owner(cx: &mut Ctx, path: &str, node: &Node, t: &Template) -> Option<String> {
+    let name = node.as_str()?;
+    if name == "id" {
+        return Some(name.to_string());
+    }
+    match t.field(name).map(|f| &f.ty) {
+        Some(FieldType::Ref { .. } | FieldType::String { .. }) => Some(name.to_string()),
+        Some(_) => {
+            cx.error_hint(
+                node.pos,
+                path,
+                format!("`{name}` is not a reference or a string, so it cannot name a subject"),
+                "name a `ref:` field, a string field or `id`",
+            );
+            None
+        }
+        None => {
+            let names: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+            cx.error_hint(
+                node.pos,
+                path,
+                format!(
+                    "`{}` has no field `{name}`; {}",
+                    t.name,
+                    suggest(name, &names)
+                ),
+                "name the field whose value is the owning subject (e.g. `owner: author`)",
+            );
+            None
+        }
+    }
+}
+
+/// `owner` in a rule needs the owner field (a declared but bad one is reported already); a
+/// list has no one record to own.
+fn owner_rules(cx: &mut Ctx, path: &str, body: &Node, t: &Template, declared: bool) {
+    for (op, who) in &t.access {
+        if !who.iter().any(|w| w == "owner") {
+            continue;
+        }
+        if op == "list" {
+            cx.error_hint(
+                body.pos,
+                &format!("{path}.access.list"),
+                "`owner` cannot apply to `list`: a page has no single owner",
+                "use `authenticated` or a role, and a named query filtered by owner",
+            );
+        } else if !declared {
+            cx.error_hint(
+                body.pos,
+                &format!("{path}.access.{op}"),
+                "`owner` needs the template's owner field",
+                "add e.g. `owner: author` naming the field that holds the owning subject",
+            );
+        }
+    }
+}
+
+/// A query's `access: [authenticated, admin]`; `owner` has no record to apply to there.
+pub(crate) fn query_access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<String> {
+    let who = principals(cx, path, node);
+    if who.iter().any(|w| w == "owner") {
+        cx.error_hint(
+            node.pos,
+            path,
+            "`owner` cannot apply to a query: its rows have no single owner",
+            "use `public`, `authenticated` or role names, and pass the subject as a parameter",
+        );
+    }
+    who
+}
+
+fn principals(cx: &mut Ctx, p: &str, v: &Node) -> Vec<String> {
+    let Some(items) = v.as_seq().filter(|i| !i.is_empty()) else {
+        cx.error_hint(
+            v.pos,
+            p,
+            "expected a non-empty list of principals",
+            "e.g. `[public]`, `[owner, admin]`",
+        );
+        return Vec::new();
+    };
+    let mut who = Vec::new();
+    for item in items {
+        match item.as_str().filter(|s| is_snake(s)) {
+            Some(s) => who.push(s.to_string()),
+            None => cx.error_hint(
+                item.pos,
+                p,
+                "principals and roles are snake_case names",
+                "e.g. `[public]`, `[owner, admin]`",
+            ),
+        }
+    }
+    who
+}
+
 fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
     let mut rules = Vec::new();
     let Some(entries) = expect_map(cx, node, path) else {
@@ -566,26 +670,9 @@ fn access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<(String, Vec<String>)> {
             continue;
         };
         let p = format!("{path}.{op}");
-        let Some(items) = v.as_seq().filter(|i| !i.is_empty()) else {
-            cx.error_hint(
-                v.pos,
-                &p,
-                "expected a non-empty list of principals",
-                "e.g. `[public]`, `[owner, admin]`",
-            );
+        let who = principals(cx, &p, v);
+        if who.is_empty() {
             continue;
-        };
-        let mut who = Vec::new();
-        for item in items {
-            match item.as_str().filter(|s| is_snake(s)) {
-                Some(s) => who.push(s.to_string()),
-                None => cx.error_hint(
-                    item.pos,
-                    &p,
-                    "principals and roles are snake_case names",
-                    "e.g. `[public]`, `[owner, admin]`",
-                ),
-            }
         }
         rules.push((op.to_string(), who));
     }

@@ -55,6 +55,10 @@ struct TemplateAttrs {
     version: Option<u32>,
     flags: Vec<String>,
     cache_ttl_ms: Option<u64>,
+    /// `access(update = "owner,admin")`: principals per operation.
+    access: Vec<(String, Vec<String>)>,
+    /// `owner = "author"`: the field holding the owning subject.
+    owner: Option<String>,
     /// `id = "sequence"`: database-assigned integers instead of UUIDv7.
     sequence: bool,
     tokens: Vec<TokenAttrs>,
@@ -244,7 +248,8 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
             cache_cached: t.cache_ttl_ms.is_some(),
             retention: None,
         },
-        access: Vec::new(),
+        access: t.access.clone(),
+        owner: t.owner.clone(),
         tokens: t
             .tokens
             .iter()
@@ -275,6 +280,17 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         checks: checks_model,
         table,
     };
+    if let Some(owner) = lowered.owner.as_deref()
+        && owner != "id"
+        && lowered.field(owner).is_none()
+    {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            format!(
+                "`owner = \"{owner}\"` names no field; name the field holding the owning subject"
+            ),
+        ));
+    }
     for unknown in lower::unknown_fields(&lowered) {
         let span = match &unknown {
             UnknownField::Unique { index, .. } => t.unique[*index].2,
@@ -356,6 +372,33 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         t.version = Some(number(meta)?);
     } else if let Some(flag) = FLAGS.iter().find(|f| p.is_ident(f)) {
         t.flags.push(flag.to_string());
+    } else if p.is_ident("owner") {
+        t.owner = Some(string(meta)?);
+    } else if p.is_ident("access") {
+        meta.parse_nested_meta(|inner| {
+            let op = model::OPERATIONS
+                .iter()
+                .find(|op| inner.path.is_ident(op))
+                .ok_or_else(|| inner.error("expected create, fetch, update, delete or list"))?;
+            let who: Vec<String> = inner
+                .value()?
+                .parse::<LitStr>()?
+                .value()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if who.is_empty() {
+                return Err(inner.error("expected principals, e.g. \"owner,admin\""));
+            }
+            if who.iter().any(|w| w == "owner") && (*op == "list" || t.owner.is_none()) {
+                return Err(inner.error(
+                    "`owner` needs `owner = \"<field>\"` declared before `access`, and cannot apply to `list`",
+                ));
+            }
+            t.access.push((op.to_string(), who));
+            Ok(())
+        })?;
     } else if p.is_ident("cache_ttl_ms") {
         t.cache_ttl_ms = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
     } else if p.is_ident("index") {
@@ -464,7 +507,7 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
              version_column, page_default, page_max, create, patch, version, append_only, \
-             internal, locking, cache_ttl_ms, index(...), unique(...), tokens(...), count(...) or differ(...)",
+             internal, locking, cache_ttl_ms, owner, access(...), index(...), unique(...), tokens(...), count(...) or differ(...)",
         ));
     }
     Ok(())

@@ -244,6 +244,29 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// A template's effective rules, one per operation (lock and unlock are under `update`'s).
+fn template_rules(t: &crate::meta::TemplateMeta, default: &str) -> String {
+    let rules: Vec<String> = t
+        .ops()
+        .map(|op| {
+            let under = match op {
+                Op::Lock | Op::Unlock => Op::Update,
+                op => op,
+            };
+            let who = t
+                .access
+                .iter()
+                .find(|(o, _)| *o == under)
+                .map_or(format!("{default} (default)"), |(_, w)| w.join(", "));
+            format!("{}: {who}", op.as_str())
+        })
+        .collect();
+    let owner = t
+        .owner
+        .map_or(String::new(), |f| format!("  (owner field `{f}`)"));
+    format!("{}{owner}", rules.join(" | "))
+}
+
 /// What `beds check` prints.
 /// How `beds check` shows the TLS set-up of an AMQP connection.
 fn tls_summary(amqp: &crate::config::AmqpConfig) -> String {
@@ -337,6 +360,29 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             "no"
         }
     );
+    let s = &config.security;
+    let kids: Vec<&str> = s.tokens.keys.iter().map(|k| k.kid.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "security: user_id required: {}; trusted services: {}; default access: {}; token keys: {}",
+        if config.require_user_id() {
+            "yes"
+        } else {
+            "no"
+        },
+        if s.trusted_services.is_empty() {
+            "none".to_string()
+        } else {
+            s.trusted_services.join(", ")
+        },
+        s.default_access.join(", "),
+        if kids.is_empty() {
+            "none".to_string()
+        } else {
+            kids.join(", ")
+        }
+    );
+    let default = s.default_access.join(", ");
     for d in catalog.domains {
         let _ = writeln!(out, "domain {} v{}", d.name, d.version);
         for t in d.templates {
@@ -379,6 +425,9 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                     format!("  [{}]", flags.join(", "))
                 }
             );
+            if !t.internal {
+                let _ = writeln!(out, "    access {}", template_rules(t, &default));
+            }
         }
         for q in d.queries {
             let params: Vec<String> = q
@@ -415,9 +464,14 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                     q.page.max
                 )
             };
+            let access = if q.access.is_empty() {
+                format!("{default} (default)")
+            } else {
+                q.access.join(", ")
+            };
             let _ = writeln!(
                 out,
-                "  query {:<22} from {:<10} params ({})  {shape}",
+                "  query {:<22} from {:<10} params ({})  {shape}  access {access}",
                 q.name,
                 q.from.name,
                 params.join(", ")

@@ -24,7 +24,7 @@ use crate::transport::names;
 use crate::transport::{ConnectError, topology};
 
 /// Where a client sends and how long it waits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub url: String,
     /// Used when `url` is `amqps://`.
@@ -35,6 +35,15 @@ pub struct ClientOptions {
     pub service: String,
     pub node: String,
     pub env: String,
+    /// The AMQP `user_id` on every request: the login of `url` (RabbitMQ refuses any
+    /// other), so nodes know the calling service. `None` sends none.
+    pub user_id: Option<String>,
+    /// The end user's signed token, sent as `auth` on every request.
+    pub auth: Option<String>,
+    /// An end user asserted directly (`subject`, `roles`): honoured only from a service
+    /// listed in the node's `security.trusted_services`.
+    pub subject: Option<String>,
+    pub roles: Option<Vec<String>>,
 }
 
 impl ClientOptions {
@@ -48,8 +57,61 @@ impl ClientOptions {
             service: service.to_string(),
             node: config.node.clone(),
             env: config.env.clone(),
+            user_id: login(&config.amqp.url),
+            auth: None,
+            subject: None,
+            roles: None,
         }
     }
+
+    /// Connects as another broker user: `url`'s login becomes the `user_id`.
+    pub fn with_url(self, url: &str) -> ClientOptions {
+        ClientOptions {
+            url: url.to_string(),
+            user_id: login(url),
+            ..self
+        }
+    }
+
+    /// Sends `token` (a JWT naming the end user) as `auth` on every request.
+    pub fn with_auth(self, token: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            auth: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// Asserts the end user and their roles on every request (trusted services only).
+    pub fn as_subject(self, subject: Option<&str>, roles: &[&str]) -> ClientOptions {
+        ClientOptions {
+            subject: subject.map(str::to_string),
+            roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    // The URL's password and the token are credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("url", &crate::config::redact(&self.url))
+            .field("queue_tag", &self.queue_tag)
+            .field("timeout", &self.timeout)
+            .field("service", &self.service)
+            .field("user_id", &self.user_id)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user name an AMQP URL logs in with (`guest` when it names none, as RabbitMQ does).
+fn login(url: &str) -> Option<String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .ok()
+        .map(|u| u.authority.userinfo.username)
 }
 
 /// Why a request did not produce a result.
@@ -245,6 +307,11 @@ impl Client {
     /// Sends a request and returns its whole reply envelope, an error reply included
     /// (`beds call --raw` shows it as the node sent it).
     pub async fn exchange(&self, mut req: Request) -> Result<Reply, ClientError> {
+        if req.auth.is_none() && req.subject.is_none() && req.roles.is_none() {
+            req.auth.clone_from(&self.options.auth);
+            req.subject.clone_from(&self.options.subject);
+            req.roles.clone_from(&self.options.roles);
+        }
         if req.origin.is_none() {
             req.origin = Some(Origin {
                 service: self.options.service.clone(),
@@ -268,7 +335,11 @@ impl Client {
             .lock()
             .expect("pending map")
             .insert(id.clone(), tx);
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default();
+        if let Some(user) = &self.options.user_id {
+            properties = properties.with_user_id(user.as_str().into());
+        }
+        let properties = properties
             .with_content_type("application/json".into())
             .with_correlation_id(id.as_str().into())
             .with_message_id(req.id.to_string().into())

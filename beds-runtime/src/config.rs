@@ -107,16 +107,6 @@ impl Default for Config {
     }
 }
 
-/// Who and what a node trusts (wiki/security.md).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SecurityConfig {
-    /// A file holding the deployment's service key, shared by all its nodes, that signs
-    /// retry and dead-letter headers, events, invalidations and replies. Required outside
-    /// the `dev` and `test` environments.
-    pub service_key_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
@@ -648,6 +638,69 @@ impl Default for ClientConfig {
     }
 }
 
+/// Who and what a node trusts: who is calling, what they may do, and the key that signs
+/// what nodes publish (wiki/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// A file holding the deployment's service key, shared by all its nodes, that signs
+    /// retry and dead-letter headers, events, invalidations and replies. Required outside
+    /// the `dev` and `test` environments.
+    pub service_key_file: Option<PathBuf>,
+    /// Refuse (`unauthenticated`) a request without the AMQP `user_id` property; absent:
+    /// on outside the `dev` and `test` environments ([`Config::require_user_id`]).
+    pub require_user_id: Option<bool>,
+    /// Calling services (AMQP user ids) that may assert `subject` and `roles` directly.
+    pub trusted_services: Vec<String>,
+    /// Roles a calling service holds itself when a request names no end user.
+    pub service_roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// The rule of every operation and query that declares none.
+    pub default_access: Vec<String>,
+    /// Keys and claims of the signed tokens in `auth`.
+    pub tokens: TokensConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            service_key_file: None,
+            require_user_id: None,
+            trusted_services: Vec::new(),
+            service_roles: Default::default(),
+            default_access: vec!["public".into()],
+            tokens: TokensConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// When set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must include it.
+    pub audience: Option<String>,
+    /// Verification keys by key id; a token names its key in its `kid` header.
+    pub keys: Vec<TokenKeyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    pub kid: String,
+    pub alg: TokenAlg,
+    /// The secret (HS256: the shared secret's bytes) or public key (EdDSA: PEM) file.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenAlg {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -923,7 +976,22 @@ impl Config {
         }
     }
 
+    /// `security.require_user_id`, or its default: on outside `dev` and `test`.
+    pub fn require_user_id(&self) -> bool {
+        self.security
+            .require_user_id
+            .unwrap_or(!matches!(self.env.as_str(), "dev" | "test"))
+    }
+
     fn validate(&self) -> Result<(), String> {
+        if let Some(bad) = self.security.default_access.iter().find(|p| *p == "owner") {
+            return Err(format!(
+                "security.default_access cannot name `{bad}`: not every template declares an owner field; use `public`, `authenticated` or roles"
+            ));
+        }
+        if self.security.default_access.is_empty() {
+            return Err("security.default_access needs at least one principal, e.g. `[public]` or `[authenticated]`".into());
+        }
         if self.version != CONFIG_VERSION {
             return Err(format!(
                 "config version {} is not supported; this build reads version {CONFIG_VERSION}",
@@ -1152,6 +1220,32 @@ mod tests {
             }
         );
         assert_eq!(c.role, Role::Admin);
+    }
+
+    #[test]
+    fn security_defaults_follow_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let dev = Config::load_with_env(&base, env(&[])).unwrap();
+        assert!(!dev.require_user_id());
+        assert_eq!(dev.security.default_access, vec!["public".to_string()]);
+        let prod = Config::load_with_env(
+            &base,
+            env(&[
+                ("BEDS_ENV", "prod"),
+                ("BEDS_AMQP__URL", "amqp://web:pw@127.0.0.1:5672/%2f"),
+            ]),
+        )
+        .unwrap();
+        assert!(prod.require_user_id(), "on outside dev and test");
+        let e = Config::load_with_env(&base, env(&[("BEDS_ENV", "prod")])).unwrap_err();
+        assert!(
+            e.to_string().contains("guest is for dev and test only"),
+            "{e}"
+        );
+        let e = Config::load_with_env(&base, env(&[("BEDS_SECURITY__DEFAULT_ACCESS", "[owner]")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot name `owner`"), "{e}");
     }
 
     #[test]

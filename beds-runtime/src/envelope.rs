@@ -93,7 +93,7 @@ pub enum Consistency {
 
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
 /// the wire by [`Request::decode`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct Request {
     pub v: u32,
     /// This message's id (UUIDv7).
@@ -158,6 +158,48 @@ pub struct Request {
     /// Keyset cursor for query: the `next` value of the previous page, passed back as is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Vec<Json>>,
+    /// A signed token (JWT) naming the end user (`sub`) and their `roles`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The end user, asserted directly: only from a trusted service (`security.trusted_services`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The end user's roles, asserted directly: only from a trusted service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Request {
+    // The token is a credential: shown only as present.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("v", &self.v)
+            .field("id", &self.id)
+            .field("correlation_id", &self.correlation_id)
+            .field("causation_id", &self.causation_id)
+            .field("depth", &self.depth)
+            .field("origin", &self.origin)
+            .field("domain", &self.domain)
+            .field("template", &self.template)
+            .field("op", &self.op)
+            .field("key", &self.key)
+            .field("deadline", &self.deadline)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("expect_version", &self.expect_version)
+            .field("lock_token", &self.lock_token)
+            .field("consistency", &self.consistency)
+            .field("min_version", &self.min_version)
+            .field("data", &self.data)
+            .field("limit", &self.limit)
+            .field("after", &self.after)
+            .field("query", &self.query)
+            .field("params", &self.params)
+            .field("cursor", &self.cursor)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request as it arrives. The envelope's own fields are typed, so their problems are
@@ -192,6 +234,9 @@ const FIELDS: &[&str] = &[
     "query",
     "params",
     "cursor",
+    "auth",
+    "subject",
+    "roles",
 ];
 
 /// The first top-level field of `body` that v1 does not have.
@@ -246,6 +291,12 @@ struct Wire {
     params: Option<Strict>,
     #[serde(default)]
     cursor: Option<Json>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
 }
 
 impl Wire {
@@ -304,6 +355,9 @@ impl Wire {
             query: self.query,
             params,
             cursor,
+            auth: self.auth,
+            subject: self.subject,
+            roles: self.roles,
         })
     }
 }
@@ -515,6 +569,9 @@ impl Request {
             query: None,
             params: None,
             cursor: None,
+            auth: None,
+            subject: None,
+            roles: None,
         }
     }
 
@@ -644,6 +701,17 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let mut r = Request::new("d", "t", Op::Fetch);
+        r.auth = Some("eyJsecret.token.sig".into());
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("eyJsecret"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn the_field_list_is_the_envelopes() {

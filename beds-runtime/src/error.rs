@@ -13,6 +13,9 @@ pub enum ErrorClass {
     NotFound,
     /// The request clashes with stored state (uniqueness, references).
     Conflict,
+    /// The caller is not identified, or may not do this: answered and acked, never retried
+    /// or dead-lettered.
+    Forbidden,
     /// A passing failure (database unavailable, time-out); the same request may succeed later.
     Transient,
     /// A defect in BEDS; the message and logs say more.
@@ -32,6 +35,12 @@ pub enum ErrorCode {
     UnknownQuery,
     OperationNotAllowed,
     WrongQueue,
+    /// The caller could not be identified: no AMQP `user_id` where one is required, or an
+    /// `auth` token that is expired, badly signed or signed with an unknown key.
+    Unauthenticated,
+    /// The caller is identified but the template's or query's `access` rule does not let
+    /// them do this (or they asserted a subject without being a trusted service).
+    Forbidden,
     InvalidInput,
     NotFound,
     UniqueViolation,
@@ -71,6 +80,7 @@ impl ErrorCode {
             UnsupportedVersion | MalformedJson | InvalidEnvelope | UnknownDomain
             | UnknownTemplate | UnknownOperation | UnknownQuery | OperationNotAllowed
             | WrongQueue => ErrorClass::Contract,
+            Unauthenticated | Forbidden => ErrorClass::Forbidden,
             InvalidInput => ErrorClass::Validation,
             NotFound => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict

@@ -17,6 +17,7 @@ mod meta;
 mod node;
 pub mod ops;
 pub mod record;
+pub mod security;
 mod store;
 mod suggest;
 #[doc(hidden)]

@@ -75,8 +75,12 @@ pub struct TemplateMeta {
     /// Not routed for clients.
     pub internal: bool,
     pub capabilities: Capabilities,
-    /// Declared principals per operation; enforcement arrives with authorization.
+    /// Declared principals per operation (`public`, `authenticated`, `owner`, role names);
+    /// an operation without a rule gets the node's `security.default_access`.
     pub access: &'static [(Op, &'static [&'static str])],
+    /// The field holding the subject that owns a record (`id`: the record is its own
+    /// subject), for `owner` rules.
+    pub owner: Option<&'static str>,
     /// Token sets derived from text fields at write time (hashtags, mentions, …).
     pub tokens: &'static [TokenSetMeta],
     /// Counts of referencing records a query can return with each item.
@@ -323,6 +327,8 @@ pub struct QueryMeta {
     /// Every template of `domain` the query reads; a write to any of them makes a cached
     /// result stale (wiki/cache.md).
     pub reads: &'static [&'static str],
+    /// Who may run it; empty: the node's `security.default_access`.
+    pub access: &'static [&'static str],
 }
 
 impl QueryMeta {

@@ -426,6 +426,7 @@ static PINNED: rt::QueryMeta = rt::QueryMeta {
     group: &[],
     cache_ttl_ms: Some(60_000),
     reads: &["memo", "pin"],
+    access: &[],
 };
 static MEMO: rt::Routes = rt::Routes::of::<Memo>();
 static PIN: rt::Routes = rt::Routes::of::<Pin>();

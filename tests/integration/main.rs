@@ -16,6 +16,7 @@ mod queries;
 mod reliability;
 mod round_trip;
 mod security;
+mod authorization;
 mod signed;
 mod spawn;
 mod spew;

@@ -138,6 +138,7 @@ async fn a_request_that_hangs_every_node_hits_the_delivery_limit() {
         if !published {
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
+                .with_user_id(raw.login.as_str().into())
                 .with_reply_to(raw.reply_queue.as_str().into());
             raw.publish(&write, &body, props).await;
             published = true;

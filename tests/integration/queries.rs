@@ -455,6 +455,7 @@ const fn label_query(
         group: &[],
         cache_ttl_ms: None,
         reads: &["label"],
+        access: &[],
     }
 }
 

@@ -287,6 +287,18 @@ impl TestEnv {
         .expect("open the node's SQLite file")
     }
 
+    /// The broker user the harness connects as: the `user_id` its hand-made requests carry.
+    pub fn login(&self) -> String {
+        self.config
+            .amqp
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .expect("an AMQP URL")
+            .authority
+            .userinfo
+            .username
+    }
+
     pub fn queue(&self, key: &str) -> String {
         self.config.amqp.queue(key)
     }
@@ -313,6 +325,7 @@ impl TestEnv {
         let (conn, channel, reply_queue, replies) = self.amqp_peer("reply").await;
         Raw {
             _conn: conn,
+            login: self.login(),
             channel,
             reply_queue,
             replies: tokio::sync::Mutex::new(replies),
@@ -451,6 +464,8 @@ impl Drop for TestEnv {
 /// A bare lapin connection for publishing hand-made messages.
 pub struct Raw {
     _conn: Connection,
+    /// The `user_id` requests carry, as a client sets it.
+    pub login: String,
     pub channel: Channel,
     pub reply_queue: String,
     replies: tokio::sync::Mutex<lapin::Consumer>,
@@ -459,7 +474,19 @@ pub struct Raw {
 impl Raw {
     /// Publishes `body` to `beds.events` with `routing_key` and returns the reply body.
     pub async fn request(&self, routing_key: &str, body: &[u8]) -> Json {
-        let props = BasicProperties::default()
+        let props = BasicProperties::default().with_user_id(self.login.as_str().into());
+        self.request_with(routing_key, body, props).await
+    }
+
+    /// Like [`Raw::request`], with `props` (to which JSON, the correlation id and the reply
+    /// queue are added) instead of a client's.
+    pub async fn request_with(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Json {
+        let props = props
             .with_content_type("application/json".into())
             .with_correlation_id("raw-1".into())
             .with_reply_to(self.reply_queue.as_str().into());

@@ -38,6 +38,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// from the node's dead-letter queues.
 pub struct Peer {
     _conn: Connection,
+    /// The broker user: the `user_id` every request carries, as a client sets it.
+    login: String,
     channel: Channel,
     pub reply_queue: String,
     replies: lapin::Consumer,
@@ -48,16 +50,19 @@ impl Peer {
         let (conn, channel, reply_queue, replies) = env.amqp_peer("wire").await;
         Peer {
             _conn: conn,
+            login: env.login(),
             channel,
             reply_queue,
             replies,
         }
     }
 
-    /// What a client sets: JSON, its reply queue and a correlation id to match on.
+    /// What a client sets: JSON, its user id, its reply queue and a correlation id to
+    /// match on.
     pub fn props(&self, correlation: &str) -> BasicProperties {
         BasicProperties::default()
             .with_content_type("application/json".into())
+            .with_user_id(self.login.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(correlation.into())
     }
@@ -386,7 +391,7 @@ async fn golden_wire_files_replay_against_a_node() {
             _ => panic!("{shown}: exactly one of request, body, body_bytes"),
         };
         let p = &case.properties;
-        let mut props = BasicProperties::default();
+        let mut props = BasicProperties::default().with_user_id(peer.login.as_str().into());
         if let Some(ct) = &p.content_type {
             props = props.with_content_type(ct.as_str().into());
         }

@@ -1,12 +1,14 @@
 //! Step 1: the AMQP properties. A message without `reply_to` (or with an empty one), or
 //! whose body is not UTF-8 JSON, cannot be answered: it is dead-lettered, not replied to,
-//! before anything runs.
+//! before anything runs. The AMQP `user_id` (which RabbitMQ validates against the
+//! connection's login) is the calling service, handed to the authorize step.
 
 use lapin::message::Delivery;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, ShortString};
 
 use crate::error::{BedsError, ErrorCode};
-use crate::transport::names;
+use crate::transport::names::{self, headers};
+use crate::transport::signing::{Purpose, ServiceKey};
 
 /// Where and how the reply goes.
 #[derive(Debug)]
@@ -16,7 +18,14 @@ pub(crate) struct ReplyTo {
     pub correlation: Option<ShortString>,
 }
 
-pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
+/// An answerable delivery: where the reply goes and who sent it.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub reply: ReplyTo,
+    pub user_id: Option<String>,
+}
+
+pub(crate) fn delivery(delivery: &Delivery, key: &ServiceKey) -> Result<Accepted, BedsError> {
     let props = &delivery.properties;
     // An empty name is the default exchange's own routing key: no queue would take the
     // reply, so it is as unanswerable as a missing one.
@@ -36,11 +45,39 @@ pub(crate) fn delivery(delivery: &Delivery) -> Result<ReplyTo, BedsError> {
             "undecodable body: not UTF-8",
         ));
     }
-    Ok(ReplyTo {
-        queue,
-        correlation: props.correlation_id().clone(),
+    Ok(Accepted {
+        reply: ReplyTo {
+            queue,
+            correlation: props.correlation_id().clone(),
+        },
+        user_id: caller(key, delivery)
+            .map(|u| u.to_string())
+            .filter(|u| !u.is_empty()),
     })
 }
+
+/// Who sent a request: its `user_id` (RabbitMQ checked it against the sender's login), or,
+/// on a delivery the node republished itself (a retry, a replay), the `x-beds-user-id` it
+/// carried under its retry signature. A client's own `x-beds-user-id` is never read.
+pub(crate) fn caller(key: &ServiceKey, delivery: &Delivery) -> Option<ShortString> {
+    if let Some(user) = delivery.properties.user_id() {
+        return Some(user.clone());
+    }
+    key.verify(Purpose::Retry, &delivery.properties, &delivery.data)
+        .ok()?;
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(headers::CALLER)?
+    {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).as_ref().into()),
+        AMQPValue::ShortString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 
 /// Only reply queues of the documented form are answered: a `reply_to` naming a work queue
 /// or another client's queue would make the node publish there on the caller's behalf.

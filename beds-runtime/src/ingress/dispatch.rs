@@ -12,7 +12,8 @@ use crate::envelope::{Origin, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::events::Lineage;
 use crate::meta::{QueryMeta, TemplateMeta};
-use crate::store::Store;
+use crate::security::OwnerCheck;
+use crate::store::{IdempotencyKey, Store};
 use crate::value::RecordKey;
 
 /// What handlers run against: the node's database, and this node as the origin of the
@@ -45,7 +46,9 @@ pub struct Call<'a> {
     request: &'a Request,
     meta: &'static TemplateMeta,
     command: Command,
-    idempotency: Option<String>,
+    idempotency: Option<IdempotencyKey>,
+    /// An `owner` rule the store applies to the record in the write's transaction.
+    owner: Option<OwnerCheck>,
 }
 
 impl<'a> Call<'a> {
@@ -53,13 +56,15 @@ impl<'a> Call<'a> {
         request: &'a Request,
         meta: &'static TemplateMeta,
         command: Command,
-        idempotency: Option<String>,
+        idempotency: Option<IdempotencyKey>,
+        owner: Option<OwnerCheck>,
     ) -> Self {
         Call {
             request,
             meta,
             command,
             idempotency,
+            owner,
         }
     }
 
@@ -87,7 +92,9 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
                 .idempotency
                 .ok_or_else(|| mismatch("a write without its idempotency key"))?;
             let lineage = ctx.lineage(call.request);
-            ctx.store.write(t, &key, op, lineage.as_ref()).await
+            ctx.store
+                .write(t, &key, op, lineage.as_ref(), call.owner.as_ref())
+                .await
         }
         Command::Fetch(key) => ctx
             .store

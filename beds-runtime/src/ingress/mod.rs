@@ -2,17 +2,19 @@
 //! composed in one place ([`run`]):
 //!
 //! ```text
-//! provenance (retry signature) -> accept (AMQP properties) -> decode -> deadline -> route -> lane -> validate
-//!     -> idempotency -> cache lookup -> dispatch -> cache keep / invalidate
+//! provenance (retry signature) -> accept (AMQP properties, caller) -> decode -> principal
+//!     -> deadline -> route -> lane -> authorize -> validate -> idempotency -> cache lookup
+//!     -> dispatch -> owner check of a fetched record -> cache keep / invalidate
 //!                                        ... then settle: reply, ack, retry, dead-letter
 //! ```
 //!
 //! A step either hands a typed value to the next or ends the chain with a [`BedsError`];
 //! [`settle`] turns the outcome into reply, ack, retry or dead-letter by the error-class
-//! table. Later layers (authorization, telemetry, write events) are further lines in
+//! table. Later layers (telemetry, write events) are further lines in
 //! [`run`]; wiki/architecture.md says where each goes.
 
 mod accept;
+mod authorize;
 pub(crate) mod cache;
 mod command;
 mod deadline;
@@ -33,8 +35,9 @@ use serde_json::Value as Json;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{LockingConfig, RetryConfig};
-use crate::envelope::{Reply, Request};
+use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
+use crate::security::Security;
 use crate::value::Patterns;
 use dispatch::{Call, Ctx};
 use lane::Lane;
@@ -42,7 +45,7 @@ use route::Target;
 use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
-/// database, the retry policy and the read cache.
+/// database, the retry policy, the read cache and the security settings.
 #[derive(Debug)]
 pub(crate) struct Ingress {
     pub catalog: &'static Catalog,
@@ -53,6 +56,7 @@ pub(crate) struct Ingress {
     pub cache: Arc<Cache>,
     pub sender: cache::Sender,
     pub signer: settle::Signer,
+    pub security: Arc<Security>,
 }
 
 /// Handles one delivery to the end: the chain, then settle.
@@ -78,13 +82,14 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
     if let Err(e) = settle::provenance(&ingress.signer.key, delivery) {
         return Outcome::Unanswerable(e);
     }
-    let to = match accept::delivery(delivery) {
-        Ok(to) => to,
+    let (to, user_id) = match accept::delivery(delivery, &ingress.signer.key) {
+        Ok(accepted) => (accepted.reply, accepted.user_id),
         Err(e) => return Outcome::Unanswerable(e),
     };
     // Each delivery already runs in its own task; catching the unwind here keeps a panicking
     // handler from taking its worker down, without a second task or a copy of the body.
-    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data)).catch_unwind();
+    let work =
+        std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id)).catch_unwind();
     match work.await {
         Ok(reply) => Outcome::Reply { to, reply },
         Err(panic) => {
@@ -103,7 +108,7 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
 }
 
 /// Decodes the body and runs the chain; every failure becomes an error reply.
-async fn answer(ingress: &Ingress, lane: Lane, body: &[u8]) -> Reply {
+async fn answer(ingress: &Ingress, lane: Lane, body: &[u8], user_id: Option<String>) -> Reply {
     let req = match Request::decode(body) {
         Ok(req) => req,
         Err(e) => {
@@ -112,22 +117,31 @@ async fn answer(ingress: &Ingress, lane: Lane, body: &[u8]) -> Reply {
             return Reply::to(correlation, causation, Err(e));
         }
     };
-    let result = run(ingress, lane, &req).await;
+    let result = run(ingress, lane, &req, user_id.as_deref()).await;
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
     Reply::to(req.conversation(), req.id, result)
 }
 
-/// The chain of a decoded request, in order. Authorization goes after `route` (it needs the
-/// target) and before `validate`; the read cache wraps `dispatch` of template operations;
-/// write events are recorded by the store inside the write's transaction.
-async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsError> {
+/// The chain of a decoded request, in order. The caller is identified first; the rule is
+/// applied after `route` (it needs the target) and before `validate` (a caller who may not
+/// call learns nothing about the input it takes); the read cache wraps `dispatch` of
+/// template operations; write events are recorded by the store inside the write's
+/// transaction.
+async fn run(
+    ingress: &Ingress,
+    lane: Lane,
+    req: &Request,
+    user_id: Option<&str>,
+) -> Result<Json, BedsError> {
+    let principal = authorize::principal(&ingress.security, user_id, req)?;
     deadline::check(req)?;
     let target = route::resolve(ingress.catalog, req)?;
     lane::check(lane, target.op())?;
+    let owner = authorize::check(&ingress.security, &principal, &target, req)?;
     let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
-    let idempotency = idempotency::key(&command, req);
+    let idempotency = idempotency::key(&command, req, &principal);
     match target {
         Target::Query(q) => {
             let lookup = cache::query_lookup(&ingress.cache, q, req);
@@ -140,10 +154,30 @@ async fn run(ingress: &Ingress, lane: Lane, req: &Request) -> Result<Json, BedsE
         }
         Target::Template { meta, handler, op } => {
             let lookup = cache::lookup(&ingress.cache, meta, req, &command);
+            // A fetch allowed only to the owner is checked on the record, cached or not; a
+            // missing one is refused alike, so its existence is not revealed.
+            let fetched = |result: &Result<Json, BedsError>| match (&owner, op) {
+                (Some(check), Op::Fetch) => match result {
+                    Ok(record) => check.record(meta, op.as_str(), Some(record)),
+                    Err(e) if e.code == ErrorCode::NotFound => {
+                        check.record(meta, op.as_str(), None)
+                    }
+                    Err(_) => Ok(()),
+                },
+                _ => Ok(()),
+            };
             if let cache::Lookup::Hit(record) = lookup {
-                return Ok(record);
+                let hit = Ok(record);
+                fetched(&hit)?;
+                return hit;
             }
-            let result = handler(&ingress.ctx, Call::new(req, meta, command, idempotency)).await;
+            let owner = owner.clone().filter(|_| op != Op::Fetch);
+            let result = handler(
+                &ingress.ctx,
+                Call::new(req, meta, command, idempotency, owner),
+            )
+            .await;
+            fetched(&result)?;
             cache::after(
                 &ingress.cache,
                 &ingress.sender,

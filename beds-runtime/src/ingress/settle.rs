@@ -13,7 +13,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel};
 
-use super::accept::ReplyTo;
+use super::accept::{ReplyTo, caller};
 use super::lane::Lane;
 use crate::config::RetryConfig;
 use crate::envelope::Reply;
@@ -257,28 +257,6 @@ fn republished(
     key.sign(purpose, properties, &delivery.data)
 }
 
-/// Who sent a request: its `user_id` (RabbitMQ checked it against the sender's login), or,
-/// on a delivery the node republished itself (a retry, a replay), the `x-beds-user-id` it
-/// carried under its retry signature. A client's own `x-beds-user-id` is never read.
-pub(crate) fn caller(key: &ServiceKey, delivery: &Delivery) -> Option<ShortString> {
-    if let Some(user) = delivery.properties.user_id() {
-        return Some(user.clone());
-    }
-    key.verify(Purpose::Retry, &delivery.properties, &delivery.data)
-        .ok()?;
-    match delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(headers::CALLER)?
-    {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).as_ref().into()),
-        AMQPValue::ShortString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// `properties` without `user_id`: RabbitMQ refuses a publish whose `user_id` is not the
 /// node's own login, so a republished request carries its caller in a header instead.
 fn without_user_id(p: &BasicProperties) -> BasicProperties {
@@ -479,6 +457,8 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::UniqueViolation,
             ErrorCode::WrongQueue,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
             ErrorCode::Internal,
         ] {
             assert_eq!(

@@ -49,6 +49,8 @@ pub enum ServerError {
         .0.name()
     )]
     RoleNotServed(Role),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
     InvalidationsNotSubscribed,
     #[error(transparent)]
@@ -210,6 +212,7 @@ impl Server {
                 env: config.env.clone(),
             },
             signer: Signer::new(key.clone(), &config.amqp.url),
+            security: Arc::new(crate::security::Security::from_config(config)?),
         });
         let stop = CancellationToken::new();
         // Workers start once the node hears other nodes' invalidations, so nothing it

@@ -74,6 +74,10 @@ pub struct CallArgs {
     /// Print the whole reply envelope (ids, status, data or error), not only its `data`.
     #[arg(long)]
     raw: bool,
+    /// A file holding the end user's signed token, sent as `auth` (a file, so the token
+    /// stays out of the command line and shell history).
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<std::path::PathBuf>,
 }
 
 /// Why a call failed; [`CallError::exit_code`] tells a usage error, an error reply and a
@@ -159,6 +163,11 @@ pub enum CallError {
         tag: String,
         url: String,
     },
+    #[error("cannot read the token file `{}` (--auth-file): {source}", path.display())]
+    AuthFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Client(ClientError),
 }
@@ -180,6 +189,13 @@ pub async fn run(config: &Config, catalog: &Catalog, args: CallArgs) -> Result<(
     let mut options = ClientOptions::from_config(config, "beds-call");
     if let Some(t) = args.timeout {
         options.timeout = t.duration();
+    }
+    if let Some(path) = &args.auth_file {
+        let token = std::fs::read_to_string(path).map_err(|source| CallError::AuthFile {
+            path: path.clone(),
+            source,
+        })?;
+        options = options.with_auth(token.trim());
     }
     let timeout = options.timeout;
     let client = Client::connect(options).await.map_err(CallError::Client)?;
@@ -634,6 +650,7 @@ mod tests {
             retention: None,
         },
         access: &[],
+        owner: None,
         tokens: &[],
         counts: &[],
         checks: &[],
@@ -658,6 +675,7 @@ mod tests {
             min_version: None,
             timeout: None,
             raw: false,
+            auth_file: None,
         }
     }
 

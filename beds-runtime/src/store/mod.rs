@@ -39,6 +39,7 @@ use crate::events::{Lineage, WriteOp as EventOp};
 use crate::meta::{
     DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue, QueryMeta, TemplateMeta,
 };
+use crate::security::OwnerCheck;
 use crate::value::{RecordKey, Value, format_timestamp};
 
 /// The dialect of a configured driver. Dialects hold no state, so one static instance of
@@ -222,9 +223,10 @@ impl Store {
     pub async fn write(
         &self,
         t: &'static TemplateMeta,
-        idempotency_key: &str,
+        idempotency_key: &IdempotencyKey,
         op: WriteOp,
         lineage: Option<&Lineage>,
+        owner: Option<&OwnerCheck>,
     ) -> Result<Json, BedsError> {
         let target = &self.sql(t).targets[op.slot()];
         let mut tx = self
@@ -256,13 +258,17 @@ impl Store {
                 lock_token,
                 tokens,
             } => {
-                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                // Read and locked first, so no other write lands between it and the update.
-                let before = if events {
+                // Read and locked first, so no other write lands between it and the update,
+                // and the owner checked is the owner written over.
+                let before = if events || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
                 };
+                if let Some(owner) = owner {
+                    owner.record(t, "update", before.as_ref())?;
+                }
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
                 let reply = self
                     .update(&mut tx, t, &key, fields, expect_version)
                     .await?;
@@ -280,13 +286,18 @@ impl Store {
                 expect_version,
                 lock_token,
             } => {
-                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                // What the database deletes or nulls by itself, read before it does.
-                let root = if events {
+                // What the database deletes or nulls by itself, read before it does; and
+                // the owner, in the same transaction as the delete.
+                let root = if events || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
                 };
+                if let Some(owner) = owner {
+                    owner.record(t, "delete", root.as_ref())?;
+                }
+                self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
+                let root = root.filter(|_| events);
                 let cascaded = match root {
                     Some(root) => self.cascade(&mut tx, t, &root).await?,
                     None => Vec::new(),
@@ -303,16 +314,26 @@ impl Store {
                 reply
             }
             WriteOp::Lock { key, ttl_ms, token } => {
+                if let Some(owner) = owner {
+                    let record = self.locked(&mut tx, t, &key).await?;
+                    owner.record(t, "lock", record.as_ref())?;
+                }
                 self.lock(&mut tx, t, &key, ttl_ms, token).await?
             }
-            WriteOp::Unlock { key, token } => self.unlock(&mut tx, t, &key, &token).await?,
+            WriteOp::Unlock { key, token } => {
+                if let Some(owner) = owner {
+                    let record = self.locked(&mut tx, t, &key).await?;
+                    owner.record(t, "unlock", record.as_ref())?;
+                }
+                self.unlock(&mut tx, t, &key, &token).await?
+            }
         };
         if let Some(lineage) = lineage {
             self.record_events(&mut tx, lineage, changes).await?;
         }
         sqlx::query(self.idempotency.store_reply.clone())
             .bind(reply.to_string())
-            .bind(idempotency_key)
+            .bind(&idempotency_key.stored)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.db_error(t, e, Write::None))?;
@@ -328,7 +349,7 @@ impl Store {
         &self,
         conn: &mut AnyConnection,
         t: &TemplateMeta,
-        key: &str,
+        key: &IdempotencyKey,
         target: &str,
     ) -> Result<Claim, BedsError> {
         let now = format_timestamp(&crate::value::now());
@@ -339,7 +360,7 @@ impl Store {
                 pool: &self.pool,
                 claim: &self.idempotency.claim,
                 lookup: &self.idempotency.lookup,
-                key,
+                key: &key.stored,
                 target,
                 now: &now,
             })
@@ -347,7 +368,7 @@ impl Store {
             .map_err(|e| self.db_error(t, e, Write::None))?;
         match claimed {
             Claimed::Held => Ok(Claim::Held),
-            Claimed::Taken(seen) => replayed(stored_reply(key, target, seen)?),
+            Claimed::Taken(seen) => replayed(stored_reply(&key.given, target, seen)?),
         }
     }
 
@@ -916,6 +937,14 @@ fn internal(t: &TemplateMeta, e: &sqlx::Error) -> BedsError {
         ErrorCode::Internal,
         format!("storing `{}` failed unexpectedly", t.name),
     )
+}
+
+/// A write's idempotency key: as the caller gave it (or the message id), for messages, and
+/// as stored, scoped to the caller (see `ingress/idempotency.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyKey {
+    pub given: String,
+    pub stored: String,
 }
 
 /// A key another delivery claimed: its reply, or (if that delivery rolled back after all,

@@ -916,6 +916,7 @@ mod tests {
                 retention: None,
             },
             access: &[],
+            owner: None,
             tokens: &[],
             counts,
             checks: &[],
@@ -1001,6 +1002,7 @@ mod tests {
             group,
             cache_ttl_ms: None,
             reads: &[],
+            access: &[],
         }
     }
 

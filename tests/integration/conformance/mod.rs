@@ -8,6 +8,7 @@
 //! Samples come from one seed per run, printed at the start and in any failure;
 //! `BEDS_TEST_SEED=<seed>` replays a run.
 
+mod access;
 mod groups;
 mod locking;
 mod model;

@@ -115,6 +115,7 @@ pub mod tiny {
                 retention: ::core::option::Option::None,
             },
             access: &[],
+            owner: ::core::option::Option::None,
             tokens: &[],
             counts: &[],
             checks: &[],
