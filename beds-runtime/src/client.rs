@@ -33,6 +33,8 @@ pub struct ClientOptions {
     pub service: String,
     pub node: String,
     pub env: String,
+    /// A longer reply is refused unread (`limits.max_message_bytes` of the config).
+    pub max_reply_bytes: u64,
 }
 
 impl ClientOptions {
@@ -45,6 +47,7 @@ impl ClientOptions {
             service: service.to_string(),
             node: config.node.clone(),
             env: config.env.clone(),
+            max_reply_bytes: config.limits.max_message_bytes,
         }
     }
 }
@@ -61,6 +64,11 @@ pub enum ClientError {
     Timeout { id: Uuid, after: Duration },
     #[error("AMQP: {0}")]
     Transport(#[from] lapin::Error),
+    /// The reply is longer than [`ClientOptions::max_reply_bytes`]; it was not decoded.
+    #[error(
+        "the reply is {size} bytes, over the client's limit of {limit} (limits.max_message_bytes)"
+    )]
+    ReplyTooLarge { size: usize, limit: u64 },
     #[error("the reply could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
     /// The request was dropped from the client's table of pending replies before its
@@ -289,6 +297,12 @@ impl Client {
                 });
             }
         };
+        if body.len() as u64 > self.options.max_reply_bytes {
+            return Err(ClientError::ReplyTooLarge {
+                size: body.len(),
+                limit: self.options.max_reply_bytes,
+            });
+        }
         Ok(serde_json::from_slice(&body)?)
     }
 

@@ -80,6 +80,7 @@ pub struct Config {
     pub log: LogConfig,
     pub locking: LockingConfig,
     pub cache: CacheConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -101,6 +102,7 @@ impl Default for Config {
             log: LogConfig::default(),
             locking: LockingConfig::default(),
             cache: CacheConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -270,6 +272,31 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+/// Bounds on what one request may hold, checked before its body is parsed (wiki/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest request body, in bytes; also the largest reply a client reads.
+    pub max_message_bytes: u64,
+    /// The deepest nesting of objects and arrays in a request (the envelope itself is 1).
+    pub max_depth: u32,
+    /// The most object fields in one request, counted over the whole body.
+    pub max_fields: u32,
+}
+
+/// serde_json refuses deeper JSON on its own, with a message naming its internals.
+pub const MAX_DEPTH_CEILING: u32 = 100;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1024 * 1024,
+            max_depth: 32,
+            max_fields: 1000,
         }
     }
 }
@@ -620,6 +647,15 @@ impl Config {
             return Err(
                 "locking.default_ttl must be at least 1ms and at most locking.max_ttl".into(),
             );
+        }
+        let limits = self.limits;
+        if limits.max_message_bytes == 0 || limits.max_fields == 0 {
+            return Err("limits.max_message_bytes and limits.max_fields must be at least 1".into());
+        }
+        if !(2..=MAX_DEPTH_CEILING).contains(&limits.max_depth) {
+            return Err(format!(
+                "limits.max_depth must be between 2 (an envelope holding an object) and {MAX_DEPTH_CEILING}"
+            ));
         }
         if self.events.batch == 0 {
             return Err("events.batch must be at least 1".into());
