@@ -893,6 +893,46 @@ mod tests {
     }
 
     #[test]
+    fn input_limits_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let c = Config::load_with_env(&ok, env(&[])).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+                ("BEDS_LIMITS__MAX_DEPTH", "8"),
+                ("BEDS_LIMITS__MAX_FIELDS", "50"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                max_message_bytes: 4096,
+                max_depth: 8,
+                max_fields: 50
+            }
+        );
+        for (key, value, says) in [
+            ("BEDS_LIMITS__MAX_DEPTH", "500", "limits.max_depth"),
+            ("BEDS_LIMITS__MAX_DEPTH", "1", "limits.max_depth"),
+            ("BEDS_LIMITS__MAX_FIELDS", "0", "limits.max_fields"),
+            (
+                "BEDS_LIMITS__MAX_MESSAGE_BYTES",
+                "0",
+                "limits.max_message_bytes",
+            ),
+        ] {
+            let e = Config::load_with_env(&ok, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{key}={value}: {e}");
+        }
+    }
+
+    #[test]
     fn durations_take_units() {
         let m: Millis = serde_yaml::from_str("5s").unwrap();
         assert_eq!(m, Millis(5000));
