@@ -437,12 +437,12 @@ pub(crate) fn field_value(
             let s = j.as_str().ok_or_else(wrong)?;
             DateTime::parse_from_rfc3339(s)
                 .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
-                .map_err(|e| {
+                .map_err(|_| {
                     detail(
                         at,
                         name,
                         DetailCode::InvalidFormat,
-                        format!("is not an RFC 3339 timestamp: {e}"),
+                        "is not an RFC 3339 timestamp such as 2026-01-31T12:00:00Z".into(),
                     )
                 })
         }
@@ -450,12 +450,12 @@ pub(crate) fn field_value(
             let s = j.as_str().ok_or_else(wrong)?;
             Date::parse_from_str(s, "%Y-%m-%d")
                 .map(Value::Date)
-                .map_err(|e| {
+                .map_err(|_| {
                     detail(
                         at,
                         name,
                         DetailCode::InvalidFormat,
-                        format!("is not a YYYY-MM-DD date: {e}"),
+                        "is not a YYYY-MM-DD date such as 2026-01-31".into(),
                     )
                 })
         }
