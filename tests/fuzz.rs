@@ -421,3 +421,25 @@ fn the_declarations_mutated_are_valid_as_they_stand() {
         }
     }
 }
+
+/// Inputs of the kinds that crash parsers: deep nesting, alias expansion, huge scalars.
+/// Crashers found: 50,000 `- ` on one line and 5,000 ever deeper keys overflowed the stack
+/// (yaml-rust2's `Parser::load` recurses per level); the compiler now pulls events itself
+/// and refuses nesting deeper than 64 levels.
+#[test]
+fn hostile_declarations_are_diagnosed_not_crashed() {
+    let laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    for source in [
+        "[".repeat(100_000),
+        "{".repeat(100_000),
+        "- ".repeat(50_000),
+        (0..5_000)
+            .map(|i| format!("{}k: \n", " ".repeat(i)))
+            .collect(),
+        laughs.to_string(),
+        format!("domain: {}\nversion: 1\n", "x".repeat(1_000_000)),
+        "domain: d\nversion: 1\ntemplates: &t { a: { fields: *t } }\n".to_string(),
+    ] {
+        compile("hostile.yaml", &source);
+    }
+}
