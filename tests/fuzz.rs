@@ -329,6 +329,8 @@ enum Edit {
     Swap(usize, usize),
     Replace(usize, usize),
     Indent(usize, bool),
+    /// Lines of ever deeper keys put before a line.
+    Deepen(usize, usize),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -338,6 +340,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::Swap(a, b)),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::Replace(a, b)),
         (any::<usize>(), any::<bool>()).prop_map(|(a, b)| Edit::Indent(a, b)),
+        (any::<usize>(), 1usize..200).prop_map(|(a, n)| Edit::Deepen(a, n)),
     ]
 }
 
@@ -364,6 +367,11 @@ fn apply(source: &str, edits: &[Edit]) -> String {
                     Some((key, _)) => format!("{key}: {value}"),
                     None => format!("{line} {value}"),
                 };
+            }
+            Edit::Deepen(i, levels) => {
+                let deep = (0..*levels).map(|l| format!("{}k{l}:", " ".repeat(l)));
+                let at = i % n;
+                lines.splice(at..at, deep);
             }
             Edit::Indent(i, deeper) => {
                 let line = &mut lines[i % n];
