@@ -175,15 +175,36 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Deeper nesting is refused: a domain file needs a handful of levels, and the tree is
+/// walked (and dropped) recursively.
+const MAX_NESTING: usize = 64;
+
 /// Parses one YAML document into a spanned tree.
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
-    Parser::new_from_str(source)
-        .load(&mut builder, false)
-        .map_err(|e| SyntaxError {
+    let mut parser = Parser::new_from_str(source);
+    // Events are pulled one by one rather than through `Parser::load`, which recurses once
+    // per nesting level and overflows the stack on a few thousand `- ` (found by fuzzing).
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
             pos: Pos::from(*e.marker()),
             message: e.info().to_string(),
         })?;
+        let last = matches!(event, Event::DocumentEnd | Event::StreamEnd);
+        builder.on_event(event, mark);
+        if builder.stack.len() > MAX_NESTING {
+            return Err(SyntaxError {
+                pos: Pos::from(mark),
+                message: format!(
+                    "the YAML nests deeper than {MAX_NESTING} levels; a domain file needs far \
+                     fewer (look for a runaway `- ` or indentation)"
+                ),
+            });
+        }
+        if last {
+            break;
+        }
+    }
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -217,6 +238,18 @@ mod tests {
         assert_eq!(m[0].1.as_bool(), None);
         assert_eq!(m[1].1.as_bool(), Some(true));
         assert_eq!(m[2].1.as_i64(), Some(12));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let indented: String = (0..5_000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect();
+        for source in ["- ".repeat(50_000), indented] {
+            let err = parse(&source).map(|_| ()).unwrap_err();
+            assert!(err.message.contains("deeper than 64"), "{err:?}");
+        }
+        assert!(parse(&"- ".repeat(60)).is_ok());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct ClientOptions {
     /// listed in the node's `security.trusted_services`.
     pub subject: Option<String>,
     pub roles: Option<Vec<String>>,
+    /// A longer reply is refused unread (`limits.max_message_bytes` of the config).
+    pub max_reply_bytes: u64,
 }
 
 impl ClientOptions {
@@ -61,6 +63,7 @@ impl ClientOptions {
             auth: None,
             subject: None,
             roles: None,
+            max_reply_bytes: config.limits.max_message_bytes,
         }
     }
 
@@ -126,6 +129,11 @@ pub enum ClientError {
     Timeout { id: Uuid, after: Duration },
     #[error("AMQP: {0}")]
     Transport(#[from] lapin::Error),
+    /// The reply is longer than [`ClientOptions::max_reply_bytes`]; it was not decoded.
+    #[error(
+        "the reply is {size} bytes, over the client's limit of {limit} (limits.max_message_bytes)"
+    )]
+    ReplyTooLarge { size: usize, limit: u64 },
     #[error("the reply could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
     /// The request was dropped from the client's table of pending replies before its
@@ -368,6 +376,12 @@ impl Client {
                 });
             }
         };
+        if body.len() as u64 > self.options.max_reply_bytes {
+            return Err(ClientError::ReplyTooLarge {
+                size: body.len(),
+                limit: self.options.max_reply_bytes,
+            });
+        }
         Ok(serde_json::from_slice(&body)?)
     }
 

@@ -81,6 +81,7 @@ pub struct Config {
     pub locking: LockingConfig,
     pub cache: CacheConfig,
     pub security: SecurityConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -103,6 +104,7 @@ impl Default for Config {
             locking: LockingConfig::default(),
             cache: CacheConfig::default(),
             security: SecurityConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -502,6 +504,31 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             ttl: Millis(24 * 3_600_000),
+        }
+    }
+}
+
+/// Bounds on what one request may hold, checked before its body is parsed (wiki/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest request body, in bytes; also the largest reply a client reads.
+    pub max_message_bytes: u64,
+    /// The deepest nesting of objects and arrays in a request (the envelope itself is 1).
+    pub max_depth: u32,
+    /// The most object fields in one request, counted over the whole body.
+    pub max_fields: u32,
+}
+
+/// serde_json refuses deeper JSON on its own, with a message naming its internals.
+pub const MAX_DEPTH_CEILING: u32 = 100;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1024 * 1024,
+            max_depth: 32,
+            max_fields: 1000,
         }
     }
 }
@@ -1038,6 +1065,15 @@ impl Config {
                 "locking.default_ttl must be at least 1ms and at most locking.max_ttl".into(),
             );
         }
+        let limits = self.limits;
+        if limits.max_message_bytes == 0 || limits.max_fields == 0 {
+            return Err("limits.max_message_bytes and limits.max_fields must be at least 1".into());
+        }
+        if !(2..=MAX_DEPTH_CEILING).contains(&limits.max_depth) {
+            return Err(format!(
+                "limits.max_depth must be between 2 (an envelope holding an object) and {MAX_DEPTH_CEILING}"
+            ));
+        }
         if self.events.batch == 0 {
             return Err("events.batch must be at least 1".into());
         }
@@ -1537,6 +1573,46 @@ mod tests {
         ] {
             let e = load("postgres", url, mode, ca).unwrap_err().to_string();
             assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+
+    #[test]
+    fn input_limits_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let c = Config::load_with_env(&ok, env(&[])).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        let c = Config::load_with_env(
+            &ok,
+            env(&[
+                ("BEDS_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+                ("BEDS_LIMITS__MAX_DEPTH", "8"),
+                ("BEDS_LIMITS__MAX_FIELDS", "50"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                max_message_bytes: 4096,
+                max_depth: 8,
+                max_fields: 50
+            }
+        );
+        for (key, value, says) in [
+            ("BEDS_LIMITS__MAX_DEPTH", "500", "limits.max_depth"),
+            ("BEDS_LIMITS__MAX_DEPTH", "1", "limits.max_depth"),
+            ("BEDS_LIMITS__MAX_FIELDS", "0", "limits.max_fields"),
+            (
+                "BEDS_LIMITS__MAX_MESSAGE_BYTES",
+                "0",
+                "limits.max_message_bytes",
+            ),
+        ] {
+            let e = Config::load_with_env(&ok, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{key}={value}: {e}");
         }
     }
 

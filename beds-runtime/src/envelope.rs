@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
+use crate::config::LimitsConfig;
+use crate::echo::clip;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::suggest::did_you_mean;
 
@@ -239,15 +241,6 @@ const FIELDS: &[&str] = &[
     "roles",
 ];
 
-/// The first top-level field of `body` that v1 does not have.
-fn unknown_field(body: &[u8]) -> Option<String> {
-    let fields = serde_json::from_slice::<Map<String, Json>>(body).ok()?;
-    fields
-        .into_iter()
-        .map(|(k, _)| k)
-        .find(|k| !FIELDS.contains(&k.as_str()))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
@@ -425,7 +418,7 @@ impl Path {
             match segment {
                 Segment::Key(k) => {
                     out.push('.');
-                    out.push_str(&k);
+                    out.push_str(&clip(&k));
                 }
                 Segment::Index(i) => out.push_str(&format!("[{i}]")),
             }
@@ -575,36 +568,39 @@ impl Request {
         }
     }
 
-    /// Decodes a message body, telling bad JSON, a wrong version, a bad envelope and bad
-    /// payload fields apart.
+    /// Decodes a message body within the default [`LimitsConfig`].
     pub fn decode(body: &[u8]) -> Result<Request, BedsError> {
+        Request::decode_within(body, &LimitsConfig::default())
+    }
+
+    /// Decodes a message body, telling a body over `limits`, bad JSON, a wrong version, a
+    /// bad envelope and bad payload fields apart. The bounds are checked before anything
+    /// is parsed; messages name fields in the contract's words, never the parser's.
+    pub fn decode_within(body: &[u8], limits: &LimitsConfig) -> Result<Request, BedsError> {
+        crate::limits::check(body, limits)?;
         match serde_json::from_slice::<Wire>(body) {
             Ok(wire) if wire.v == VERSION => wire.into_request(),
             Ok(wire) => Err(unsupported(Some(wire.v))),
-            Err(e) if e.is_syntax() || e.is_eof() => Err(BedsError::new(
-                ErrorCode::MalformedJson,
-                format!("the body is not valid JSON: {e}"),
-            )),
-            Err(e) => {
+            Err(e) if e.is_syntax() || e.is_eof() => Err(malformed(&e)),
+            Err(_) => {
                 // Check the version before the shape: a v2 envelope may differ entirely.
-                let v = serde_json::from_slice::<Json>(body)
-                    .ok()
-                    .and_then(|j| j.get("v").map(|v| v.as_u64()));
-                match v {
+                let Ok(top) = serde_json::from_slice::<Strict>(body) else {
+                    return Err(unsupported(None));
+                };
+                let Json::Object(fields) = &top.value else {
+                    return Err(unsupported(None));
+                };
+                match fields.get("v").map(Json::as_u64) {
+                    None => Err(unsupported(None)),
                     Some(Some(v)) if v != u64::from(VERSION) => {
                         Err(unsupported(u32::try_from(v).ok()))
                     }
-                    None => Err(unsupported(None)),
                     _ => Err(BedsError::new(
                         ErrorCode::InvalidEnvelope,
-                        match unknown_field(body) {
-                            Some(field) => format!(
-                                "the envelope does not match v{VERSION}: unknown field `{field}`{}; \
-                                 the fields each operation takes are listed in the envelope contract",
-                                did_you_mean(&field, FIELDS)
-                            ),
-                            None => format!("the envelope does not match v{VERSION}: {e}"),
-                        },
+                        format!(
+                            "the envelope does not match v{VERSION}: {}",
+                            shape_problem(fields, top.duplicate)
+                        ),
                     )),
                 }
             }
@@ -614,7 +610,11 @@ impl Request {
     /// The conversation and message ids of a body [`Request::decode`] refused, for its
     /// error reply: read from any JSON object whose `id` (and `correlation_id`, if any)
     /// are UUIDs, else nil. Only runs for refused requests.
-    pub(crate) fn ids_of(body: &[u8]) -> (Uuid, Uuid) {
+    pub(crate) fn ids_of(body: &[u8], limits: &LimitsConfig) -> (Uuid, Uuid) {
+        // A body over the size bound is not read at all.
+        if body.len() as u64 > limits.max_message_bytes {
+            return (Uuid::nil(), Uuid::nil());
+        }
         #[derive(Deserialize)]
         struct Ids {
             id: Option<Json>,
@@ -643,6 +643,128 @@ fn unsupported(v: Option<u32>) -> BedsError {
         ErrorCode::UnsupportedVersion,
         format!("envelope version {found} is not supported; this server speaks v{VERSION}"),
     )
+}
+
+/// Bad JSON, placed by line and column only: the parser's own words are its internals.
+fn malformed(e: &serde_json::Error) -> BedsError {
+    let what = if e.is_eof() {
+        "it ends before the JSON does"
+    } else {
+        "a syntax error"
+    };
+    BedsError::new(
+        ErrorCode::MalformedJson,
+        format!(
+            "the body is not valid JSON: {what} at line {}, column {}",
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+/// What a field of the envelope must hold, in the contract's words.
+#[derive(Clone, Copy)]
+enum Shape {
+    Count,
+    Uuid,
+    Text,
+    Integer,
+    Timestamp,
+    Origin,
+    Consistency,
+    /// Payload fields, checked with their own messages once the envelope is read.
+    Any,
+}
+
+impl Shape {
+    fn of(field: &str) -> Shape {
+        match field {
+            "v" | "depth" => Shape::Count,
+            "id" | "correlation_id" | "causation_id" => Shape::Uuid,
+            "domain" | "template" | "op" | "idempotency_key" | "lock_token" | "query" => {
+                Shape::Text
+            }
+            "expect_version" | "min_version" => Shape::Integer,
+            "deadline" => Shape::Timestamp,
+            "origin" => Shape::Origin,
+            "consistency" => Shape::Consistency,
+            _ => Shape::Any,
+        }
+    }
+
+    fn holds(self, value: &Json) -> bool {
+        match self {
+            Shape::Count => value.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
+            Shape::Uuid => value.as_str().is_some_and(|s| s.parse::<Uuid>().is_ok()),
+            Shape::Text => value.is_string(),
+            Shape::Integer => value.is_i64(),
+            Shape::Timestamp => value
+                .as_str()
+                .is_some_and(|s| s.parse::<chrono::DateTime<chrono::Utc>>().is_ok()),
+            Shape::Origin => value.as_object().is_some_and(|o| {
+                o.len() == 3
+                    && ["service", "node", "env"]
+                        .iter()
+                        .all(|k| o.get(*k).is_some_and(Json::is_string))
+            }),
+            Shape::Consistency => matches!(value.as_str(), Some("strong" | "cached")),
+            Shape::Any => true,
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Shape::Count => "a non-negative integer",
+            Shape::Uuid => "a UUID string",
+            Shape::Text => "a string",
+            Shape::Integer => "an integer",
+            Shape::Timestamp => "an RFC 3339 timestamp string",
+            Shape::Origin => "an object with service, node and env, each a string",
+            Shape::Consistency => "`strong` or `cached`",
+            Shape::Any => "any JSON value",
+        }
+    }
+}
+
+/// The fields every request has.
+const REQUIRED: [&str; 4] = ["v", "id", "domain", "op"];
+
+/// Why an envelope whose JSON is valid does not match v1: the first problem found, in the
+/// order of [`FIELDS`], so the same body always gets the same message.
+fn shape_problem(fields: &Map<String, Json>, duplicate: Option<Path>) -> String {
+    if let Some(field) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return format!(
+            "unknown field `{}`{}; the fields each operation takes are listed in the envelope \
+             contract",
+            clip(field),
+            did_you_mean(field, FIELDS)
+        );
+    }
+    for field in FIELDS {
+        let shape = Shape::of(field);
+        match fields.get(*field) {
+            None if REQUIRED.contains(field) => {
+                return format!(
+                    "field `{field}` is missing; every request has {}",
+                    REQUIRED.join(", ")
+                );
+            }
+            // Absent or null optional fields take their defaults, except these two whose
+            // default is not null.
+            None => {}
+            Some(Json::Null)
+                if !REQUIRED.contains(field) && !["depth", "template"].contains(field) => {}
+            Some(value) if shape.holds(value) => {}
+            Some(_) => return format!("field `{field}` must be {}", shape.words()),
+        }
+    }
+    match duplicate.map(|p| p.0) {
+        Some(path) if path.len() == 1 => format!(
+            "field `{}` appears more than once; send each field once",
+            Path(path).at("").trim_start_matches('.')
+        ),
+        _ => "the envelope contract lists its fields and their types".to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -746,6 +868,126 @@ mod tests {
         );
     }
 
+    fn message(body: &str) -> String {
+        Request::decode(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn envelope_problems_are_told_in_the_contracts_words() {
+        let id = r#""id":"0193a000-0000-7000-8000-000000000001""#;
+        let head = format!(r#""v":1,{id},"domain":"d","op":"list""#);
+        for (body, says) in [
+            (
+                format!(r#"{{{head},"depth":-1}}"#),
+                "field `depth` must be a non-negative integer",
+            ),
+            (
+                format!(r#"{{{head},"origin":{{"service":"s"}}}}"#),
+                "field `origin` must be an object with service, node and env, each a string",
+            ),
+            (
+                format!(r#"{{"v":1,{id},"domain":"d"}}"#),
+                "field `op` is missing; every request has v, id, domain, op",
+            ),
+            (
+                format!(r#"{{{head},"op":"fetch"}}"#),
+                "field `op` appears more than once; send each field once",
+            ),
+            (
+                format!(r#"{{{head},"deadline":"tomorrow"}}"#),
+                "field `deadline` must be an RFC 3339 timestamp string",
+            ),
+            (
+                format!(r#"{{{head},"consistency":"eventual"}}"#),
+                "field `consistency` must be `strong` or `cached`",
+            ),
+            (
+                r#"{"v":1,"id":7,"domain":"d","op":"list"}"#.to_string(),
+                "field `id` must be a UUID string",
+            ),
+            (
+                format!(r#"{{{head},"template":null}}"#),
+                "field `template` must be a string",
+            ),
+        ] {
+            let got = message(&body);
+            assert_eq!(
+                got,
+                format!("the envelope does not match v1: {says}"),
+                "{body}"
+            );
+        }
+        let bad = message(r#"{"v":1,"id":"#);
+        assert_eq!(
+            bad,
+            "the body is not valid JSON: it ends before the JSON does at line 1, column 12"
+        );
+        assert_eq!(
+            message("{nope}"),
+            "the body is not valid JSON: a syntax error at line 1, column 2"
+        );
+    }
+
+    #[test]
+    fn parser_words_never_reach_a_reply() {
+        let head = r#""v":1,"id":"0193a000-0000-7000-8000-000000000001","domain":"d","op":"list""#;
+        for extra in [
+            r#""depth":"x""#,
+            r#""origin":7"#,
+            r#""v":1.5"#,
+            r#""expect_version":"1""#,
+            r#""min_version":1e400"#,
+            r#""lock_token":[1]"#,
+        ] {
+            let got = message(&format!("{{{head},{extra}}}"));
+            for internal in ["expected", "struct ", "invalid type", "u32", "i64"] {
+                assert!(!got.contains(internal), "{extra}: {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_name_is_echoed_clipped() {
+        let long = "x".repeat(200_000);
+        let body = format!(
+            r#"{{"v":1,"id":"0193a000-0000-7000-8000-000000000001","domain":"d","op":"list","{long}":1}}"#
+        );
+        let e = Request::decode(body.as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidEnvelope);
+        assert!(e.message.len() < 300, "{}", e.message);
+    }
+
+    #[test]
+    fn bounds_are_checked_before_parsing() {
+        let limits = LimitsConfig {
+            max_message_bytes: 200,
+            max_depth: 4,
+            max_fields: 8,
+        };
+        let decode = |body: &str| Request::decode_within(body.as_bytes(), &limits);
+        let head = r#""v":1,"id":"0193a000-0000-7000-8000-000000000001","domain":"d","op":"list""#;
+        assert!(decode(&format!(r#"{{{head},"after":[[1]]}}"#)).is_ok());
+        for body in [
+            format!(r#"{{{head},"after":[[[[1]]]]}}"#),
+            format!(r#"{{{head},"data":{{"a":1,"b":2,"c":3,"d":4,"e":5}}}}"#),
+            format!(r#"{{{head},"query":"{}"}}"#, "q".repeat(200)),
+            // Too deep is refused even where the JSON is broken further on.
+            "[".repeat(10_000),
+        ] {
+            assert_eq!(
+                decode(&body).unwrap_err().code,
+                ErrorCode::TooLarge,
+                "{body}"
+            );
+        }
+        // An oversized body's ids are not read.
+        let big = format!(r#"{{{head},"query":"{}"}}"#, "q".repeat(200));
+        assert_eq!(
+            Request::ids_of(big.as_bytes(), &limits),
+            (Uuid::nil(), Uuid::nil())
+        );
+    }
+
     fn code(body: &str) -> ErrorCode {
         Request::decode(body.as_bytes()).unwrap_err().code
     }
@@ -828,7 +1070,7 @@ mod tests {
     fn refused_requests_keep_their_ids_when_readable() {
         let id = "0192f0e0-0000-7000-8000-000000000001";
         let corr = "0192f0e0-0000-7000-8000-000000000002";
-        let ids = |body: String| Request::ids_of(body.as_bytes());
+        let ids = |body: String| Request::ids_of(body.as_bytes(), &LimitsConfig::default());
         let (c, i) = ids(format!(
             r#"{{"id":"{id}","correlation_id":"{corr}","limit":-1}}"#
         ));

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     UnsupportedVersion,
     MalformedJson,
     InvalidEnvelope,
+    /// The message breaks a configured bound (`limits.*`): size, depth or field count.
+    TooLarge,
     UnknownDomain,
     UnknownTemplate,
     UnknownOperation,
@@ -77,7 +79,7 @@ impl ErrorCode {
     pub fn class(self) -> ErrorClass {
         use ErrorCode::*;
         match self {
-            UnsupportedVersion | MalformedJson | InvalidEnvelope | UnknownDomain
+            UnsupportedVersion | MalformedJson | InvalidEnvelope | TooLarge | UnknownDomain
             | UnknownTemplate | UnknownOperation | UnknownQuery | OperationNotAllowed
             | WrongQueue => ErrorClass::Contract,
             Unauthenticated | Forbidden => ErrorClass::Forbidden,
@@ -112,6 +114,9 @@ pub enum DetailCode {
     #[serde(other)]
     Other,
 }
+
+/// The most details one error lists.
+pub const MAX_DETAILS: usize = 20;
 
 /// One problem with one input field (`field` is a path like `data.handle` or `key.id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,11 +156,17 @@ impl BedsError {
     }
 
     /// A validation error listing every field problem at once.
-    pub fn invalid(details: Vec<ErrorDetail>) -> Self {
+    /// At most [`MAX_DETAILS`] are listed, so a reply never grows with the input.
+    pub fn invalid(mut details: Vec<ErrorDetail>) -> Self {
         let message = match details.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
+            many if many.len() > MAX_DETAILS => format!(
+                "{} fields are invalid; the first {MAX_DETAILS} are listed",
+                many.len()
+            ),
             many => format!("{} fields are invalid", many.len()),
         };
+        details.truncate(MAX_DETAILS);
         BedsError {
             details,
             ..BedsError::new(ErrorCode::InvalidInput, message)

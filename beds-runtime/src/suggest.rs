@@ -3,6 +3,12 @@
 /// The known name closest to `word`, if it is close enough to be a likely typo (the
 /// declaration compiler's rule, with a swap of two neighbours counted as one edit).
 pub(crate) fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    // A word this much longer than every name is no typo of any; it may be client input of
+    // any length, and the distance costs its length times the name's.
+    let longest = known.iter().map(|k| k.len()).max().unwrap_or(0);
+    if word.len() > 2 * longest + 2 {
+        return None;
+    }
     known
         .iter()
         .map(|k| (edit_distance(&word.to_lowercase(), k), *k))
@@ -49,5 +55,6 @@ mod tests {
         assert_eq!(closest("Create", &known), Some("create"));
         assert_eq!(closest("lsit", &known), Some("list"));
         assert_eq!(closest("get", &known), None);
+        assert_eq!(closest(&"fetch".repeat(40_000), &known), None);
     }
 }

@@ -1,8 +1,9 @@
 //! The one module generated code reaches the runtime through (`use
 //! ::beds_runtime::support as rt`), like prost's generated code names only `::prost`. Its
-//! contents are for generated code, the derive and hand-written dispatch tables; they are
-//! hidden from the documentation and not part of the application API. Nothing here opens a
-//! database: handlers get the store only inside a [`Call`] the ingress chain built.
+//! contents are for generated code, the derive, hand-written dispatch tables and the
+//! property tests of the decoders (tests/fuzz.rs); they are hidden from the documentation
+//! and not part of the application API. Nothing here opens a database: handlers get the
+//! store only inside a [`Call`] the ingress chain built.
 
 pub use beds_macros::Record;
 pub use serde;
@@ -18,5 +19,5 @@ pub use crate::meta::{
     RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
 };
 pub use crate::record::{FieldType, Key, Locking, Query, Record, assert_field, kinds};
-pub use crate::value::{Date, Timestamp};
+pub use crate::value::{Date, Patterns, Timestamp, Value, cursor_values};
 pub use serde_json::Value as Json;

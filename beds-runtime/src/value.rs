@@ -4,6 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
+use crate::echo::{self, clip};
 use crate::error::{BedsError, DetailCode, ErrorDetail};
 use std::collections::{HashMap, HashSet};
 
@@ -289,9 +290,9 @@ fn unknown_fields(meta: &TemplateMeta, data: &Map<String, Json>) -> Vec<ErrorDet
     data.keys()
         .filter(|k| meta.field(k).is_none())
         .map(|k| ErrorDetail {
-            field: format!("data.{k}"),
+            field: format!("data.{}", clip(k)),
             code: DetailCode::Unknown,
-            message: format!("`{}` has no field `{k}`", meta.name),
+            message: format!("`{}` has no field `{}`", meta.name, clip(k)),
         })
         .collect()
 }
@@ -436,12 +437,12 @@ pub(crate) fn field_value(
             let s = j.as_str().ok_or_else(wrong)?;
             DateTime::parse_from_rfc3339(s)
                 .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
-                .map_err(|e| {
+                .map_err(|_| {
                     detail(
                         at,
                         name,
                         DetailCode::InvalidFormat,
-                        format!("is not an RFC 3339 timestamp: {e}"),
+                        "is not an RFC 3339 timestamp such as 2026-01-31T12:00:00Z".into(),
                     )
                 })
         }
@@ -449,12 +450,12 @@ pub(crate) fn field_value(
             let s = j.as_str().ok_or_else(wrong)?;
             Date::parse_from_str(s, "%Y-%m-%d")
                 .map(Value::Date)
-                .map_err(|e| {
+                .map_err(|_| {
                     detail(
                         at,
                         name,
                         DetailCode::InvalidFormat,
-                        format!("is not a YYYY-MM-DD date: {e}"),
+                        "is not a YYYY-MM-DD date such as 2026-01-31".into(),
                     )
                 })
         }
@@ -467,7 +468,7 @@ pub(crate) fn field_value(
                     at,
                     name,
                     DetailCode::InvalidFormat,
-                    format!("must be one of {}, found `{s}`", values.join(", ")),
+                    format!("must be one of {}, found `{}`", values.join(", "), clip(s)),
                 ))
             }
         }
@@ -487,7 +488,7 @@ pub(crate) fn field_value(
                     at,
                     name,
                     DetailCode::InvalidFormat,
-                    format!("is not a UUID: `{s}`"),
+                    format!("is not a UUID: `{}`", clip(s)),
                 )
             })
         }
@@ -532,9 +533,9 @@ pub fn query_params(
         .keys()
         .filter(|k| !q.params.iter().any(|p| p.name == k.as_str()))
         .map(|k| ErrorDetail {
-            field: format!("params.{k}"),
+            field: format!("params.{}", clip(k)),
             code: DetailCode::Unknown,
-            message: format!("query `{}` has no parameter `{k}`", q.name),
+            message: format!("query `{}` has no parameter `{}`", q.name, clip(k)),
         })
         .collect();
     let mut values = Vec::with_capacity(q.params.len());
@@ -608,13 +609,16 @@ impl RecordKey {
             .map(|(n, v)| match v {
                 Value::Uuid(u) => format!("{n} {u}"),
                 Value::Int(i) => format!("{n} {i}"),
-                Value::Text(s) => format!("{n} {s:?}"),
+                Value::Text(s) => format!("{n} {:?}", clip(s)),
                 other => format!("{n} {other:?}"),
             })
             .collect::<Vec<_>>()
             .join(", ")
     }
 }
+
+/// The most names of a wrong key an error repeats (keys have a few fields).
+const MAX_KEY_NAMES: usize = 8;
 
 /// Reads the key of a fetch, update or delete: `{"id": "<uuid>"}`, or the fields of one of
 /// the template's unique indexes, e.g. `{"handle": "bob"}`.
@@ -643,9 +647,12 @@ pub fn record_key(
     if key.contains_key("id") {
         if let Some(other) = key.keys().find(|k| *k != "id") {
             return Err(BedsError::detail(
-                format!("key.{other}"),
+                format!("key.{}", clip(other)),
                 DetailCode::Unknown,
-                format!("a key by `id` has no other fields; `{other}` is not part of it"),
+                format!(
+                    "a key by `id` has no other fields; `{}` is not part of it",
+                    clip(other)
+                ),
             ));
         }
         let id = id_value(t.id, &key["id"]).map_err(|m| {
@@ -661,13 +668,12 @@ pub fn record_key(
         .iter()
         .position(|u| u.fields.len() == key.len() && u.fields.iter().all(|f| key.contains_key(*f)))
     else {
-        let given: Vec<&str> = key.keys().map(String::as_str).collect();
         return Err(BedsError::detail(
             "key",
             DetailCode::Unknown,
             format!(
                 "`{}` is not a key of `{}`; use {}",
-                given.join(", "),
+                echo::list(key.keys().map(String::as_str), MAX_KEY_NAMES),
                 t.name,
                 ways()
             ),
@@ -699,12 +705,12 @@ pub fn id_value(kind: IdKind, j: &Json) -> Result<Value, String> {
             .as_str()
             .and_then(parse_uuid)
             .map(Value::Uuid)
-            .ok_or_else(|| format!("must be a UUID string, found {j}")),
+            .ok_or_else(|| format!("must be a UUID string, found {}", echo::json(j))),
         IdKind::Sequence => j
             .as_i64()
             .filter(|i| *i > 0)
             .map(Value::Int)
-            .ok_or_else(|| format!("must be a positive integer id, found {j}")),
+            .ok_or_else(|| format!("must be a positive integer id, found {}", echo::json(j))),
     }
 }
 

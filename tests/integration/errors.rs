@@ -547,7 +547,7 @@ async fn repeated_keys_are_refused_at_every_level() {
         reply["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("duplicate field `op`")
+            .contains("field `op` appears more than once")
     );
     server.stop().await;
     assert_eq!(env.rows().await.total("spw_users").await, 0);

@@ -1,6 +1,8 @@
 //! Integration tests against real RabbitMQ and real SQLite; one binary, so one link.
 //! Each test has its own queue tag and data directory.
 
+mod authorization;
+mod bounds;
 mod cache;
 mod call;
 mod concurrency;
@@ -16,7 +18,6 @@ mod queries;
 mod reliability;
 mod round_trip;
 mod security;
-mod authorization;
 mod signed;
 mod spawn;
 mod spew;

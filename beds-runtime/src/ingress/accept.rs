@@ -78,7 +78,6 @@ pub(crate) fn caller(key: &ServiceKey, delivery: &Delivery) -> Option<ShortStrin
     }
 }
 
-
 /// Only reply queues of the documented form are answered: a `reply_to` naming a work queue
 /// or another client's queue would make the node publish there on the caller's behalf.
 fn reply_queue(queue: &str) -> Result<(), BedsError> {

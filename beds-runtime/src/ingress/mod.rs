@@ -34,7 +34,7 @@ use serde_json::Value as Json;
 
 use crate::cache::Cache;
 use crate::catalog::Catalog;
-use crate::config::{LockingConfig, RetryConfig};
+use crate::config::{LimitsConfig, LockingConfig, RetryConfig};
 use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::security::Security;
@@ -45,7 +45,7 @@ use route::Target;
 use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
-/// database, the retry policy, the read cache and the security settings.
+/// database, the retry policy, the input bounds, the read cache and the security settings.
 #[derive(Debug)]
 pub(crate) struct Ingress {
     pub catalog: &'static Catalog,
@@ -53,6 +53,7 @@ pub(crate) struct Ingress {
     pub ctx: Ctx,
     pub retry: RetryConfig,
     pub leases: LockingConfig,
+    pub limits: LimitsConfig,
     pub cache: Arc<Cache>,
     pub sender: cache::Sender,
     pub signer: settle::Signer,
@@ -109,11 +110,11 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
 
 /// Decodes the body and runs the chain; every failure becomes an error reply.
 async fn answer(ingress: &Ingress, lane: Lane, body: &[u8], user_id: Option<String>) -> Reply {
-    let req = match Request::decode(body) {
+    let req = match Request::decode_within(body, &ingress.limits) {
         Ok(req) => req,
         Err(e) => {
             tracing::debug!(code = ?e.code, message = %e.message, "request rejected at decode");
-            let (correlation, causation) = Request::ids_of(body);
+            let (correlation, causation) = Request::ids_of(body, &ingress.limits);
             return Reply::to(correlation, causation, Err(e));
         }
     };

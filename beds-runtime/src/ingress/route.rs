@@ -3,6 +3,7 @@
 
 use super::dispatch::Handler;
 use crate::catalog::{Catalog, RouteError, Routes};
+use crate::echo::clip;
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
@@ -55,7 +56,7 @@ pub(crate) fn resolve(catalog: &Catalog, req: &Request) -> Result<Target, BedsEr
             ErrorCode::UnknownOperation,
             format!(
                 "unknown operation `{}`{}; `{}.{}` takes: {}",
-                req.op,
+                clip(&req.op),
                 did_you_mean(&req.op, &ops),
                 req.domain,
                 req.template,
@@ -89,7 +90,7 @@ fn unknown(catalog: &Catalog, req: &Request, e: RouteError) -> BedsError {
             ErrorCode::UnknownDomain,
             format!(
                 "unknown domain `{}`; this node serves: {}",
-                req.domain,
+                clip(&req.domain),
                 catalog
                     .domains
                     .iter()
@@ -103,7 +104,7 @@ fn unknown(catalog: &Catalog, req: &Request, e: RouteError) -> BedsError {
             format!(
                 "domain `{}` has no template `{}`; templates: {}",
                 req.domain,
-                req.template,
+                clip(&req.template),
                 known(catalog, &req.domain, |d| d
                     .templates
                     .iter()
@@ -117,7 +118,7 @@ fn unknown(catalog: &Catalog, req: &Request, e: RouteError) -> BedsError {
             format!(
                 "domain `{}` has no query `{}`; queries: {}",
                 req.domain,
-                req.query.as_deref().unwrap_or(""),
+                clip(req.query.as_deref().unwrap_or("")),
                 known(catalog, &req.domain, |d| d
                     .queries
                     .iter()

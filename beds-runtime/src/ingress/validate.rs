@@ -223,7 +223,7 @@ fn lease_ttl(data: Option<&Map<String, Json>>, leases: &LockingConfig) -> Result
     };
     if let Some(other) = data.keys().find(|k| *k != "ttl") {
         return Err(BedsError::detail(
-            format!("data.{other}"),
+            format!("data.{}", crate::echo::clip(other)),
             DetailCode::Unknown,
             "`lock` takes only `data.ttl`",
         ));

@@ -206,6 +206,7 @@ impl Server {
             ctx: Ctx::new(store.clone(), events.clone()),
             retry: config.retry,
             leases: config.locking,
+            limits: config.limits,
             cache: cache.clone(),
             sender: crate::ingress::cache::Sender {
                 node: config.node.clone(),
