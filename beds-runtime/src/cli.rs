@@ -57,6 +57,18 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the configuration after overlays, environment variables and secret files, as
+    /// YAML, with every password redacted.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +170,12 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             rt.block_on(dlq(&config, action))
+        }
+        Command::Config {
+            action: ConfigAction::Show,
+        } => {
+            print!("{}", config.shown());
+            Ok(())
         }
         Command::Schema { json: false } => {
             for statement in crate::catalog::schema(config.database.driver, catalog) {

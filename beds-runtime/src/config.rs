@@ -1003,6 +1003,15 @@ impl Config {
         }
     }
 
+    /// The configuration as YAML with the passwords of its URLs redacted (secret files
+    /// are already read into them), for `beds config show`.
+    pub fn shown(&self) -> String {
+        let mut shown = self.clone();
+        shown.amqp.url = self.amqp.redacted_url();
+        shown.database.url = self.database.url.as_deref().map(redact);
+        serde_yaml::to_string(&shown).expect("a configuration serialises")
+    }
+
     /// `security.require_user_id`, or its default: on outside `dev` and `test`.
     pub fn require_user_id(&self) -> bool {
         self.security

@@ -205,7 +205,7 @@ fn beds(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Command {
 }
 
 /// A node whose password comes from `amqp.password_file`, logging at debug: the password
-/// is in none of its output, `beds check`'s, or a failed login's; and a reply the broker
+/// is in none of its output, `beds check`'s, `beds config show`'s, or a failed login's; and a reply the broker
 /// returns (its reply queue is gone) leaves no body bytes in the log.
 #[tokio::test]
 async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
@@ -280,6 +280,13 @@ async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    let config = beds(&env, &["config", "show"], &vars).output().unwrap();
+    let shown_config = String::from_utf8_lossy(&config.stdout).to_string();
+    assert!(
+        config.status.success() && shown_config.contains(&format!("amqp://{user}:***@")),
+        "{shown_config}{}",
+        String::from_utf8_lossy(&config.stderr)
+    );
     let refused = beds(
         &env,
         &["check"],
@@ -326,6 +333,7 @@ async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
     ];
     for (what, out) in [
         ("beds check", &check),
+        ("beds config show", &config),
         ("a missing password file", &refused),
         ("a failed login", &failed),
     ] {
