@@ -116,8 +116,9 @@ async fn a_restricted_client_calls_the_node_and_nothing_else() {
     env.config.amqp.url = broker.url(&node_user, &node_pw);
     let server = env.start().await;
 
-    let mut options = ClientOptions::from_config(&env.config, "perm-client");
-    options.url = broker.url(&client_user, &client_pw);
+    // The client's own login, which is also the user_id its requests carry.
+    let options = ClientOptions::from_config(&env.config, "perm-client")
+        .with_url(&broker.url(&client_user, &client_pw));
     let client = Client::connect(options.clone())
         .await
         .expect("client login");
