@@ -13,70 +13,7 @@ use lapin::BasicProperties;
 use serde_json::{Map, Value as Json, json};
 
 use crate::support::{TestEnv, envelope};
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("security tests need rabbitmqctl on PATH");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A vhost of the test's own with broker users of its own; all removed when dropped.
-struct Broker {
-    vhost: String,
-    users: Vec<String>,
-}
-
-impl Broker {
-    fn new(users: &[&str]) -> Broker {
-        let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
-        let vhost = format!("beds-security-{id}");
-        rabbitmqctl(&["add_vhost", &vhost]);
-        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-        let mut broker = Broker {
-            vhost,
-            users: Vec::new(),
-        };
-        for u in users {
-            let name = format!("{u}-{id}");
-            rabbitmqctl(&["add_user", &name, "secret"]);
-            broker.users.push(name.clone());
-            rabbitmqctl(&[
-                "set_permissions",
-                "-p",
-                &broker.vhost,
-                &name,
-                ".*",
-                ".*",
-                ".*",
-            ]);
-        }
-        broker
-    }
-
-    fn url(&self, user: &str, password: &str) -> String {
-        format!("amqp://{user}:{password}@127.0.0.1:5672/{}", self.vhost)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        for u in &self.users {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_user", u])
-                .status();
-        }
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.vhost])
-            .status();
-    }
-}
+use crate::vhost::Vhost;
 
 /// Token keys written to `dir`: an HS256 secret (kid `hs1`) and an Ed25519 pair (kid
 /// `ed1`, made by openssl); returns the encoding keys.
@@ -176,8 +113,8 @@ async fn body_now(admin: &Client, id: &Json) -> Result<Json, ClientError> {
 
 #[tokio::test]
 async fn callers_are_identified_and_access_rules_are_enforced() {
-    let broker = Broker::new(&["app", "gateway"]);
-    let (app, gateway) = (broker.users[0].clone(), broker.users[1].clone());
+    let mut broker = Vhost::new("authz");
+    let (app, gateway) = (broker.open_user("app"), broker.open_user("gateway"));
     let mut env = TestEnv::new("security");
     env.config.amqp.url = broker.url("guest", "guest");
     let keydir = tempfile::tempdir().unwrap();

@@ -22,4 +22,5 @@ mod signed;
 mod spawn;
 mod spew;
 mod support;
+mod vhost;
 mod wire;

@@ -2,7 +2,6 @@
 //! node and a client, passwords read from files and never shown, and no message bodies in
 //! the log. Each test has a vhost and users of its own, removed when it ends.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,84 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use crate::support::{TestEnv, repo_config_path};
-
-/// A vhost and the users made in it; both removed on drop.
-struct Broker {
-    vhost: String,
-    users: Vec<String>,
-    secrets: tempfile::TempDir,
-}
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("the security tests need rabbitmqctl on PATH");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Broker {
-    fn new(name: &str) -> Broker {
-        let vhost = format!("beds-{name}-{}", uuid::Uuid::now_v7().simple());
-        rabbitmqctl(&["add_vhost", &vhost]);
-        Broker {
-            vhost,
-            users: Vec::new(),
-            secrets: tempfile::tempdir().expect("a directory for password files"),
-        }
-    }
-
-    /// A user of `profile` made by the permissions script; returns (name, password file).
-    fn user(&mut self, profile: &str, tag: &str) -> (String, PathBuf) {
-        let name = format!("{}-{profile}", self.vhost);
-        let file = self.secrets.path().join(&name);
-        std::fs::write(&file, format!("pw-{}\n", uuid::Uuid::now_v7().simple())).unwrap();
-        self.users.push(name.clone());
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-permissions.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .args(["--vhost", &self.vhost, "--tag", tag, profile, &name])
-            .arg(&file)
-            .output()
-            .expect("run scripts/rabbitmq-permissions.sh");
-        assert!(
-            out.status.success(),
-            "rabbitmq-permissions.sh {profile}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (name, file)
-    }
-
-    /// The URL logging in as `user` with the password in `file`.
-    fn url(&self, user: &str, file: &Path) -> String {
-        let password = std::fs::read_to_string(file).unwrap();
-        format!(
-            "amqp://{user}:{}@127.0.0.1:5672/{}",
-            password.trim(),
-            self.vhost
-        )
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.vhost])
-            .status();
-        for user in &self.users {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_user", user])
-                .status();
-        }
-    }
-}
+use crate::vhost::Vhost;
 
 /// Expects the broker to refuse `what` by closing the channel with ACCESS_REFUSED.
 fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, lapin::Error>) {
@@ -108,17 +30,17 @@ fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, lapin::Error
 /// dead-letter exchange, a retry lane, or an event routing key.
 #[tokio::test]
 async fn a_restricted_client_calls_the_node_and_nothing_else() {
-    let mut broker = Broker::new("perm");
+    let mut broker = Vhost::new("perm");
     let mut env = TestEnv::new("perm");
     let tag = env.config.amqp.queue_tag.clone();
-    let (node_user, node_pw) = broker.user("appServer", &tag);
-    let (client_user, client_pw) = broker.user("client", &tag);
-    env.config.amqp.url = broker.url(&node_user, &node_pw);
+    let (node_user, node_pw) = broker.scripted_user("appServer", &tag);
+    let (client_user, client_pw) = broker.scripted_user("client", &tag);
+    env.config.amqp.url = broker.url_from_file(&node_user, &node_pw);
     let server = env.start().await;
 
     // The client's own login, which is also the user_id its requests carry.
     let options = ClientOptions::from_config(&env.config, "perm-client")
-        .with_url(&broker.url(&client_user, &client_pw));
+        .with_url(&broker.url_from_file(&client_user, &client_pw));
     let client = Client::connect(options.clone())
         .await
         .expect("client login");
@@ -210,14 +132,14 @@ fn beds(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Command {
 /// returns (its reply queue is gone) leaves no body bytes in the log.
 #[tokio::test]
 async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
-    let mut broker = Broker::new("secret");
+    let mut broker = Vhost::new("secret");
     let env = TestEnv::new("secret");
-    let (user, pw_file) = broker.user("appServer", &env.config.amqp.queue_tag);
+    let (user, pw_file) = broker.scripted_user("appServer", &env.config.amqp.queue_tag);
     let password = std::fs::read_to_string(&pw_file)
         .unwrap()
         .trim()
         .to_string();
-    let url = format!("amqp://{user}@127.0.0.1:5672/{}", broker.vhost);
+    let url = format!("amqp://{user}@127.0.0.1:5672/{}", broker.name);
     let pw_path = pw_file.display().to_string();
     let vars = [
         ("BEDS_AMQP__URL", url.as_str()),
@@ -298,7 +220,7 @@ async fn a_password_from_a_file_is_never_shown_and_bodies_stay_out_of_logs() {
     )
     .output()
     .unwrap();
-    let wrong_vhost = url.replace(&broker.vhost, "no-such-vhost");
+    let wrong_vhost = url.replace(&broker.name, "no-such-vhost");
     let failed = beds(
         &env,
         &["dlq", "list"],
