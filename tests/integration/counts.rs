@@ -20,16 +20,13 @@ use beds::spew::{
 use beds_runtime::support as rt;
 use beds_runtime::{Client, Config, Role, Server};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng};
 use serde_json::{Value as Json, json};
 
-use crate::support::{Rows, TestEnv};
+use crate::support::{Rows, TestEnv, bound_queue, consume_unacked};
 
 /// Events of the burst in CI; `BEDS_TEST_COUNT_EVENTS` raises it (10000 for the full run).
 const DEFAULT_EVENTS: usize = 2_000;
@@ -250,32 +247,6 @@ async fn publisher(env: &TestEnv) -> (Connection, Channel) {
     (conn, channel)
 }
 
-/// An exclusive queue of the test's own bound to `beds.events` by `key`.
-async fn bound_queue(channel: &Channel, key: &str) -> String {
-    let q = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            q.name().as_str().into(),
-            "beds.events".into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    q.name().to_string()
-}
-
 /// Delivers captured events again, straight to the tercero queue (not through
 /// `beds.events`, which would capture them a second time), with their ids: to a consumer
 /// they are the broker's redeliveries and the relay's duplicate publishes.
@@ -323,18 +294,7 @@ fn capture(
     let env_queue = env.queue(beds_runtime::EVENT_QUEUE_KEY);
     let sink = seen.clone();
     let task = tokio::spawn(async move {
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = consume_unacked(&channel, &queue).await;
         while let Some(Ok(d)) = consumer.next().await {
             let event: Json = serde_json::from_slice(&d.data).expect("an event is JSON");
             let n = {
@@ -568,18 +528,7 @@ async fn counters_converge_through_duplicates_redeliveries_and_a_killed_node() {
 
     // Every event's invalidation, at least once (a batch redelivered after its commit is
     // broadcast again), each naming its event.
-    let mut consumer = channel
-        .basic_consume(
-            inv.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_unacked(&channel, &inv).await;
     let by_id: HashMap<&str, &Json> = events
         .iter()
         .map(|e| (e["id"].as_str().unwrap(), e))

@@ -313,23 +313,7 @@ async fn database_outage_retries_then_succeeds_or_dead_letters() {
         .unwrap();
 
     // `beds dlq`: list by code, show one, replay it once the database is back.
-    let dlq = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
-            .arg("dlq")
-            .args(args)
-            .arg("--config")
-            .arg(crate::support::repo_config_path())
-            .env("BEDS_AMQP__URL", &env.config.amqp.url)
-            .env("BEDS_AMQP__QUEUE_TAG", &env.config.amqp.queue_tag)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "beds dlq {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let dlq = |args: &[&str]| env.dlq(args);
     let listed = dlq(&["list"]);
     assert!(
         listed.contains("rec.write.dlq")

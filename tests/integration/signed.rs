@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use beds_runtime::names::{headers, retry_queue};
 use beds_runtime::signing::{Purpose, ServiceKey};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value as Json, json};
 
-use crate::support::{TestEnv, envelope};
+use crate::support::{TestEnv, consume_unacked, envelope};
 use crate::wire::{header, next};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,22 +38,6 @@ async fn publish(
         .expect("publish")
         .await
         .expect("published");
-}
-
-/// A consumer of `queue` that needs no acks.
-async fn consume(channel: &Channel, queue: &str) -> lapin::Consumer {
-    channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
 }
 
 fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
@@ -95,26 +79,6 @@ fn create_user(handle: &str) -> Vec<u8> {
         "create",
         json!({"data": {"handle": handle, "display_name": "F"}}),
     )
-}
-
-/// `beds dlq` with the test's broker and queue tag, in the `dev` env (its development key
-/// is the test env's): stdout.
-fn dlq(env: &TestEnv, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
-        .arg("dlq")
-        .args(args)
-        .arg("--config")
-        .arg(crate::support::repo_config_path())
-        .env("BEDS_AMQP__URL", &env.config.amqp.url)
-        .env("BEDS_AMQP__QUEUE_TAG", &env.config.amqp.queue_tag)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "beds dlq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -162,24 +126,24 @@ async fn forged_dead_letters_are_listed_untrusted_and_never_replayed() {
     })
     .await;
 
-    let listed = dlq(&env, &["list"]);
+    let listed = env.dlq(&["list"]);
     assert!(
         listed.contains("untrusted_origin") && !listed.contains("database_unavailable"),
         "{listed}"
     );
     assert!(listed.trim_end().ends_with('2'), "{listed}");
-    let shown = dlq(&env, &["show", "1"]);
+    let shown = env.dlq(&["show", "1"]);
     assert!(
         shown.contains("code:     untrusted_origin")
             && shown.contains("claims `database_unavailable`"),
         "{shown}"
     );
-    let replayed = dlq(&env, &["replay", "--code", "database_unavailable"]);
+    let replayed = env.dlq(&["replay", "--code", "database_unavailable"]);
     assert!(
         replayed.contains("replayed 0 dead letters") && replayed.contains("refused 2"),
         "{replayed}"
     );
-    let replayed = dlq(&env, &["replay"]);
+    let replayed = env.dlq(&["replay"]);
     assert!(
         replayed.contains("replayed 0 dead letters") && replayed.contains("refused 2"),
         "{replayed}"
@@ -212,7 +176,7 @@ async fn a_write_published_to_the_retry_lane_is_dead_lettered_untrusted() {
     let server = env.start().await;
     let (_conn, channel, reply_queue, _replies) = env.amqp_peer("forger").await;
     let write = env.queue("rec.write");
-    let mut dead = consume(&channel, &format!("{write}.dlq")).await;
+    let mut dead = consume_unacked(&channel, &format!("{write}.dlq")).await;
     let body = create_user("sneaky");
     // Straight into the lane, expiring at once: the broker sends it back to rec.write.
     let props = BasicProperties::default()
@@ -314,7 +278,7 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
     .await
     .unwrap();
     let write = env.queue("rec.write");
-    let mut dead = consume(&channel, &format!("{write}.dlq")).await;
+    let mut dead = consume_unacked(&channel, &format!("{write}.dlq")).await;
 
     let options =
         sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
@@ -382,7 +346,7 @@ async fn replies_go_only_to_reply_queues_and_carry_proof_of_origin() {
     let (_conn, channel, reply_queue, mut replies) = env.amqp_peer("victim").await;
     let write = env.queue("rec.write");
     let read = env.queue("rec.read");
-    let mut dead = consume(&channel, &format!("{write}.dlq")).await;
+    let mut dead = consume_unacked(&channel, &format!("{write}.dlq")).await;
     let victim = format!("victim.{}", uuid::Uuid::now_v7().simple());
     channel
         .queue_declare(
@@ -493,7 +457,7 @@ async fn a_forged_write_event_is_dead_lettered_by_tercero_and_counts_nothing() {
 
     let (_conn, channel, _reply, _replies) = env.amqp_peer("forger").await;
     let tercero = env.queue(beds_runtime::EVENT_QUEUE_KEY);
-    let mut dead = consume(&channel, &format!("{tercero}.dlq")).await;
+    let mut dead = consume_unacked(&channel, &format!("{tercero}.dlq")).await;
     let id = uuid::Uuid::now_v7();
     let spew = uuid::Uuid::now_v7();
     let ada_id = serde_json::to_value(ada.id).unwrap();

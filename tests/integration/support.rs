@@ -7,7 +7,9 @@ use std::time::Duration;
 use beds_runtime::topology::{READ_KEY, WRITE_KEY};
 use beds_runtime::{Catalog, Client, ClientOptions, Config, Server};
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value as Json;
@@ -303,6 +305,26 @@ impl TestEnv {
         self.config.amqp.queue(key)
     }
 
+    /// `beds dlq ARGS` on this environment's broker and queue tag (the `dev` env, whose
+    /// development key is the test env's): its stdout, failing the test if it fails.
+    pub fn dlq(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beds"))
+            .arg("dlq")
+            .args(args)
+            .arg("--config")
+            .arg(repo_config_path())
+            .env("BEDS_AMQP__URL", &self.config.amqp.url)
+            .env("BEDS_AMQP__QUEUE_TAG", &self.config.amqp.queue_tag)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "beds dlq {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// A plain AMQP connection with a reply queue of its own (named
     /// `beds.reply.test.<label>.<id>`, a form the node answers),
     /// for tests that speak the wire without the client.
@@ -536,4 +558,46 @@ pub fn envelope(template: &str, op: &str, extra: Json) -> Vec<u8> {
         req.extend(extra);
     }
     serde_json::to_vec(&req).unwrap()
+}
+
+/// An exclusive queue of the test's own bound to `beds.events` by `key`; returns its name.
+pub async fn bound_queue(channel: &Channel, key: &str) -> String {
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            q.name().as_str().into(),
+            "beds.events".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    q.name().to_string()
+}
+
+/// Consumes `queue` without acks: the test reads what arrives, the broker forgets it.
+pub async fn consume_unacked(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
 }
