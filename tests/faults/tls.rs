@@ -140,9 +140,13 @@ async fn amqps_serves_with_the_broker_ca_and_fails_without_it() {
     assert_eq!(user.handle, "tls");
     client.close().await.unwrap();
 
+    // Without a client certificate, TLS 1.3 lets the client finish its handshake before the
+    // broker checks for one: the broker's `certificate_required` alert may arrive, or only its
+    // reset of the connection (seen in CI). Either way it is a TLS failure.
+    let no_cert: &[&str] = &["CertificateRequired", "reset by peer"];
     for (ca, with_cert, says) in [
-        ("other-ca.pem", true, "UnknownIssuer"),
-        ("ca.pem", false, "CertificateRequired"),
+        ("other-ca.pem", true, &["UnknownIssuer"][..]),
+        ("ca.pem", false, no_cert),
     ] {
         let mut options = ClientOptions::from_config(&env.config, "fault-tls-refused");
         options.tls = certs.client(ca, with_cert);
@@ -153,7 +157,7 @@ async fn amqps_serves_with_the_broker_ca_and_fails_without_it() {
         assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
         let text = err.to_string();
         assert!(
-            text.contains("TLS with RabbitMQ") && text.contains(says),
+            text.contains("TLS with RabbitMQ") && says.iter().any(|s| text.contains(s)),
             "{ca}: {text}"
         );
     }
