@@ -215,13 +215,17 @@ impl Probe for Readiness {
     }
 }
 
-/// The queues a role's node watches the depth of: each consumed queue with its retry lane
-/// and dead-letter queue, as (full name, name without the tag).
+/// The queues a role's node watches the depth of: each consumed queue with its dead-letter
+/// queue and retry lane, as (full name, name without the tag).
 fn watched_queues(config: &Config) -> Vec<(String, String)> {
     let mut names = Vec::new();
     for lane in lanes(config.role) {
         let key = lane.key();
-        names.extend([key.to_string(), retry_queue(key), dead_letter_queue(key)]);
+        names.extend([key.to_string(), dead_letter_queue(key)]);
+        // Only writes are retried (wiki/reliability.md), so only they have a retry lane.
+        if *lane == Lane::Write {
+            names.push(retry_queue(key));
+        }
     }
     if config.role == Role::Tercero {
         names.extend([

@@ -29,10 +29,15 @@ impl Queues {
     pub async fn run(self, stop: CancellationToken) {
         let mut channel: Option<Channel> = None;
         loop {
-            if let Err(e) = self.poll(&mut channel).await {
-                tracing::debug!(error = %e, "polling queue depths failed; retrying later");
-                // A passive declare of a missing queue closes the channel: open another.
-                channel = None;
+            for (name, label) in &self.names {
+                match self.declare(&mut channel, name).await {
+                    Ok((messages, consumers)) => self.metrics.queue(label, messages, consumers),
+                    Err(e) => {
+                        tracing::debug!(queue = %name, error = %e, "reading the queue depth failed; retrying later");
+                        // A failed passive declare (a deleted queue) closes the channel.
+                        channel = None;
+                    }
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -44,7 +49,12 @@ impl Queues {
         }
     }
 
-    async fn poll(&self, channel: &mut Option<Channel>) -> Result<(), PollError> {
+    /// Messages ready and consumers of `queue`, by a passive declare.
+    async fn declare(
+        &self,
+        channel: &mut Option<Channel>,
+        queue: &str,
+    ) -> Result<(u32, u32), PollError> {
         let ch = match channel {
             Some(ch) if ch.status().connected() => ch,
             slot => {
@@ -60,15 +70,11 @@ impl Queues {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        for (name, label) in &self.names {
-            let declare = ch.queue_declare(name.as_str().into(), passive, FieldTable::default());
-            let queue = tokio::time::timeout(DECLARE_TIMEOUT, declare)
-                .await
-                .map_err(|_| PollError::TimedOut)??;
-            self.metrics
-                .queue(label, queue.message_count(), queue.consumer_count());
-        }
-        Ok(())
+        let declare = ch.queue_declare(queue.into(), passive, FieldTable::default());
+        let queue = tokio::time::timeout(DECLARE_TIMEOUT, declare)
+            .await
+            .map_err(|_| PollError::TimedOut)??;
+        Ok((queue.message_count(), queue.consumer_count()))
     }
 }
 
