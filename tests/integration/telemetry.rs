@@ -222,3 +222,149 @@ async fn a_taken_address_fails_the_start_and_says_what_to_do() {
         "{err}"
     );
 }
+
+/// The database is locked by another writer: a write fails transiently on every attempt,
+/// goes round the retry lane and is dead-lettered; each step is counted.
+#[tokio::test]
+async fn retries_and_dead_letters_are_counted() {
+    use sqlx::Connection;
+
+    let mut env = TestEnv::new("telemetry_retries");
+    env.config.database.busy_timeout = beds_runtime::config::Millis(50);
+    env.config.retry.max_attempts = 3;
+    env.config.retry.backoff = beds_runtime::config::Millis(100);
+    env.config.client.timeout = beds_runtime::config::Millis(20_000);
+    let server = env.start().await;
+    let addr = server.http_addr().unwrap();
+    let client = env.client().await;
+    let users = spew::client(&client).user();
+    users.create(&user("before")).await.unwrap();
+
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
+    let mut held = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    let e = users.create(&user("lost")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::DatabaseUnavailable), "{e}");
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+
+    let expected = [
+        (r#"beds_retries_total{lane="rec.write"}"#, 2.0),
+        (
+            r#"beds_dead_letters_total{lane="rec.write",reason="database_unavailable"}"#,
+            1.0,
+        ),
+        (
+            r#"beds_requests_total{domain="spew",template="user",op="create",outcome="error",code="database_unavailable"}"#,
+            3.0,
+        ),
+        (
+            r#"beds_requests_total{domain="spew",template="user",op="create",outcome="ok",code="none"}"#,
+            1.0,
+        ),
+    ];
+    let text = scrape_until(addr, WITHIN, |text| {
+        expected.iter().all(|(s, v)| value(text, s) == Some(*v))
+    })
+    .await;
+    for (series, v) in expected {
+        assert_eq!(value(&text, series), Some(v), "{series} in\n{text}");
+    }
+    server.stop().await;
+}
+
+/// A tercero serves the same endpoints; its queue is the event queue.
+#[tokio::test]
+async fn a_tercero_serves_metrics_and_readiness() {
+    let mut env = TestEnv::new("telemetry_tercero");
+    env.config.role = beds_runtime::Role::Tercero;
+    env.config.telemetry.queue_poll = beds_runtime::config::Millis(200);
+    let server = env.start().await;
+    let addr = server.http_addr().unwrap();
+    let (status, body) = get(addr, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let series = r#"beds_queue_consumers{queue="evt.tercero"}"#;
+    let workers = f64::from(env.config.tercero.workers);
+    let text = scrape_until(addr, WITHIN, |t| value(t, series) == Some(workers)).await;
+    assert_eq!(value(&text, series), Some(workers), "{text}");
+    assert_eq!(
+        value(&text, r#"beds_queue_messages{queue="evt.tercero.dlq"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// A request taken and given back unacked (as by a node that died mid-request) arrives
+/// flagged redelivered: counted, and still answered.
+#[tokio::test]
+async fn redeliveries_are_counted() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+
+    let mut env = TestEnv::new("telemetry_redelivery");
+    env.config.telemetry.queue_poll = beds_runtime::config::Millis(200);
+    let raw = env.raw().await;
+    beds_runtime::topology::declare(&raw.channel, &env.config.amqp, &["rec.read", "rec.write"])
+        .await
+        .unwrap();
+    let missing = uuid::Uuid::now_v7();
+    raw.publish(
+        &env.queue("rec.read"),
+        &envelope("user", "fetch", json!({"key": {"id": missing}})),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_user_id(raw.login.as_str().into())
+            .with_reply_to(raw.reply_queue.as_str().into()),
+    )
+    .await;
+    let end = tokio::time::Instant::now() + WITHIN;
+    let taken = loop {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the request never reached its queue"
+        );
+        let got = raw
+            .channel
+            .basic_get(
+                env.queue("rec.read").as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            break message;
+        }
+    };
+    taken
+        .delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let server = env.start().await;
+    let addr = server.http_addr().unwrap();
+    let expected = [
+        (r#"beds_redeliveries_total{lane="rec.read"}"#, 1.0),
+        (
+            r#"beds_requests_total{domain="spew",template="user",op="fetch",outcome="error",code="not_found"}"#,
+            1.0,
+        ),
+    ];
+    let text = scrape_until(addr, WITHIN, |text| {
+        expected.iter().all(|(s, v)| value(text, s) == Some(*v))
+    })
+    .await;
+    for (series, v) in expected {
+        assert_eq!(value(&text, series), Some(v), "{series} in\n{text}");
+    }
+    server.stop().await;
+}
