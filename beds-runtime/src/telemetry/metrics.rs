@@ -149,12 +149,6 @@ pub(crate) struct Metrics {
     outbox_backlog: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("beds");
