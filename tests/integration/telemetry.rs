@@ -368,3 +368,86 @@ async fn redeliveries_are_counted() {
     }
     server.stop().await;
 }
+
+/// `beds run` logs what happens to a request inside its `delivery` span: the line of a
+/// failed request names the request's message id and correlation id.
+#[tokio::test]
+async fn each_delivery_is_logged_in_a_span_with_its_ids() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let env = TestEnv::new("telemetry_span");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_beds"))
+        .args(["run", "--config"])
+        .arg(crate::support::repo_config_path())
+        .env("BEDS_ENV", "test")
+        .env("BEDS_AMQP__URL", &env.config.amqp.url)
+        .env("BEDS_AMQP__QUEUE_TAG", &env.config.amqp.queue_tag)
+        .env("BEDS_DATABASE__DATA_DIR", &env.config.database.data_dir)
+        .env("RUST_LOG", "warn,beds_runtime::ingress=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn beds");
+    // The fmt subscriber writes to stdout; stderr is drained too so neither pipe fills.
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for mut pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let log = log.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        }));
+    }
+    let end = tokio::time::Instant::now() + WITHIN;
+    while !matches!(env.queue_state(&env.queue("rec.read")).await, Some((_, c)) if c >= 1) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "beds run did not consume: {}",
+            log.lock().unwrap()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "beds run exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (id, correlation) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let body = serde_json::to_vec(&json!({
+        "v": 1, "id": id, "correlation_id": correlation,
+        "domain": "spew", "template": "user", "op": "fetch",
+        "key": {"id": uuid::Uuid::now_v7()},
+    }))
+    .unwrap();
+    let reply = env.raw().await.request(&env.queue("rec.read"), &body).await;
+    assert_eq!(reply["error"]["code"], "not_found", "{reply}");
+
+    let colour = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap();
+    let wanted = |text: &str| {
+        colour.replace_all(text, "").lines().any(|l| {
+            l.contains("delivery{")
+                && l.contains(&format!("message_id={id}"))
+                && l.contains(&format!("correlation_id={correlation}"))
+                && l.contains("request failed")
+        })
+    };
+    while !wanted(&log.lock().unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no span with the request's ids in:\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+}
