@@ -434,6 +434,7 @@ async fn each_delivery_is_logged_in_a_span_with_its_ids() {
             l.contains("delivery{")
                 && l.contains(&format!("message_id={id}"))
                 && l.contains(&format!("correlation_id={correlation}"))
+                && l.contains("template=\"user\" op=\"fetch\"")
                 && l.contains("request failed")
         })
     };

@@ -66,7 +66,7 @@ pub(crate) struct Ingress {
 }
 
 /// Handles one delivery to the end: the chain, then settle, in a span naming the message
-/// (its request fields are recorded once decoded), counted in the node's metrics.
+/// (its ids once decoded, its target once routed), counted in the node's metrics.
 pub(crate) async fn handle(
     ingress: Arc<Ingress>,
     channel: Channel,
@@ -163,8 +163,6 @@ async fn answer(
         "correlation_id",
         tracing::field::display(req.conversation()),
     );
-    span.record("template", req.template.as_str());
-    span.record("op", req.op.as_str());
     *series = Series::unknown(Some(&req));
     let result = run(ingress, lane, &req, user_id.as_deref(), series).await;
     if let Err(e) = &result {
@@ -192,6 +190,10 @@ async fn run(
         Target::Query(q) => Series::query(q),
         Target::Template { meta, op, .. } => Series::template(meta, *op),
     };
+    // The catalog's names, not the request's: a client cannot put text in every log line.
+    let span = tracing::Span::current();
+    span.record("template", series.template);
+    span.record("op", series.op);
     lane::check(lane, target.op())?;
     let owner = authorize::check(&ingress.security, &principal, &target, req)?;
     let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
