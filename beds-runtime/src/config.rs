@@ -1,6 +1,7 @@
 //! Configuration: `config/beds.yaml`, an optional environment overlay
 //! (`config/beds.<env>.yaml`), then `BEDS_*` environment variables, validated at start-up.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,6 +83,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -728,6 +731,52 @@ pub enum TokenAlg {
     EdDsa,
 }
 
+/// The node's HTTP server for metrics, health and readiness (wiki/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `off` (or null) serves none.
+    /// Port 0 takes a free port (logged at start, and [`crate::Server::http_addr`]).
+    #[serde(with = "listen")]
+    pub listen: Option<SocketAddr>,
+    /// How often the queue depths and consumer counts of the node's lanes are read.
+    pub queue_poll: Millis,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            queue_poll: Millis(5_000),
+        }
+    }
+}
+
+/// `telemetry.listen`: an address, or `off`/null for none.
+mod listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None | Some("off") => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not an address like 127.0.0.1:9464 (port 0 takes a free one) or `off`"
+                ))
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -1041,6 +1090,12 @@ impl Config {
             ));
         }
         self.validate_amqp()?;
+        if self.telemetry.queue_poll.0 < 100 {
+            return Err(format!(
+                "telemetry.queue_poll is {} ms; use at least 100ms (each poll declares every lane's queue)",
+                self.telemetry.queue_poll.0
+            ));
+        }
         if !self
             .amqp
             .queue_tag
@@ -1632,5 +1687,36 @@ mod tests {
         let m: Millis = serde_yaml::from_str("250").unwrap();
         assert_eq!(m, Millis(250));
         assert!("18446744073709551d".parse::<Millis>().is_err(), "overflow");
+    }
+
+    #[test]
+    fn telemetry_listens_on_an_address_or_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let load = |pairs: &[(&str, &str)]| Config::load_with_env(&base, env(pairs));
+        assert_eq!(
+            load(&[]).unwrap().telemetry.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let off = load(&[("BEDS_TELEMETRY__LISTEN", "off")]).unwrap();
+        assert_eq!(off.telemetry.listen, None);
+        let null = load(&[("BEDS_TELEMETRY__LISTEN", "~")]).unwrap();
+        assert_eq!(null.telemetry.listen, None);
+        let any = load(&[("BEDS_TELEMETRY__LISTEN", "0.0.0.0:0")]).unwrap();
+        assert_eq!(any.telemetry.listen, Some("0.0.0.0:0".parse().unwrap()));
+        let bad = load(&[("BEDS_TELEMETRY__LISTEN", "localhost")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("`localhost` is not an address like 127.0.0.1:9464"),
+            "{bad}"
+        );
+        let fast = load(&[("BEDS_TELEMETRY__QUEUE_POLL", "10ms")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            fast.contains("telemetry.queue_poll is 10 ms; use at least 100ms"),
+            "{fast}"
+        );
     }
 }

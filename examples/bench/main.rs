@@ -471,6 +471,14 @@ async fn bench(args: &Args, config: &Config, setup: Setup) -> Result<(), BoxErro
             }
             _ => {}
         }
+        if kind != "echo" {
+            // A port known before the start, so the metrics can be scraped during the run.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            cmd.env("BEDS_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"));
+            eprintln!("bench-{kind}-{n} serves its metrics at http://127.0.0.1:{port}/metrics");
+        }
         cmd.spawn()
     };
     let mut nodes = Children(Vec::new());

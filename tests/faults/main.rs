@@ -8,8 +8,13 @@
 #[allow(dead_code)]
 mod support;
 
+#[path = "../integration/http.rs"]
+#[allow(dead_code)]
+mod http;
+
 mod cache;
 mod node;
+mod readiness;
 mod stream;
 mod tls;
 

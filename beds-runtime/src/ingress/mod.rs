@@ -26,11 +26,13 @@ pub(crate) mod settle;
 mod validate;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use lapin::Channel;
 use lapin::message::Delivery;
 use serde_json::Value as Json;
+use tracing::Instrument;
 
 use crate::cache::Cache;
 use crate::catalog::Catalog;
@@ -38,6 +40,7 @@ use crate::config::{LimitsConfig, LockingConfig, RetryConfig};
 use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::security::Security;
+use crate::telemetry::metrics::{Metrics, Series};
 use crate::value::Patterns;
 use dispatch::{Call, Ctx};
 use lane::Lane;
@@ -45,7 +48,8 @@ use route::Target;
 use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
-/// database, the retry policy, the input bounds, the read cache and the security settings.
+/// database, the retry policy, the input bounds, the read cache, the security settings
+/// and the node's metrics.
 #[derive(Debug)]
 pub(crate) struct Ingress {
     pub catalog: &'static Catalog,
@@ -58,28 +62,56 @@ pub(crate) struct Ingress {
     pub sender: cache::Sender,
     pub signer: settle::Signer,
     pub security: Arc<Security>,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Handles one delivery to the end: the chain, then settle.
+/// Handles one delivery to the end: the chain, then settle, in a span naming the message
+/// (its ids once decoded, its target once routed), counted in the node's metrics.
 pub(crate) async fn handle(
     ingress: Arc<Ingress>,
     channel: Channel,
     lane: Lane,
     delivery: Delivery,
 ) {
-    let outcome = process(&ingress, lane, &delivery).await;
-    settle::settle(
-        &channel,
-        &delivery,
-        lane,
-        &ingress.retry,
-        &ingress.signer,
-        outcome,
-    )
+    let started = Instant::now();
+    let _in_flight = ingress.metrics.in_flight(lane);
+    if delivery.redelivered {
+        ingress.metrics.redelivered(lane);
+    }
+    let span = tracing::info_span!(
+        "delivery",
+        lane = lane.key(),
+        message_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        template = tracing::field::Empty,
+        op = tracing::field::Empty,
+    );
+    async {
+        let mut series = Series::unknown(None);
+        let outcome = process(&ingress, lane, &delivery, &mut series).await;
+        let code = outcome.code();
+        settle::settle(
+            &channel,
+            &delivery,
+            lane,
+            &ingress.retry,
+            &ingress.signer,
+            &ingress.metrics,
+            outcome,
+        )
+        .await;
+        ingress.metrics.request(series, code, started.elapsed());
+    }
+    .instrument(span)
     .await;
 }
 
-async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome {
+async fn process(
+    ingress: &Ingress,
+    lane: Lane,
+    delivery: &Delivery,
+    series: &mut Series,
+) -> Outcome {
     if let Err(e) = settle::provenance(&ingress.signer.key, delivery) {
         return Outcome::Unanswerable(e);
     }
@@ -89,8 +121,8 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
     };
     // Each delivery already runs in its own task; catching the unwind here keeps a panicking
     // handler from taking its worker down, without a second task or a copy of the body.
-    let work =
-        std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id)).catch_unwind();
+    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id, series))
+        .catch_unwind();
     match work.await {
         Ok(reply) => Outcome::Reply { to, reply },
         Err(panic) => {
@@ -108,8 +140,15 @@ async fn process(ingress: &Ingress, lane: Lane, delivery: &Delivery) -> Outcome 
     }
 }
 
-/// Decodes the body and runs the chain; every failure becomes an error reply.
-async fn answer(ingress: &Ingress, lane: Lane, body: &[u8], user_id: Option<String>) -> Reply {
+/// Decodes the body and runs the chain; every failure becomes an error reply. `series`
+/// becomes the request's target once the chain has resolved it.
+async fn answer(
+    ingress: &Ingress,
+    lane: Lane,
+    body: &[u8],
+    user_id: Option<String>,
+    series: &mut Series,
+) -> Reply {
     let req = match Request::decode_within(body, &ingress.limits) {
         Ok(req) => req,
         Err(e) => {
@@ -118,7 +157,14 @@ async fn answer(ingress: &Ingress, lane: Lane, body: &[u8], user_id: Option<Stri
             return Reply::to(correlation, causation, Err(e));
         }
     };
-    let result = run(ingress, lane, &req, user_id.as_deref()).await;
+    let span = tracing::Span::current();
+    span.record("message_id", tracing::field::display(req.id));
+    span.record(
+        "correlation_id",
+        tracing::field::display(req.conversation()),
+    );
+    *series = Series::unknown(Some(&req));
+    let result = run(ingress, lane, &req, user_id.as_deref(), series).await;
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
@@ -129,16 +175,25 @@ async fn answer(ingress: &Ingress, lane: Lane, body: &[u8], user_id: Option<Stri
 /// applied after `route` (it needs the target) and before `validate` (a caller who may not
 /// call learns nothing about the input it takes); the read cache wraps `dispatch` of
 /// template operations; write events are recorded by the store inside the write's
-/// transaction.
+/// transaction. The metrics count the request under its target once `route` found it.
 async fn run(
     ingress: &Ingress,
     lane: Lane,
     req: &Request,
     user_id: Option<&str>,
+    series: &mut Series,
 ) -> Result<Json, BedsError> {
     let principal = authorize::principal(&ingress.security, user_id, req)?;
     deadline::check(req)?;
     let target = route::resolve(ingress.catalog, req)?;
+    *series = match &target {
+        Target::Query(q) => Series::query(q),
+        Target::Template { meta, op, .. } => Series::template(meta, *op),
+    };
+    // The catalog's names, not the request's: a client cannot put text in every log line.
+    let span = tracing::Span::current();
+    span.record("template", series.template);
+    span.record("op", series.op);
     lane::check(lane, target.op())?;
     let owner = authorize::check(&ingress.security, &principal, &target, req)?;
     let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
@@ -146,8 +201,13 @@ async fn run(
     match target {
         Target::Query(q) => {
             let lookup = cache::query_lookup(&ingress.cache, q, req);
-            if let cache::QueryLookup::Hit(result) = lookup {
-                return Ok(result);
+            match lookup {
+                cache::QueryLookup::Hit(result) => {
+                    ingress.metrics.cache(*series, true);
+                    return Ok(result);
+                }
+                cache::QueryLookup::Miss { .. } => ingress.metrics.cache(*series, false),
+                cache::QueryLookup::Bypass => {}
             }
             let result = dispatch::query(&ingress.ctx, q, command).await;
             cache::query_after(&ingress.cache, lookup, &result);
@@ -167,10 +227,15 @@ async fn run(
                 },
                 _ => Ok(()),
             };
-            if let cache::Lookup::Hit(record) = lookup {
-                let hit = Ok(record);
-                fetched(&hit)?;
-                return hit;
+            match lookup {
+                cache::Lookup::Hit(record) => {
+                    ingress.metrics.cache(*series, true);
+                    let hit = Ok(record);
+                    fetched(&hit)?;
+                    return hit;
+                }
+                cache::Lookup::Miss { .. } => ingress.metrics.cache(*series, false),
+                cache::Lookup::Bypass => {}
             }
             let owner = owner.clone().filter(|_| op != Op::Fetch);
             let result = handler(

@@ -18,6 +18,7 @@ use super::lane::Lane;
 use crate::config::RetryConfig;
 use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorClass, ErrorCode};
+use crate::telemetry::metrics::Metrics;
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, EXCHANGE, headers, retry_queue};
 use crate::transport::publish::{CONFIRM_TIMEOUT, PublishError, Published, publish};
 use crate::transport::signing::{Purpose, ServiceKey, foreign_headers};
@@ -63,6 +64,16 @@ pub(crate) enum Outcome {
     Unanswerable(BedsError),
 }
 
+impl Outcome {
+    /// The error code it ends with, if any.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Outcome::Reply { reply, .. } => reply.error.as_ref().map(|e| e.code),
+            Outcome::Unanswerable(e) => Some(e.code),
+        }
+    }
+}
+
 /// What the settle step does with a reply, decided by its error's class.
 #[derive(Debug, PartialEq, Eq)]
 enum Disposition {
@@ -94,11 +105,14 @@ pub(crate) async fn settle(
     lane: Lane,
     retry: &RetryConfig,
     signer: &Signer,
+    metrics: &Metrics,
     outcome: Outcome,
 ) {
     let key = &signer.key;
     let (to, reply) = match outcome {
-        Outcome::Unanswerable(error) => return unanswerable(channel, key, delivery, error).await,
+        Outcome::Unanswerable(error) => {
+            return unanswerable(channel, key, delivery, lane, metrics, error).await;
+        }
         Outcome::Reply { to, reply } => (to, reply),
     };
     if let (Disposition::Retry, Some(error)) = (
@@ -108,7 +122,10 @@ pub(crate) async fn settle(
         let attempt = attempts(key, delivery) + 1;
         if attempt < retry.max_attempts {
             match park_for_retry(channel, key, delivery, attempt, retry).await {
-                Ok(()) => ack(delivery).await,
+                Ok(()) => {
+                    metrics.retried(lane);
+                    ack(delivery).await;
+                }
                 // Not acked: the request is redelivered and tried again.
                 Err(e) => {
                     tracing::warn!(error = %e, "could not park a failed write; leaving it unacked")
@@ -120,6 +137,7 @@ pub(crate) async fn settle(
             tracing::warn!(error = %e, "could not dead-letter a failed write; leaving it unacked");
             return;
         }
+        metrics.dead_lettered(lane, error.code);
     }
     if answer(channel, signer, lane, to, &reply).await {
         ack(delivery).await;
@@ -372,7 +390,14 @@ async fn park(
 
 /// Dead-letters a message that cannot be answered, with the reason in headers, then acks
 /// it; if that publish fails, rejects it so the queue's DLX still catches it (x-death only).
-async fn unanswerable(channel: &Channel, key: &ServiceKey, delivery: &Delivery, error: BedsError) {
+async fn unanswerable(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    lane: Lane,
+    metrics: &Metrics,
+    error: BedsError,
+) {
     tracing::warn!(
         routing_key = %delivery.routing_key,
         message_id = ?delivery.properties.message_id(),
@@ -385,12 +410,13 @@ async fn unanswerable(channel: &Channel, key: &ServiceKey, delivery: &Delivery, 
         tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
         let reject = delivery.reject(BasicRejectOptions { requeue: false });
         match tokio::time::timeout(CONFIRM_TIMEOUT, reject).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => metrics.dead_lettered(lane, error.code),
             Ok(Err(e)) => tracing::error!(error = %e, "rejecting the dead letter failed"),
             Err(_) => tracing::error!("rejecting the dead letter timed out"),
         }
         return;
     }
+    metrics.dead_lettered(lane, error.code);
     ack(delivery).await;
 }
 

@@ -1,5 +1,6 @@
 //! A running node: storage opened, topology declared, the role's broker pools consuming.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,16 +18,22 @@ use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
 use crate::ingress::settle::Signer;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::telemetry::http::{self, ListenError};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::queues::Queues;
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
+use crate::transport::names::{dead_letter_queue, retry_queue};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use readiness::Readiness;
 use relay::Relay;
 use tercero::EventConsumer;
 use worker::{Worker, supervise};
 
+mod readiness;
 mod relay;
 mod tercero;
 mod worker;
@@ -55,6 +62,8 @@ pub enum ServerError {
     InvalidationsNotSubscribed,
     #[error(transparent)]
     ServiceKey(#[from] KeyError),
+    #[error(transparent)]
+    Telemetry(#[from] ListenError),
 }
 
 /// Whether a role consumes anything in this release.
@@ -126,6 +135,38 @@ impl Health {
     pub fn ready(&self) -> bool {
         self.connected && self.workers_down == 0
     }
+
+    fn of(link: &Link, counters: &Counters) -> Health {
+        Health {
+            connected: link.connected(),
+            workers_down: counters.down.load(Ordering::Relaxed),
+            restarts: counters.restarts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The queues a role's node watches the depth of: each consumed queue with its dead-letter
+/// queue and retry lane, as (full name, name without the tag).
+fn watched_queues(config: &Config) -> Vec<(String, String)> {
+    let mut names = Vec::new();
+    for lane in lanes(config.role) {
+        let key = lane.key();
+        names.extend([key.to_string(), dead_letter_queue(key)]);
+        // Only writes are retried (wiki/reliability.md), so only they have a retry lane.
+        if *lane == Lane::Write {
+            names.push(retry_queue(key));
+        }
+    }
+    if config.role == Role::Tercero {
+        names.extend([
+            EVENT_QUEUE_KEY.to_string(),
+            dead_letter_queue(EVENT_QUEUE_KEY),
+        ]);
+    }
+    names
+        .into_iter()
+        .map(|label| (config.amqp.queue(&label), label))
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +190,11 @@ pub struct Server {
     cache: Arc<Cache>,
     /// Invalidations dropped for want of a valid signature.
     untrusted: Arc<AtomicU64>,
+    /// Where the telemetry server listens, if it does.
+    http: Option<SocketAddr>,
+    /// Stops the telemetry server and the queue poller: last, so that `/readyz` says
+    /// "stopping" during the drain; also on drop.
+    telemetry: CancellationToken,
 }
 
 impl Server {
@@ -200,6 +246,7 @@ impl Server {
         });
         let (cache, outbox) = Cache::new(&config.cache);
         let cache = Arc::new(cache);
+        let metrics = Arc::new(Metrics::new());
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
@@ -214,6 +261,7 @@ impl Server {
             },
             signer: Signer::new(key.clone(), &config.amqp.url),
             security: Arc::new(crate::security::Security::from_config(config)?),
+            metrics: metrics.clone(),
         });
         let stop = CancellationToken::new();
         // Workers start once the node hears other nodes' invalidations, so nothing it
@@ -260,6 +308,10 @@ impl Server {
                     config.node,
                     std::process::id(),
                     uuid::Uuid::now_v7()
+                ),
+                backlog: (
+                    metrics.outbox_backlog().clone(),
+                    config.telemetry.queue_poll.duration(),
                 ),
             };
             relay = Some((
@@ -344,6 +396,38 @@ impl Server {
                 "tercero consuming write events"
             );
         }
+        let telemetry = CancellationToken::new();
+        tokio::spawn(
+            Queues {
+                link: link.clone(),
+                names: watched_queues(config),
+                every: config.telemetry.queue_poll.duration(),
+                metrics: metrics.clone(),
+            }
+            .run(telemetry.clone()),
+        );
+        // Last: the node reports ready only once everything above runs.
+        let http = match config.telemetry.listen {
+            None => None,
+            Some(addr) => {
+                let probe = Readiness {
+                    link: link.clone(),
+                    counters: counters.clone(),
+                    store: store.clone(),
+                    stop: stop.clone(),
+                    database: Default::default(),
+                };
+                match http::serve(addr, metrics, Arc::new(probe), telemetry.clone()).await {
+                    Ok(bound) => Some(bound),
+                    Err(e) => {
+                        stop.cancel();
+                        relay_stop.cancel();
+                        telemetry.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         Ok(Server {
             link,
             store,
@@ -354,7 +438,15 @@ impl Server {
             drain: config.shutdown.drain_timeout.duration(),
             cache,
             untrusted,
+            http,
+            telemetry,
         })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the port chosen when
+    /// `telemetry.listen` has port 0); none when `telemetry.listen` is `off`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// Fires the stop: useful to stop a server owned by another task.
@@ -364,11 +456,7 @@ impl Server {
 
     /// Readiness and restart counts, for health checks and tests.
     pub fn health(&self) -> Health {
-        Health {
-            connected: self.link.connected(),
-            workers_down: self.counters.down.load(Ordering::Relaxed),
-            restarts: self.counters.restarts.load(Ordering::Relaxed),
-        }
+        Health::of(&self.link, &self.counters)
     }
 
     /// Counts invalidations from other nodes this node has applied (it changes on each),
@@ -435,6 +523,7 @@ impl Server {
         }
         self.link.close().await;
         self.store.close().await;
+        self.telemetry.cancel();
         tracing::info!("stopped");
     }
 }
@@ -446,5 +535,6 @@ impl Drop for Server {
         if let Some((relay_stop, _)) = &self.relay {
             relay_stop.cancel();
         }
+        self.telemetry.cancel();
     }
 }

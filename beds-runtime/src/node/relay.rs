@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,8 @@ pub(crate) struct Relay {
     /// This relay's name in the lease: node, process and start, so a restarted node is a
     /// new holder and waits for the old lease to expire (its rows may still be in flight).
     pub holder: String,
+    /// The outbox backlog gauge and how often it is counted.
+    pub backlog: (Gauge, Duration),
 }
 
 /// What the relay reads of an event: what its message's properties and routing key need.
@@ -77,6 +80,8 @@ struct State {
     renewed: Option<Instant>,
     /// When taking the lease last failed (another relay holds it).
     refused: Option<Instant>,
+    /// When the backlog was last counted.
+    counted: Option<Instant>,
 }
 
 impl Relay {
@@ -87,6 +92,7 @@ impl Relay {
         let mut state = State::default();
         let mut backoff = poll;
         loop {
+            self.count_backlog(&mut state).await;
             let pause = match self.round(&mut state, &stop).await {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => {
@@ -120,6 +126,26 @@ impl Relay {
             if let Ok(Err(e)) = closing.await {
                 tracing::debug!(error = %e, "closing the relay channel");
             }
+        }
+    }
+
+    /// Sets the backlog gauge every few seconds: the rows counted by the lease holder only,
+    /// so that summed over nodes each row counts once; 0 on the others.
+    async fn count_backlog(&self, state: &mut State) {
+        let (gauge, every) = &self.backlog;
+        if state.counted.is_some_and(|at| at.elapsed() < *every) {
+            return;
+        }
+        state.counted = Some(Instant::now());
+        if state.renewed.is_none() {
+            gauge.set(0);
+            return;
+        }
+        match self.store.outbox_backlog().await {
+            Ok(rows) => {
+                gauge.set(rows);
+            }
+            Err(e) => tracing::debug!(error = %e, "counting the outbox backlog failed"),
         }
     }
 

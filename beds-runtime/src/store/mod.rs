@@ -212,6 +212,11 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// One cheap round trip (`SELECT 1`), for the node's readiness.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+
     fn sql(&self, t: &TemplateMeta) -> &Statements {
         // Every template of the catalog was prepared in `open`.
         &self.statements[&(t.domain, t.name)]

@@ -278,4 +278,12 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// Events waiting in the outbox, for the backlog gauge (polled every few seconds).
+    pub async fn outbox_backlog(&self) -> Result<i64, sqlx::Error> {
+        let count = format!("SELECT COUNT(*) FROM {}", self.dialect.quote("beds_outbox"));
+        sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+            .fetch_one(&self.pool)
+            .await
+    }
 }

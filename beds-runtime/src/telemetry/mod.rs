@@ -1,4 +1,10 @@
-//! Logging set-up.
+//! Telemetry: the log set-up (here), the metrics of a node ([`metrics`]), the lanes'
+//! queue depths ([`queues`]) and the HTTP server that exposes them with the node's
+//! health ([`http`]). See wiki/operations.md.
+
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod queues;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, Targets};
