@@ -355,10 +355,12 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
             " (only update, delete, lock and unlock do)",
         ));
     }
-    if (args.limit.is_some() || args.cursor.is_some()) && !matches!(op, Op::List | Op::Query) {
+    if (args.limit.is_some() || args.cursor.is_some())
+        && !matches!(op, Op::List | Op::Query | Op::History)
+    {
         return Err(unexpected(
             "--limit or --cursor",
-            " (only list and queries page)",
+            " (only list, history and queries page)",
         ));
     }
     if args.expect_version.is_some() && !matches!(op, Op::Update | Op::Delete) {
@@ -432,6 +434,18 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
                 req.after = args.cursor.as_deref().map(|c| {
                     serde_json::from_str(c).unwrap_or_else(|_| Json::String(c.to_string()))
                 });
+            }
+            Op::History => {
+                let text = json.ok_or_else(|| needed(key_hint(template)))?;
+                req.key = Some(key(&format!("the key of {name}"), text, "id")?);
+                req.limit = args.limit;
+                req.cursor = args
+                    .cursor
+                    .as_deref()
+                    .map(|c| match serde_json::from_str(c) {
+                        Ok(Json::Array(items)) => items,
+                        _ => vec![Json::String(c.to_string())],
+                    });
             }
             Op::Query => unreachable!("templates are resolved to template operations"),
         },
