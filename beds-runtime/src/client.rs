@@ -594,7 +594,8 @@ impl<T: Record> TemplateClient<'_, T> {
 }
 
 /// One version of a journaled record, as `history` answers it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
 pub struct Version<T> {
     /// The record as it was at this version (for a delete, as it was last).
     pub record: T,
@@ -605,16 +606,11 @@ pub struct Version<T> {
 }
 
 /// One page of a record's history, newest first; `next` continues it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
 pub struct History<T> {
     pub items: Vec<Version<T>>,
     pub next: Option<Cursor>,
-}
-
-#[derive(Deserialize)]
-struct HistoryWire {
-    items: Vec<Map<String, Json>>,
-    next: Option<Cursor>,
 }
 
 /// Past versions, for templates declaring `journal` ([`crate::Journaled`]).
@@ -631,27 +627,7 @@ impl<T: crate::record::Journaled> TemplateClient<'_, T> {
         req.key = Some(key(id));
         req.limit = limit;
         req.cursor = cursor.map(|c| c.0);
-        let page: HistoryWire = self.send(req).await?;
-        let items = page
-            .items
-            .into_iter()
-            .map(|mut item| {
-                let op = serde_json::from_value(item.remove("op").unwrap_or_default())?;
-                let written_at =
-                    serde_json::from_value(item.remove("written_at").unwrap_or_default())?;
-                let version = item.get("version").and_then(Json::as_i64).unwrap_or(0);
-                Ok(Version {
-                    record: serde_json::from_value(Json::Object(item))?,
-                    version,
-                    op,
-                    written_at,
-                })
-            })
-            .collect::<Result<_, serde_json::Error>>()?;
-        Ok(History {
-            items,
-            next: page.next,
-        })
+        self.send(req).await
     }
 
     /// The record as it was at `as_of`: a version, or the newest version written at or

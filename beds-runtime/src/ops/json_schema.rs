@@ -127,16 +127,28 @@ fn lease(t: &TemplateMeta) -> Json {
 /// The reply `data` of a `history`: versions newest first, each the record as it was
 /// then with the write that made it; `fetch` with `as_of` answers a `.record`.
 fn history(t: &TemplateMeta) -> Json {
-    let mut item = record(t);
-    item["title"] = json!(format!(
-        "A `{}` as it was at one version (a `delete` is a tombstone holding the last state)",
-        t.name
-    ));
-    item["properties"]["op"] = json!({ "enum": ["create", "update", "delete"] });
-    item["properties"]["written_at"] = json!({ "type": "string", "format": "date-time" });
-    if let Some(required) = item["required"].as_array_mut() {
-        required.extend([json!("op"), json!("written_at")]);
-    }
+    let item = object(
+        &format!("A `{}` as it was at one version", t.name),
+        Map::from_iter([
+            (
+                "version".to_string(),
+                json!({ "type": "integer", "minimum": 1 }),
+            ),
+            (
+                "op".to_string(),
+                json!({
+                    "enum": ["create", "update", "delete"],
+                    "description": "The write that made this version; a `delete` is a tombstone holding the last state"
+                }),
+            ),
+            (
+                "written_at".to_string(),
+                json!({ "type": "string", "format": "date-time" }),
+            ),
+            ("record".to_string(), record(t)),
+        ]),
+        vec!["version", "op", "written_at", "record"],
+    );
     let props = Map::from_iter([
         (
             "items".to_string(),

@@ -6,7 +6,7 @@
 //! (JSON): a template's journal then never needs its own DDL or a migration when fields
 //! change, and an entry reads back exactly as `fetch` answered then (wiki/journal.md).
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use sqlx::{AnyConnection, Row, SqlStr};
 
 use super::dialect::Dialect;
@@ -104,7 +104,7 @@ pub(super) fn journal_sql(d: &dyn Dialect) -> JournalSql {
     }
 }
 
-/// One journal entry as answered: the record at that version, with `op` and `written_at`.
+/// One journal entry as answered: `version`, `op`, `written_at` and the `record` as it was.
 #[derive(Debug)]
 pub(crate) struct Entry {
     /// The entry's place in the journal, for the next page's cursor.
@@ -221,16 +221,11 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        let entry = self.entry(t, &row)?;
+        let mut entry = self.entry(t, &row)?;
         if entry.op == WriteOp::Delete.name() {
             return Ok(None);
         }
-        let Json::Object(mut record) = entry.item else {
-            return Ok(None);
-        };
-        record.remove("op");
-        record.remove("written_at");
-        Ok(Some(Json::Object(record)))
+        Ok(entry.item.get_mut("record").map(Json::take))
     }
 
     fn journal_of(&self, t: &TemplateMeta) -> Result<&JournalSql, BedsError> {
@@ -254,14 +249,14 @@ impl Store {
         let op: String = row.try_get(1).map_err(|e| unreadable(&e))?;
         let written_at: String = row.try_get(2).map_err(|e| unreadable(&e))?;
         let text: String = row.try_get(3).map_err(|e| unreadable(&e))?;
-        let mut record: Map<String, Json> =
-            serde_json::from_str(&text).map_err(|e| unreadable(&e))?;
-        record.insert("op".into(), Json::String(op.clone()));
-        record.insert("written_at".into(), Json::String(written_at));
-        Ok(Entry {
-            seq,
-            op,
-            item: Json::Object(record),
-        })
+        let record: Json = serde_json::from_str(&text).map_err(|e| unreadable(&e))?;
+        // The record nested, so its own fields never clash with the entry's.
+        let item = serde_json::json!({
+            "version": record.get("version").cloned().unwrap_or(Json::Null),
+            "op": op,
+            "written_at": written_at,
+            "record": record,
+        });
+        Ok(Entry { seq, op, item })
     }
 }
