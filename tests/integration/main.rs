@@ -11,6 +11,7 @@ mod counts;
 mod errors;
 mod events;
 mod field_kinds;
+mod journal;
 mod json_schema;
 mod locking;
 mod poison;
