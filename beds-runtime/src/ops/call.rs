@@ -41,17 +41,17 @@ Exit codes: 0 ok; 1 configuration invalid; 2 bad command line (unknown name, inv
 4 no reply (RabbitMQ unreachable, no node for this queue tag, or --timeout passed).")]
 pub struct CallArgs {
     /// `domain.template.op` (op: create, fetch, update, delete, list; lock and unlock on a
-    /// template declaring `locking`) or `domain.query`.
+    /// template declaring `locking`; history on one declaring `journal`) or `domain.query`.
     target: String,
     /// JSON: create's data, the key of fetch/update/delete, a query's parameters.
     json: Option<String>,
     /// update: the fields to change, as a JSON object; lock: the lease, `{"ttl": "30s"}`.
     #[arg(long, value_name = "CHANGES")]
     data: Option<String>,
-    /// list and queries: page size (default and maximum from the declaration).
+    /// list, history and queries: page size (default and maximum from the declaration).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
-    /// list and queries: the previous page's `next`, passed back unchanged.
+    /// list, history and queries: the previous page's `next`, passed back unchanged.
     #[arg(long, value_name = "NEXT")]
     cursor: Option<String>,
     /// update and delete: apply only if the record is at this version.
