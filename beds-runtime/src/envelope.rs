@@ -1065,6 +1065,36 @@ mod tests {
         r#""v":1,"id":"0192f0e0-0000-7000-8000-000000000000","domain":"d","op":"list""#;
 
     #[test]
+    fn as_of_is_a_version_or_an_rfc3339_time() {
+        let as_of = |a: &str| {
+            Request::decode(format!("{{{HEAD},\"as_of\":{a}}}").as_bytes())
+                .unwrap()
+                .as_of
+        };
+        assert_eq!(as_of("3"), Some(AsOf::Version(3)));
+        assert_eq!(
+            as_of("\"2026-01-31T12:00:00+01:00\""),
+            Some(AsOf::Time(
+                chrono::DateTime::parse_from_rfc3339("2026-01-31T11:00:00Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            ))
+        );
+        assert_eq!(as_of("null"), None);
+        assert_eq!(
+            details(&format!(r#"{{{HEAD},"as_of":"yesterday"}}"#)),
+            [("as_of".to_string(), DetailCode::InvalidFormat)]
+        );
+        for bad in ["1.5", "true", "[1]"] {
+            assert_eq!(
+                details(&format!("{{{HEAD},\"as_of\":{bad}}}")),
+                [("as_of".to_string(), DetailCode::WrongType)],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn limits_out_of_range_saturate_and_wrong_types_are_input_errors() {
         let limit = |l: &str| {
             Request::decode(format!("{{{HEAD},\"limit\":{l}}}").as_bytes())

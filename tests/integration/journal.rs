@@ -1,10 +1,11 @@
 //! The `journal` capability on SPEW's journaled templates through the typed client:
 //! history pages, `fetch_as_of` a version and a time (past the read cache), and the
-//! versions a cascade and a `set_null` write into the journal.
+//! versions a cascade and a `set_null` write into the journal; what is refused, and how.
 
 use beds::spew::{self, Spew, SpewCreate, User, UserCreate, UserPatch};
 use beds_runtime::events::WriteOp;
-use beds_runtime::{AsOf, ErrorCode, ReadOptions};
+use beds_runtime::{AsOf, Client, ErrorCode, Op, ReadOptions, Request};
+use serde_json::{Map, json};
 
 use crate::support::TestEnv;
 
@@ -156,6 +157,83 @@ async fn cascaded_deletes_and_set_null_are_journaled() {
         spews.fetch(original.id).await.unwrap_err().code(),
         Some(ErrorCode::NotFound)
     );
+
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+/// The error reply to `op` on `template`, shaped by `shape`.
+async fn refused(
+    client: &Client,
+    template: &str,
+    op: Op,
+    shape: impl FnOnce(&mut Request),
+) -> beds_runtime::BedsError {
+    let mut req = Request::new("spew", template, op);
+    shape(&mut req);
+    match client.request(req).await.unwrap_err() {
+        beds_runtime::ClientError::Remote(e) => e,
+        other => panic!("expected an error reply, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn journal_requests_are_refused_clearly() {
+    let env = TestEnv::new("journal_refusals");
+    let server = env.start().await;
+    let client = env.client().await;
+    let ada = spew::client(&client)
+        .user()
+        .create(&user("ada"))
+        .await
+        .unwrap();
+    let by_handle = Map::from_iter([("handle".to_string(), json!("ada"))]);
+    let by_id = Map::from_iter([("id".to_string(), json!(ada.id))]);
+
+    // Past versions are kept by id: a unique key is refused, naming `key`.
+    let e = refused(&client, "user", Op::History, |r| {
+        r.key = Some(by_handle.clone())
+    })
+    .await;
+    assert_eq!(
+        (e.code, e.details[0].field.as_str()),
+        (ErrorCode::InvalidInput, "key")
+    );
+    let e = refused(&client, "user", Op::Fetch, |r| {
+        r.key = Some(by_handle.clone());
+        r.as_of = Some(AsOf::Version(1));
+    })
+    .await;
+    assert_eq!(
+        (e.code, e.details[0].field.as_str()),
+        (ErrorCode::InvalidInput, "key")
+    );
+
+    // A cursor that is not a page's `next`.
+    let e = refused(&client, "user", Op::History, |r| {
+        r.key = Some(by_id.clone());
+        r.cursor = Some(vec![json!("x")]);
+    })
+    .await;
+    assert_eq!(
+        (e.code, e.details[0].field.as_str()),
+        (ErrorCode::InvalidInput, "cursor")
+    );
+
+    // `follow` keeps no journal: both refused, saying what it would need.
+    let e = refused(&client, "follow", Op::History, |r| {
+        r.key = Some(by_id.clone())
+    })
+    .await;
+    assert_eq!(e.code, ErrorCode::OperationNotAllowed);
+    assert!(e.message.contains("journal: true"), "{}", e.message);
+    let e = refused(&client, "follow", Op::Fetch, |r| {
+        r.key = Some(by_id.clone());
+        r.as_of = Some(AsOf::Version(1));
+    })
+    .await;
+    assert_eq!(e.code, ErrorCode::OperationNotAllowed);
+    assert!(e.message.contains("`journal`"), "{}", e.message);
 
     client.close().await.unwrap();
     server.stop().await;
