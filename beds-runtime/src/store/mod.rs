@@ -221,9 +221,10 @@ impl Store {
         &self.statements[&(t.domain, t.name)]
     }
 
-    /// Applies one write in a transaction together with its idempotency record and, given
-    /// a lineage, the events of every record it changes: a key seen before returns the
-    /// reply stored with it and changes nothing (and records no event).
+    /// Applies one write in a transaction together with its idempotency record, the journal
+    /// entries of the journaled records it changes and, given a lineage, the events of every
+    /// record it changes: a key seen before returns the reply stored with it and changes
+    /// nothing (and records no event or entry).
     pub async fn write(
         &self,
         t: &'static TemplateMeta,
@@ -243,7 +244,7 @@ impl Store {
         }
         // The changed records are collected for events and for the journal (a write of an
         // unjournaled template can cascade to a journaled one).
-        let events = lineage.is_some() || self.journal.is_some();
+        let collect = lineage.is_some() || self.journal.is_some();
         let mut changes = Vec::new();
         let reply = match op {
             WriteOp::Insert { id, values, tokens } => {
@@ -294,7 +295,7 @@ impl Store {
             } => {
                 // What the database deletes or nulls by itself, read before it does; and
                 // the owner, in the same transaction as the delete.
-                let root = if events || owner.is_some() {
+                let root = if collect || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
@@ -303,7 +304,7 @@ impl Store {
                     owner.record(t, "delete", root.as_ref())?;
                 }
                 self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                let root = root.filter(|_| events);
+                let root = root.filter(|_| collect);
                 let cascaded = match root {
                     Some(root) => self.cascade(&mut tx, t, &root).await?,
                     None => Vec::new(),
