@@ -209,6 +209,16 @@ async fn journal_requests_are_refused_clearly() {
         (ErrorCode::InvalidInput, "key")
     );
 
+    // Read options would do nothing on the journal: refused, not ignored.
+    let e = refused(&client, "user", Op::Fetch, |r| {
+        r.key = Some(by_id.clone());
+        r.as_of = Some(AsOf::Version(1));
+        r.consistency = Some(beds_runtime::Consistency::Cached);
+    })
+    .await;
+    assert_eq!(e.code, ErrorCode::InvalidEnvelope);
+    assert!(e.message.contains("never the cache"), "{}", e.message);
+
     // A cursor that is not a page's `next`.
     let e = refused(&client, "user", Op::History, |r| {
         r.key = Some(by_id.clone());

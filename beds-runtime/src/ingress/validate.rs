@@ -152,6 +152,14 @@ fn template(
             ),
         ));
     }
+    // The past is read from the journal, never the cache: read options would do nothing.
+    if req.as_of.is_some() && (req.consistency.is_some() || req.min_version.is_some()) {
+        return Err(BedsError::new(
+            ErrorCode::InvalidEnvelope,
+            "`fetch` with `as_of` reads the journal, never the cache: send it without \
+             `consistency` and `min_version`",
+        ));
+    }
     if t.append_only && matches!(op, Op::Update | Op::Delete) {
         return Err(BedsError::new(
             ErrorCode::OperationNotAllowed,
