@@ -248,3 +248,88 @@ async fn journal_requests_are_refused_clearly() {
     client.close().await.unwrap();
     server.stop().await;
 }
+
+/// A journaled template written by hand (the derive's `journal` flag), with sequence ids.
+mod by_hand {
+    use beds_runtime::support as rt;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(transparent)]
+    pub struct EntryId(pub i64);
+
+    impl rt::Key for EntryId {}
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, rt::Record)]
+    #[beds(domain = "ledger", template = "entry", create = EntryInput, patch = EntryInput)]
+    #[beds(id = "sequence", journal)]
+    pub struct Entry {
+        pub id: EntryId,
+        pub version: i64,
+        #[beds(string, max = 40)]
+        pub label: String,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    pub struct EntryInput {
+        pub label: String,
+    }
+
+    static ENTRIES: rt::Routes = rt::Routes::of::<Entry>();
+    static DOMAIN: rt::DomainMeta = rt::DomainMeta {
+        name: "ledger",
+        version: 1,
+        templates: &[<Entry as rt::Record>::META],
+        queries: &[],
+    };
+    pub static CATALOG: rt::Catalog = rt::Catalog {
+        domains: &[&DOMAIN],
+        route: |domain, template| match (domain, template) {
+            ("ledger", "entry") => Ok(&ENTRIES),
+            ("ledger", _) => Err(rt::RouteError::UnknownTemplate),
+            _ => Err(rt::RouteError::UnknownDomain),
+        },
+    };
+}
+
+#[tokio::test]
+async fn a_derived_template_declares_journal() {
+    use by_hand::{CATALOG, Entry, EntryInput};
+    let env = TestEnv::matrix("journal_derive");
+    let server = beds_runtime::Server::start(&env.config, &CATALOG)
+        .await
+        .expect("start");
+    let client = env.client().await;
+    let entries = client.template::<Entry>();
+    let input = |label: &str| EntryInput {
+        label: label.into(),
+    };
+    let first = entries.create(&input("opened")).await.unwrap();
+    let second = entries.update(first.id, &input("settled")).await.unwrap();
+    entries.delete(first.id).await.unwrap();
+
+    let history = entries.history(first.id, None, None).await.unwrap();
+    let labels: Vec<(i64, &str)> = history
+        .items
+        .iter()
+        .map(|v| (v.version, v.record.label.as_str()))
+        .collect();
+    assert_eq!(labels, [(3, "settled"), (2, "settled"), (1, "opened")]);
+    assert_eq!(
+        entries
+            .fetch_as_of(first.id, AsOf::Version(2))
+            .await
+            .unwrap(),
+        second
+    );
+    assert_eq!(
+        entries
+            .fetch_as_of(first.id, AsOf::Version(3))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::NotFound)
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
