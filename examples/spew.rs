@@ -299,6 +299,31 @@ async fn script(
     }
     as_intruder.close().await?;
 
+    // The journal (`journal: true` on spew): the author's edit keeps the text it replaced.
+    let body: String = target.body.chars().take(270).collect();
+    let edit = spew::SpewPatch {
+        body: Some(format!("{body} (edited)")),
+        ..Default::default()
+    };
+    spew_api.update(target.id, &edit).await?;
+    let author = users
+        .iter()
+        .find(|u| u.id == target.author)
+        .map_or("?", |u| u.handle.as_str());
+    println!(
+        "
+history of a spew by @{author} after its edit (newest first):"
+    );
+    for v in spew_api.history(target.id, None, None).await?.items {
+        println!(
+            "  v{} {:<6} {}  {}",
+            v.version,
+            v.op.name(),
+            v.written_at.format("%H:%M:%S%.3f"),
+            v.record.body
+        );
+    }
+
     // Likes, popular spews more often; one duplicate and one unlike.
     let mut liked = Vec::new();
     while liked.len() < LIKES {

@@ -12,7 +12,7 @@ use crate::model::{
 };
 
 /// The `impl Record` of a record type: its key, input types and metadata (and `impl Locking`
-/// if it declares `locking`). Paths are
+/// if it declares `locking`, `impl Journaled` if it declares `journal`). Paths are
 /// resolved against `rt`, the runtime's support module, which the caller brings into scope.
 pub fn record_impl(
     domain: &str,
@@ -28,6 +28,11 @@ pub fn record_impl(
         .capabilities
         .locking
         .then(|| quote!(impl rt::Locking for #record {}));
+    // Likewise `history` and `fetch_as_of`, only for templates that keep a journal.
+    let journal = t
+        .capabilities
+        .journal
+        .then(|| quote!(impl rt::Journaled for #record {}));
     quote! {
         impl rt::Record for #record {
             type Id = #id;
@@ -36,6 +41,7 @@ pub fn record_impl(
             const META: &'static rt::TemplateMeta = &#meta;
         }
         #locking
+        #journal
     }
 }
 

@@ -596,8 +596,12 @@ impl CondOp {
 /// Keys the language knows whose run-time effect has not landed: refused, never ignored (a
 /// declaration must do what it says), by the YAML compiler and the derive alike, with why.
 /// Their shape is still checked, so the diagnostics stay exact when the feature arrives.
+/// Why `journal` on an append-only template is refused (the compiler and the derive say
+/// the same).
+pub const APPEND_ONLY_JOURNAL: &str =
+    "an append-only record has one version, its create, so a journal would only copy it";
+
 pub const NOT_YET: &[(&str, &str)] = &[
     ("audit", "audit records arrive with the admin role"),
-    ("journal", "record history arrives with the admin role"),
     ("retention", "retention arrives with the segundo role"),
 ];

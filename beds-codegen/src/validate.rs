@@ -411,6 +411,14 @@ fn coherence(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
                 "remove `locking` or `append_only`",
             );
         }
+        if t.capabilities.journal {
+            cx.error_hint(
+                body.pos,
+                &format!("{path}.capabilities.journal"),
+                crate::model::APPEND_ONLY_JOURNAL,
+                "remove `journal` (`fetch` and `list` already show every version) or `append_only`",
+            );
+        }
         for (op, _) in &t.access {
             if op == "update" || op == "delete" {
                 cx.error_hint(
@@ -450,7 +458,7 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     check_keys(cx, entries, path, CAPABILITY_KEYS);
     caps.audit = flag(cx, entries, path, "audit");
     caps.journal = flag(cx, entries, path, "journal");
-    for key in ["audit", "journal", "retention"] {
+    for key in ["audit", "retention"] {
         if let Some(n) = get(entries, key) {
             not_yet(cx, n, &format!("{path}.{key}"), key);
         }

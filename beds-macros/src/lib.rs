@@ -79,7 +79,7 @@ struct TokenAttrs {
     span: Option<Span>,
 }
 
-const FLAGS: &[&str] = &["append_only", "internal", "locking"];
+const FLAGS: &[&str] = &["append_only", "internal", "locking", "journal"];
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
 #[derive(Default)]
@@ -211,6 +211,15 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         });
     }
     let flag = |name: &str| t.flags.iter().any(|f| f == name);
+    if flag("append_only") && flag("journal") {
+        errors.push(syn::Error::new_spanned(
+            name,
+            format!(
+                "{}; remove `journal` or `append_only`",
+                model::APPEND_ONLY_JOURNAL
+            ),
+        ));
+    }
     let defaults = model::Page::default();
     let lowered = model::Template {
         name: template.clone(),
@@ -241,7 +250,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         internal: flag("internal"),
         capabilities: model::Capabilities {
             audit: false,
-            journal: false,
+            journal: flag("journal"),
             locking: flag("locking"),
             cache_ttl_ms: t.cache_ttl_ms,
             // As in a declaration without `consistency`: a cached template reads cached.
@@ -507,7 +516,7 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
              version_column, page_default, page_max, create, patch, version, append_only, \
-             internal, locking, cache_ttl_ms, owner, access(...), index(...), unique(...), tokens(...), count(...) or differ(...)",
+             internal, locking, journal, cache_ttl_ms, owner, access(...), index(...), unique(...), tokens(...), count(...) or differ(...)",
         ));
     }
     Ok(())

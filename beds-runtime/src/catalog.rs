@@ -136,6 +136,7 @@ pub struct Routes {
     pub list: Handler,
     pub lock: Handler,
     pub unlock: Handler,
+    pub history: Handler,
 }
 
 impl Routes {
@@ -152,6 +153,7 @@ impl Routes {
             list: execute,
             lock: execute,
             unlock: execute,
+            history: execute,
         }
     }
 }

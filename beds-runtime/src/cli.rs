@@ -269,6 +269,8 @@ fn template_rules(t: &crate::meta::TemplateMeta, default: &str) -> String {
         .map(|op| {
             let under = match op {
                 Op::Lock | Op::Unlock => Op::Update,
+                // Past versions are read like the record itself.
+                Op::History => Op::Fetch,
                 op => op,
             };
             let who = t

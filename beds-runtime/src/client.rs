@@ -15,7 +15,7 @@ use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
 use crate::config::{AmqpTlsConfig, Config, EXCHANGE};
-use crate::envelope::{Consistency, Op, Origin, Reply, Request};
+use crate::envelope::{AsOf, Consistency, Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
@@ -589,6 +589,53 @@ impl<T: Record> TemplateClient<'_, T> {
         let mut req = self.request(Op::List);
         req.limit = limit;
         req.after = after.map(serde_json::to_value).transpose()?;
+        self.send(req).await
+    }
+}
+
+/// One version of a journaled record, as `history` answers it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+pub struct Version<T> {
+    /// The record as it was at this version (for a delete, as it was last).
+    pub record: T,
+    pub version: i64,
+    /// The write that made this version: `create`, `update` or `delete` (a tombstone).
+    pub op: crate::events::WriteOp,
+    pub written_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One page of a record's history, newest first; `next` continues it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+pub struct History<T> {
+    pub items: Vec<Version<T>>,
+    pub next: Option<Cursor>,
+}
+
+/// Past versions, for templates declaring `journal` ([`crate::Journaled`]).
+impl<T: crate::record::Journaled> TemplateClient<'_, T> {
+    /// The record's versions, newest first, `limit` a page (default: the template's page
+    /// size); pass a page's `next` as `cursor` for the following one.
+    pub async fn history(
+        &self,
+        id: T::Id,
+        limit: Option<u32>,
+        cursor: Option<Cursor>,
+    ) -> Result<History<T>, ClientError> {
+        let mut req = self.request(Op::History);
+        req.key = Some(key(id));
+        req.limit = limit;
+        req.cursor = cursor.map(|c| c.0);
+        self.send(req).await
+    }
+
+    /// The record as it was at `as_of`: a version, or the newest version written at or
+    /// before a time; `not_found` if it did not exist then.
+    pub async fn fetch_as_of(&self, id: T::Id, as_of: AsOf) -> Result<T, ClientError> {
+        let mut req = self.request(Op::Fetch);
+        req.key = Some(key(id));
+        req.as_of = Some(as_of);
         self.send(req).await
     }
 }

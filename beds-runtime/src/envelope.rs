@@ -38,10 +38,12 @@ pub enum Op {
     Lock,
     /// Gives a lease back.
     Unlock,
+    /// The versions of a record of a template declaring `journal`, newest first.
+    History,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Create,
         Op::Fetch,
         Op::Update,
@@ -50,11 +52,14 @@ impl Op {
         Op::Query,
         Op::Lock,
         Op::Unlock,
+        Op::History,
     ];
     /// The operations of a template (`query` belongs to the domain).
     pub const TEMPLATE: [Op; 5] = [Op::Create, Op::Fetch, Op::Update, Op::Delete, Op::List];
     /// The operations a template declaring `locking` adds.
     pub const LOCKING: [Op; 2] = [Op::Lock, Op::Unlock];
+    /// The operations a template declaring `journal` adds.
+    pub const JOURNAL: [Op; 1] = [Op::History];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,6 +71,7 @@ impl Op {
             Op::Query => "query",
             Op::Lock => "lock",
             Op::Unlock => "unlock",
+            Op::History => "history",
         }
     }
 
@@ -91,6 +97,15 @@ pub enum Consistency {
     #[default]
     Strong,
     Cached,
+}
+
+/// For fetch on a journaled template: the record as it was at a version, or at a time
+/// (the newest version written at or before it). On the wire a number or an RFC 3339 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AsOf {
+    Version(i64),
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
@@ -139,6 +154,9 @@ pub struct Request {
     /// later, else the database answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_version: Option<i64>,
+    /// For fetch of a journaled template: the record as it was then (never cached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
     /// Field values for create and update.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Json>>,
@@ -191,6 +209,7 @@ impl std::fmt::Debug for Request {
             .field("lock_token", &self.lock_token)
             .field("consistency", &self.consistency)
             .field("min_version", &self.min_version)
+            .field("as_of", &self.as_of)
             .field("data", &self.data)
             .field("limit", &self.limit)
             .field("after", &self.after)
@@ -230,6 +249,7 @@ const FIELDS: &[&str] = &[
     "lock_token",
     "consistency",
     "min_version",
+    "as_of",
     "data",
     "limit",
     "after",
@@ -272,6 +292,8 @@ struct Wire {
     consistency: Option<Consistency>,
     #[serde(default)]
     min_version: Option<i64>,
+    #[serde(default)]
+    as_of: Option<Json>,
     #[serde(default)]
     data: Option<Strict>,
     #[serde(default)]
@@ -322,6 +344,30 @@ impl Wire {
             }
             None => None,
         };
+        let as_of = match self.as_of {
+            Some(Json::Number(n)) if n.is_i64() => n.as_i64().map(AsOf::Version),
+            Some(Json::String(text)) => match chrono::DateTime::parse_from_rfc3339(&text) {
+                Ok(t) => Some(AsOf::Time(t.with_timezone(&chrono::Utc))),
+                Err(_) => {
+                    details.push(ErrorDetail {
+                        field: "as_of".to_string(),
+                        code: DetailCode::InvalidFormat,
+                        message: "`as_of` text must be an RFC 3339 time, e.g. \
+                                  `2026-01-31T12:00:00Z`"
+                            .to_string(),
+                    });
+                    None
+                }
+            },
+            Some(Json::Null) | None => None,
+            Some(_) => {
+                details.push(wrong_type(
+                    "as_of",
+                    "a version (a whole number) or an RFC 3339 time",
+                ));
+                None
+            }
+        };
         if !details.is_empty() {
             return Err(BedsError::invalid(details));
         }
@@ -342,6 +388,7 @@ impl Wire {
             lock_token: self.lock_token,
             consistency: self.consistency,
             min_version: self.min_version,
+            as_of,
             data,
             limit,
             after: self.after,
@@ -556,6 +603,7 @@ impl Request {
             lock_token: None,
             consistency: None,
             min_version: None,
+            as_of: None,
             data: None,
             limit: None,
             after: None,
@@ -1015,6 +1063,36 @@ mod tests {
 
     const HEAD: &str =
         r#""v":1,"id":"0192f0e0-0000-7000-8000-000000000000","domain":"d","op":"list""#;
+
+    #[test]
+    fn as_of_is_a_version_or_an_rfc3339_time() {
+        let as_of = |a: &str| {
+            Request::decode(format!("{{{HEAD},\"as_of\":{a}}}").as_bytes())
+                .unwrap()
+                .as_of
+        };
+        assert_eq!(as_of("3"), Some(AsOf::Version(3)));
+        assert_eq!(
+            as_of("\"2026-01-31T12:00:00+01:00\""),
+            Some(AsOf::Time(
+                chrono::DateTime::parse_from_rfc3339("2026-01-31T11:00:00Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            ))
+        );
+        assert_eq!(as_of("null"), None);
+        assert_eq!(
+            details(&format!(r#"{{{HEAD},"as_of":"yesterday"}}"#)),
+            [("as_of".to_string(), DetailCode::InvalidFormat)]
+        );
+        for bad in ["1.5", "true", "[1]"] {
+            assert_eq!(
+                details(&format!("{{{HEAD},\"as_of\":{bad}}}")),
+                [("as_of".to_string(), DetailCode::WrongType)],
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn limits_out_of_range_saturate_and_wrong_types_are_input_errors() {

@@ -31,15 +31,15 @@ mod value;
 
 pub use catalog::{Catalog, CatalogError, RouteError, Routes, schema};
 pub use client::{
-    Client, ClientError, ClientOptions, Cursor, Lease, Page, QueryClient, QueryPage, ReadOptions,
-    TemplateClient,
+    Client, ClientError, ClientOptions, Cursor, History, Lease, Page, QueryClient, QueryPage,
+    ReadOptions, TemplateClient, Version,
 };
 pub use config::{Config, Role};
-pub use envelope::{Consistency, Op, Reply, Request};
+pub use envelope::{AsOf, Consistency, Op, Reply, Request};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};
-pub use record::{Key, Locking, Query, Record};
+pub use record::{Journaled, Key, Locking, Query, Record};
 pub use tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 pub use transport::{CONNECT_TIMEOUT, ConnectError, names, signing, topology};
 pub use value::{Date, Timestamp, format_timestamp};

@@ -158,10 +158,16 @@ impl TemplateMeta {
         } else {
             &[]
         };
+        let journal = if self.capabilities.journal {
+            &Op::JOURNAL[..]
+        } else {
+            &[]
+        };
         Op::TEMPLATE
             .into_iter()
             .filter(|op| !(self.append_only && matches!(op, Op::Update | Op::Delete)))
             .chain(locking.iter().copied())
+            .chain(journal.iter().copied())
     }
 
     pub fn field(&self, name: &str) -> Option<&'static FieldMeta> {

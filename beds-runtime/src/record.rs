@@ -33,6 +33,10 @@ pub trait Query: 'static {
 /// token-carrying writes are offered for these alone. Generated with the `Record` impl.
 pub trait Locking: Record {}
 
+/// A record of a template declaring `journal`: the typed client's `history` and
+/// `fetch_as_of` are offered for these alone. Generated with the `Record` impl.
+pub trait Journaled: Record {}
+
 pub trait Key: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {}
 
 /// Marker kinds the derive uses to check that a field's Rust type matches its declaration.

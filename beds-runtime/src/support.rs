@@ -18,6 +18,6 @@ pub use crate::meta::{
     FieldMeta, IdKind, LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
     RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
 };
-pub use crate::record::{FieldType, Key, Locking, Query, Record, assert_field, kinds};
+pub use crate::record::{FieldType, Journaled, Key, Locking, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Patterns, Timestamp, Value, cursor_values};
 pub use serde_json::Value as Json;

@@ -455,7 +455,8 @@ fn check_prints_the_effective_rules() {
     assert_eq!(
         spew.trim(),
         "access create: owner, admin | fetch: public (default) | update: owner, admin | \
-         delete: owner, admin | list: public (default)  (owner field `author`)",
+         delete: owner, admin | list: public (default) | history: public (default)  (owner \
+         field `author`)",
         "{text}"
     );
     assert!(

@@ -24,13 +24,14 @@ async fn schema_covers_the_catalog_and_matches_replies() {
     let defs = &schema["$defs"];
     // What a template declares decides its entries: internal templates are not for
     // clients (none), append-only ones cannot be updated (no `patch`), only those declaring
-    // `locking` are leased (`lock`, `lease`).
+    // `locking` are leased (`lock`, `lease`), only those declaring `journal` have a history.
     for (d, t) in beds::CATALOG.templates() {
-        for part in ["record", "create", "patch", "lock", "lease"] {
+        for part in ["record", "create", "patch", "lock", "lease", "history"] {
             let expected = !t.internal
                 && match part {
                     "patch" => !t.append_only,
                     "lock" | "lease" => t.capabilities.locking,
+                    "history" => t.capabilities.journal,
                     _ => true,
                 };
             assert_eq!(
@@ -91,6 +92,25 @@ async fn schema_covers_the_catalog_and_matches_replies() {
     assert_eq!(
         defs["spew.spews_by_authors.params"]["properties"]["authors"]["type"],
         "array"
+    );
+    // A history item: exactly the keys `history` answers, the record nested as `record`.
+    let history = spew::client(&client)
+        .user()
+        .history(user.id, None, None)
+        .await
+        .unwrap();
+    let mut raw = beds_runtime::Request::new("spew", "user", beds_runtime::Op::History);
+    raw.key = Some(serde_json::Map::from_iter([(
+        "id".to_string(),
+        serde_json::json!(user.id),
+    )]));
+    let page = client.request(raw).await.unwrap();
+    assert_eq!(history.items.len(), 1);
+    let item = &defs["spew.user.history"]["properties"]["items"]["items"];
+    assert_eq!(keys(&page["items"][0]), keys(&item["properties"]));
+    assert_eq!(
+        keys(&page["items"][0]["record"]),
+        keys(&item["properties"]["record"]["properties"])
     );
     client.close().await.unwrap();
     server.stop().await;

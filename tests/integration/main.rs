@@ -12,6 +12,7 @@ mod errors;
 mod events;
 mod field_kinds;
 mod http;
+mod journal;
 mod json_schema;
 mod locking;
 mod poison;

@@ -83,6 +83,8 @@ fn rule<'a>(security: &'a Security, target: &Target) -> Vec<&'a str> {
         Target::Template { meta, op, .. } => {
             let op = match op {
                 Op::Lock | Op::Unlock => Op::Update,
+                // Past versions are read like the record itself.
+                Op::History => Op::Fetch,
                 op => op,
             };
             meta.access.iter().find(|(o, _)| *o == op).map(|(_, w)| *w)

@@ -1,5 +1,6 @@
 //! The typed value between the validate step and the dispatch step.
 
+use crate::envelope::AsOf;
 use crate::store::WriteOp;
 use crate::value::{RecordKey, Value};
 
@@ -8,6 +9,17 @@ use crate::value::{RecordKey, Value};
 pub(crate) enum Command {
     Write(WriteOp),
     Fetch(RecordKey),
+    /// A journaled record as it was at a version or time (by id); never cached.
+    FetchAsOf {
+        key: RecordKey,
+        as_of: AsOf,
+    },
+    /// Journal entries of a record (by id), newest first, after the entry `after`.
+    History {
+        key: RecordKey,
+        limit: u32,
+        after: Option<i64>,
+    },
     List {
         limit: u32,
         after: Option<Value>,

@@ -8,13 +8,13 @@ use std::pin::Pin;
 use serde_json::Value as Json;
 
 use super::command::Command;
-use crate::envelope::{Origin, Request};
+use crate::envelope::{AsOf, Origin, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::events::Lineage;
 use crate::meta::{QueryMeta, TemplateMeta};
 use crate::security::OwnerCheck;
 use crate::store::{IdempotencyKey, Store};
-use crate::value::RecordKey;
+use crate::value::{RecordKey, Value};
 
 /// What handlers run against: the node's database, and this node as the origin of the
 /// events its writes record (`None`: events are off).
@@ -101,6 +101,42 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
             .fetch(t, &key)
             .await?
             .ok_or_else(|| not_found(t, &key)),
+        Command::FetchAsOf { key, as_of } => ctx
+            .store
+            .as_of(t, &journal_id(&key), as_of)
+            .await?
+            .ok_or_else(|| {
+                BedsError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no `{}` with {} at {}",
+                        t.name,
+                        key.describe(t),
+                        match as_of {
+                            AsOf::Version(v) => format!("version {v}"),
+                            AsOf::Time(at) => crate::value::format_timestamp(&at),
+                        }
+                    ),
+                )
+            }),
+        Command::History { key, limit, after } => {
+            let id = journal_id(&key);
+            // Read like the record: an `owner` rule is checked on its newest version.
+            if let Some(owner) = &call.owner {
+                let newest = ctx.store.history(t, &id, 1, None).await?;
+                owner.record(t, "history", newest.first().map(|e| &e.item))?;
+            }
+            let entries = ctx.store.history(t, &id, limit, after).await?;
+            if entries.is_empty() && after.is_none() {
+                return Err(not_found(t, &key));
+            }
+            let next = match entries.last() {
+                Some(last) if entries.len() == limit as usize => Json::from(vec![last.seq]),
+                _ => Json::Null,
+            };
+            let items: Vec<Json> = entries.into_iter().map(|e| e.item).collect();
+            Ok(serde_json::json!({ "items": items, "next": next }))
+        }
         Command::List { limit, after } => {
             let items = ctx.store.list(t, limit, after).await?;
             // A full page may have more after it; its last id is the cursor.
@@ -152,6 +188,16 @@ pub(crate) async fn query(
             Ok(serde_json::json!({ "items": items, "next": next }))
         }
         _ => Err(mismatch("a template command reached a query")),
+    }
+}
+
+/// A record id as the journal keys it (validation admits only id keys here).
+fn journal_id(key: &RecordKey) -> String {
+    match key.values.first() {
+        Some(Value::Uuid(u)) => u.to_string(),
+        Some(Value::Int(i)) => i.to_string(),
+        Some(Value::Text(s)) => s.clone(),
+        _ => String::new(),
     }
 }
 

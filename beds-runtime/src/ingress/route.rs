@@ -80,6 +80,7 @@ fn handler(routes: &Routes, op: Op) -> Handler {
         Op::List => routes.list,
         Op::Lock => routes.lock,
         Op::Unlock => routes.unlock,
+        Op::History => routes.history,
         Op::Query => unreachable!("queries are routed by name, not by template"),
     }
 }

@@ -33,7 +33,7 @@ fn takes(target: &Target) -> &'static [&'static str] {
     match *target {
         Target::Template { op, .. } => match op {
             Op::Create => &["template", "data", "idempotency_key"],
-            Op::Fetch => &["template", "key", "consistency", "min_version"],
+            Op::Fetch => &["template", "key", "consistency", "min_version", "as_of"],
             Op::Update => &[
                 "template",
                 "key",
@@ -52,6 +52,7 @@ fn takes(target: &Target) -> &'static [&'static str] {
             Op::List => &["template", "limit", "after"],
             Op::Lock => &["template", "key", "data", "lock_token", "idempotency_key"],
             Op::Unlock => &["template", "key", "lock_token", "idempotency_key"],
+            Op::History => &["template", "key", "limit", "cursor"],
             Op::Query => unreachable!("the route step sends queries to `Target::Query`"),
         },
         Target::Query(q) if q.count => &["query", "params", "consistency"],
@@ -70,6 +71,7 @@ fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
         ("lock_token", req.lock_token.is_some()),
         ("consistency", req.consistency.is_some()),
         ("min_version", req.min_version.is_some()),
+        ("as_of", req.as_of.is_some()),
         ("idempotency_key", req.idempotency_key.is_some()),
         ("limit", req.limit.is_some()),
         ("after", req.after.is_some()),
@@ -129,6 +131,35 @@ fn template(
             ),
         ));
     }
+    if !t.capabilities.journal && op == Op::History {
+        return Err(BedsError::new(
+            ErrorCode::OperationNotAllowed,
+            format!(
+                "`{}` does not declare `journal`: `history` needs `capabilities: {{ journal: true }}`",
+                req.template
+            ),
+        ));
+    }
+    // A past version of a template that keeps none cannot be answered; refused rather than
+    // answered with the current record.
+    if !t.capabilities.journal && req.as_of.is_some() {
+        return Err(BedsError::new(
+            ErrorCode::OperationNotAllowed,
+            format!(
+                "`{}` does not declare `journal`, so `fetch` takes no `as_of`: only journaled \
+                 templates keep past versions",
+                req.template
+            ),
+        ));
+    }
+    // The past is read from the journal, never the cache: read options would do nothing.
+    if req.as_of.is_some() && (req.consistency.is_some() || req.min_version.is_some()) {
+        return Err(BedsError::new(
+            ErrorCode::InvalidEnvelope,
+            "`fetch` with `as_of` reads the journal, never the cache: send it without \
+             `consistency` and `min_version`",
+        ));
+    }
     if t.append_only && matches!(op, Op::Update | Op::Delete) {
         return Err(BedsError::new(
             ErrorCode::OperationNotAllowed,
@@ -149,7 +180,36 @@ fn template(
             };
             Command::Write(WriteOp::Insert { id, values, tokens })
         }
-        Op::Fetch => Command::Fetch(value::record_key(t, req.key.as_ref(), patterns)?),
+        Op::Fetch => {
+            let key = value::record_key(t, req.key.as_ref(), patterns)?;
+            match req.as_of {
+                Some(as_of) => Command::FetchAsOf {
+                    key: journal_key(key, "fetch` with `as_of")?,
+                    as_of,
+                },
+                None => Command::Fetch(key),
+            }
+        }
+        Op::History => {
+            let key = value::record_key(t, req.key.as_ref(), patterns)?;
+            let limit = page_limit(req, t.page, t.name)?;
+            let after = match req.cursor.as_deref() {
+                None => None,
+                Some([Json::Number(n)]) if n.is_i64() => n.as_i64(),
+                Some(_) => {
+                    return Err(BedsError::detail(
+                        "cursor",
+                        DetailCode::InvalidFormat,
+                        "cursor must be the `next` of the previous `history` page, unchanged",
+                    ));
+                }
+            };
+            Command::History {
+                key: journal_key(key, "history")?,
+                limit,
+                after,
+            }
+        }
         Op::Update => {
             let key = value::record_key(t, req.key.as_ref(), patterns)?;
             let changes = value::patch_values(t, data(req)?, patterns)?;
@@ -195,6 +255,19 @@ fn template(
         }
         Op::Query => unreachable!("the route step sends queries to `query`"),
     })
+}
+
+/// The journal keeps versions by id, which outlives the record (a deleted record's
+/// unique values may be taken by another): a past version is asked for by id.
+fn journal_key(key: value::RecordKey, what: &str) -> Result<value::RecordKey, BedsError> {
+    if key.slot == 0 {
+        return Ok(key);
+    }
+    Err(BedsError::detail(
+        "key",
+        DetailCode::Other,
+        format!("`{what}` takes the record's `id` as key: past versions are kept by id"),
+    ))
 }
 
 fn query(q: &'static QueryMeta, req: &Request, patterns: &Patterns) -> Result<Command, BedsError> {

@@ -41,17 +41,17 @@ Exit codes: 0 ok; 1 configuration invalid; 2 bad command line (unknown name, inv
 4 no reply (RabbitMQ unreachable, no node for this queue tag, or --timeout passed).")]
 pub struct CallArgs {
     /// `domain.template.op` (op: create, fetch, update, delete, list; lock and unlock on a
-    /// template declaring `locking`) or `domain.query`.
+    /// template declaring `locking`; history on one declaring `journal`) or `domain.query`.
     target: String,
     /// JSON: create's data, the key of fetch/update/delete, a query's parameters.
     json: Option<String>,
     /// update: the fields to change, as a JSON object; lock: the lease, `{"ttl": "30s"}`.
     #[arg(long, value_name = "CHANGES")]
     data: Option<String>,
-    /// list and queries: page size (default and maximum from the declaration).
+    /// list, history and queries: page size (default and maximum from the declaration).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
-    /// list and queries: the previous page's `next`, passed back unchanged.
+    /// list, history and queries: the previous page's `next`, passed back unchanged.
     #[arg(long, value_name = "NEXT")]
     cursor: Option<String>,
     /// update and delete: apply only if the record is at this version.
@@ -355,10 +355,12 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
             " (only update, delete, lock and unlock do)",
         ));
     }
-    if (args.limit.is_some() || args.cursor.is_some()) && !matches!(op, Op::List | Op::Query) {
+    if (args.limit.is_some() || args.cursor.is_some())
+        && !matches!(op, Op::List | Op::Query | Op::History)
+    {
         return Err(unexpected(
             "--limit or --cursor",
-            " (only list and queries page)",
+            " (only list, history and queries page)",
         ));
     }
     if args.expect_version.is_some() && !matches!(op, Op::Update | Op::Delete) {
@@ -432,6 +434,18 @@ fn request(target: &Target, args: &CallArgs) -> Result<Request, CallError> {
                 req.after = args.cursor.as_deref().map(|c| {
                     serde_json::from_str(c).unwrap_or_else(|_| Json::String(c.to_string()))
                 });
+            }
+            Op::History => {
+                let text = json.ok_or_else(|| needed(key_hint(template)))?;
+                req.key = Some(key(&format!("the key of {name}"), text, "id")?);
+                req.limit = args.limit;
+                req.cursor = args
+                    .cursor
+                    .as_deref()
+                    .map(|c| match serde_json::from_str(c) {
+                        Ok(Json::Array(items)) => items,
+                        _ => vec![Json::String(c.to_string())],
+                    });
             }
             Op::Query => unreachable!("templates are resolved to template operations"),
         },

@@ -10,7 +10,8 @@ use crate::meta::{
 };
 
 /// One document whose `$defs` hold `<domain>.<template>.{record,create,patch}` (and
-/// `.lock`, `.lease` for templates declaring `locking`) and `<domain>.<query>.{params,result}`.
+/// `.lock`, `.lease` for templates declaring `locking`, `.history` for those declaring
+/// `journal`) and `<domain>.<query>.{params,result}`.
 pub fn catalog(catalog: &Catalog) -> Json {
     let mut defs = Map::new();
     for d in catalog.domains {
@@ -24,6 +25,9 @@ pub fn catalog(catalog: &Catalog) -> Json {
             if t.capabilities.locking {
                 defs.insert(format!("{base}.lock"), lock());
                 defs.insert(format!("{base}.lease"), lease(t));
+            }
+            if t.capabilities.journal {
+                defs.insert(format!("{base}.history"), history(t));
             }
         }
         for q in d.queries {
@@ -117,6 +121,51 @@ fn lease(t: &TemplateMeta) -> Json {
         &format!("A lease on a `{}`", t.name),
         props,
         vec!["id", "token", "expires_at"],
+    )
+}
+
+/// The reply `data` of a `history`: versions newest first, each the record as it was
+/// then with the write that made it; `fetch` with `as_of` answers a `.record`.
+fn history(t: &TemplateMeta) -> Json {
+    let item = object(
+        &format!("A `{}` as it was at one version", t.name),
+        Map::from_iter([
+            (
+                "version".to_string(),
+                json!({ "type": "integer", "minimum": 1 }),
+            ),
+            (
+                "op".to_string(),
+                json!({
+                    "enum": ["create", "update", "delete"],
+                    "description": "The write that made this version; a `delete` is a tombstone holding the last state"
+                }),
+            ),
+            (
+                "written_at".to_string(),
+                json!({ "type": "string", "format": "date-time" }),
+            ),
+            ("record".to_string(), record(t)),
+        ]),
+        vec!["version", "op", "written_at", "record"],
+    );
+    let props = Map::from_iter([
+        (
+            "items".to_string(),
+            json!({ "type": "array", "items": item }),
+        ),
+        (
+            "next".to_string(),
+            json!({
+                "type": ["array", "null"],
+                "description": "Send as `cursor` for the next (older) page; null on the last"
+            }),
+        ),
+    ]);
+    object(
+        &format!("A page of a `{}`'s history, newest first", t.name),
+        props,
+        vec!["items", "next"],
     )
 }
 

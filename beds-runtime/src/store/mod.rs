@@ -10,6 +10,7 @@
 
 mod counters;
 mod dialect;
+mod journal;
 mod lock;
 mod options;
 mod outbox;
@@ -128,6 +129,8 @@ pub struct Store {
     locks: Arc<lock::LockSql>,
     counters: Arc<CounterSql>,
     outbox: Arc<OutboxSql>,
+    /// The journal's statements, when a template of the catalog declares `journal`.
+    journal: Option<Arc<journal::JournalSql>>,
     /// Per referenced template: who references it, for the events of cascades.
     referrers: Arc<HashMap<(&'static str, &'static str), Vec<Referrer>>>,
 }
@@ -193,6 +196,7 @@ impl Store {
             locks: Arc::new(lock::lock_sql(d)),
             counters: Arc::new(sql::counter_sql(d)),
             outbox: Arc::new(sql::outbox_sql(d)),
+            journal: journal::wanted(domains).then(|| Arc::new(journal::journal_sql(d))),
             referrers: Arc::new(referrers(d, domains)),
         })
     }
@@ -222,9 +226,10 @@ impl Store {
         &self.statements[&(t.domain, t.name)]
     }
 
-    /// Applies one write in a transaction together with its idempotency record and, given
-    /// a lineage, the events of every record it changes: a key seen before returns the
-    /// reply stored with it and changes nothing (and records no event).
+    /// Applies one write in a transaction together with its idempotency record, the journal
+    /// entries of the journaled records it changes and, given a lineage, the events of every
+    /// record it changes: a key seen before returns the reply stored with it and changes
+    /// nothing (and records no event or entry).
     pub async fn write(
         &self,
         t: &'static TemplateMeta,
@@ -242,7 +247,9 @@ impl Store {
         if let Claim::Replay(reply) = self.claim(&mut tx, t, idempotency_key, target).await? {
             return Ok(reply);
         }
-        let events = lineage.is_some();
+        // The changed records are collected for events and for the journal (a write of an
+        // unjournaled template can cascade to a journaled one).
+        let collect = lineage.is_some() || self.journal.is_some();
         let mut changes = Vec::new();
         let reply = match op {
             WriteOp::Insert { id, values, tokens } => {
@@ -265,7 +272,7 @@ impl Store {
             } => {
                 // Read and locked first, so no other write lands between it and the update,
                 // and the owner checked is the owner written over.
-                let before = if events || owner.is_some() {
+                let before = if lineage.is_some() || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
@@ -293,7 +300,7 @@ impl Store {
             } => {
                 // What the database deletes or nulls by itself, read before it does; and
                 // the owner, in the same transaction as the delete.
-                let root = if events || owner.is_some() {
+                let root = if collect || owner.is_some() {
                     self.locked(&mut tx, t, &key).await?
                 } else {
                     None
@@ -302,7 +309,7 @@ impl Store {
                     owner.record(t, "delete", root.as_ref())?;
                 }
                 self.guard(&mut tx, t, &key, lock_token.as_deref()).await?;
-                let root = root.filter(|_| events);
+                let root = root.filter(|_| collect);
                 let cascaded = match root {
                     Some(root) => self.cascade(&mut tx, t, &root).await?,
                     None => Vec::new(),
@@ -333,6 +340,7 @@ impl Store {
                 self.unlock(&mut tx, t, &key, &token).await?
             }
         };
+        self.journal(&mut tx, &changes).await?;
         if let Some(lineage) = lineage {
             self.record_events(&mut tx, lineage, changes).await?;
         }

@@ -15,6 +15,9 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
     }
     out.extend(tercero_tables(d));
     out.extend(outbox_tables(d));
+    if super::journal::wanted(domains) {
+        out.extend(super::journal::ddl(d));
+    }
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t));

@@ -9,10 +9,12 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::support::TestEnv;
 
-/// The rule an operation is under (lock and unlock: `update`'s), `[public]` by default.
+/// The rule an operation is under (lock and unlock: `update`'s; history: `fetch`'s),
+/// `[public]` by default.
 fn rule(t: &TemplateMeta, op: Op) -> Vec<&'static str> {
     let op = match op {
         Op::Lock | Op::Unlock => Op::Update,
+        Op::History => Op::Fetch,
         op => op,
     };
     t.access

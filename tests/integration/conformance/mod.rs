@@ -2,7 +2,7 @@
 //! inputs generated from the declaration, sent over AMQP through create, fetch, list,
 //! update, delete and every named query, with replies and rows checked; then every
 //! declared behaviour (unique indexes, references' `on_delete`, append-only refusals,
-//! leases of `locking` templates). It
+//! leases of `locking` templates, the history of `journal` templates). It
 //! names no domain: a new domain file gets this coverage without writing a test.
 //!
 //! Samples come from one seed per run, printed at the start and in any failure;
@@ -10,6 +10,7 @@
 
 mod access;
 mod groups;
+mod journal;
 mod locking;
 mod model;
 mod query;
@@ -94,6 +95,7 @@ async fn conforms(seed: u64) {
             read_back(&client, d.name, t, &made).await;
             update_one(&client, &db, d.name, t, &mut samples, &mut made).await;
             locking::leases(&client, d.name, t, &mut made).await;
+            journal::versions(&client, d.name, t, &mut samples, &made).await;
             exercised.push(format!("{}.{}", d.name, t.name));
         }
         // Queries read maintained counts from counters, which lag the writes above.
