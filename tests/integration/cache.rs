@@ -496,12 +496,17 @@ async fn a_cached_query_is_invalidated_by_writes_to_any_template_it_reads() {
             .map(|i| i["text"].as_str().unwrap().to_string())
             .collect()
     };
+    let mut applied = reader.cache_invalidations();
     for (template, text) in [("memo", "a1"), ("memo", "a2"), ("pin", "a1")] {
         let r = raw.request(&write, &create(template, text)).await;
         assert_eq!(r["status"], "ok", "{r}");
     }
-    // Until the writes above reach the reader, its cache may hold nothing stale: it
-    // has cached nothing yet.
+    // The reader has applied the three writes' invalidations, so none arrives between the
+    // two queries below and turns the second into a miss (seen in CI under load).
+    tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|n| *n >= 3))
+        .await
+        .expect("the reader applies the three creates' invalidations")
+        .unwrap();
     assert_eq!(texts(raw.request(&read, &ask(false)).await), ["a1"]);
     assert_eq!(reader.query_cache_hits(), 0);
     assert_eq!(texts(raw.request(&read, &ask(false)).await), ["a1"]);
