@@ -212,7 +212,6 @@ async fn unroutable_writes_fail_fast() {
 async fn database_outage_retries_then_succeeds_or_dead_letters() {
     use lapin::options::BasicGetOptions;
     use lapin::types::AMQPValue;
-    use sqlx::Connection;
 
     let mut env = TestEnv::new("db_outage");
     env.config.database.busy_timeout = beds_runtime::config::Millis(50);
@@ -229,21 +228,8 @@ async fn database_outage_retries_then_succeeds_or_dead_letters() {
     };
     users.create(&make("before")).await.unwrap();
 
-    let lock = || async {
-        let options =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
-        let mut conn = sqlx::SqliteConnection::connect_with(&options)
-            .await
-            .unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn
-    };
-
     // A short outage: the write is retried and succeeds.
-    let mut held = lock().await;
+    let mut held = env.lock_database().await;
     let pending = tokio::spawn({
         let input = make("during");
         let client = env.client().await;
@@ -260,7 +246,7 @@ async fn database_outage_retries_then_succeeds_or_dead_letters() {
     assert_eq!(created.handle, "during");
 
     // A long outage: attempts run out.
-    let mut held = lock().await;
+    let mut held = env.lock_database().await;
     let e = users.create(&make("lost")).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::DatabaseUnavailable), "{e}");
     sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();

@@ -256,8 +256,6 @@ fn ctl(args: &[&str]) {
 /// as the signed `x-beds-user-id` through every retry into the dead letter.
 #[tokio::test]
 async fn a_client_attempt_header_does_not_shorten_the_retries() {
-    use sqlx::Connection;
-
     let mut env = TestEnv::new("forged_attempt");
     env.config.database.busy_timeout = beds_runtime::config::Millis(50);
     env.config.retry.max_attempts = 4;
@@ -280,15 +278,7 @@ async fn a_client_attempt_header_does_not_shorten_the_retries() {
     let write = env.queue("rec.write");
     let mut dead = consume_unacked(&channel, &format!("{write}.dlq")).await;
 
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
-    let mut held = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut held)
-        .await
-        .unwrap();
+    let mut held = env.lock_database().await;
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_reply_to(reply_queue.as_str().into())

@@ -305,6 +305,21 @@ impl TestEnv {
         self.config.amqp.queue(key)
     }
 
+    /// Takes the SQLite database's write lock (an exclusive transaction) from outside the
+    /// node, so its writes fail as `database_unavailable` until `ROLLBACK` or a drop.
+    pub async fn lock_database(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection as _;
+        let options = SqliteConnectOptions::new().filename(self.config.database.sqlite_path());
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("open the test's SQLite file");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .expect("take the database's write lock");
+        conn
+    }
+
     /// `beds dlq ARGS` on this environment's broker and queue tag (the `dev` env, whose
     /// development key is the test env's): its stdout, failing the test if it fails.
     pub fn dlq(&self, args: &[&str]) -> String {

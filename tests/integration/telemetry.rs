@@ -227,8 +227,6 @@ async fn a_taken_address_fails_the_start_and_says_what_to_do() {
 /// goes round the retry lane and is dead-lettered; each step is counted.
 #[tokio::test]
 async fn retries_and_dead_letters_are_counted() {
-    use sqlx::Connection;
-
     let mut env = TestEnv::new("telemetry_retries");
     env.config.database.busy_timeout = beds_runtime::config::Millis(50);
     env.config.retry.max_attempts = 3;
@@ -240,15 +238,7 @@ async fn retries_and_dead_letters_are_counted() {
     let users = spew::client(&client).user();
     users.create(&user("before")).await.unwrap();
 
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(env.config.database.sqlite_path());
-    let mut held = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut held)
-        .await
-        .unwrap();
+    let mut held = env.lock_database().await;
     let e = users.create(&user("lost")).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::DatabaseUnavailable), "{e}");
     sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
