@@ -262,23 +262,25 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// A template's effective rules, one per operation (lock and unlock are under `update`'s).
-fn template_rules(t: &crate::meta::TemplateMeta, default: &str) -> String {
+/// A template's effective rules, one per operation (lock and unlock are under `update`'s,
+/// `history` under `fetch`'s; a `list` without its own under `fetch`'s).
+fn template_rules(t: &crate::meta::TemplateMeta, default: &[String]) -> String {
+    use crate::security::{RuleSource, template_rule};
     let rules: Vec<String> = t
         .ops()
         .map(|op| {
-            let under = match op {
-                Op::Lock | Op::Unlock => Op::Update,
-                // Past versions are read like the record itself.
-                Op::History => Op::Fetch,
-                op => op,
+            let (who, source) = template_rule(default, t, op);
+            let who = if who.is_empty() {
+                "nobody".to_string()
+            } else {
+                who.join(", ")
             };
-            let who = t
-                .access
-                .iter()
-                .find(|(o, _)| *o == under)
-                .map_or(format!("{default} (default)"), |(_, w)| w.join(", "));
-            format!("{}: {who}", op.as_str())
+            let marker = match source {
+                RuleSource::Declared => "",
+                RuleSource::Fetch => " (fetch's)",
+                RuleSource::Default => " (default)",
+            };
+            format!("{}: {who}{marker}", op.as_str())
         })
         .collect();
     let owner = t
@@ -446,7 +448,7 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                 }
             );
             if !t.internal {
-                let _ = writeln!(out, "    access {}", template_rules(t, &default));
+                let _ = writeln!(out, "    access {}", template_rules(t, &s.default_access));
             }
         }
         for q in d.queries {
@@ -484,11 +486,20 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                     q.page.max
                 )
             };
-            let access = if q.access.is_empty() {
+            let mut access = if q.access.is_empty() {
                 format!("{default} (default)")
             } else {
                 q.access.join(", ")
             };
+            let reads = crate::security::query_read_rules(q, |name| d.template(name));
+            for (template, who) in reads {
+                let who = if who.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    who.join(", ")
+                };
+                access.push_str(&format!(" and {template}'s fetch ({who})"));
+            }
             let _ = writeln!(
                 out,
                 "  query {:<22} from {:<10} params ({})  {shape}  access {access}",

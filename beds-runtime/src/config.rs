@@ -1069,6 +1069,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        // Every broker has a `guest` user by default; outside dev and test it must not
+        // carry roles or be trusted to assert end users.
+        if !matches!(self.env.as_str(), "dev" | "test")
+            && (self.security.service_roles.contains_key("guest")
+                || self.security.trusted_services.iter().any(|s| s == "guest"))
+        {
+            return Err(format!(
+                "security.service_roles or security.trusted_services names `guest` in env `{}`; guest is for dev and test only: give roles and trust to the broker users of your services",
+                self.env
+            ));
+        }
         if let Some(bad) = self.security.default_access.iter().find(|p| *p == "owner") {
             return Err(format!(
                 "security.default_access cannot name `{bad}`: not every template declares an owner field; use `public`, `authenticated` or roles"
@@ -1493,6 +1504,28 @@ mod tests {
             ]),
         )
         .unwrap();
+        // Nor may the broker's default user hold roles or assert end users there.
+        for security in [
+            "service_roles: { guest: [admin] }",
+            "trusted_services: [guest]",
+        ] {
+            let file = write(
+                dir.path(),
+                "guest-roles.yaml",
+                &format!("version: 1\nsecurity: {{ {security} }}\n"),
+            );
+            let e = Config::load_with_env(
+                &file,
+                env(&[
+                    ("BEDS_ENV", "prod"),
+                    ("BEDS_AMQP__URL", "amqp://node:x@h/%2f"),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("names `guest` in env `prod`"), "{security}: {e}");
+            Config::load_with_env(&file, env(&[("BEDS_ENV", "test")])).unwrap();
+        }
     }
 
     #[test]

@@ -43,7 +43,14 @@ pub enum SecurityError {
     BadKey { kid: String, reason: String },
     #[error("security.tokens.keys: kid `{0}` appears twice; each key needs its own id")]
     DuplicateKid(String),
+    #[error(
+        "security.tokens.keys: the HS256 secret of kid `{kid}` has {len} bytes; a guessable secret lets anyone sign tokens: use at least {MIN_SECRET} (e.g. `openssl rand -hex 32`)"
+    )]
+    ShortSecret { kid: String, len: usize },
 }
+
+/// The shortest HS256 secret accepted, in bytes (after surrounding whitespace).
+const MIN_SECRET: usize = 32;
 
 /// Why a token was refused. Never carries the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +122,16 @@ impl Security {
                 source,
             })?;
             let key = match k.alg {
-                TokenAlg::Hs256 => (Algorithm::HS256, DecodingKey::from_secret(&bytes)),
+                TokenAlg::Hs256 => {
+                    let secret = bytes.trim_ascii();
+                    if secret.len() < MIN_SECRET {
+                        return Err(SecurityError::ShortSecret {
+                            kid: k.kid.clone(),
+                            len: secret.len(),
+                        });
+                    }
+                    (Algorithm::HS256, DecodingKey::from_secret(secret))
+                }
                 TokenAlg::EdDsa => (
                     Algorithm::EdDSA,
                     DecodingKey::from_ed_pem(&bytes).map_err(|e| SecurityError::BadKey {
@@ -164,6 +180,8 @@ impl Security {
             .ok_or_else(|| TokenError::UnknownKid(kid.clone()))?;
         let mut validation = Validation::new(*alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token dated in the future is not valid yet.
+        validation.validate_nbf = true;
         validation.leeway = 5;
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
@@ -235,4 +253,107 @@ pub fn forbidden_owner(t: &TemplateMeta, op: &str, field: &str) -> BedsError {
             t.domain, t.name
         ),
     )
+}
+
+/// Where an operation's rule comes from, for `beds check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleSource {
+    Declared,
+    /// A `list` with no rule of its own: its template's `fetch` rule.
+    Fetch,
+    /// `security.default_access`.
+    Default,
+}
+
+/// The rule an operation reads its template's records under: `lock` and `unlock` under
+/// `update`, `history` under `fetch`.
+fn declared(t: &TemplateMeta, op: crate::envelope::Op) -> Option<&'static [&'static str]> {
+    use crate::envelope::Op;
+    let under = match op {
+        Op::Lock | Op::Unlock => Op::Update,
+        Op::History => Op::Fetch,
+        op => op,
+    };
+    t.access.iter().find(|(o, _)| *o == under).map(|(_, w)| *w)
+}
+
+/// A declared `fetch` rule as it applies to many records at once: without `owner`, since
+/// a page or a query result has no one owner.
+fn fetch_for_many(t: &TemplateMeta) -> Option<Vec<&'static str>> {
+    declared(t, crate::envelope::Op::Fetch)
+        .map(|who| who.iter().copied().filter(|w| *w != "owner").collect())
+}
+
+/// The rule of a template operation. A `list` with no rule of its own is under its
+/// template's declared `fetch` rule (without `owner`), never the more open default:
+/// listing records must not show what fetching them one by one would refuse.
+pub(crate) fn template_rule<'a>(
+    default: &'a [String],
+    t: &TemplateMeta,
+    op: crate::envelope::Op,
+) -> (Vec<&'a str>, RuleSource) {
+    if let Some(who) = declared(t, op) {
+        return (who.to_vec(), RuleSource::Declared);
+    }
+    if op == crate::envelope::Op::List
+        && let Some(who) = fetch_for_many(t)
+    {
+        return (who, RuleSource::Fetch);
+    }
+    (
+        default.iter().map(String::as_str).collect(),
+        RuleSource::Default,
+    )
+}
+
+/// The further rules a named query without an `access` rule of its own is under: the
+/// declared `fetch` rule (without `owner`) of every template it reads, so a query shows no
+/// more than fetching would; each must grant it. Its own rule is `access` or the default.
+pub(crate) fn query_read_rules(
+    q: &crate::meta::QueryMeta,
+    template: impl Fn(&str) -> Option<&'static TemplateMeta>,
+) -> Vec<(&'static str, Vec<&'static str>)> {
+    if !q.access.is_empty() {
+        return Vec::new();
+    }
+    q.reads
+        .iter()
+        .filter_map(|name| {
+            let t = template(name)?;
+            fetch_for_many(t).map(|who| (t.name, who))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenKeyConfig;
+
+    #[test]
+    fn a_short_hs256_secret_stops_the_start_and_whitespace_is_not_part_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |secret: &str| {
+            let file = dir.path().join("hs");
+            std::fs::write(&file, secret).unwrap();
+            let mut config = Config::default();
+            config.security.tokens.keys = vec![TokenKeyConfig {
+                kid: "k1".into(),
+                alg: TokenAlg::Hs256,
+                file,
+            }];
+            Security::from_config(&config)
+        };
+        let e = load("short secret\n").unwrap_err().to_string();
+        assert!(
+            e.contains("kid `k1` has 12 bytes") && e.contains("at least 32"),
+            "{e}"
+        );
+        let e = load(&format!("{}\n", "x".repeat(31))).unwrap_err();
+        assert!(
+            matches!(e, SecurityError::ShortSecret { len: 31, .. }),
+            "{e}"
+        );
+        load(&format!("{}\n", "x".repeat(32))).expect("32 bytes are enough");
+    }
 }

@@ -481,7 +481,8 @@ mod derived {
 
     #[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
     #[beds(domain = "sectest", template = "memo", create = MemoInput, patch = MemoPatch,
-           owner = "writer", access(fetch = "owner", update = "owner", delete = "owner, admin"))]
+           owner = "writer", access(fetch = "owner", update = "owner", delete = "owner, admin"),
+           journal)]
     pub struct Memo {
         pub id: MemoId,
         pub version: i64,
@@ -572,6 +573,26 @@ async fn derived_access_rules_are_enforced() {
         own.text, "changed",
         "still there, unchanged by the refused delete"
     );
+    // History is read like the record: its owner sees every version, another is refused.
+    let versions = ann
+        .template::<Memo>()
+        .history(memo.id, None, None)
+        .await
+        .expect("the owner reads the history");
+    assert_eq!(versions.items.len(), 2, "create and update");
+    let e = ben
+        .template::<Memo>()
+        .history(memo.id, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    // No `list` rule: a page is under `fetch`'s rule without `owner`, here nobody; the
+    // default (public) would have shown ann's memo to ben.
+    for c in [&ben, &ann] {
+        let e = c.template::<Memo>().list(None, None).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+        assert!(e.to_string().contains("declare a `list` rule"), "{e}");
+    }
     for c in [ann, ben] {
         c.close().await.ok();
     }

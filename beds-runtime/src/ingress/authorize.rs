@@ -8,10 +8,13 @@
 use serde_json::Value as Json;
 
 use super::route::Target;
+use crate::catalog::Catalog;
 use crate::envelope::{Op, Request};
 use crate::error::{BedsError, ErrorCode};
-use crate::meta::TemplateMeta;
-use crate::security::{OwnerCheck, Principal, Security, forbidden_owner, same_subject};
+use crate::meta::{QueryMeta, TemplateMeta};
+use crate::security::{
+    OwnerCheck, Principal, Security, forbidden_owner, query_read_rules, same_subject, template_rule,
+};
 
 /// The caller: the AMQP `user_id`, then a verified token or a trusted service's assertion.
 pub(crate) fn principal(
@@ -76,55 +79,37 @@ pub(crate) fn principal(
     })
 }
 
-/// The rule an operation is under: lock and unlock change a record's availability, so they
-/// are under `update`.
-fn rule<'a>(security: &'a Security, target: &Target) -> Vec<&'a str> {
-    let declared: Option<&'static [&'static str]> = match *target {
-        Target::Template { meta, op, .. } => {
-            let op = match op {
-                Op::Lock | Op::Unlock => Op::Update,
-                // Past versions are read like the record itself.
-                Op::History => Op::Fetch,
-                op => op,
-            };
-            meta.access.iter().find(|(o, _)| *o == op).map(|(_, w)| *w)
-        }
-        Target::Query(q) => (!q.access.is_empty()).then_some(q.access),
-    };
-    match declared {
-        Some(who) => who.to_vec(),
-        None => security
-            .default_access()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    }
-}
-
 /// Applies the target's rule. `Ok(Some(_))`: allowed only as the record's owner, which the
 /// caller checks on the record.
 pub(crate) fn check(
     security: &Security,
+    catalog: &Catalog,
     principal: &Principal,
     target: &Target,
     req: &Request,
 ) -> Result<Option<OwnerCheck>, BedsError> {
-    let who = rule(security, target);
-    let mut owner = false;
-    for p in &who {
-        let grants = match *p {
-            "public" => true,
-            "authenticated" => principal.subject.is_some(),
-            "owner" => {
-                owner = true;
-                false
+    let default = security.default_access();
+    let who = match *target {
+        Target::Template { meta, op, .. } => template_rule(default, meta, op).0,
+        Target::Query(q) => {
+            let reads =
+                query_read_rules(q, |name| catalog.route(q.domain, name).ok().map(|r| r.meta));
+            for (template, rule) in reads {
+                if !rule.iter().any(|p| grants(p, principal)) {
+                    return Err(denied_read(q, template, &rule, principal));
+                }
             }
-            role => principal.roles.iter().any(|r| r == role),
-        };
-        if grants {
-            return Ok(None);
+            if q.access.is_empty() {
+                default.iter().map(String::as_str).collect()
+            } else {
+                q.access.to_vec()
+            }
         }
+    };
+    if who.iter().any(|p| grants(p, principal)) {
+        return Ok(None);
     }
+    let owner = who.contains(&"owner");
     let owned = match (*target, owner, &principal.subject) {
         (Target::Template { meta, .. }, true, Some(subject)) => {
             meta.owner.map(|field| OwnerCheck {
@@ -160,6 +145,38 @@ pub(crate) fn check(
     }
 }
 
+/// Whether `p` of a rule lets the principal in; `owner` needs a record, checked apart.
+fn grants(p: &str, principal: &Principal) -> bool {
+    match p {
+        "public" => true,
+        "authenticated" => principal.subject.is_some(),
+        "owner" => false,
+        role => principal.roles.iter().any(|r| r == role),
+    }
+}
+
+/// A query refused because a template it reads is fetched under a rule the caller fails.
+fn denied_read(q: &QueryMeta, template: &str, rule: &[&str], principal: &Principal) -> BedsError {
+    let who = if rule.is_empty() {
+        "nobody (it is fetched by its owner only)".to_string()
+    } else {
+        rule.join(", ")
+    };
+    let hint = if principal.subject.is_none() {
+        "send the end user's signed token in `auth`"
+    } else {
+        "act as a subject that holds one of these"
+    };
+    BedsError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "the query `{}.{}` reads `{template}`, which is fetched by: {who}; {hint}, or \
+             declare the query's own `access`",
+            q.domain, q.name
+        ),
+    )
+}
+
 fn creates_own(
     t: &TemplateMeta,
     check: &OwnerCheck,
@@ -189,8 +206,14 @@ fn denied(target: &Target, who: &[&str], principal: &Principal) -> BedsError {
     } else {
         "act as a subject that holds one of these"
     };
+    let allowed = if who.is_empty() {
+        "nobody: its template is fetched by its owner only; declare a `list` rule to open it"
+            .to_string()
+    } else {
+        who.join(", ")
+    };
     BedsError::new(
         ErrorCode::Forbidden,
-        format!("{what} is allowed to: {}; {hint}", who.join(", ")),
+        format!("{what} is allowed to: {allowed}; {hint}"),
     )
 }

@@ -124,7 +124,8 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
             // Read like the record: an `owner` rule is checked on its newest version.
             if let Some(owner) = &call.owner {
                 let newest = ctx.store.history(t, &id, 1, None).await?;
-                owner.record(t, "history", newest.first().map(|e| &e.item))?;
+                let record = newest.first().and_then(|e| e.item.get("record"));
+                owner.record(t, "history", record)?;
             }
             let entries = ctx.store.history(t, &id, limit, after).await?;
             if entries.is_empty() && after.is_none() {

@@ -195,7 +195,7 @@ async fn run(
     span.record("template", series.template);
     span.record("op", series.op);
     lane::check(lane, target.op())?;
-    let owner = authorize::check(&ingress.security, &principal, &target, req)?;
+    let owner = authorize::check(&ingress.security, ingress.catalog, &principal, &target, req)?;
     let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
     let idempotency = idempotency::key(&command, req, &principal);
     match target {
