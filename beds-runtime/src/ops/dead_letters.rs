@@ -40,6 +40,26 @@ pub enum DlqError {
         "the broker did not take the replayed message for {queue} ({source}): is the queue declared?"
     )]
     NotTaken { queue: String, source: PublishError },
+    #[error(
+        "the broker did not answer {what} within {} s; check that RabbitMQ is up and run the command again",
+        BROKER_TIMEOUT.as_secs()
+    )]
+    TimedOut { what: &'static str },
+}
+
+/// How long one broker operation of `beds dlq` may take: a broker that stops answering
+/// ends the command with an error instead of hanging it (a publish is bounded by its
+/// confirm timeout).
+const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `step` within [`BROKER_TIMEOUT`]; its own error is left to the caller to name.
+async fn bounded<T>(
+    what: &'static str,
+    step: impl Future<Output = lapin::Result<T>>,
+) -> Result<lapin::Result<T>, DlqError> {
+    tokio::time::timeout(BROKER_TIMEOUT, step)
+        .await
+        .map_err(|_| DlqError::TimedOut { what })
 }
 
 /// One dead letter, read without removing it.
@@ -74,7 +94,7 @@ pub async fn list(amqp: &AmqpConfig, key: &ServiceKey) -> Result<Vec<DeadLetter>
             ));
         }
     }
-    let _ = conn.close(200, "dlq list".into()).await;
+    let _ = bounded("closing the connection", conn.close(200, "dlq list".into())).await;
     Ok(out)
 }
 
@@ -95,9 +115,11 @@ pub async fn replay(
     code: Option<&str>,
 ) -> Result<Replayed, DlqError> {
     let (conn, channel) = open(amqp).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    bounded(
+        "turning on publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await??;
     let mut done = Replayed::default();
     for lane_key in [READ_KEY, WRITE_KEY] {
         let queue = amqp.queue(lane_key);
@@ -141,19 +163,29 @@ pub async fn replay(
                 }
                 Err(source) => return Err(DlqError::NotTaken { queue, source }),
             }
-            d.acker.ack(BasicAckOptions::default()).await?;
+            bounded(
+                "acking a replayed letter",
+                d.acker.ack(BasicAckOptions::default()),
+            )
+            .await??;
             done.moved += 1;
         }
         for acker in skipped {
-            let _ = acker
-                .nack(BasicNackOptions {
+            let _ = bounded(
+                "returning a letter to its queue",
+                acker.nack(BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()
-                })
-                .await;
+                }),
+            )
+            .await;
         }
     }
-    let _ = conn.close(200, "dlq replay".into()).await;
+    let _ = bounded(
+        "closing the connection",
+        conn.close(200, "dlq replay".into()),
+    )
+    .await;
     Ok(done)
 }
 
@@ -163,16 +195,22 @@ pub async fn purge(amqp: &AmqpConfig) -> Result<u32, DlqError> {
     let mut dropped = 0;
     for key in [READ_KEY, WRITE_KEY] {
         let dlq = dead_letter_queue(&amqp.queue(key));
-        dropped += channel
-            .queue_purge(dlq.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .map_err(|source| DlqError::Queue {
-                what: "purging",
-                queue: dlq.clone(),
-                source,
-            })?;
+        dropped += bounded(
+            "purging a dead-letter queue",
+            channel.queue_purge(dlq.as_str().into(), QueuePurgeOptions::default()),
+        )
+        .await?
+        .map_err(|source| DlqError::Queue {
+            what: "purging",
+            queue: dlq.clone(),
+            source,
+        })?;
     }
-    let _ = conn.close(200, "dlq purge".into()).await;
+    let _ = bounded(
+        "closing the connection",
+        conn.close(200, "dlq purge".into()),
+    )
+    .await;
     Ok(dropped)
 }
 
@@ -191,19 +229,21 @@ async fn next(
     channel: &Channel,
     dlq: &str,
 ) -> Result<Option<lapin::message::BasicGetMessage>, DlqError> {
-    channel
-        .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
-        .await
-        .map_err(|source| DlqError::Queue {
-            what: "reading",
-            queue: dlq.to_string(),
-            source,
-        })
+    bounded(
+        "reading a dead letter",
+        channel.basic_get(dlq.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await?
+    .map_err(|source| DlqError::Queue {
+        what: "reading",
+        queue: dlq.to_string(),
+        source,
+    })
 }
 
 async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {
     let conn = connect(&amqp.url, &amqp.tls, "beds dlq").await?;
-    let channel = conn.create_channel().await?;
+    let channel = bounded("opening a channel", conn.create_channel()).await??;
     Ok((conn, channel))
 }
 
