@@ -9,7 +9,8 @@ use crate::model::{
     Select, Template, With, WithWhat,
 };
 use crate::read::{
-    check_documented_keys, check_keys, doc, expect_map, flag, get, is_snake, list, page,
+    check_documented_keys, check_keys, doc, duration, expect_map, flag, get, is_snake, list, page,
+    query_access,
 };
 use crate::yaml::Node;
 
@@ -63,7 +64,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         let m = expect_map(cx, n, &p)?;
         check_keys(cx, m, &p, &["ttl"]);
         match get(m, "ttl") {
-            Some(ttl) => crate::validate::duration(cx, &format!("{p}.ttl"), ttl),
+            Some(ttl) => duration(cx, &format!("{p}.ttl"), ttl),
             None => {
                 cx.error_hint(n.pos, &p, "missing `ttl`", "e.g. `cache: { ttl: 30s }`");
                 None
@@ -72,7 +73,7 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
     });
     check_documented_keys(cx, entries, path, QUERY_KEYS);
     let access = get(entries, "access")
-        .map(|n| crate::validate::query_access(cx, &format!("{path}.access"), n))
+        .map(|n| query_access(cx, &format!("{path}.access"), n))
         .unwrap_or_default();
     let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();

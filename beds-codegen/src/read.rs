@@ -305,3 +305,71 @@ pub(crate) fn doc(cx: &mut Ctx, entries: &[(Node, Node)], path: &str) -> Option<
         }
     }
 }
+
+/// A duration like `30s` or `90d`, in milliseconds.
+pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
+    let text = node.as_str().unwrap_or_default();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let factor = match unit {
+        "ms" => Some(1),
+        "s" => Some(1_000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
+    };
+    match (num.parse::<u64>().ok().filter(|n| *n > 0), factor) {
+        (Some(n), Some(f)) => Some(n * f),
+        _ => {
+            cx.error_hint(
+                node.pos,
+                path,
+                format!("`{text}` is not a duration"),
+                "write a positive number with a unit: ms, s, m, h or d (e.g. `30s`, `90d`)",
+            );
+            None
+        }
+    }
+}
+
+/// A query's `access: [authenticated, admin]`; `owner` has no record to apply to there.
+pub(crate) fn query_access(cx: &mut Ctx, path: &str, node: &Node) -> Vec<String> {
+    let who = principals(cx, path, node);
+    if who.iter().any(|w| w == "owner") {
+        cx.error_hint(
+            node.pos,
+            path,
+            "`owner` cannot apply to a query: its rows have no single owner",
+            "use `public`, `authenticated` or role names, and pass the subject as a parameter",
+        );
+    }
+    who
+}
+
+pub(crate) fn principals(cx: &mut Ctx, p: &str, v: &Node) -> Vec<String> {
+    let Some(items) = v.as_seq().filter(|i| !i.is_empty()) else {
+        cx.error_hint(
+            v.pos,
+            p,
+            "expected a non-empty list of principals",
+            "e.g. `[public]`, `[owner, admin]`",
+        );
+        return Vec::new();
+    };
+    let mut who = Vec::new();
+    for item in items {
+        match item.as_str().filter(|s| is_snake(s)) {
+            Some(s) => who.push(s.to_string()),
+            None => cx.error_hint(
+                item.pos,
+                p,
+                "principals and roles are snake_case names",
+                "e.g. `[public]`, `[owner, admin]`",
+            ),
+        }
+    }
+    who
+}
