@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
+use super::schema::index_name;
 use crate::meta::{
     CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue,
     Operand, QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
@@ -79,7 +80,7 @@ impl UpdateStatements {
 /// A unique index as its violations name it.
 #[derive(Debug)]
 pub(super) struct UniqueKey {
-    /// As PostgreSQL reports it (identifiers are cut at 63 characters).
+    /// As the DDL names it (see [`index_name`]).
     pub index: String,
     pub columns: Vec<&'static str>,
 }
@@ -398,8 +399,7 @@ pub(super) fn statements(d: &dyn Dialect, t: &TemplateMeta) -> Statements {
                     .iter()
                     .filter_map(|f| t.field(f).map(|f| f.column))
                     .collect();
-                let mut index = format!("{}_{}_key", t.table, columns.join("_"));
-                index.truncate(63);
+                let index = index_name(&format!("{}_{}_key", t.table, columns.join("_")));
                 UniqueKey { index, columns }
             })
             .collect(),
