@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::telemetry::status::IN_FLIGHT_REPORTED_AFTER_MS;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value as Yaml};
 
@@ -84,6 +85,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub telemetry: TelemetryConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -752,6 +755,27 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Heartbeats and diagnostics (wiki/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// How often every node publishes its status (`{tag}log.status`); a node silent for
+    /// three of these is reported lost.
+    pub heartbeat: Millis,
+    /// How long a delivery may be in flight (when its request has no earlier deadline)
+    /// before `beds diag` reports it stuck.
+    pub stuck_after: Millis,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            heartbeat: Millis(2_000),
+            stuck_after: Millis(30_000),
+        }
+    }
+}
+
 /// `telemetry.listen`: an address, or `off`/null for none.
 mod listen {
     use std::net::SocketAddr;
@@ -1105,6 +1129,18 @@ impl Config {
             return Err(format!(
                 "telemetry.queue_poll is {} ms; use at least 100ms (each poll declares every lane's queue)",
                 self.telemetry.queue_poll.0
+            ));
+        }
+        if self.admin.heartbeat.0 < 100 {
+            return Err(format!(
+                "admin.heartbeat is {} ms; use at least 100ms (every node publishes a status each time)",
+                self.admin.heartbeat.0
+            ));
+        }
+        if self.admin.stuck_after.0 < IN_FLIGHT_REPORTED_AFTER_MS {
+            return Err(format!(
+                "admin.stuck_after is {} ms; use at least {IN_FLIGHT_REPORTED_AFTER_MS}ms (heartbeats list deliveries in flight that long)",
+                self.admin.stuck_after.0
             ));
         }
         if !self

@@ -7,6 +7,7 @@ mod cache;
 mod call;
 mod concurrency;
 mod conformance;
+mod control;
 mod counts;
 mod errors;
 mod events;
