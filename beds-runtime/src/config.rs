@@ -600,6 +600,12 @@ pub struct AdminConfig {
     pub database: DatabaseConfig,
     /// Unacked deliveries per admin consumer (`adm` commands, audit events).
     pub prefetch: u16,
+    /// How often every node publishes its status (`{tag}log.status`); a node silent for
+    /// three of these is reported lost.
+    pub heartbeat: Millis,
+    /// How long a delivery may be in flight (when its request has no earlier deadline)
+    /// before `beds diag` reports it stuck.
+    pub stuck_after: Millis,
 }
 
 impl Default for AdminConfig {
@@ -610,6 +616,8 @@ impl Default for AdminConfig {
                 ..DatabaseConfig::default()
             },
             prefetch: 64,
+            heartbeat: Millis(2_000),
+            stuck_after: Millis(30_000),
         }
     }
 }
@@ -881,27 +889,6 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             queue_poll: Millis(5_000),
-        }
-    }
-}
-
-/// Heartbeats and diagnostics (wiki/operations.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// How often every node publishes its status (`{tag}log.status`); a node silent for
-    /// three of these is reported lost.
-    pub heartbeat: Millis,
-    /// How long a delivery may be in flight (when its request has no earlier deadline)
-    /// before `beds diag` reports it stuck.
-    pub stuck_after: Millis,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            heartbeat: Millis(2_000),
-            stuck_after: Millis(30_000),
         }
     }
 }

@@ -10,6 +10,7 @@ mod concurrency;
 mod conformance;
 mod control;
 mod counts;
+mod diag;
 mod errors;
 mod events;
 mod field_kinds;

@@ -453,7 +453,7 @@ impl Server {
                 link: link.clone(),
                 names: watched_queues(config),
                 every: config.telemetry.queue_poll.duration(),
-                metrics: metrics.clone(),
+                sink: metrics.clone(),
             }
             .run(telemetry.clone()),
         );
