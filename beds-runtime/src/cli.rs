@@ -1,4 +1,4 @@
-//! The `beds` command line: `run`, `check`, `schema`, `call` and `dlq`, shared by every
+//! The `beds` command line: `run`, `check`, `schema`, `call`, `dlq`, `diag` and `admin`, shared by every
 //! build of the binary whatever domains it was compiled with.
 
 use std::path::PathBuf;
@@ -47,8 +47,11 @@ enum Command {
     Schema {
         /// Print the JSON Schema of every template's inputs and outputs and every query's
         /// parameters and results instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         json: bool,
+        /// Print the admin role's own tables instead, in the dialect of `admin.database`.
+        #[arg(long)]
+        admin: bool,
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
@@ -56,6 +59,17 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Ask the admin role for its diagnostics: nodes, stuck deliveries, queues, dead letters.
+    Diag {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell a node what to do with one of its lanes, through the admin role.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
     },
     /// The effective configuration.
     Config {
@@ -69,6 +83,16 @@ enum ConfigAction {
     /// Print the configuration after overlays, environment variables and secret files, as
     /// YAML, with every password redacted.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Cancel the lane's consumers on NODE: its messages stay queued for other nodes.
+    Pause { node: String, lane: String },
+    /// Consume the lane again on NODE.
+    Resume { node: String, lane: String },
+    /// Pause, then wait until NODE has nothing of the lane in flight.
+    Drain { node: String, lane: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,12 +142,15 @@ enum CliError {
     NoSuchLetter { count: usize },
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error(transparent)]
+    Diag(#[from] crate::ops::diag::DiagError),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Call(e) => e.exit_code(),
+            CliError::Diag(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -149,7 +176,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             print!("{}", describe(&cli.config, &config, catalog));
             Ok(())
         }
-        Command::Schema { json: true } => {
+        Command::Schema { admin: true, .. } => {
+            for statement in crate::admin::store::ddl(config.admin.database.driver) {
+                println!("{statement};\n");
+            }
+            Ok(())
+        }
+        Command::Schema { json: true, .. } => {
             let schema = crate::ops::json_schema::catalog(catalog);
             println!(
                 "{}",
@@ -164,6 +197,34 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::call::run(&config, catalog, args))?)
         }
+        Command::Diag { json } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let report = rt.block_on(crate::ops::diag::diag(&config, json))?;
+            print!("{report}");
+            if json {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Admin { action } => {
+            let (op, node, lane) = match action {
+                AdminAction::Pause { node, lane } => ("pause", node, lane),
+                AdminAction::Resume { node, lane } => ("resume", node, lane),
+                AdminAction::Drain { node, lane } => ("drain", node, lane),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            println!(
+                "{}",
+                rt.block_on(crate::ops::diag::lane(&config, op, &node, &lane))?
+            );
+            Ok(())
+        }
         Command::Dlq { action } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -177,7 +238,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             print!("{}", config.shown());
             Ok(())
         }
-        Command::Schema { json: false } => {
+        Command::Schema { .. } => {
             for statement in crate::catalog::schema(config.database.driver, catalog) {
                 println!("{statement};\n");
             }
@@ -342,6 +403,15 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             } else {
                 maintained.join(", ")
             }
+        );
+    } else if config.role == Role::Admin {
+        let _ = writeln!(
+            out,
+            "role admin:\n  answers {} ({} ops: {})\n  admin database {}",
+            config.amqp.queue(crate::admin::ADMIN_KEY),
+            crate::admin::OPS.len(),
+            crate::admin::OPS.join(", "),
+            crate::store::StoreOptions::from_config(&config.admin.database).describe(),
         );
     } else if lanes.is_empty() {
         let _ = writeln!(

@@ -1,13 +1,16 @@
 //! Integration tests against real RabbitMQ and real SQLite; one binary, so one link.
 //! Each test has its own queue tag and data directory.
 
+mod admin;
 mod authorization;
 mod bounds;
 mod cache;
 mod call;
 mod concurrency;
 mod conformance;
+mod control;
 mod counts;
+mod diag;
 mod errors;
 mod events;
 mod field_kinds;

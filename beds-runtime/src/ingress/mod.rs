@@ -13,7 +13,7 @@
 //! table. Later layers (telemetry, write events) are further lines in
 //! [`run`]; wiki/architecture.md says where each goes.
 
-mod accept;
+pub(crate) mod accept;
 mod authorize;
 pub(crate) mod cache;
 mod command;
@@ -40,6 +40,7 @@ use crate::config::{LimitsConfig, LockingConfig, RetryConfig};
 use crate::envelope::{Op, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::security::Security;
+use crate::telemetry::in_flight::Tracked;
 use crate::telemetry::metrics::{Metrics, Series};
 use crate::value::Patterns;
 use dispatch::{Call, Ctx};
@@ -66,12 +67,14 @@ pub(crate) struct Ingress {
 }
 
 /// Handles one delivery to the end: the chain, then settle, in a span naming the message
-/// (its ids once decoded, its target once routed), counted in the node's metrics.
+/// (its ids once decoded, its target once routed), counted in the node's metrics; the
+/// worker registered it as in flight (`tracked`) and it stays so until settled.
 pub(crate) async fn handle(
     ingress: Arc<Ingress>,
     channel: Channel,
     lane: Lane,
     delivery: Delivery,
+    tracked: Tracked,
 ) {
     let started = Instant::now();
     let _in_flight = ingress.metrics.in_flight(lane);
@@ -88,7 +91,7 @@ pub(crate) async fn handle(
     );
     async {
         let mut series = Series::unknown(None);
-        let outcome = process(&ingress, lane, &delivery, &mut series).await;
+        let outcome = process(&ingress, lane, &delivery, &tracked, &mut series).await;
         let code = outcome.code();
         settle::settle(
             &channel,
@@ -100,16 +103,20 @@ pub(crate) async fn handle(
             outcome,
         )
         .await;
-        ingress.metrics.request(series, code, started.elapsed());
+        ingress
+            .metrics
+            .request(lane, series, code, started.elapsed());
     }
     .instrument(span)
     .await;
+    drop(tracked);
 }
 
 async fn process(
     ingress: &Ingress,
     lane: Lane,
     delivery: &Delivery,
+    tracked: &Tracked,
     series: &mut Series,
 ) -> Outcome {
     if let Err(e) = settle::provenance(&ingress.signer.key, delivery) {
@@ -121,8 +128,15 @@ async fn process(
     };
     // Each delivery already runs in its own task; catching the unwind here keeps a panicking
     // handler from taking its worker down, without a second task or a copy of the body.
-    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id, series))
-        .catch_unwind();
+    let work = std::panic::AssertUnwindSafe(answer(
+        ingress,
+        lane,
+        &delivery.data,
+        user_id,
+        tracked,
+        series,
+    ))
+    .catch_unwind();
     match work.await {
         Ok(reply) => Outcome::Reply { to, reply },
         Err(panic) => {
@@ -147,6 +161,7 @@ async fn answer(
     lane: Lane,
     body: &[u8],
     user_id: Option<String>,
+    tracked: &Tracked,
     series: &mut Series,
 ) -> Reply {
     let req = match Request::decode_within(body, &ingress.limits) {
@@ -163,8 +178,9 @@ async fn answer(
         "correlation_id",
         tracing::field::display(req.conversation()),
     );
+    tracked.identify(&req);
     *series = Series::unknown(Some(&req));
-    let result = run(ingress, lane, &req, user_id.as_deref(), series).await;
+    let result = run(ingress, lane, &req, user_id.as_deref(), tracked, series).await;
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
@@ -181,6 +197,7 @@ async fn run(
     lane: Lane,
     req: &Request,
     user_id: Option<&str>,
+    tracked: &Tracked,
     series: &mut Series,
 ) -> Result<Json, BedsError> {
     let principal = authorize::principal(&ingress.security, user_id, req)?;
@@ -190,6 +207,7 @@ async fn run(
         Target::Query(q) => Series::query(q),
         Target::Template { meta, op, .. } => Series::template(meta, *op),
     };
+    tracked.target(*series);
     // The catalog's names, not the request's: a client cannot put text in every log line.
     let span = tracing::Span::current();
     span.record("template", series.template);

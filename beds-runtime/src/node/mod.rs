@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminStore};
 use crate::cache::Cache;
 use crate::cache::subscriber::Subscriber;
 use crate::catalog::{Catalog, CatalogError};
@@ -21,6 +22,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::http::{self, ListenError};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::queues::Queues;
+use crate::telemetry::status::{DomainVersion, Versions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
 use crate::transport::names::{dead_letter_queue, retry_queue};
@@ -28,15 +30,21 @@ use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use control::Control;
+use heartbeat::Heartbeat;
+use lanes::Lanes;
 use readiness::Readiness;
 use relay::Relay;
 use tercero::EventConsumer;
 use worker::{Worker, supervise};
 
+mod control;
+mod heartbeat;
+mod lanes;
 mod readiness;
 mod relay;
 mod tercero;
-mod worker;
+pub(crate) mod worker;
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +60,7 @@ pub enum ServerError {
     #[error("the compiled domains are inconsistent: {0}")]
     Pattern(#[from] PatternError),
     #[error(
-        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker) and `tercero` (write events) do",
+        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker), `admin` (adm commands, audit) and `tercero` (write events) do",
         .0.name()
     )]
     RoleNotServed(Role),
@@ -68,7 +76,7 @@ pub enum ServerError {
 
 /// Whether a role consumes anything in this release.
 pub fn serves(role: Role) -> bool {
-    !lanes(role).is_empty() || role == Role::Tercero
+    !lanes(role).is_empty() || matches!(role, Role::Tercero | Role::Admin)
 }
 
 /// How long a start waits for the node's invalidation queue before it fails.
@@ -163,6 +171,11 @@ fn watched_queues(config: &Config) -> Vec<(String, String)> {
             dead_letter_queue(EVENT_QUEUE_KEY),
         ]);
     }
+    if config.role == Role::Admin {
+        for key in admin::QUEUES {
+            names.extend([key.to_string(), dead_letter_queue(key)]);
+        }
+    }
     names
         .into_iter()
         .map(|label| (config.amqp.queue(&label), label))
@@ -195,6 +208,8 @@ pub struct Server {
     /// Stops the telemetry server and the queue poller: last, so that `/readyz` says
     /// "stopping" during the drain; also on drop.
     telemetry: CancellationToken,
+    /// The admin's database, on an admin node (the same pool as `store`).
+    admin: Option<AdminStore>,
 }
 
 impl Server {
@@ -206,13 +221,22 @@ impl Server {
         catalog.check()?;
         let key = ServiceKey::load(config)?;
         let patterns = Patterns::compile(catalog.domains)?;
-        let store = Store::open(
-            &StoreOptions::from_config(&config.database),
-            catalog.domains,
-        )
-        .await?;
-        if config.database.apply_schema {
-            store.apply_schema(catalog.domains).await?;
+        // The admin serves from its own database, with its own tables only.
+        let admin = config.role == Role::Admin;
+        let store = if admin {
+            Store::open(&StoreOptions::from_config(&config.admin.database), &[]).await?
+        } else {
+            Store::open(
+                &StoreOptions::from_config(&config.database),
+                catalog.domains,
+            )
+            .await?
+        };
+        let admin_store = admin.then(|| AdminStore::of(&store));
+        match &admin_store {
+            Some(tables) if config.admin.database.apply_schema => tables.apply_schema().await?,
+            None if config.database.apply_schema => store.apply_schema(catalog.domains).await?,
+            _ => {}
         }
         let link = Arc::new(
             Link::open(
@@ -225,7 +249,10 @@ impl Server {
         let conn = link.get().await;
         // Declared once up front so that a bad broker setup fails the start, not a worker.
         let channel = conn.create_channel().await.map_err(ServerError::Topology)?;
-        let keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
+        let mut keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
+        if admin {
+            keys.extend(admin::QUEUES);
+        }
         topology::declare(&channel, &config.amqp, &keys)
             .await
             .map_err(ServerError::Topology)?;
@@ -246,7 +273,9 @@ impl Server {
         });
         let (cache, outbox) = Cache::new(&config.cache);
         let cache = Arc::new(cache);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(lanes));
+        let lane_controls = Arc::new(Lanes::new(&config.node, lanes, metrics.clone()));
+        let started_at = chrono::Utc::now();
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
@@ -288,15 +317,18 @@ impl Server {
         }
         let counters = Arc::new(Counters::default());
         let mut workers = JoinSet::new();
-        tokio::spawn(expire_idempotency(
-            store.clone(),
-            config.idempotency.ttl.duration(),
-            stop.clone(),
-        ));
+        // The admin's database has neither idempotency keys nor an outbox.
+        if !admin {
+            tokio::spawn(expire_idempotency(
+                store.clone(),
+                config.idempotency.ttl.duration(),
+                stop.clone(),
+            ));
+        }
         let mut relay = None;
         // Its own token: the relay stops after the workers drained, not with them.
         let relay_stop = CancellationToken::new();
-        if events.is_some() {
+        if events.is_some() && !admin {
             let run = Relay {
                 store: store.clone(),
                 link: link.clone(),
@@ -327,6 +359,10 @@ impl Server {
             for i in 0..pool.workers {
                 let worker = Worker {
                     lane,
+                    control: lane_controls
+                        .get(lane)
+                        .expect("every lane of the role has a control")
+                        .clone(),
                     amqp: config.amqp.clone(),
                     tag: format!(
                         "{}.{}.{}.{i}",
@@ -396,37 +432,94 @@ impl Server {
                 "tercero consuming write events"
             );
         }
+        if let Some(tables) = &admin_store {
+            admin::start(
+                admin::Parts {
+                    config,
+                    catalog,
+                    store: tables.clone(),
+                    link: link.clone(),
+                    signer: ingress.signer.clone(),
+                    security: ingress.security.clone(),
+                    stop: stop.clone(),
+                    counters: counters.clone(),
+                },
+                &mut workers,
+            );
+        }
         let telemetry = CancellationToken::new();
         tokio::spawn(
             Queues {
                 link: link.clone(),
                 names: watched_queues(config),
                 every: config.telemetry.queue_poll.duration(),
+                sink: metrics.clone(),
+            }
+            .run(telemetry.clone()),
+        );
+        let probe = Arc::new(Readiness {
+            link: link.clone(),
+            counters: counters.clone(),
+            store: store.clone(),
+            stop: stop.clone(),
+            lanes: lane_controls.clone(),
+            database: Default::default(),
+        });
+        tokio::spawn(
+            Control {
+                link: link.clone(),
+                queue_tag: config.amqp.queue_tag.clone(),
+                lanes: lane_controls.clone(),
+                signer: Arc::new(Signer::new(key.clone(), &config.amqp.url)),
+                drain_timeout: config.shutdown.drain_timeout.duration(),
+            }
+            .run(telemetry.clone()),
+        );
+        tokio::spawn(
+            Heartbeat {
+                link: link.clone(),
+                queue_tag: config.amqp.queue_tag.clone(),
+                origin: Origin {
+                    service: "beds".into(),
+                    node: config.node.clone(),
+                    env: config.env.clone(),
+                },
+                role: config.role.name(),
+                every: config.admin.heartbeat.duration(),
+                key: key.clone(),
+                run_id: uuid::Uuid::now_v7(),
+                started_at,
+                versions: Versions {
+                    beds: env!("CARGO_PKG_VERSION").to_string(),
+                    domains: catalog
+                        .domains
+                        .iter()
+                        .map(|d| DomainVersion {
+                            name: d.name.to_string(),
+                            version: d.version,
+                        })
+                        .collect(),
+                },
+                lanes: lane_controls.clone(),
+                lane_keys: lanes,
                 metrics: metrics.clone(),
+                readiness: probe.clone(),
+                counters: counters.clone(),
             }
             .run(telemetry.clone()),
         );
         // Last: the node reports ready only once everything above runs.
         let http = match config.telemetry.listen {
             None => None,
-            Some(addr) => {
-                let probe = Readiness {
-                    link: link.clone(),
-                    counters: counters.clone(),
-                    store: store.clone(),
-                    stop: stop.clone(),
-                    database: Default::default(),
-                };
-                match http::serve(addr, metrics, Arc::new(probe), telemetry.clone()).await {
-                    Ok(bound) => Some(bound),
-                    Err(e) => {
-                        stop.cancel();
-                        relay_stop.cancel();
-                        telemetry.cancel();
-                        return Err(e.into());
-                    }
+            Some(addr) => match http::serve(addr, metrics, probe, telemetry.clone()).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    stop.cancel();
+                    relay_stop.cancel();
+                    telemetry.cancel();
+                    return Err(e.into());
                 }
-            }
+            },
         };
         Ok(Server {
             link,
@@ -440,7 +533,13 @@ impl Server {
             untrusted,
             http,
             telemetry,
+            admin: admin_store,
         })
+    }
+
+    /// The admin's database, on a node of role `admin`.
+    pub fn admin_store(&self) -> Option<&AdminStore> {
+        self.admin.as_ref()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served (the port chosen when
