@@ -192,7 +192,12 @@ pub(crate) fn after(
                 Some(inv.causation_id),
                 inv.depth,
                 inv.origin.clone(),
-                format!("{}{}.{}", crate::cache::KEY_PREFIX, inv.domain, inv.template),
+                format!(
+                    "{}{}.{}",
+                    crate::cache::KEY_PREFIX,
+                    inv.domain,
+                    inv.template
+                ),
                 crate::value::now(),
             )
             .ended(None),

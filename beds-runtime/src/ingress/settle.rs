@@ -102,8 +102,10 @@ impl Trail<'_> {
     }
 }
 
-/// How a delivery ended.
+/// How a delivery ended. Made once per delivery and moved into settle: boxing the reply
+/// would only add an allocation per reply.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     /// A reply to send (with an error or not).
     Reply { to: ReplyTo, reply: Reply },
@@ -425,20 +427,20 @@ async fn dead_letter(
     let id = uuid::Uuid::now_v7();
     let mut extra = trail.headers(id);
     extra.extend([
-            (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-            (
-                headers::REASON,
-                AMQPValue::LongString(error.message.as_str().into()),
-            ),
-            (
-                headers::ERROR_CLASS,
-                AMQPValue::LongString(class.as_str().unwrap_or_default().into()),
-            ),
-            (
-                headers::ERROR_CODE,
-                AMQPValue::LongString(code.as_str().unwrap_or_default().into()),
-            ),
-        ]);
+        (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+        (
+            headers::REASON,
+            AMQPValue::LongString(error.message.as_str().into()),
+        ),
+        (
+            headers::ERROR_CLASS,
+            AMQPValue::LongString(class.as_str().unwrap_or_default().into()),
+        ),
+        (
+            headers::ERROR_CODE,
+            AMQPValue::LongString(code.as_str().unwrap_or_default().into()),
+        ),
+    ]);
     let props = republished(key, Purpose::DeadLetter, delivery, &extra);
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
     let routing_key = delivery.routing_key.as_str();

@@ -433,7 +433,10 @@ mod tests {
         let r: Record = serde_json::from_str(text).unwrap();
         assert_eq!(r.kind_of, RecordType::Request);
         let again = serde_json::to_value(&r).unwrap();
-        assert_eq!(again, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
     }
 
     #[test]

@@ -42,9 +42,8 @@ pub fn tree(records: &[Record]) -> Vec<Line<'_>> {
     for list in children.values_mut() {
         list.sort_by(by_time);
     }
-    let offset = |r: &Record| {
-        start.map_or(0, |s| (r.at - s).num_microseconds().unwrap_or(i64::MAX))
-    };
+    let offset =
+        |r: &Record| start.map_or(0, |s| (r.at - s).num_microseconds().unwrap_or(i64::MAX));
     let mut out = Vec::with_capacity(records.len());
     let mut placed = HashSet::new();
     let mut stack: Vec<(&Record, usize)> = roots.into_iter().rev().map(|r| (r, 0)).collect();
@@ -165,7 +164,10 @@ mod tests {
         );
         let text = render(&records);
         assert!(text.starts_with("(orphan) effect r4  node=n1"), "{text}");
-        assert!(text.lines().nth(1).unwrap().starts_with("  effect r6"), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().starts_with("  effect r6"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -542,7 +542,10 @@ impl Server {
         }
         if let Some((lineage_stop, publisher)) = self.lineage.take() {
             lineage_stop.cancel();
-            if tokio::time::timeout(CONFIRM_TIMEOUT, publisher).await.is_err() {
+            if tokio::time::timeout(CONFIRM_TIMEOUT, publisher)
+                .await
+                .is_err()
+            {
                 tracing::debug!("the lineage publisher did not finish in time; records dropped");
             }
         }

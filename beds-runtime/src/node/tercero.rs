@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::worker::{Run, WorkerExit, WorkerFailure, consume_on, setup};
-use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::cache::Invalidation;
+use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
 use crate::error::{BedsError, ErrorCode};
 use crate::events::WriteEvent;
