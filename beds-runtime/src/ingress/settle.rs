@@ -184,7 +184,7 @@ pub(crate) async fn settle(
             }
             return;
         }
-        if let Err(e) = dead_letter(channel, key, delivery, lane, error, attempt, trail).await {
+        if let Err(e) = traced_dead_letter(channel, key, delivery, lane, error, attempt, trail).await {
             tracing::warn!(error = %e, "could not dead-letter a failed write; leaving it unacked");
             return;
         }
@@ -192,7 +192,7 @@ pub(crate) async fn settle(
     }
     let at = crate::value::now();
     let started = std::time::Instant::now();
-    if answer(channel, signer, lane, to, &reply).await {
+    if answer(channel, signer, lane == Lane::Write, to, &reply).await {
         let code = reply.error.as_ref().map(|e| e.code);
         trail.record(
             RecordType::Reply,
@@ -206,13 +206,13 @@ pub(crate) async fn settle(
     }
 }
 
-/// Publishes the reply; true when the request may be acked. Write replies are mandatory
-/// and confirmed: the request is acked only once the broker has the reply (or has said no
-/// one can receive it).
-async fn answer(
+/// Publishes the reply; true when the request may be acked. `confirmed` replies (to
+/// writes) are mandatory and confirmed: the request is acked only once the broker has the
+/// reply (or has said no one can receive it).
+pub(crate) async fn answer(
     channel: &Channel,
     signer: &Signer,
-    lane: Lane,
+    confirmed: bool,
     to: ReplyTo,
     reply: &Reply,
 ) -> bool {
@@ -228,7 +228,6 @@ async fn answer(
         properties = properties.with_user_id(login.clone());
     }
     let properties = signer.key.sign(Purpose::Reply, properties, &body);
-    let confirmed = lane == Lane::Write;
     match publish(channel, "", to.queue.as_str(), confirmed, &body, properties).await {
         Ok(Published::Delivered) => true,
         Ok(Published::Unroutable) => {
@@ -245,7 +244,7 @@ async fn answer(
     }
 }
 
-async fn ack(delivery: &Delivery) {
+pub(crate) async fn ack(delivery: &Delivery) {
     match tokio::time::timeout(CONFIRM_TIMEOUT, delivery.ack(BasicAckOptions::default())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "ack failed; the request may be redelivered"),
@@ -412,8 +411,19 @@ async fn park_for_retry(
     Ok(())
 }
 
-/// Sends a request to the dead-letter queue, saying why in headers.
-async fn dead_letter(
+/// Sends a message to the dead-letter queue, saying why in headers.
+pub(crate) async fn dead_letter(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+    attempt: u32,
+) -> Result<(), PublishError> {
+    park_dead(channel, key, delivery, error, attempt, Vec::new()).await
+}
+
+/// Dead-letters a request of a lane with its lineage headers, recorded when sampled.
+async fn traced_dead_letter(
     channel: &Channel,
     key: &ServiceKey,
     delivery: &Delivery,
@@ -422,10 +432,31 @@ async fn dead_letter(
     attempt: u32,
     trail: &Trail<'_>,
 ) -> Result<(), PublishError> {
+    let id = uuid::Uuid::now_v7();
+    let at = crate::value::now();
+    let started = std::time::Instant::now();
+    park_dead(channel, key, delivery, error, attempt, trail.headers(id)).await?;
+    trail.record(
+        RecordType::DeadLetter,
+        id,
+        format!("{}.dlq", lane.key()),
+        at,
+        started.elapsed(),
+        Some(error.code),
+    );
+    Ok(())
+}
+
+async fn park_dead(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+    attempt: u32,
+    mut extra: Vec<(&'static str, AMQPValue)>,
+) -> Result<(), PublishError> {
     let class = serde_json::to_value(error.class).unwrap_or_default();
     let code = serde_json::to_value(error.code).unwrap_or_default();
-    let id = uuid::Uuid::now_v7();
-    let mut extra = trail.headers(id);
     extra.extend([
         (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
         (
@@ -444,18 +475,7 @@ async fn dead_letter(
     let props = republished(key, Purpose::DeadLetter, delivery, &extra);
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
     let routing_key = delivery.routing_key.as_str();
-    let at = crate::value::now();
-    let started = std::time::Instant::now();
-    park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await?;
-    trail.record(
-        RecordType::DeadLetter,
-        id,
-        format!("{}.dlq", lane.key()),
-        at,
-        started.elapsed(),
-        Some(error.code),
-    );
-    Ok(())
+    park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await
 }
 
 /// Republishes a delivery's body (mandatory, confirmed): no route is an error.
@@ -491,7 +511,7 @@ async fn unanswerable(
         "dead-lettering a message that cannot be answered"
     );
     let attempt = attempts(key, delivery) + 1;
-    if let Err(why) = dead_letter(channel, key, delivery, lane, &error, attempt, trail).await {
+    if let Err(why) = traced_dead_letter(channel, key, delivery, lane, &error, attempt, trail).await {
         tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
         let reject = delivery.reject(BasicRejectOptions { requeue: false });
         match tokio::time::timeout(CONFIRM_TIMEOUT, reject).await {
