@@ -184,7 +184,9 @@ pub(crate) async fn settle(
             }
             return;
         }
-        if let Err(e) = traced_dead_letter(channel, key, delivery, lane, error, attempt, trail).await {
+        if let Err(e) =
+            traced_dead_letter(channel, key, delivery, lane, error, attempt, trail).await
+        {
             tracing::warn!(error = %e, "could not dead-letter a failed write; leaving it unacked");
             return;
         }
@@ -511,7 +513,8 @@ async fn unanswerable(
         "dead-lettering a message that cannot be answered"
     );
     let attempt = attempts(key, delivery) + 1;
-    if let Err(why) = traced_dead_letter(channel, key, delivery, lane, &error, attempt, trail).await {
+    if let Err(why) = traced_dead_letter(channel, key, delivery, lane, &error, attempt, trail).await
+    {
         tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
         let reject = delivery.reject(BasicRejectOptions { requeue: false });
         match tokio::time::timeout(CONFIRM_TIMEOUT, reject).await {
