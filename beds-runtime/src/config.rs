@@ -85,6 +85,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub telemetry: TelemetryConfig,
+    pub lineage: LineageConfig,
     pub admin: AdminConfig,
 }
 
@@ -110,6 +111,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            lineage: LineageConfig::default(),
             admin: AdminConfig::default(),
         }
     }
@@ -606,6 +608,8 @@ pub struct AdminConfig {
     /// How long a delivery may be in flight (when its request has no earlier deadline)
     /// before `beds diag` reports it stuck.
     pub stuck_after: Millis,
+    /// How long lineage records are kept (by their `at`), e.g. `7d`.
+    pub lineage_keep: Millis,
 }
 
 impl Default for AdminConfig {
@@ -618,6 +622,7 @@ impl Default for AdminConfig {
             prefetch: 64,
             heartbeat: Millis(2_000),
             stuck_after: Millis(30_000),
+            lineage_keep: Millis(7 * 86_400_000),
         }
     }
 }
@@ -791,6 +796,21 @@ impl Default for TerceroConfig {
             wait: Millis(50),
             dedup_ttl: Millis(7 * 24 * 3_600_000),
         }
+    }
+}
+
+/// Which conversations leave lineage records (wiki/envelope.md, "Lineage").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LineageConfig {
+    /// The share of conversations recorded, 0.0 (off) to 1.0 (all), decided by a hash of
+    /// the correlation id so a conversation is recorded whole or not at all.
+    pub sample: f64,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        LineageConfig { sample: 0.01 }
     }
 }
 
@@ -1204,6 +1224,12 @@ impl Config {
             ));
         }
         self.validate_amqp()?;
+        if !(0.0..=1.0).contains(&self.lineage.sample) {
+            return Err(format!(
+                "lineage.sample is {}; use a share from 0.0 (record nothing) to 1.0 (record every conversation)",
+                self.lineage.sample
+            ));
+        }
         if self.telemetry.queue_poll.0 < 100 {
             return Err(format!(
                 "telemetry.queue_poll is {} ms; use at least 100ms (each poll declares every lane's queue)",
@@ -1277,6 +1303,12 @@ impl Config {
         self.database.validate(DatabaseKey::SERVING)?;
         if self.admin.prefetch == 0 {
             return Err("admin.prefetch must be at least 1".into());
+        }
+        if self.admin.lineage_keep.0 < 60_000 {
+            return Err(format!(
+                "admin.lineage_keep is {} ms; keep lineage records at least 1m (e.g. `7d`)",
+                self.admin.lineage_keep.0
+            ));
         }
         self.admin.database.validate(DatabaseKey::ADMIN)
     }
@@ -1445,6 +1477,20 @@ mod tests {
         let e = Config::load_with_env(&base, env(&[("BEDS_SECURITY__DEFAULT_ACCESS", "[owner]")]))
             .unwrap_err();
         assert!(e.to_string().contains("cannot name `owner`"), "{e}");
+    }
+
+    #[test]
+    fn lineage_keep_reads_durations_and_refuses_less_than_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(&base, env(&[])).unwrap();
+        assert_eq!(c.admin.lineage_keep, Millis(7 * 86_400_000));
+        let c = Config::load_with_env(&base, env(&[("BEDS_ADMIN__LINEAGE_KEEP", "2h")])).unwrap();
+        assert_eq!(c.admin.lineage_keep.duration(), Duration::from_secs(7200));
+        let e = Config::load_with_env(&base, env(&[("BEDS_ADMIN__LINEAGE_KEEP", "30s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.lineage_keep") && e.contains("1m"), "{e}");
     }
 
     #[test]

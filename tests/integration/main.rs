@@ -17,6 +17,7 @@ mod field_kinds;
 mod http;
 mod journal;
 mod json_schema;
+mod lineage;
 mod locking;
 mod poison;
 mod queries;

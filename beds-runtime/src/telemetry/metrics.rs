@@ -172,6 +172,8 @@ pub(crate) struct Metrics {
     deliveries: Arc<Deliveries>,
     /// Per-lane totals for heartbeats, indexed by [`Lane::index`].
     totals: [LaneTotals; 2],
+    lineage_sent: Counter,
+    lineage_dropped: Counter,
 }
 
 /// One lane's cumulative counts, read whole by heartbeats (the Prometheus families are
@@ -263,6 +265,18 @@ impl Metrics {
             "1 for the state each lane is in (consuming, paused, draining, drained), 0 for the others",
             lane_state.clone(),
         );
+        let lineage_sent = Counter::default();
+        registry.register(
+            "lineage_records_sent",
+            "Lineage records published to the admin role (sampled conversations only)",
+            lineage_sent.clone(),
+        );
+        let lineage_dropped = Counter::default();
+        registry.register(
+            "lineage_records_dropped",
+            "Lineage records dropped: the in-memory queue was full or the broker did not take a batch",
+            lineage_dropped.clone(),
+        );
         let metrics = Metrics {
             registry,
             requests,
@@ -280,6 +294,8 @@ impl Metrics {
             lanes,
             deliveries: Arc::new(Deliveries::default()),
             totals: Default::default(),
+            lineage_sent,
+            lineage_dropped,
         };
         for &lane in lanes {
             metrics.lane_state(lane, LaneState::Consuming);
@@ -326,6 +342,11 @@ impl Metrics {
             redeliveries: load(&t.redeliveries),
             dead_letters,
         }
+    }
+
+    /// The lineage publisher's counters: records sent, records dropped.
+    pub fn lineage(&self) -> (Counter, Counter) {
+        (self.lineage_sent.clone(), self.lineage_dropped.clone())
     }
 
     /// The Prometheus text format (0.0.4) of every series.
