@@ -1,4 +1,4 @@
-//! The `beds` command line: `run`, `check`, `schema`, `call` and `dlq`, shared by every
+//! The `beds` command line: `run`, `check`, `schema`, `call`, `audit` and `dlq`, shared by every
 //! build of the binary whatever domains it was compiled with.
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError, Role};
 use crate::envelope::Op;
 use crate::node::{Server, ServerError, lanes};
+use crate::ops::audit::{AuditArgs, AuditError};
 use crate::ops::call::{CallArgs, CallError};
 use crate::ops::dead_letters::DlqError;
 use crate::value::PatternError;
@@ -55,6 +56,8 @@ enum Command {
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
+    /// Print a record's audit trail, newest first, from the admin node (`beds audit --help`).
+    Audit(AuditArgs),
     /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
     Dlq {
         #[command(subcommand)]
@@ -121,6 +124,8 @@ enum CliError {
     NoSuchLetter { count: usize },
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl CliError {
@@ -172,6 +177,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::call::run(&config, catalog, args))?)
+        }
+        Command::Audit(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(rt.block_on(crate::ops::audit::run(&config, catalog, args))?)
         }
         Command::Dlq { action } => {
             let rt = tokio::runtime::Builder::new_current_thread()

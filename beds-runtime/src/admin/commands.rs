@@ -38,12 +38,13 @@ pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
-pub const OPS: &[&str] = &["ping"];
+pub const OPS: &[&str] = &["ping", "audit"];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
 async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
+        "audit" => super::audit::query(ctx, req).await,
         other => Err(unknown_op(other)),
     }
 }

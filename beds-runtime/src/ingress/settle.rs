@@ -346,6 +346,20 @@ pub(crate) async fn dead_letter(
     error: &BedsError,
     attempt: u32,
 ) -> Result<(), PublishError> {
+    let routing_key = delivery.routing_key.as_str();
+    dead_letter_to(channel, key, delivery, error, attempt, routing_key).await
+}
+
+/// [`dead_letter`] to the dead-letter queue bound by `routing_key` (the consumed queue's
+/// name, where the delivery's own routing key, e.g. an event's, binds none there).
+pub(crate) async fn dead_letter_to(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+    attempt: u32,
+    routing_key: &str,
+) -> Result<(), PublishError> {
     let class = serde_json::to_value(error.class).unwrap_or_default();
     let code = serde_json::to_value(error.code).unwrap_or_default();
     let props = republished(
@@ -369,7 +383,6 @@ pub(crate) async fn dead_letter(
         ],
     );
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
-    let routing_key = delivery.routing_key.as_str();
     park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await
 }
 

@@ -2,6 +2,7 @@
 //! dead-letter inspection and replay, and the JSON Schema of the wire contract. They reach
 //! RabbitMQ through the transport like any client; none of them touches a database.
 
+pub mod audit;
 pub(crate) mod call;
 pub mod dead_letters;
 pub(crate) mod json_schema;
