@@ -162,6 +162,9 @@ impl TestEnv {
             _ => beds_runtime::config::Driver::Mariadb,
         };
         env.config.database.url = Some(format!("{base}/{db}"));
+        // An admin node of the test keeps its tables in the same server database.
+        env.config.admin.database.driver = env.config.database.driver;
+        env.config.admin.database.url = env.config.database.url.clone();
         env.server_db = Some((admin_url, db));
         env
     }
@@ -504,6 +507,7 @@ impl Drop for TestEnv {
                         beds_runtime::admin::ADMIN_KEY,
                         beds_runtime::admin::STATUS_QUEUE,
                         beds_runtime::admin::lineage::LINEAGE_KEY,
+                        beds_runtime::admin::audit::AUDIT_KEY,
                         SETTLE_KEY,
                     ],
                 ))

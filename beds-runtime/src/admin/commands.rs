@@ -39,7 +39,9 @@ pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
-pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain", "lineage"];
+pub const OPS: &[&str] = &[
+    "ping", "audit", "diag", "pause", "resume", "drain", "lineage",
+];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
 async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
@@ -50,6 +52,7 @@ async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError>
         "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,
         "drain" => ctx.nodes.lane(ControlOp::Drain, req).await,
         "lineage" => super::lineage::query(ctx, req).await,
+        "audit" => super::audit::query(ctx, req).await,
         other => Err(unknown_op(other)),
     }
 }
