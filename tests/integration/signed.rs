@@ -476,6 +476,23 @@ async fn a_forged_write_event_is_dead_lettered_by_tercero_and_counts_nothing() {
     assert_eq!(rows.total("beds_event_applied").await, applied);
     assert_eq!(counted().await, 0, "no counter moved");
 
+    // Signed by this deployment but not a write event: parked in the same dead-letter queue
+    // (the broker's own dead-lettering would keep the evt.* key, which binds nothing there).
+    let garbage = br#"{"v":1,"kind":"something_else"}"#.to_vec();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(uuid::Uuid::now_v7().to_string().into());
+    let props = ServiceKey::load(&env.config)
+        .unwrap()
+        .sign(Purpose::WriteEvent, props, &garbage);
+    publish(&channel, "beds.events", &routing_key, &garbage, props).await;
+    let letter = next(&mut dead, "the undecodable event dead-lettered").await;
+    assert_eq!(letter.data, garbage);
+    assert_eq!(
+        header(&letter, headers::ERROR_CODE).as_deref(),
+        Some("undecodable")
+    );
+
     // A genuine spew by ada still counts: the tercero is alive and verifies real events.
     api.spew()
         .create(&beds::spew::SpewCreate {

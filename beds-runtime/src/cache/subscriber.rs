@@ -143,6 +143,14 @@ impl Subscriber {
                     if matches!(event, Event::Connected) {
                         tracing::info!("connection recovered; the read cache is cleared");
                         self.cache.clear();
+                        // The connection is back before this channel's queue, binding and
+                        // consumer are: what the node cached meanwhile may have missed an
+                        // invalidation, so clear again once the channel is recovered.
+                        let waited = tokio::time::Instant::now();
+                        while channel.status().initializing() && waited.elapsed() < SETUP_TIMEOUT {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        self.cache.clear();
                     }
                 }
                 _ = watchdog.tick() => {
@@ -182,6 +190,16 @@ impl Subscriber {
             .with_content_type("application/json".into())
             .with_message_id(inv.id.to_string().into());
         let props = self.key.sign(Purpose::Invalidation, props, &body);
+        // After lapin recovers the connection the node is ready again while this channel
+        // may still be reconnecting; a publish then fails at once and the invalidation
+        // is lost, so wait (within the same bound) for the channel instead.
+        let waited = tokio::time::Instant::now();
+        while channel.status().initializing() {
+            if waited.elapsed() >= PUBLISH_TIMEOUT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let send = channel.basic_publish(
             EXCHANGE.into(),
             inv.routing_key(&self.queue_tag).as_str().into(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
@@ -189,7 +189,11 @@ impl EventConsumer {
                 self.key
                     .verify(Purpose::WriteEvent, &delivery.properties, &delivery.data)
             {
-                self.untrusted(channel, &delivery, &why.to_string())
+                let error = BedsError::new(
+                    ErrorCode::UntrustedOrigin,
+                    format!("a write event not signed by a node of this deployment: {why}"),
+                );
+                self.park(channel, &delivery, error)
                     .await
                     .map_err(BatchError::Ack)?;
                 continue;
@@ -200,9 +204,9 @@ impl EventConsumer {
                     events.push(event);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "dead-lettering a delivery on the event queue");
-                    delivery
-                        .reject(BasicRejectOptions { requeue: false })
+                    let error =
+                        BedsError::new(ErrorCode::Undecodable, format!("not a write event: {e}"));
+                    self.park(channel, &delivery, error)
                         .await
                         .map_err(BatchError::Ack)?;
                 }
@@ -311,31 +315,36 @@ impl EventConsumer {
         [effect, sent]
     }
 
-    /// Dead-letters an event that no node of this deployment signed to the queue's
-    /// dead-letter queue, with code `untrusted_origin` (signed, so `beds dlq` trusts the
-    /// verdict), and acks it; it changes no counter and is not broadcast. If that publish
-    /// fails it is rejected: the queue's own dead-lettering still keeps it off the counters.
-    async fn untrusted(
+    /// Publishes a delivery that is not a trusted write event (unsigned by this deployment,
+    /// or undecodable) to the queue's dead-letter queue with `error` in its headers (signed,
+    /// so `beds dlq` trusts the verdict), and acks it; it changes no counter and is not
+    /// broadcast. Published explicitly: the broker's own dead-lettering would keep the
+    /// event's `evt.*` routing key, which binds nothing on `beds.dlx`. If the publish fails
+    /// the delivery is requeued, so a later attempt parks it; nothing is dropped.
+    async fn park(
         &self,
         channel: &Channel,
         delivery: &Delivery,
-        why: &str,
+        error: BedsError,
     ) -> Result<(), lapin::Error> {
         let queue = self.amqp.queue(EVENT_QUEUE_KEY);
-        let error = BedsError::new(
-            ErrorCode::UntrustedOrigin,
-            format!("a write event not signed by a node of this deployment: {why}"),
+        let code = serde_json::to_value(error.code).unwrap_or_default();
+        let class = serde_json::to_value(error.class).unwrap_or_default();
+        let (code, class) = (
+            code.as_str().unwrap_or_default(),
+            class.as_str().unwrap_or_default(),
         );
         tracing::warn!(
             routing_key = %delivery.routing_key,
             reason = %error.message,
-            "dead-lettering a write event (untrusted_origin)"
+            code,
+            "dead-lettering a delivery of the event queue"
         );
         let mut table = foreign_headers(&delivery.properties);
         for (name, text) in [
             (headers::REASON, error.message.as_str()),
-            (headers::ERROR_CLASS, "contract"),
-            (headers::ERROR_CODE, "untrusted_origin"),
+            (headers::ERROR_CLASS, class),
+            (headers::ERROR_CODE, code),
         ] {
             table.insert(name.into(), AMQPValue::LongString(text.into()));
         }
@@ -360,9 +369,14 @@ impl EventConsumer {
         match parked {
             Ok(Published::Delivered) => delivery.ack(BasicAckOptions::default()).await?,
             Ok(Published::Unroutable) | Err(_) => {
-                tracing::warn!("the dead-letter queue did not take it; rejecting instead");
+                tracing::warn!(
+                    "the dead-letter queue did not take it; requeued for a later attempt"
+                );
                 delivery
-                    .reject(BasicRejectOptions { requeue: false })
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
                     .await?
             }
         };
