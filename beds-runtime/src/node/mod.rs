@@ -417,7 +417,7 @@ impl Server {
                     stop: stop.clone(),
                     database: Default::default(),
                 };
-                match http::serve(addr, metrics, Arc::new(probe), telemetry.clone()).await {
+                match http::serve(addr, metrics, Arc::new(probe), None, telemetry.clone()).await {
                     Ok(bound) => Some(bound),
                     Err(e) => {
                         stop.cancel();
