@@ -47,8 +47,11 @@ enum Command {
     Schema {
         /// Print the JSON Schema of every template's inputs and outputs and every query's
         /// parameters and results instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         json: bool,
+        /// Print the admin role's own tables instead, in the dialect of `admin.database`.
+        #[arg(long)]
+        admin: bool,
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
@@ -149,7 +152,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             print!("{}", describe(&cli.config, &config, catalog));
             Ok(())
         }
-        Command::Schema { json: true } => {
+        Command::Schema { admin: true, .. } => {
+            for statement in crate::admin::store::ddl(config.admin.database.driver) {
+                println!("{statement};\n");
+            }
+            Ok(())
+        }
+        Command::Schema { json: true, .. } => {
             let schema = crate::ops::json_schema::catalog(catalog);
             println!(
                 "{}",
@@ -177,7 +186,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             print!("{}", config.shown());
             Ok(())
         }
-        Command::Schema { json: false } => {
+        Command::Schema { .. } => {
             for statement in crate::catalog::schema(config.database.driver, catalog) {
                 println!("{statement};\n");
             }
@@ -342,6 +351,15 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             } else {
                 maintained.join(", ")
             }
+        );
+    } else if config.role == Role::Admin {
+        let _ = writeln!(
+            out,
+            "role admin:\n  answers {} ({} ops: {})\n  admin database {}",
+            config.amqp.queue(crate::admin::ADMIN_KEY),
+            crate::admin::OPS.len(),
+            crate::admin::OPS.join(", "),
+            crate::store::StoreOptions::from_config(&config.admin.database).describe(),
         );
     } else if lanes.is_empty() {
         let _ = writeln!(

@@ -142,9 +142,13 @@ pub enum ClientError {
     Closed,
     /// No queue is bound to the routing key: no node of this queue tag has declared it.
     #[error(
-        "no queue takes routing key `{routing_key}` on beds.events: start an appServer with the same amqp.queue_tag"
+        "no queue takes routing key `{routing_key}` on beds.events: start {serves} with the same amqp.queue_tag"
     )]
-    Unroutable { routing_key: String },
+    Unroutable {
+        routing_key: String,
+        /// The node that would take it.
+        serves: &'static str,
+    },
 }
 
 impl ClientError {
@@ -173,6 +177,15 @@ pub struct Client {
     options: ClientOptions,
     read_key: String,
     write_key: String,
+    admin_key: String,
+}
+
+/// Where a message goes: a routing key, and whether its publish is confirmed (and
+/// mandatory, so a key no queue takes fails at once).
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    Confirmed(&'a str),
+    Plain(&'a str),
 }
 
 /// One AMQP connection's worth of client state; rebuilt when the link hands out a new
@@ -251,6 +264,7 @@ impl Client {
             session: RwLock::new(Arc::new(session)),
             read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
+            admin_key: format!("{}{}", options.queue_tag, crate::admin::ADMIN_KEY),
             reply_queue,
             pending,
             options,
@@ -328,16 +342,72 @@ impl Client {
             });
         }
         let write = Op::parse(&req.op).is_some_and(Op::is_write);
-        let started = tokio::time::Instant::now();
         // The server refuses to run a request whose caller has given up on it.
         req.deadline.get_or_insert_with(|| {
             crate::value::now()
                 + chrono::Duration::from_std(self.options.timeout).unwrap_or_default()
         });
+        let body = serde_json::to_vec(&req)?;
+        let route = if write {
+            Route::Confirmed(&self.write_key)
+        } else {
+            Route::Plain(&self.read_key)
+        };
+        let reply = self.round_trip(route, req.id, &body).await?;
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
+    /// Sends an administrative command (`{"v":1,"op":op, ...fields}`) to the admin role on
+    /// the `adm` route and returns its data; the admin's errors come back as
+    /// [`ClientError::Remote`].
+    pub async fn admin(&self, op: &str, fields: Map<String, Json>) -> Result<Json, ClientError> {
+        self.admin_exchange(op, fields)
+            .await?
+            .into_result()
+            .map_err(ClientError::Remote)
+    }
+
+    /// Like [`Client::admin`], returning the whole reply envelope.
+    pub async fn admin_exchange(
+        &self,
+        op: &str,
+        fields: Map<String, Json>,
+    ) -> Result<Reply, ClientError> {
+        let id = Uuid::now_v7();
+        let mut body = fields;
+        body.insert(
+            "v".into(),
+            Json::from(crate::admin::commands::ADMIN_VERSION),
+        );
+        body.insert("op".into(), Json::from(op));
+        body.insert("id".into(), Json::from(id.to_string()));
+        body.insert(
+            "origin".into(),
+            serde_json::to_value(Origin {
+                service: self.options.service.clone(),
+                node: self.options.node.clone(),
+                env: self.options.env.clone(),
+            })?,
+        );
+        let body = serde_json::to_vec(&body)?;
+        let reply = self
+            .round_trip(Route::Confirmed(&self.admin_key), id, &body)
+            .await?;
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
+    /// Publishes `body` (the message `message_id`) on `route` and waits for the reply's
+    /// bytes, all within the client's timeout.
+    async fn round_trip(
+        &self,
+        route: Route<'_>,
+        message_id: Uuid,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let started = tokio::time::Instant::now();
         // Each send has its own correlation id: a resend of the same request (same id, same
         // idempotency key) must not take the reply meant for an earlier, stale copy.
         let id = Uuid::now_v7().to_string();
-        let body = serde_json::to_vec(&req)?;
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -350,14 +420,16 @@ impl Client {
         let properties = properties
             .with_content_type("application/json".into())
             .with_correlation_id(id.as_str().into())
-            .with_message_id(req.id.to_string().into())
+            .with_message_id(message_id.to_string().into())
             .with_reply_to(self.reply_queue.as_str().into())
-            .with_delivery_mode(if write { 2 } else { 1 });
+            .with_delivery_mode(match route {
+                Route::Confirmed(_) => 2,
+                Route::Plain(_) => 1,
+            });
         let sent =
-            tokio::time::timeout(self.options.timeout, self.publish(write, &body, properties))
-                .await;
+            tokio::time::timeout(self.options.timeout, self.publish(route, body, properties)).await;
         let sent = sent.unwrap_or(Err(ClientError::Timeout {
-            id: req.id,
+            id: message_id,
             after: self.options.timeout,
         }));
         if let Err(e) = sent {
@@ -371,7 +443,7 @@ impl Client {
             Err(_) => {
                 self.pending.lock().expect("pending map").remove(&id);
                 return Err(ClientError::Timeout {
-                    id: req.id,
+                    id: message_id,
                     after: self.options.timeout,
                 });
             }
@@ -382,21 +454,20 @@ impl Client {
                 limit: self.options.max_reply_bytes,
             });
         }
-        Ok(serde_json::from_slice(&body)?)
+        Ok(body)
     }
 
-    /// Publishes a request, waiting out a connection recovery; a write also waits for the
-    /// broker's confirm and fails at once if no queue takes it.
+    /// Publishes a request, waiting out a connection recovery; a confirmed route also waits
+    /// for the broker's confirm and fails at once if no queue takes it.
     async fn publish(
         &self,
-        write: bool,
+        route: Route<'_>,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), ClientError> {
-        let key = if write {
-            &self.write_key
-        } else {
-            &self.read_key
+        let (key, write) = match route {
+            Route::Confirmed(key) => (key, true),
+            Route::Plain(key) => (key, false),
         };
         loop {
             let session = self.session.read().await.clone();
@@ -408,7 +479,7 @@ impl Client {
             let published = channel
                 .basic_publish(
                     EXCHANGE.into(),
-                    key.as_str().into(),
+                    (*key).into(),
                     BasicPublishOptions {
                         mandatory: write,
                         ..BasicPublishOptions::default()
@@ -428,7 +499,12 @@ impl Client {
                 }
                 Ok(lapin::Confirmation::Ack(Some(_))) => {
                     return Err(ClientError::Unroutable {
-                        routing_key: key.clone(),
+                        routing_key: key.to_string(),
+                        serves: if key == self.admin_key {
+                            "an admin node (role admin)"
+                        } else {
+                            "an appServer"
+                        },
                     });
                 }
                 // Refused by the broker (e.g. a queue limit): the same bytes may be retried.

@@ -84,6 +84,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub telemetry: TelemetryConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -108,6 +109,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -478,6 +480,136 @@ impl DatabaseConfig {
     pub fn sqlite_path(&self) -> PathBuf {
         // `join` keeps an absolute `sqlite_file` as it is.
         self.data_dir.join(&self.sqlite_file)
+    }
+
+    /// Checks of the database section `at`.
+    fn validate(&self, at: DatabaseKey) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err(format!("{at}.max_connections must be at least 1"));
+        }
+        match (self.driver, self.url.as_deref()) {
+            (Driver::Sqlite, Some(_)) => {
+                return Err(format!(
+                    "{at}.url is for postgres and mariadb; sqlite uses {at}.data_dir and {at}.sqlite_file"
+                ));
+            }
+            (Driver::Postgres, None) => {
+                return Err(format!(
+                    "{at}.driver postgres needs {at}.url, e.g. postgres://postgres@127.0.0.1:5432/beds"
+                ));
+            }
+            (Driver::Mariadb, None) => {
+                return Err(format!(
+                    "{at}.driver mariadb needs {at}.url, e.g. mysql://root@127.0.0.1:3306/beds"
+                ));
+            }
+            (Driver::Postgres, Some(url))
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
+            {
+                return Err(format!(
+                    "{at}.url for postgres must start with postgres://, not `{}`",
+                    redact(url)
+                ));
+            }
+            (Driver::Mariadb, Some(url))
+                if !url.starts_with("mysql://") && !url.starts_with("mariadb://") =>
+            {
+                return Err(format!(
+                    "{at}.url for mariadb must start with mysql://, not `{}`",
+                    redact(url)
+                ));
+            }
+            _ => {}
+        }
+        self.validate_tls(at)
+    }
+
+    /// TLS checks of a database section at key `at`.
+    fn validate_tls(&self, at: DatabaseKey) -> Result<(), String> {
+        let db = self;
+        let tls = &db.tls;
+        if db.driver == Driver::Sqlite {
+            if tls.mode.is_some() || tls.ca_file.is_some() {
+                return Err(format!(
+                    "{at}.tls is for postgres and mariadb; sqlite is a local file"
+                ));
+            }
+            return Ok(());
+        }
+        let url = db.url.as_deref().unwrap_or_default();
+        if (tls.mode.is_some() || tls.ca_file.is_some())
+            && ["sslmode", "ssl-mode", "sslrootcert", "ssl-ca", "sslca"]
+                .iter()
+                .any(|p| url.contains(&format!("{p}=")))
+        {
+            return Err(format!(
+                "{at}.url sets TLS parameters and so does {at}.tls; keep only {at}.tls"
+            ));
+        }
+        match (tls.mode, &tls.ca_file) {
+            (Some(mode), None) if mode.verifies() => Err(format!(
+                "{at}.tls.mode {} needs {at}.tls.ca_file, the PEM CA that signed the \
+                 server's certificate",
+                serde_yaml::to_string(&mode).unwrap_or_default().trim()
+            )),
+            (Some(mode), Some(_)) if !mode.verifies() => Err(format!(
+                "{at}.tls.ca_file is only used by {at}.tls.mode verify_ca or verify_full; \
+                 set one of them or remove the file"
+            )),
+            (_, Some(ca)) => read_pem(at.ca_file, ca, PemKind::Certificate)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a database section sits in the file, for its error messages.
+#[derive(Debug, Clone, Copy)]
+struct DatabaseKey {
+    /// The section's key path.
+    at: &'static str,
+    /// Its `tls.ca_file` key path.
+    ca_file: &'static str,
+}
+
+impl DatabaseKey {
+    const SERVING: DatabaseKey = DatabaseKey {
+        at: "database",
+        ca_file: "database.tls.ca_file",
+    };
+    const ADMIN: DatabaseKey = DatabaseKey {
+        at: "admin.database",
+        ca_file: "admin.database.tls.ca_file",
+    };
+}
+
+impl std::fmt::Display for DatabaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.at)
+    }
+}
+
+/// The admin role (wiki/operations.md): its own database and its consumers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin's own database (audit records and the other admin tables), the same keys
+    /// as `database`; the DBA owns its schema (`beds schema --admin`).
+    pub database: DatabaseConfig,
+    /// Unacked deliveries per admin consumer (`adm` commands, audit events).
+    pub prefetch: u16,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            database: DatabaseConfig {
+                sqlite_file: PathBuf::from("admin.sqlite"),
+                ..DatabaseConfig::default()
+            },
+            prefetch: 64,
+        }
     }
 }
 
@@ -966,6 +1098,9 @@ impl Config {
         if let Some(path) = &self.database.url_file {
             self.database.url = Some(read_secret("database.url_file", path)?);
         }
+        if let Some(path) = &self.admin.database.url_file {
+            self.admin.database.url = Some(read_secret("admin.database.url_file", path)?);
+        }
         Ok(())
     }
 
@@ -1010,54 +1145,13 @@ impl Config {
         Ok(())
     }
 
-    /// TLS checks of `database`.
-    fn validate_database_tls(&self) -> Result<(), String> {
-        let db = &self.database;
-        let tls = &db.tls;
-        if db.driver == Driver::Sqlite {
-            if tls.mode.is_some() || tls.ca_file.is_some() {
-                return Err(
-                    "database.tls is for postgres and mariadb; sqlite is a local file".into(),
-                );
-            }
-            return Ok(());
-        }
-        let url = db.url.as_deref().unwrap_or_default();
-        if (tls.mode.is_some() || tls.ca_file.is_some())
-            && ["sslmode", "ssl-mode", "sslrootcert", "ssl-ca", "sslca"]
-                .iter()
-                .any(|p| url.contains(&format!("{p}=")))
-        {
-            return Err(
-                "database.url sets TLS parameters and so does database.tls; keep \
-                        only database.tls"
-                    .into(),
-            );
-        }
-        match (tls.mode, &tls.ca_file) {
-            (Some(mode), None) if mode.verifies() => Err(format!(
-                "database.tls.mode {} needs database.tls.ca_file, the PEM CA that signed the \
-                 server's certificate",
-                serde_yaml::to_string(&mode).unwrap_or_default().trim()
-            )),
-            (Some(mode), Some(_)) if !mode.verifies() => Err(
-                "database.tls.ca_file is only used by database.tls.mode verify_ca or \
-                 verify_full; set one of them or remove the file"
-                    .into(),
-            ),
-            (_, Some(ca)) => read_pem("database.tls.ca_file", ca, PemKind::Certificate)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            _ => Ok(()),
-        }
-    }
-
     /// The configuration as YAML with the passwords of its URLs redacted (secret files
     /// are already read into them), for `beds config show`.
     pub fn shown(&self) -> String {
         let mut shown = self.clone();
         shown.amqp.url = self.amqp.redacted_url();
         shown.database.url = self.database.url.as_deref().map(redact);
+        shown.admin.database.url = self.admin.database.url.as_deref().map(redact);
         serde_yaml::to_string(&shown).expect("a configuration serialises")
     }
 
@@ -1159,38 +1253,11 @@ impl Config {
                 "events.lease_ttl must be at least 20s (twice the publish confirm bound)".into(),
             );
         }
-        if self.database.max_connections == 0 {
-            return Err("database.max_connections must be at least 1".into());
+        self.database.validate(DatabaseKey::SERVING)?;
+        if self.admin.prefetch == 0 {
+            return Err("admin.prefetch must be at least 1".into());
         }
-        match (self.database.driver, self.database.url.as_deref()) {
-            (Driver::Sqlite, Some(_)) => {
-                return Err("database.url is for postgres and mariadb; sqlite uses database.data_dir and database.sqlite_file".into());
-            }
-            (Driver::Postgres, None) => {
-                return Err("database.driver postgres needs database.url, e.g. postgres://postgres@127.0.0.1:5432/beds".into());
-            }
-            (Driver::Mariadb, None) => {
-                return Err("database.driver mariadb needs database.url, e.g. mysql://root@127.0.0.1:3306/beds".into());
-            }
-            (Driver::Postgres, Some(url))
-                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
-            {
-                return Err(format!(
-                    "database.url for postgres must start with postgres://, not `{}`",
-                    redact(url)
-                ));
-            }
-            (Driver::Mariadb, Some(url))
-                if !url.starts_with("mysql://") && !url.starts_with("mariadb://") =>
-            {
-                return Err(format!(
-                    "database.url for mariadb must start with mysql://, not `{}`",
-                    redact(url)
-                ));
-            }
-            _ => {}
-        }
-        self.validate_database_tls()
+        self.admin.database.validate(DatabaseKey::ADMIN)
     }
 }
 

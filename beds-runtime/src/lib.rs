@@ -4,6 +4,7 @@
 //! It never names a domain: everything domain-specific arrives as a compiled
 //! [`Catalog`] from the code `beds-codegen` generates.
 
+pub mod admin;
 pub mod cache;
 mod catalog;
 pub mod cli;

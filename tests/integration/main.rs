@@ -1,6 +1,7 @@
 //! Integration tests against real RabbitMQ and real SQLite; one binary, so one link.
 //! Each test has its own queue tag and data directory.
 
+mod admin;
 mod authorization;
 mod bounds;
 mod cache;

@@ -131,6 +131,7 @@ impl TestEnv {
             Config::load_with_env(&repo_config_path(), env).expect("repository config loads");
         let data = tempfile::tempdir().expect("temp dir");
         config.database.data_dir = data.path().to_path_buf();
+        config.admin.database.data_dir = data.path().to_path_buf();
         config.amqp.queue_tag = format!("test.{name}.{}.", uuid::Uuid::now_v7().simple());
         TestEnv {
             config,
@@ -185,6 +186,16 @@ impl TestEnv {
         Server::start(&self.config, &beds::CATALOG)
             .await
             .unwrap_or_else(|e| panic!("the test needs RabbitMQ and its database: {e}"))
+    }
+
+    /// An admin node (role `admin`) of this test's configuration, on its own database.
+    pub async fn start_admin(&self) -> Server {
+        let mut config = self.config.clone();
+        config.role = beds_runtime::Role::Admin;
+        config.node = format!("{}-admin", config.node);
+        Server::start(&config, &beds::CATALOG)
+            .await
+            .unwrap_or_else(|e| panic!("the test's admin node starts: {e}"))
     }
 
     /// An appServer of `beds::CATALOG` and, when any of its counts is `maintained`, a
@@ -490,6 +501,7 @@ impl Drop for TestEnv {
                         READ_KEY,
                         WRITE_KEY,
                         beds_runtime::EVENT_QUEUE_KEY,
+                        beds_runtime::admin::ADMIN_KEY,
                         SETTLE_KEY,
                     ],
                 ))

@@ -13,7 +13,7 @@
 //! table. Later layers (telemetry, write events) are further lines in
 //! [`run`]; wiki/architecture.md says where each goes.
 
-mod accept;
+pub(crate) mod accept;
 mod authorize;
 pub(crate) mod cache;
 mod command;

@@ -139,18 +139,18 @@ pub(crate) async fn settle(
         }
         metrics.dead_lettered(lane, error.code);
     }
-    if answer(channel, signer, lane, to, &reply).await {
+    if answer(channel, signer, lane == Lane::Write, to, &reply).await {
         ack(delivery).await;
     }
 }
 
-/// Publishes the reply; true when the request may be acked. Write replies are mandatory
-/// and confirmed: the request is acked only once the broker has the reply (or has said no
-/// one can receive it).
-async fn answer(
+/// Publishes the reply; true when the request may be acked. `confirmed` replies (to
+/// writes) are mandatory and confirmed: the request is acked only once the broker has the
+/// reply (or has said no one can receive it).
+pub(crate) async fn answer(
     channel: &Channel,
     signer: &Signer,
-    lane: Lane,
+    confirmed: bool,
     to: ReplyTo,
     reply: &Reply,
 ) -> bool {
@@ -166,7 +166,6 @@ async fn answer(
         properties = properties.with_user_id(login.clone());
     }
     let properties = signer.key.sign(Purpose::Reply, properties, &body);
-    let confirmed = lane == Lane::Write;
     match publish(channel, "", to.queue.as_str(), confirmed, &body, properties).await {
         Ok(Published::Delivered) => true,
         Ok(Published::Unroutable) => {
@@ -183,7 +182,7 @@ async fn answer(
     }
 }
 
-async fn ack(delivery: &Delivery) {
+pub(crate) async fn ack(delivery: &Delivery) {
     match tokio::time::timeout(CONFIRM_TIMEOUT, delivery.ack(BasicAckOptions::default())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "ack failed; the request may be redelivered"),
@@ -340,7 +339,7 @@ async fn park_for_retry(
 }
 
 /// Sends a request to the dead-letter queue, saying why in headers.
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     channel: &Channel,
     key: &ServiceKey,
     delivery: &Delivery,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminStore};
 use crate::cache::Cache;
 use crate::cache::subscriber::Subscriber;
 use crate::catalog::{Catalog, CatalogError};
@@ -36,7 +37,7 @@ use worker::{Worker, supervise};
 mod readiness;
 mod relay;
 mod tercero;
-mod worker;
+pub(crate) mod worker;
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub enum ServerError {
     #[error("the compiled domains are inconsistent: {0}")]
     Pattern(#[from] PatternError),
     #[error(
-        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker) and `tercero` (write events) do",
+        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker), `admin` (adm commands, audit) and `tercero` (write events) do",
         .0.name()
     )]
     RoleNotServed(Role),
@@ -68,7 +69,7 @@ pub enum ServerError {
 
 /// Whether a role consumes anything in this release.
 pub fn serves(role: Role) -> bool {
-    !lanes(role).is_empty() || role == Role::Tercero
+    !lanes(role).is_empty() || matches!(role, Role::Tercero | Role::Admin)
 }
 
 /// How long a start waits for the node's invalidation queue before it fails.
@@ -163,6 +164,11 @@ fn watched_queues(config: &Config) -> Vec<(String, String)> {
             dead_letter_queue(EVENT_QUEUE_KEY),
         ]);
     }
+    if config.role == Role::Admin {
+        for key in admin::QUEUES {
+            names.extend([key.to_string(), dead_letter_queue(key)]);
+        }
+    }
     names
         .into_iter()
         .map(|label| (config.amqp.queue(&label), label))
@@ -195,6 +201,8 @@ pub struct Server {
     /// Stops the telemetry server and the queue poller: last, so that `/readyz` says
     /// "stopping" during the drain; also on drop.
     telemetry: CancellationToken,
+    /// The admin's database, on an admin node (the same pool as `store`).
+    admin: Option<AdminStore>,
 }
 
 impl Server {
@@ -206,13 +214,22 @@ impl Server {
         catalog.check()?;
         let key = ServiceKey::load(config)?;
         let patterns = Patterns::compile(catalog.domains)?;
-        let store = Store::open(
-            &StoreOptions::from_config(&config.database),
-            catalog.domains,
-        )
-        .await?;
-        if config.database.apply_schema {
-            store.apply_schema(catalog.domains).await?;
+        // The admin serves from its own database, with its own tables only.
+        let admin = config.role == Role::Admin;
+        let store = if admin {
+            Store::open(&StoreOptions::from_config(&config.admin.database), &[]).await?
+        } else {
+            Store::open(
+                &StoreOptions::from_config(&config.database),
+                catalog.domains,
+            )
+            .await?
+        };
+        let admin_store = admin.then(|| AdminStore::of(&store));
+        match &admin_store {
+            Some(tables) if config.admin.database.apply_schema => tables.apply_schema().await?,
+            None if config.database.apply_schema => store.apply_schema(catalog.domains).await?,
+            _ => {}
         }
         let link = Arc::new(
             Link::open(
@@ -225,7 +242,10 @@ impl Server {
         let conn = link.get().await;
         // Declared once up front so that a bad broker setup fails the start, not a worker.
         let channel = conn.create_channel().await.map_err(ServerError::Topology)?;
-        let keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
+        let mut keys: Vec<&str> = lanes.iter().map(|l| l.key()).collect();
+        if admin {
+            keys.extend(admin::QUEUES);
+        }
         topology::declare(&channel, &config.amqp, &keys)
             .await
             .map_err(ServerError::Topology)?;
@@ -288,15 +308,18 @@ impl Server {
         }
         let counters = Arc::new(Counters::default());
         let mut workers = JoinSet::new();
-        tokio::spawn(expire_idempotency(
-            store.clone(),
-            config.idempotency.ttl.duration(),
-            stop.clone(),
-        ));
+        // The admin's database has neither idempotency keys nor an outbox.
+        if !admin {
+            tokio::spawn(expire_idempotency(
+                store.clone(),
+                config.idempotency.ttl.duration(),
+                stop.clone(),
+            ));
+        }
         let mut relay = None;
         // Its own token: the relay stops after the workers drained, not with them.
         let relay_stop = CancellationToken::new();
-        if events.is_some() {
+        if events.is_some() && !admin {
             let run = Relay {
                 store: store.clone(),
                 link: link.clone(),
@@ -396,6 +419,21 @@ impl Server {
                 "tercero consuming write events"
             );
         }
+        if let Some(tables) = &admin_store {
+            admin::start(
+                admin::Parts {
+                    config,
+                    catalog,
+                    store: tables.clone(),
+                    link: link.clone(),
+                    signer: ingress.signer.clone(),
+                    security: ingress.security.clone(),
+                    stop: stop.clone(),
+                    counters: counters.clone(),
+                },
+                &mut workers,
+            );
+        }
         let telemetry = CancellationToken::new();
         tokio::spawn(
             Queues {
@@ -440,7 +478,13 @@ impl Server {
             untrusted,
             http,
             telemetry,
+            admin: admin_store,
         })
+    }
+
+    /// The admin's database, on a node of role `admin`.
+    pub fn admin_store(&self) -> Option<&AdminStore> {
+        self.admin.as_ref()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served (the port chosen when

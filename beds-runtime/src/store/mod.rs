@@ -216,6 +216,16 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// The connection pool, for the admin role's own tables (admin::store).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The dialect the store was opened in.
+    pub(crate) fn dialect(&self) -> &'static dyn Dialect {
+        self.dialect
+    }
+
     /// One cheap round trip (`SELECT 1`), for the node's readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)

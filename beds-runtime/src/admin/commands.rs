@@ -1,0 +1,249 @@
+//! The `adm` route: administrative commands over AMQP (wiki/operations.md).
+//!
+//! A request is `{"v":1,"op":"<name>", ...op fields}` published to `beds.events` with
+//! routing key `{queue_tag}adm`, with `reply_to` and `correlation_id` like a data request;
+//! the reply has the data reply's shape. The caller is the AMQP `user_id`, required, and
+//! must hold the role `admin` (`security.service_roles`).
+//!
+//! Adding an op: a name in [`OPS`] and an arm in [`dispatch`].
+
+use std::sync::Arc;
+
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::BasicRejectOptions;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value as Json, json};
+use uuid::Uuid;
+
+use super::consumer::Handler;
+use super::store::AdminStore;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::envelope::{Origin, Reply};
+use crate::error::{BedsError, DetailCode, ErrorCode};
+use crate::ingress::accept;
+use crate::ingress::settle::{Signer, ack, answer, dead_letter};
+use crate::security::Security;
+use crate::transport::link::Link;
+use crate::transport::publish::CONFIRM_TIMEOUT;
+use crate::transport::topology;
+
+/// The routing key (before the queue tag) of administrative commands, and their queue.
+pub const ADMIN_KEY: &str = "adm";
+/// The role a calling service must hold (`security.service_roles`) to send commands.
+pub const ADMIN_ROLE: &str = "admin";
+/// The adm request version this runtime reads.
+pub const ADMIN_VERSION: u32 = 1;
+
+/// The ops the admin answers.
+pub const OPS: &[&str] = &["ping"];
+
+/// Runs one op. Each arm hands the request to the module that owns the op.
+async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
+    match req.op.as_str() {
+        "ping" => ping(ctx),
+        other => Err(unknown_op(other)),
+    }
+}
+
+/// What every op handler may use: the admin's database, the compiled catalog, the node's
+/// configuration and its broker connection.
+#[derive(Debug)]
+pub struct AdminCtx {
+    pub store: AdminStore,
+    pub catalog: &'static Catalog,
+    pub config: Arc<Config>,
+    pub link: Arc<Link>,
+}
+
+/// One adm request: the op, the lineage the caller set (all optional) and the op's fields.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminRequest {
+    pub v: u32,
+    pub op: String,
+    /// The message id; the AMQP `message_id` or a new id when absent.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The conversation; the request's id when absent.
+    #[serde(default)]
+    pub correlation_id: Option<Uuid>,
+    #[serde(default)]
+    pub causation_id: Option<Uuid>,
+    #[serde(default)]
+    pub depth: Option<u32>,
+    #[serde(default)]
+    pub origin: Option<Origin>,
+    /// The calling service (AMQP `user_id`), set by the admin, never read from the body.
+    #[serde(skip)]
+    pub caller: String,
+    /// The op's own fields.
+    #[serde(flatten)]
+    pub fields: Map<String, Json>,
+}
+
+impl AdminRequest {
+    /// An optional field of the op, `invalid_input` naming it when it has the wrong type.
+    pub fn field<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, BedsError> {
+        match self.fields.get(name) {
+            None | Some(Json::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| {
+                    BedsError::detail(
+                        name,
+                        DetailCode::WrongType,
+                        format!("`{name}` of op `{}`: {e}", self.op),
+                    )
+                }),
+        }
+    }
+
+    /// A required field of the op, `invalid_input` naming it when missing.
+    pub fn required<T: DeserializeOwned>(&self, name: &str) -> Result<T, BedsError> {
+        self.field(name)?.ok_or_else(|| {
+            BedsError::detail(
+                name,
+                DetailCode::Missing,
+                format!("op `{}` needs `{name}`", self.op),
+            )
+        })
+    }
+}
+
+/// `unknown_operation`, naming the ops there are.
+fn unknown_op(op: &str) -> BedsError {
+    BedsError::new(
+        ErrorCode::UnknownOperation,
+        format!(
+            "unknown adm op `{op}`{}; the admin answers {}",
+            crate::suggest::did_you_mean(op, OPS),
+            OPS.join(", ")
+        ),
+    )
+}
+
+/// `ping`: the admin node's name, environment and version.
+fn ping(ctx: &AdminCtx) -> Result<Json, BedsError> {
+    Ok(json!({
+        "node": ctx.config.node,
+        "env": ctx.config.env,
+        "role": ctx.config.role.name(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// The consumer of `{queue_tag}adm`.
+#[derive(Debug)]
+pub(crate) struct Commands {
+    pub ctx: Arc<AdminCtx>,
+    pub signer: Signer,
+    pub security: Arc<Security>,
+}
+
+impl Handler for Commands {
+    async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        topology::declare(channel, &self.ctx.config.amqp, &[ADMIN_KEY]).await
+    }
+
+    async fn handle(self: Arc<Self>, channel: Channel, delivery: Delivery) {
+        let accepted = match accept::delivery(&delivery, &self.signer.key) {
+            Ok(accepted) => accepted,
+            Err(error) => return self.unanswerable(&channel, &delivery, error).await,
+        };
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+        let (correlation, causation, result) =
+            match serde_json::from_slice::<AdminRequest>(&delivery.data) {
+                Err(e) => {
+                    let id = message_id.unwrap_or_else(Uuid::now_v7);
+                    let code = if serde_json::from_slice::<Json>(&delivery.data).is_ok() {
+                        ErrorCode::InvalidEnvelope
+                    } else {
+                        ErrorCode::MalformedJson
+                    };
+                    let error = BedsError::new(
+                        code,
+                        format!(
+                            "not an adm request ({e}); send {{\"v\":1,\"op\":\"<name>\", ...}}"
+                        ),
+                    );
+                    (id, id, Err(error))
+                }
+                Ok(mut req) => {
+                    let id = *req
+                        .id
+                        .get_or_insert(message_id.unwrap_or_else(Uuid::now_v7));
+                    let correlation = req.correlation_id.unwrap_or(id);
+                    req.caller = accepted.user_id.clone().unwrap_or_default();
+                    (correlation, id, self.run(&req).await)
+                }
+            };
+        if let Err(e) = &result {
+            tracing::info!(code = ?e.code, reason = %e.message, "adm request refused");
+        }
+        let reply = Reply::to(correlation, causation, result);
+        if answer(&channel, &self.signer, false, accepted.reply, &reply).await {
+            ack(&delivery).await;
+        }
+    }
+}
+
+impl Commands {
+    /// Checks version and caller, then runs the op.
+    async fn run(&self, req: &AdminRequest) -> Result<Json, BedsError> {
+        if req.v != ADMIN_VERSION {
+            return Err(BedsError::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "adm request version {}; this admin reads version {ADMIN_VERSION}",
+                    req.v
+                ),
+            ));
+        }
+        if req.caller.is_empty() {
+            return Err(BedsError::new(
+                ErrorCode::Unauthenticated,
+                "an adm request needs the AMQP user_id property (the calling service's login)",
+            ));
+        }
+        if !self
+            .security
+            .service_roles(&req.caller)
+            .iter()
+            .any(|r| r == ADMIN_ROLE)
+        {
+            return Err(BedsError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "service `{}` may not send adm commands: give it the role `{ADMIN_ROLE}` in security.service_roles",
+                    req.caller
+                ),
+            ));
+        }
+        dispatch(&self.ctx, req).await
+    }
+
+    /// Dead-letters a message that cannot be answered (the reason in headers), then acks
+    /// it; if that publish fails, rejects it so the queue's own dead-lettering keeps it.
+    async fn unanswerable(&self, channel: &Channel, delivery: &Delivery, error: BedsError) {
+        tracing::warn!(code = ?error.code, reason = %error.message, "dead-lettering an adm message that cannot be answered");
+        if dead_letter(channel, &self.signer.key, delivery, &error, 1)
+            .await
+            .is_ok()
+        {
+            return ack(delivery).await;
+        }
+        let reject = delivery.reject(BasicRejectOptions { requeue: false });
+        if !matches!(
+            tokio::time::timeout(CONFIRM_TIMEOUT, reject).await,
+            Ok(Ok(_))
+        ) {
+            tracing::error!("rejecting an adm dead letter failed; it will be redelivered");
+        }
+    }
+}

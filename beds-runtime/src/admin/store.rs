@@ -1,0 +1,64 @@
+//! The admin role's own database: a pool and its dialect, and the DDL of the admin's
+//! tables. The DBA owns this schema as they own the serving one: `beds schema --admin`
+//! prints it, and a node with `admin.database.apply_schema` creates what is missing.
+
+use sqlx::AnyPool;
+
+use crate::config::Driver;
+use crate::store::{Dialect, Store, StoreError, dialect};
+
+/// The DDL of one part of the admin's schema, in a dialect.
+pub(crate) type Section = fn(&dyn Dialect) -> Vec<String>;
+
+/// Every part of the admin's schema, in creation order. An admin capability with tables
+/// adds its DDL function here.
+pub(crate) const SECTIONS: &[Section] = &[super::audit::ddl];
+
+/// The admin's DDL in the dialect of `driver`.
+pub fn ddl(driver: Driver) -> Vec<String> {
+    let d = dialect(driver);
+    SECTIONS.iter().flat_map(|section| section(d)).collect()
+}
+
+/// The admin's database: cheap to clone, shared by the admin's consumers and commands.
+#[derive(Debug, Clone)]
+pub struct AdminStore {
+    pool: AnyPool,
+    dialect: &'static dyn Dialect,
+}
+
+impl AdminStore {
+    /// The admin tables of `store`, a store opened on `admin.database`.
+    pub(crate) fn of(store: &Store) -> AdminStore {
+        AdminStore {
+            pool: store.pool().clone(),
+            dialect: store.dialect(),
+        }
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> &'static dyn Dialect {
+        self.dialect
+    }
+
+    /// A statement written with `?` placeholders, in this store's dialect.
+    pub fn sql(&self, text: String) -> sqlx::SqlStr {
+        self.dialect.prepare(text)
+    }
+
+    /// Creates the missing admin tables and indexes; existing ones are left as they are.
+    pub(crate) async fn apply_schema(&self) -> Result<(), StoreError> {
+        for section in SECTIONS {
+            for statement in section(self.dialect) {
+                sqlx::query(self.dialect.prepare(statement.clone()))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|source| StoreError::Schema { statement, source })?;
+            }
+        }
+        Ok(())
+    }
+}
