@@ -334,6 +334,8 @@ impl Client {
             req.subject.clone_from(&self.options.subject);
             req.roles.clone_from(&self.options.roles);
         }
+        // A root request opens its conversation: its lineage names it from the start.
+        req.correlation_id.get_or_insert(req.id);
         if req.origin.is_none() {
             req.origin = Some(Origin {
                 service: self.options.service.clone(),

@@ -84,6 +84,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub telemetry: TelemetryConfig,
+    pub lineage: LineageConfig,
     pub admin: AdminConfig,
 }
 
@@ -109,6 +110,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            lineage: LineageConfig::default(),
             admin: AdminConfig::default(),
         }
     }
@@ -785,6 +787,21 @@ impl Default for TerceroConfig {
     }
 }
 
+/// Which conversations leave lineage records (wiki/envelope.md, "Lineage").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LineageConfig {
+    /// The share of conversations recorded, 0.0 (off) to 1.0 (all), decided by a hash of
+    /// the correlation id so a conversation is recorded whole or not at all.
+    pub sample: f64,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        LineageConfig { sample: 0.01 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
@@ -1195,6 +1212,12 @@ impl Config {
             ));
         }
         self.validate_amqp()?;
+        if !(0.0..=1.0).contains(&self.lineage.sample) {
+            return Err(format!(
+                "lineage.sample is {}; use a share from 0.0 (record nothing) to 1.0 (record every conversation)",
+                self.lineage.sample
+            ));
+        }
         if self.telemetry.queue_poll.0 < 100 {
             return Err(format!(
                 "telemetry.queue_poll is {} ms; use at least 100ms (each poll declares every lane's queue)",

@@ -830,6 +830,12 @@ pub struct Reply {
     pub correlation_id: Uuid,
     /// The request this replies to.
     pub causation_id: Uuid,
+    /// The request's depth + 1.
+    #[serde(default)]
+    pub depth: u32,
+    /// The node that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Json>,
@@ -850,6 +856,8 @@ impl Reply {
             id: Uuid::now_v7(),
             correlation_id,
             causation_id,
+            depth: 0,
+            origin: None,
             status,
             data,
             error,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 mod ingress;
 pub mod limits;
+pub mod lineage;
 mod meta;
 mod node;
 pub mod ops;

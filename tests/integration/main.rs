@@ -15,6 +15,7 @@ mod field_kinds;
 mod http;
 mod journal;
 mod json_schema;
+mod lineage;
 mod locking;
 mod poison;
 mod queries;

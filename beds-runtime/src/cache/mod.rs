@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::CacheConfig;
-pub use invalidation::{Invalidation, KIND};
+pub use invalidation::{Invalidation, KEY_PREFIX, KIND};
 
 /// What identifies a cached record: its template and its id as text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

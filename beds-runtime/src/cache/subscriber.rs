@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::{Cache, Invalidation};
 use crate::catalog::Catalog;
+use crate::lineage::{Lineage, Record, RecordType};
 use crate::transport::link::{Link, Watch};
 use crate::transport::names::{self, EXCHANGE};
 use crate::transport::signing::{Purpose, ServiceKey};
@@ -40,6 +41,8 @@ pub(crate) struct Subscriber {
     pub key: ServiceKey,
     /// Received invalidations refused for want of a valid signature.
     pub untrusted: Arc<AtomicU64>,
+    /// Records each invalidation of a sampled conversation this node applies.
+    pub lineage: Lineage,
 }
 
 /// How long declaring the queue (or closing its channel) may take.
@@ -223,7 +226,23 @@ impl Subscriber {
             return;
         }
         if let Ok(routes) = self.catalog.route(&inv.domain, &inv.template) {
+            let at = crate::value::now();
             self.cache.apply(&inv, routes.meta.domain, routes.meta.name);
+            if self.lineage.sampled(inv.correlation_id) {
+                self.lineage.record(
+                    Record::new(
+                        RecordType::Effect,
+                        Uuid::now_v7(),
+                        inv.correlation_id,
+                        Some(inv.id),
+                        inv.depth + 1,
+                        self.lineage.origin().clone(),
+                        format!("cache.invalidate {}.{}", inv.domain, inv.template),
+                        at,
+                    )
+                    .ended(None),
+                );
+            }
         }
     }
 }

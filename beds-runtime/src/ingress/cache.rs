@@ -16,10 +16,11 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use super::command::Command;
-use crate::cache::{Cache, Invalidation, KIND, Key, SERVICE, id_text};
+use crate::cache::{Cache, Invalidation, KIND, Key, id_text};
 use crate::catalog::Catalog;
-use crate::envelope::{Consistency, Op, Origin, Request, VERSION};
+use crate::envelope::{Consistency, Op, Request, VERSION};
 use crate::error::BedsError;
+use crate::lineage::{Lineage, Record, RecordType};
 use crate::meta::{QueryMeta, TemplateMeta};
 use crate::value::Value;
 
@@ -31,13 +32,6 @@ pub(crate) enum Lookup {
     Miss { key: Key, ttl: Duration, epoch: u64 },
     /// Not a cached read.
     Bypass,
-}
-
-/// Who this node is, for the origin of its invalidations.
-#[derive(Debug, Clone)]
-pub(crate) struct Sender {
-    pub node: String,
-    pub env: String,
 }
 
 pub(crate) fn lookup(
@@ -136,11 +130,12 @@ pub(crate) fn queried(catalog: &Catalog, t: &TemplateMeta) -> bool {
 
 /// After dispatch: keeps a record read on a miss; after a committed write of a cached
 /// template, or of one a cached query reads (`queried`), drops the record, bumps the
-/// template's generation and broadcasts the invalidation.
+/// template's generation and broadcasts the invalidation (recorded as lineage when the
+/// conversation is sampled).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn after(
     cache: &Cache,
-    sender: &Sender,
+    lineage: &Lineage,
     t: &'static TemplateMeta,
     op: Op,
     req: &Request,
@@ -174,22 +169,39 @@ pub(crate) fn after(
     });
     let mut key = Map::new();
     key.insert("id".into(), id.clone());
-    cache.broadcast(Invalidation {
+    let inv = Invalidation {
         v: VERSION,
         kind: KIND.into(),
         id: Uuid::now_v7(),
         correlation_id: req.conversation(),
         causation_id: req.id,
         depth: req.depth + 1,
-        origin: Origin {
-            service: SERVICE.into(),
-            node: sender.node.clone(),
-            env: sender.env.clone(),
-        },
+        origin: lineage.origin().clone(),
         domain: t.domain.into(),
         template: t.name.into(),
         key,
         // A delete's reply has no version: the record is gone.
         version: reply.get("version").and_then(Json::as_i64),
-    });
+    };
+    if lineage.sampled(inv.correlation_id) {
+        lineage.record(
+            Record::new(
+                RecordType::Invalidation,
+                inv.id,
+                inv.correlation_id,
+                Some(inv.causation_id),
+                inv.depth,
+                inv.origin.clone(),
+                format!(
+                    "{}{}.{}",
+                    crate::cache::KEY_PREFIX,
+                    inv.domain,
+                    inv.template
+                ),
+                crate::value::now(),
+            )
+            .ended(None),
+        );
+    }
+    cache.broadcast(inv);
 }

@@ -37,8 +37,9 @@ use tracing::Instrument;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{LimitsConfig, LockingConfig, RetryConfig};
-use crate::envelope::{Op, Reply, Request};
+use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
+use crate::lineage::{Lineage, Parent, Record, RecordType};
 use crate::security::Security;
 use crate::telemetry::metrics::{Metrics, Series};
 use crate::value::Patterns;
@@ -49,7 +50,7 @@ use settle::Outcome;
 
 /// What every worker of a node shares: the compiled catalog, the compiled patterns, the
 /// database, the retry policy, the input bounds, the read cache, the security settings
-/// and the node's metrics.
+/// the node's metrics and its lineage sink.
 #[derive(Debug)]
 pub(crate) struct Ingress {
     pub catalog: &'static Catalog,
@@ -59,7 +60,7 @@ pub(crate) struct Ingress {
     pub leases: LockingConfig,
     pub limits: LimitsConfig,
     pub cache: Arc<Cache>,
-    pub sender: cache::Sender,
+    pub lineage: Lineage,
     pub signer: settle::Signer,
     pub security: Arc<Security>,
     pub metrics: Arc<Metrics>,
@@ -87,9 +88,25 @@ pub(crate) async fn handle(
         op = tracing::field::Empty,
     );
     async {
+        let at = crate::value::now();
         let mut series = Series::unknown(None);
-        let outcome = process(&ingress, lane, &delivery, &mut series).await;
+        let mut trace = Trace::default();
+        let outcome = process(&ingress, lane, &delivery, &mut series, &mut trace).await;
         let code = outcome.code();
+        if trace.parent.is_none() && matches!(outcome, Outcome::Unanswerable(_)) {
+            // Undecodable or refused before decoding: its dead letter names what it can.
+            let (correlation, id) = Request::ids_of(&delivery.data, &ingress.limits);
+            trace.parent = Some(Parent {
+                id,
+                correlation,
+                depth: 0,
+            });
+        }
+        let trail = settle::Trail {
+            lineage: &ingress.lineage,
+            parent: trace.parent,
+            sampled: trace.seen.is_some(),
+        };
         settle::settle(
             &channel,
             &delivery,
@@ -98,12 +115,46 @@ pub(crate) async fn handle(
             &ingress.signer,
             &ingress.metrics,
             outcome,
+            &trail,
         )
         .await;
-        ingress.metrics.request(series, code, started.elapsed());
+        let took = started.elapsed();
+        ingress.metrics.request(series, code, took);
+        if let (Some(seen), Some(parent)) = (trace.seen, trace.parent) {
+            let origin = seen.origin.unwrap_or_else(|| Origin {
+                service: crate::telemetry::metrics::UNKNOWN.into(),
+                node: crate::telemetry::metrics::UNKNOWN.into(),
+                env: ingress.lineage.origin().env.clone(),
+            });
+            let name = format!("{}.{}.{}", series.domain, series.template, series.op);
+            let record = Record::new(
+                RecordType::Request,
+                parent.id,
+                parent.correlation,
+                seen.causation,
+                parent.depth,
+                origin,
+                name,
+                at,
+            );
+            ingress.lineage.record(record.took(took).ended(code));
+        }
     }
     .instrument(span)
     .await;
+}
+
+/// What lineage learns of a delivery: its ids once decoded, and, only when its
+/// conversation is sampled, what its request record needs besides.
+#[derive(Default)]
+struct Trace {
+    parent: Option<Parent>,
+    seen: Option<Seen>,
+}
+
+struct Seen {
+    causation: Option<uuid::Uuid>,
+    origin: Option<Origin>,
 }
 
 async fn process(
@@ -111,6 +162,7 @@ async fn process(
     lane: Lane,
     delivery: &Delivery,
     series: &mut Series,
+    trace: &mut Trace,
 ) -> Outcome {
     if let Err(e) = settle::provenance(&ingress.signer.key, delivery) {
         return Outcome::Unanswerable(e);
@@ -121,8 +173,15 @@ async fn process(
     };
     // Each delivery already runs in its own task; catching the unwind here keeps a panicking
     // handler from taking its worker down, without a second task or a copy of the body.
-    let work = std::panic::AssertUnwindSafe(answer(ingress, lane, &delivery.data, user_id, series))
-        .catch_unwind();
+    let work = std::panic::AssertUnwindSafe(answer(
+        ingress,
+        lane,
+        &delivery.data,
+        user_id,
+        series,
+        trace,
+    ))
+    .catch_unwind();
     match work.await {
         Ok(reply) => Outcome::Reply { to, reply },
         Err(panic) => {
@@ -140,23 +199,47 @@ async fn process(
     }
 }
 
-/// Decodes the body and runs the chain; every failure becomes an error reply. `series`
-/// becomes the request's target once the chain has resolved it.
+/// Decodes the body and runs the chain; every failure becomes an error reply, one level
+/// below the request and naming this node. `series` becomes the request's target once the
+/// chain has resolved it; `trace` its lineage once decoded.
 async fn answer(
     ingress: &Ingress,
     lane: Lane,
     body: &[u8],
     user_id: Option<String>,
     series: &mut Series,
+    trace: &mut Trace,
 ) -> Reply {
+    let reply = |correlation, id, depth: u32, result| {
+        let mut reply = Reply::to(correlation, id, result);
+        reply.depth = depth + 1;
+        reply.origin = Some(ingress.lineage.origin().clone());
+        reply
+    };
     let req = match Request::decode_within(body, &ingress.limits) {
         Ok(req) => req,
         Err(e) => {
             tracing::debug!(code = ?e.code, message = %e.message, "request rejected at decode");
             let (correlation, causation) = Request::ids_of(body, &ingress.limits);
-            return Reply::to(correlation, causation, Err(e));
+            trace.parent = Some(Parent {
+                id: causation,
+                correlation,
+                depth: 0,
+            });
+            return reply(correlation, causation, 0, Err(e));
         }
     };
+    trace.parent = Some(Parent {
+        id: req.id,
+        correlation: req.conversation(),
+        depth: req.depth,
+    });
+    if ingress.lineage.sampled(req.conversation()) {
+        trace.seen = Some(Seen {
+            causation: req.causation_id,
+            origin: req.origin.clone(),
+        });
+    }
     let span = tracing::Span::current();
     span.record("message_id", tracing::field::display(req.id));
     span.record(
@@ -168,7 +251,7 @@ async fn answer(
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
-    Reply::to(req.conversation(), req.id, result)
+    reply(req.conversation(), req.id, req.depth, result)
 }
 
 /// The chain of a decoded request, in order. The caller is identified first; the rule is
@@ -246,7 +329,7 @@ async fn run(
             fetched(&result)?;
             cache::after(
                 &ingress.cache,
-                &ingress.sender,
+                &ingress.lineage,
                 meta,
                 op,
                 req,

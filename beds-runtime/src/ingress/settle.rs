@@ -18,6 +18,7 @@ use super::lane::Lane;
 use crate::config::RetryConfig;
 use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorClass, ErrorCode};
+use crate::lineage::{Lineage, Parent, Record, RecordType};
 use crate::telemetry::metrics::Metrics;
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, EXCHANGE, headers, retry_queue};
 use crate::transport::publish::{CONFIRM_TIMEOUT, PublishError, Published, publish};
@@ -55,8 +56,56 @@ impl Signer {
     }
 }
 
-/// How a delivery ended.
+/// The lineage of what settle publishes: the request it stands for (when its ids could be
+/// read) and whether its conversation is recorded.
+pub(crate) struct Trail<'a> {
+    pub lineage: &'a Lineage,
+    pub parent: Option<Parent>,
+    pub sampled: bool,
+}
+
+impl Trail<'_> {
+    /// Records what settle published on the request's behalf, if sampled.
+    fn record(
+        &self,
+        kind: RecordType,
+        id: uuid::Uuid,
+        name: String,
+        at: crate::value::Timestamp,
+        took: std::time::Duration,
+        code: Option<ErrorCode>,
+    ) {
+        let Some(parent) = self.parent.filter(|_| self.sampled) else {
+            return;
+        };
+        self.lineage.record(
+            Record::new(
+                kind,
+                id,
+                parent.correlation,
+                Some(parent.id),
+                parent.depth + 1,
+                self.lineage.origin().clone(),
+                name,
+                at,
+            )
+            .took(took)
+            .ended(code),
+        );
+    }
+
+    /// The signed lineage headers of a republished request, under a new id.
+    fn headers(&self, id: uuid::Uuid) -> Vec<(&'static str, AMQPValue)> {
+        self.parent
+            .map(|p| self.lineage.headers(id, p).to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// How a delivery ended. Made once per delivery and moved into settle: boxing the reply
+/// would only add an allocation per reply.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     /// A reply to send (with an error or not).
     Reply { to: ReplyTo, reply: Reply },
@@ -99,6 +148,7 @@ fn disposition(lane: Lane, error: Option<&BedsError>) -> Disposition {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn settle(
     channel: &Channel,
     delivery: &Delivery,
@@ -107,11 +157,12 @@ pub(crate) async fn settle(
     signer: &Signer,
     metrics: &Metrics,
     outcome: Outcome,
+    trail: &Trail<'_>,
 ) {
     let key = &signer.key;
     let (to, reply) = match outcome {
         Outcome::Unanswerable(error) => {
-            return unanswerable(channel, key, delivery, lane, metrics, error).await;
+            return unanswerable(channel, key, delivery, lane, metrics, error, trail).await;
         }
         Outcome::Reply { to, reply } => (to, reply),
     };
@@ -121,7 +172,7 @@ pub(crate) async fn settle(
     ) {
         let attempt = attempts(key, delivery) + 1;
         if attempt < retry.max_attempts {
-            match park_for_retry(channel, key, delivery, attempt, retry).await {
+            match park_for_retry(channel, key, delivery, lane, attempt, retry, trail).await {
                 Ok(()) => {
                     metrics.retried(lane);
                     ack(delivery).await;
@@ -133,13 +184,26 @@ pub(crate) async fn settle(
             }
             return;
         }
-        if let Err(e) = dead_letter(channel, key, delivery, error, attempt).await {
+        if let Err(e) =
+            traced_dead_letter(channel, key, delivery, lane, error, attempt, trail).await
+        {
             tracing::warn!(error = %e, "could not dead-letter a failed write; leaving it unacked");
             return;
         }
         metrics.dead_lettered(lane, error.code);
     }
+    let at = crate::value::now();
+    let started = std::time::Instant::now();
     if answer(channel, signer, lane == Lane::Write, to, &reply).await {
+        let code = reply.error.as_ref().map(|e| e.code);
+        trail.record(
+            RecordType::Reply,
+            reply.id,
+            "reply".into(),
+            at,
+            started.elapsed(),
+            code,
+        );
         ack(delivery).await;
     }
 }
@@ -306,8 +370,10 @@ async fn park_for_retry(
     channel: &Channel,
     key: &ServiceKey,
     delivery: &Delivery,
+    lane: Lane,
     attempt: u32,
     cfg: &RetryConfig,
+    trail: &Trail<'_>,
 ) -> Result<(), PublishError> {
     let base = cfg
         .backoff
@@ -321,24 +387,33 @@ async fn park_for_retry(
             .unwrap_or_default()
             .subsec_nanos(),
     ) % (base / 4 + 1);
+    let id = uuid::Uuid::now_v7();
+    let mut extra = trail.headers(id);
+    extra.push((headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))));
     // The expiration is not signed: it only says how long the lane holds the message.
-    let props = republished(
-        key,
-        Purpose::Retry,
-        delivery,
-        &[(headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt)))],
-    )
-    .with_expiration((base + jitter).to_string().into());
+    let props = republished(key, Purpose::Retry, delivery, &extra)
+        .with_expiration((base + jitter).to_string().into());
     tracing::info!(
         attempt,
         delay_ms = base + jitter,
         "transient failure; retrying later"
     );
-    let lane = retry_queue(delivery.routing_key.as_str());
-    park(channel, "", &lane, delivery, props).await
+    let queue = retry_queue(delivery.routing_key.as_str());
+    let at = crate::value::now();
+    let started = std::time::Instant::now();
+    park(channel, "", &queue, delivery, props).await?;
+    trail.record(
+        RecordType::Retry,
+        id,
+        format!("{}.retry", lane.key()),
+        at,
+        started.elapsed(),
+        None,
+    );
+    Ok(())
 }
 
-/// Sends a request to the dead-letter queue, saying why in headers.
+/// Sends a message to the dead-letter queue, saying why in headers.
 pub(crate) async fn dead_letter(
     channel: &Channel,
     key: &ServiceKey,
@@ -346,28 +421,60 @@ pub(crate) async fn dead_letter(
     error: &BedsError,
     attempt: u32,
 ) -> Result<(), PublishError> {
+    park_dead(channel, key, delivery, error, attempt, Vec::new()).await
+}
+
+/// Dead-letters a request of a lane with its lineage headers, recorded when sampled.
+async fn traced_dead_letter(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    lane: Lane,
+    error: &BedsError,
+    attempt: u32,
+    trail: &Trail<'_>,
+) -> Result<(), PublishError> {
+    let id = uuid::Uuid::now_v7();
+    let at = crate::value::now();
+    let started = std::time::Instant::now();
+    park_dead(channel, key, delivery, error, attempt, trail.headers(id)).await?;
+    trail.record(
+        RecordType::DeadLetter,
+        id,
+        format!("{}.dlq", lane.key()),
+        at,
+        started.elapsed(),
+        Some(error.code),
+    );
+    Ok(())
+}
+
+async fn park_dead(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+    attempt: u32,
+    mut extra: Vec<(&'static str, AMQPValue)>,
+) -> Result<(), PublishError> {
     let class = serde_json::to_value(error.class).unwrap_or_default();
     let code = serde_json::to_value(error.code).unwrap_or_default();
-    let props = republished(
-        key,
-        Purpose::DeadLetter,
-        delivery,
-        &[
-            (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-            (
-                headers::REASON,
-                AMQPValue::LongString(error.message.as_str().into()),
-            ),
-            (
-                headers::ERROR_CLASS,
-                AMQPValue::LongString(class.as_str().unwrap_or_default().into()),
-            ),
-            (
-                headers::ERROR_CODE,
-                AMQPValue::LongString(code.as_str().unwrap_or_default().into()),
-            ),
-        ],
-    );
+    extra.extend([
+        (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+        (
+            headers::REASON,
+            AMQPValue::LongString(error.message.as_str().into()),
+        ),
+        (
+            headers::ERROR_CLASS,
+            AMQPValue::LongString(class.as_str().unwrap_or_default().into()),
+        ),
+        (
+            headers::ERROR_CODE,
+            AMQPValue::LongString(code.as_str().unwrap_or_default().into()),
+        ),
+    ]);
+    let props = republished(key, Purpose::DeadLetter, delivery, &extra);
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
     let routing_key = delivery.routing_key.as_str();
     park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await
@@ -396,6 +503,7 @@ async fn unanswerable(
     lane: Lane,
     metrics: &Metrics,
     error: BedsError,
+    trail: &Trail<'_>,
 ) {
     tracing::warn!(
         routing_key = %delivery.routing_key,
@@ -405,7 +513,8 @@ async fn unanswerable(
         "dead-lettering a message that cannot be answered"
     );
     let attempt = attempts(key, delivery) + 1;
-    if let Err(why) = dead_letter(channel, key, delivery, &error, attempt).await {
+    if let Err(why) = traced_dead_letter(channel, key, delivery, lane, &error, attempt, trail).await
+    {
         tracing::warn!(why = %why, "dead-letter publish failed; rejecting instead");
         let reject = delivery.reject(BasicRejectOptions { requeue: false });
         match tokio::time::timeout(CONFIRM_TIMEOUT, reject).await {

@@ -18,6 +18,7 @@ use crate::ingress::Ingress;
 use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
 use crate::ingress::settle::Signer;
+use crate::lineage::Lineage;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::http::{self, ListenError};
 use crate::telemetry::metrics::Metrics;
@@ -192,6 +193,8 @@ pub struct Server {
     counters: Arc<Counters>,
     /// The outbox relay and its stop, if events are on.
     relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The lineage publisher and its stop, if lineage is sampled.
+    lineage: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     drain: Duration,
     cache: Arc<Cache>,
     /// Invalidations dropped for want of a valid signature.
@@ -267,6 +270,20 @@ impl Server {
         let (cache, outbox) = Cache::new(&config.cache);
         let cache = Arc::new(cache);
         let metrics = Arc::new(Metrics::new());
+        // Its own token: the publisher sends what the drained workers and relay recorded.
+        let lineage_stop = CancellationToken::new();
+        let (lineage, publisher) = Lineage::start(
+            Origin {
+                service: "beds".into(),
+                node: config.node.clone(),
+                env: config.env.clone(),
+            },
+            config.lineage.sample,
+            link.clone(),
+            config.amqp.queue(crate::lineage::ROUTING_KEY),
+            metrics.lineage(),
+            lineage_stop.clone(),
+        );
         let ingress = Arc::new(Ingress {
             catalog,
             patterns: Arc::new(patterns),
@@ -275,10 +292,7 @@ impl Server {
             leases: config.locking,
             limits: config.limits,
             cache: cache.clone(),
-            sender: crate::ingress::cache::Sender {
-                node: config.node.clone(),
-                env: config.env.clone(),
-            },
+            lineage: lineage.clone(),
             signer: Signer::new(key.clone(), &config.amqp.url),
             security: Arc::new(crate::security::Security::from_config(config)?),
             metrics: metrics.clone(),
@@ -297,6 +311,7 @@ impl Server {
             ready,
             key: key.clone(),
             untrusted: untrusted.clone(),
+            lineage: lineage.clone(),
         };
         tokio::spawn(subscriber.run(outbox, stop.clone()));
         if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up))
@@ -336,6 +351,7 @@ impl Server {
                     metrics.outbox_backlog().clone(),
                     config.telemetry.queue_poll.duration(),
                 ),
+                lineage: lineage.clone(),
             };
             relay = Some((
                 relay_stop.clone(),
@@ -403,6 +419,7 @@ impl Server {
                     marks: marks.clone(),
                     origin: origin.clone(),
                     key: key.clone(),
+                    lineage: lineage.clone(),
                 };
                 workers.spawn(supervise(
                     consumer,
@@ -460,6 +477,7 @@ impl Server {
                     Err(e) => {
                         stop.cancel();
                         relay_stop.cancel();
+                        lineage_stop.cancel();
                         telemetry.cancel();
                         return Err(e.into());
                     }
@@ -473,6 +491,7 @@ impl Server {
             workers,
             counters,
             relay,
+            lineage: publisher.map(|p| (lineage_stop, p)),
             drain: config.shutdown.drain_timeout.duration(),
             cache,
             untrusted,
@@ -565,6 +584,15 @@ impl Server {
         {
             tracing::warn!("the event relay did not stop in time; its rows stay in the outbox");
         }
+        if let Some((lineage_stop, publisher)) = self.lineage.take() {
+            lineage_stop.cancel();
+            if tokio::time::timeout(CONFIRM_TIMEOUT, publisher)
+                .await
+                .is_err()
+            {
+                tracing::debug!("the lineage publisher did not finish in time; records dropped");
+            }
+        }
         self.link.close().await;
         self.store.close().await;
         self.telemetry.cancel();
@@ -578,6 +606,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some((relay_stop, _)) = &self.relay {
             relay_stop.cancel();
+        }
+        if let Some((lineage_stop, _)) = &self.lineage {
+            lineage_stop.cancel();
         }
         self.telemetry.cancel();
     }

@@ -22,12 +22,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{AmqpConfig, EventsConfig};
+use crate::envelope::Origin;
 use crate::events::{WriteOp, routing_key};
+use crate::lineage::{Lineage, Record, RecordType};
 use crate::store::{OutboxRow, Store};
 use crate::transport::link::Link;
 use crate::transport::names::EXCHANGE;
 use crate::transport::publish::{CONFIRM_TIMEOUT, Message, PublishError, publish_batch};
 use crate::transport::signing::{Purpose, ServiceKey};
+use crate::value::Timestamp;
 
 /// Why a relay round stopped before the outbox was empty.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,8 @@ pub(crate) struct Relay {
     pub holder: String,
     /// The outbox backlog gauge and how often it is counted.
     pub backlog: (Gauge, Duration),
+    /// Records each published event of a sampled conversation.
+    pub lineage: Lineage,
 }
 
 /// What the relay reads of an event: what its message's properties and routing key need.
@@ -67,6 +72,10 @@ pub(crate) struct Relay {
 struct Head {
     id: Uuid,
     correlation_id: Uuid,
+    causation_id: Uuid,
+    depth: u32,
+    origin: Origin,
+    committed_at: Timestamp,
     domain: String,
     template: String,
     op: WriteOp,
@@ -203,9 +212,14 @@ impl Relay {
         let full = rows.len() == self.config.batch as usize;
         let mut seqs = Vec::with_capacity(rows.len());
         let mut messages = Vec::with_capacity(rows.len());
+        let mut records = Vec::new();
         for row in rows {
             seqs.push(row.seq);
-            messages.push(self.message(row)?);
+            let (message, record) = self.message(row)?;
+            if let Some(record) = record {
+                records.push((messages.len(), record));
+            }
+            messages.push(message);
         }
         // The batch's publishes and confirms take at most CONFIRM_TIMEOUT: start it only
         // if the lease outlives that, so two relays never publish at once.
@@ -222,6 +236,12 @@ impl Relay {
         // Only confirmed rows go; the rest (and any row published but not confirmed) stay
         // and are published again with the same event id.
         self.store.outbox_remove(&seqs[..confirmed]).await?;
+        // An event's record says how long it waited in the outbox after its commit.
+        let published = crate::value::now();
+        for (_, record) in records.into_iter().filter(|(i, _)| *i < confirmed) {
+            let waited = (published - record.at).to_std().unwrap_or_default();
+            self.lineage.record(record.took(waited).ended(None));
+        }
         match failed {
             Some(source) => Err(RelayError::Publish {
                 seq: seqs[confirmed],
@@ -251,8 +271,8 @@ impl Relay {
     /// An outbox row as the message published: its `seq` filled in, persistent, JSON,
     /// `message_id` the event id, `correlation_id` the request's, signed. The body is kept as a JSON
     /// object, not read into [`crate::events::WriteEvent`]: a field added by a newer node survives an older
-    /// relay.
-    fn message(&self, row: OutboxRow) -> Result<Message, RelayError> {
+    /// relay. With it, the event's lineage record when its conversation is sampled.
+    fn message(&self, row: OutboxRow) -> Result<(Message, Option<Record>), RelayError> {
         let seq = row.seq;
         let undecodable = |source| RelayError::Undecodable { seq, source };
         let mut body: Map<String, Json> = serde_json::from_str(&row.body).map_err(undecodable)?;
@@ -266,15 +286,29 @@ impl Relay {
             .with_message_id(ShortString::from(event.id.to_string()))
             .with_correlation_id(ShortString::from(event.correlation_id.to_string()));
         let properties = self.key.sign(Purpose::WriteEvent, properties, &body);
-        Ok(Message {
-            routing_key: routing_key(
-                &self.amqp.queue_tag,
-                &event.domain,
-                &event.template,
-                event.op,
-            ),
+        let routing_key = routing_key(
+            &self.amqp.queue_tag,
+            &event.domain,
+            &event.template,
+            event.op,
+        );
+        let record = self.lineage.sampled(event.correlation_id).then(|| {
+            Record::new(
+                RecordType::Event,
+                event.id,
+                event.correlation_id,
+                Some(event.causation_id),
+                event.depth,
+                event.origin,
+                routing_key[self.amqp.queue_tag.len()..].to_string(),
+                event.committed_at,
+            )
+        });
+        let message = Message {
+            routing_key,
             body,
             properties,
-        })
+        };
+        Ok((message, record))
     }
 }

@@ -14,19 +14,24 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::worker::{Run, WorkerExit, WorkerFailure, consume_on, setup};
+use crate::cache::Invalidation;
 use crate::config::{AmqpConfig, EXCHANGE, TerceroConfig};
 use crate::envelope::Origin;
 use crate::error::{BedsError, ErrorCode};
+use crate::events::WriteEvent;
+use crate::lineage::{Lineage, Record, RecordType};
 use crate::meta::DomainMeta;
-use crate::store::{CounterMarks, Store};
+use crate::store::{CounterMarks, EventEffect, Store};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, effect, invalidation, parse};
 use crate::transport::link::Watch;
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, headers};
 use crate::transport::publish::{PublishError, Published, publish};
 use crate::transport::signing::{Purpose, ServiceKey, foreign_headers};
 use crate::transport::topology;
+use crate::value::Timestamp;
 
 /// The longest pause between two attempts at a batch's transaction.
 const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
@@ -43,6 +48,8 @@ pub(crate) struct EventConsumer {
     pub origin: Origin,
     /// Verifies events and signs invalidations and dead letters.
     pub key: ServiceKey,
+    /// Records the effects and invalidations of sampled conversations.
+    pub lineage: Lineage,
 }
 
 /// A batch's fate when it could not be finished.
@@ -208,6 +215,8 @@ impl EventConsumer {
             .iter()
             .map(|e| effect(self.domains, &self.marks, e))
             .collect();
+        let at = crate::value::now();
+        let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store.apply_events(&effects).await {
@@ -227,12 +236,18 @@ impl EventConsumer {
         }
         // Every delivered event is invalidated, duplicates once per batch: an event whose
         // effect an earlier, unacked delivery committed still gets its broadcast.
+        let applied = started.elapsed();
         let mut seen = std::collections::HashSet::new();
+        let mut records = Vec::new();
         let bodies: Vec<(String, Vec<u8>, String)> = events
             .iter()
-            .filter(|e| seen.insert(e.id))
-            .map(|event| {
+            .zip(&effects)
+            .filter(|(e, _)| seen.insert(e.id))
+            .map(|(event, effect)| {
                 let inv = invalidation(event, &self.origin);
+                if self.lineage.sampled(event.correlation_id) {
+                    records.extend(self.records(event, effect, &inv, at, applied));
+                }
                 let body = serde_json::to_vec(&inv).expect("an invalidation serialises");
                 (
                     inv.routing_key(&self.amqp.queue_tag),
@@ -253,7 +268,47 @@ impl EventConsumer {
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
             .await
-            .map_err(BatchError::Ack)
+            .map_err(BatchError::Ack)?;
+        for record in records {
+            self.lineage.record(record);
+        }
+        Ok(())
+    }
+
+    /// The lineage of one applied event: its effect on the counters (applied with its
+    /// batch, in `took`) and the invalidation broadcast for it, both caused by the event.
+    fn records(
+        &self,
+        event: &WriteEvent,
+        effect: &EventEffect,
+        inv: &Invalidation,
+        at: Timestamp,
+        took: Duration,
+    ) -> [Record; 2] {
+        let effect = Record::new(
+            RecordType::Effect,
+            Uuid::now_v7(),
+            event.correlation_id,
+            Some(event.id),
+            event.depth + 1,
+            self.origin.clone(),
+            format!("tercero.counters ({} changes)", effect.deltas.len()),
+            at,
+        )
+        .took(took)
+        .ended(None);
+        let sent = Record::new(
+            RecordType::Invalidation,
+            inv.id,
+            inv.correlation_id,
+            Some(inv.causation_id),
+            inv.depth,
+            inv.origin.clone(),
+            inv.routing_key(&self.amqp.queue_tag)[self.amqp.queue_tag.len()..].to_string(),
+            crate::value::now(),
+        )
+        .ended(None);
+        [effect, sent]
     }
 
     /// Dead-letters an event that no node of this deployment signed to the queue's

@@ -147,6 +147,8 @@ pub(crate) struct Metrics {
     queue_messages: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
     outbox_backlog: Gauge,
+    lineage_sent: Counter,
+    lineage_dropped: Counter,
 }
 
 impl Metrics {
@@ -212,6 +214,18 @@ impl Metrics {
             "Write events waiting in the outbox (reported by the relay holding the lease)",
             outbox_backlog.clone(),
         );
+        let lineage_sent = Counter::default();
+        registry.register(
+            "lineage_records_sent",
+            "Lineage records published to the admin role (sampled conversations only)",
+            lineage_sent.clone(),
+        );
+        let lineage_dropped = Counter::default();
+        registry.register(
+            "lineage_records_dropped",
+            "Lineage records dropped: the in-memory queue was full or the broker did not take a batch",
+            lineage_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -224,7 +238,14 @@ impl Metrics {
             queue_messages,
             queue_consumers,
             outbox_backlog,
+            lineage_sent,
+            lineage_dropped,
         }
+    }
+
+    /// The lineage publisher's counters: records sent, records dropped.
+    pub fn lineage(&self) -> (Counter, Counter) {
+        (self.lineage_sent.clone(), self.lineage_dropped.clone())
     }
 
     /// The Prometheus text format (0.0.4) of every series.

@@ -67,6 +67,14 @@ pub mod headers {
     pub const CALLER: &str = "x-beds-user-id";
     /// The node's HMAC over what a message says (transport::signing).
     pub const SIGNATURE: &str = "x-beds-signature";
+    /// The lineage of a message a node republished (retry, dead letter): its own id, its
+    /// conversation, the message it stands for, its depth and the node's origin
+    /// (its JSON object).
+    pub const LINEAGE_ID: &str = "x-beds-lineage-id";
+    pub const CORRELATION_ID: &str = "x-beds-correlation-id";
+    pub const CAUSATION_ID: &str = "x-beds-causation-id";
+    pub const DEPTH: &str = "x-beds-depth";
+    pub const ORIGIN: &str = "x-beds-origin";
     /// Every header BEDS sets starts with this.
     pub const PREFIX: &str = "x-beds-";
     /// RabbitMQ's own record of dead-lettering.
