@@ -1,4 +1,4 @@
-//! The `beds` command line: `run`, `check`, `schema`, `call` and `dlq`, shared by every
+//! The `beds` command line: `run`, `check`, `schema`, `call`, `dlq`, `diag` and `admin`, shared by every
 //! build of the binary whatever domains it was compiled with.
 
 use std::path::PathBuf;
@@ -60,6 +60,17 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Ask the admin role for its diagnostics: nodes, stuck deliveries, queues, dead letters.
+    Diag {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell a node what to do with one of its lanes, through the admin role.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -72,6 +83,16 @@ enum ConfigAction {
     /// Print the configuration after overlays, environment variables and secret files, as
     /// YAML, with every password redacted.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Cancel the lane's consumers on NODE: its messages stay queued for other nodes.
+    Pause { node: String, lane: String },
+    /// Consume the lane again on NODE.
+    Resume { node: String, lane: String },
+    /// Pause, then wait until NODE has nothing of the lane in flight.
+    Drain { node: String, lane: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,12 +142,15 @@ enum CliError {
     NoSuchLetter { count: usize },
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error(transparent)]
+    Diag(#[from] crate::ops::diag::DiagError),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Call(e) => e.exit_code(),
+            CliError::Diag(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -172,6 +196,34 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::call::run(&config, catalog, args))?)
+        }
+        Command::Diag { json } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let report = rt.block_on(crate::ops::diag::diag(&config, json))?;
+            print!("{report}");
+            if json {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Admin { action } => {
+            let (op, node, lane) = match action {
+                AdminAction::Pause { node, lane } => ("pause", node, lane),
+                AdminAction::Resume { node, lane } => ("resume", node, lane),
+                AdminAction::Drain { node, lane } => ("drain", node, lane),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            println!(
+                "{}",
+                rt.block_on(crate::ops::diag::lane(&config, op, &node, &lane))?
+            );
+            Ok(())
         }
         Command::Dlq { action } => {
             let rt = tokio::runtime::Builder::new_current_thread()

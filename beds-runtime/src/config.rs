@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::telemetry::status::IN_FLIGHT_REPORTED_AFTER_MS;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value as Yaml};
 
@@ -601,6 +602,12 @@ pub struct AdminConfig {
     pub database: DatabaseConfig,
     /// Unacked deliveries per admin consumer (`adm` commands, audit events).
     pub prefetch: u16,
+    /// How often every node publishes its status (`{tag}log.status`); a node silent for
+    /// three of these is reported lost.
+    pub heartbeat: Millis,
+    /// How long a delivery may be in flight (when its request has no earlier deadline)
+    /// before `beds diag` reports it stuck.
+    pub stuck_after: Millis,
 }
 
 impl Default for AdminConfig {
@@ -611,6 +618,8 @@ impl Default for AdminConfig {
                 ..DatabaseConfig::default()
             },
             prefetch: 64,
+            heartbeat: Millis(2_000),
+            stuck_after: Millis(30_000),
         }
     }
 }
@@ -1222,6 +1231,18 @@ impl Config {
             return Err(format!(
                 "telemetry.queue_poll is {} ms; use at least 100ms (each poll declares every lane's queue)",
                 self.telemetry.queue_poll.0
+            ));
+        }
+        if self.admin.heartbeat.0 < 100 {
+            return Err(format!(
+                "admin.heartbeat is {} ms; use at least 100ms (every node publishes a status each time)",
+                self.admin.heartbeat.0
+            ));
+        }
+        if self.admin.stuck_after.0 < IN_FLIGHT_REPORTED_AFTER_MS {
+            return Err(format!(
+                "admin.stuck_after is {} ms; use at least {IN_FLIGHT_REPORTED_AFTER_MS}ms (heartbeats list deliveries in flight that long)",
+                self.admin.stuck_after.0
             ));
         }
         if !self

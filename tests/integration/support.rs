@@ -502,6 +502,7 @@ impl Drop for TestEnv {
                         WRITE_KEY,
                         beds_runtime::EVENT_QUEUE_KEY,
                         beds_runtime::admin::ADMIN_KEY,
+                        beds_runtime::admin::STATUS_QUEUE,
                         SETTLE_KEY,
                     ],
                 ))

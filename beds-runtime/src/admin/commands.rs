@@ -26,6 +26,7 @@ use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::ingress::accept;
 use crate::ingress::settle::{Signer, ack, answer, dead_letter};
 use crate::security::Security;
+use crate::telemetry::status::ControlOp;
 use crate::transport::link::Link;
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::topology;
@@ -38,12 +39,16 @@ pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
-pub const OPS: &[&str] = &["ping"];
+pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain"];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
 async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
+        "diag" => ctx.nodes.diag(),
+        "pause" => ctx.nodes.lane(ControlOp::Pause, req).await,
+        "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,
+        "drain" => ctx.nodes.lane(ControlOp::Drain, req).await,
         other => Err(unknown_op(other)),
     }
 }
@@ -56,6 +61,8 @@ pub struct AdminCtx {
     pub catalog: &'static Catalog,
     pub config: Arc<Config>,
     pub link: Arc<Link>,
+    /// The node table and the lane commands (`diag`, `pause`, `resume`, `drain`).
+    pub nodes: Arc<super::control::NodeControl>,
 }
 
 /// One adm request: the op, the lineage the caller set (all optional) and the op's fields.

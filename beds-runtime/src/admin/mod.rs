@@ -5,6 +5,10 @@
 pub mod audit;
 pub mod commands;
 pub(crate) mod consumer;
+pub mod control;
+pub mod diag;
+pub(crate) mod heartbeats;
+pub mod nodes;
 pub mod store;
 
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use crate::security::Security;
 use crate::transport::link::Link;
 pub use commands::{ADMIN_KEY, ADMIN_ROLE, AdminCtx, AdminRequest, OPS};
 use consumer::Consumer;
+pub use heartbeats::STATUS_QUEUE;
 pub use store::AdminStore;
 
 /// What the admin's consumers share with the node that runs them.
@@ -41,11 +46,13 @@ pub(crate) const QUEUES: &[&str] = &[ADMIN_KEY];
 /// Starts the admin's consumers under supervision in `workers`.
 pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
     let config = parts.config;
+    let nodes = diag::start(&parts, workers);
     let ctx = Arc::new(AdminCtx {
         store: parts.store,
         catalog: parts.catalog,
         config: Arc::new(config.clone()),
         link: parts.link.clone(),
+        nodes,
     });
     let commands = Consumer {
         queue: config.amqp.queue(ADMIN_KEY),

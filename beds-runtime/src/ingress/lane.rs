@@ -12,6 +12,22 @@ pub enum Lane {
 }
 
 impl Lane {
+    /// Every lane, in a fixed order ([`Lane::index`]).
+    pub const ALL: [Lane; 2] = [Lane::Read, Lane::Write];
+
+    /// The lane's position in [`Lane::ALL`], for per-lane arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Read => 0,
+            Lane::Write => 1,
+        }
+    }
+
+    /// The lane named by its routing key (`rec.read`, `rec.write`).
+    pub fn parse(key: &str) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|l| l.key() == key)
+    }
+
     /// The lane's routing key, before the queue tag.
     pub fn key(self) -> &'static str {
         match self {

@@ -41,6 +41,7 @@ use crate::envelope::{Op, Origin, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::lineage::{Lineage, Parent, Record, RecordType};
 use crate::security::Security;
+use crate::telemetry::in_flight::Tracked;
 use crate::telemetry::metrics::{Metrics, Series};
 use crate::value::Patterns;
 use dispatch::{Call, Ctx};
@@ -67,12 +68,14 @@ pub(crate) struct Ingress {
 }
 
 /// Handles one delivery to the end: the chain, then settle, in a span naming the message
-/// (its ids once decoded, its target once routed), counted in the node's metrics.
+/// (its ids once decoded, its target once routed), counted in the node's metrics; the
+/// worker registered it as in flight (`tracked`) and it stays so until settled.
 pub(crate) async fn handle(
     ingress: Arc<Ingress>,
     channel: Channel,
     lane: Lane,
     delivery: Delivery,
+    tracked: Tracked,
 ) {
     let started = Instant::now();
     let _in_flight = ingress.metrics.in_flight(lane);
@@ -91,7 +94,7 @@ pub(crate) async fn handle(
         let at = crate::value::now();
         let mut series = Series::unknown(None);
         let mut trace = Trace::default();
-        let outcome = process(&ingress, lane, &delivery, &mut series, &mut trace).await;
+        let outcome = process(&ingress, lane, &delivery, &tracked, &mut series, &mut trace).await;
         let code = outcome.code();
         if trace.parent.is_none() && matches!(outcome, Outcome::Unanswerable(_)) {
             // Undecodable or refused before decoding: its dead letter names what it can.
@@ -119,7 +122,7 @@ pub(crate) async fn handle(
         )
         .await;
         let took = started.elapsed();
-        ingress.metrics.request(series, code, took);
+        ingress.metrics.request(lane, series, code, took);
         if let (Some(seen), Some(parent)) = (trace.seen, trace.parent) {
             let origin = seen.origin.unwrap_or_else(|| Origin {
                 service: crate::telemetry::metrics::UNKNOWN.into(),
@@ -142,6 +145,7 @@ pub(crate) async fn handle(
     }
     .instrument(span)
     .await;
+    drop(tracked);
 }
 
 /// What lineage learns of a delivery: its ids once decoded, and, only when its
@@ -161,6 +165,7 @@ async fn process(
     ingress: &Ingress,
     lane: Lane,
     delivery: &Delivery,
+    tracked: &Tracked,
     series: &mut Series,
     trace: &mut Trace,
 ) -> Outcome {
@@ -178,6 +183,7 @@ async fn process(
         lane,
         &delivery.data,
         user_id,
+        tracked,
         series,
         trace,
     ))
@@ -207,6 +213,7 @@ async fn answer(
     lane: Lane,
     body: &[u8],
     user_id: Option<String>,
+    tracked: &Tracked,
     series: &mut Series,
     trace: &mut Trace,
 ) -> Reply {
@@ -246,8 +253,9 @@ async fn answer(
         "correlation_id",
         tracing::field::display(req.conversation()),
     );
+    tracked.identify(&req);
     *series = Series::unknown(Some(&req));
-    let result = run(ingress, lane, &req, user_id.as_deref(), series).await;
+    let result = run(ingress, lane, &req, user_id.as_deref(), tracked, series).await;
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
@@ -264,6 +272,7 @@ async fn run(
     lane: Lane,
     req: &Request,
     user_id: Option<&str>,
+    tracked: &Tracked,
     series: &mut Series,
 ) -> Result<Json, BedsError> {
     let principal = authorize::principal(&ingress.security, user_id, req)?;
@@ -273,6 +282,7 @@ async fn run(
         Target::Query(q) => Series::query(q),
         Target::Template { meta, op, .. } => Series::template(meta, *op),
     };
+    tracked.target(*series);
     // The catalog's names, not the request's: a client cannot put text in every log line.
     let span = tracing::Span::current();
     span.record("template", series.template);

@@ -23,6 +23,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::http::{self, ListenError};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::queues::Queues;
+use crate::telemetry::status::{DomainVersion, Versions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
 use crate::transport::names::{dead_letter_queue, retry_queue};
@@ -30,11 +31,17 @@ use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
 use crate::value::{PatternError, Patterns};
+use control::Control;
+use heartbeat::Heartbeat;
+use lanes::Lanes;
 use readiness::Readiness;
 use relay::Relay;
 use tercero::EventConsumer;
 use worker::{Worker, supervise};
 
+mod control;
+mod heartbeat;
+mod lanes;
 mod readiness;
 mod relay;
 mod tercero;
@@ -269,7 +276,9 @@ impl Server {
         });
         let (cache, outbox) = Cache::new(&config.cache);
         let cache = Arc::new(cache);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(lanes));
+        let lane_controls = Arc::new(Lanes::new(&config.node, lanes, metrics.clone()));
+        let started_at = chrono::Utc::now();
         // Its own token: the publisher sends what the drained workers and relay recorded.
         let lineage_stop = CancellationToken::new();
         let (lineage, publisher) = Lineage::start(
@@ -366,6 +375,10 @@ impl Server {
             for i in 0..pool.workers {
                 let worker = Worker {
                     lane,
+                    control: lane_controls
+                        .get(lane)
+                        .expect("every lane of the role has a control")
+                        .clone(),
                     amqp: config.amqp.clone(),
                     tag: format!(
                         "{}.{}.{}.{i}",
@@ -457,32 +470,74 @@ impl Server {
                 link: link.clone(),
                 names: watched_queues(config),
                 every: config.telemetry.queue_poll.duration(),
+                sink: metrics.clone(),
+            }
+            .run(telemetry.clone()),
+        );
+        let probe = Arc::new(Readiness {
+            link: link.clone(),
+            counters: counters.clone(),
+            store: store.clone(),
+            stop: stop.clone(),
+            lanes: lane_controls.clone(),
+            database: Default::default(),
+        });
+        tokio::spawn(
+            Control {
+                link: link.clone(),
+                queue_tag: config.amqp.queue_tag.clone(),
+                lanes: lane_controls.clone(),
+                signer: Arc::new(Signer::new(key.clone(), &config.amqp.url)),
+                drain_timeout: config.shutdown.drain_timeout.duration(),
+            }
+            .run(telemetry.clone()),
+        );
+        tokio::spawn(
+            Heartbeat {
+                link: link.clone(),
+                queue_tag: config.amqp.queue_tag.clone(),
+                origin: Origin {
+                    service: "beds".into(),
+                    node: config.node.clone(),
+                    env: config.env.clone(),
+                },
+                role: config.role.name(),
+                every: config.admin.heartbeat.duration(),
+                key: key.clone(),
+                run_id: uuid::Uuid::now_v7(),
+                started_at,
+                versions: Versions {
+                    beds: env!("CARGO_PKG_VERSION").to_string(),
+                    domains: catalog
+                        .domains
+                        .iter()
+                        .map(|d| DomainVersion {
+                            name: d.name.to_string(),
+                            version: d.version,
+                        })
+                        .collect(),
+                },
+                lanes: lane_controls.clone(),
+                lane_keys: lanes,
                 metrics: metrics.clone(),
+                readiness: probe.clone(),
+                counters: counters.clone(),
             }
             .run(telemetry.clone()),
         );
         // Last: the node reports ready only once everything above runs.
         let http = match config.telemetry.listen {
             None => None,
-            Some(addr) => {
-                let probe = Readiness {
-                    link: link.clone(),
-                    counters: counters.clone(),
-                    store: store.clone(),
-                    stop: stop.clone(),
-                    database: Default::default(),
-                };
-                match http::serve(addr, metrics, Arc::new(probe), None, telemetry.clone()).await {
-                    Ok(bound) => Some(bound),
-                    Err(e) => {
-                        stop.cancel();
-                        relay_stop.cancel();
-                        lineage_stop.cancel();
-                        telemetry.cancel();
-                        return Err(e.into());
-                    }
+            Some(addr) => match http::serve(addr, metrics, probe, None, telemetry.clone()).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    stop.cancel();
+                    relay_stop.cancel();
+                    lineage_stop.cancel();
+                    telemetry.cancel();
+                    return Err(e.into());
                 }
-            }
+            },
         };
         Ok(Server {
             link,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::lanes::Lanes;
 use super::{Counters, Health};
 use crate::store::Store;
 use crate::telemetry::http::{Check, Probe};
@@ -18,17 +19,36 @@ const DATABASE_CHECK_TTL: Duration = Duration::from_secs(1);
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A node's readiness for `/readyz`: [`Health`] (broker connected, every consumer up),
-/// the database reachable, and not stopping.
+/// every lane consuming, the database reachable, and not stopping.
 pub(super) struct Readiness {
     pub link: Arc<Link>,
     pub counters: Arc<Counters>,
     pub store: Store,
     pub stop: CancellationToken,
+    pub lanes: Arc<Lanes>,
     /// The last database check: when, and why it failed if it did.
     pub database: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl Readiness {
+    /// A lane an operator paused or drained takes none of its work on this node, so the
+    /// node is not ready for its role (wiki/operations.md, "Readiness and paused lanes").
+    fn lanes_stopped(&self) -> Option<String> {
+        let stopped = self.lanes.stopped();
+        if stopped.is_empty() {
+            return None;
+        }
+        let each: Vec<String> = stopped
+            .iter()
+            .map(|(lane, state)| format!("{} is {}", lane.key(), state.as_str()))
+            .collect();
+        Some(format!(
+            "{} by an operator; `beds admin resume {} LANE` consumes again",
+            each.join(", "),
+            self.lanes.node
+        ))
+    }
+
     async fn database(&self) -> Option<String> {
         let mut last = self.database.lock().await;
         if let Some((at, failed)) = &*last
@@ -67,6 +87,10 @@ impl Probe for Readiness {
                         health.workers_down
                     )
                 }),
+            },
+            Check {
+                name: "lanes",
+                failed: self.lanes_stopped(),
             },
             Check {
                 name: "database",

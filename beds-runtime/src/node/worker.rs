@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Counters;
+use super::lanes::LaneControl;
 use crate::config::{AmqpConfig, PoolConfig};
 use crate::ingress::lane::Lane;
 use crate::ingress::{self, Ingress};
+use crate::telemetry::status::LaneState;
 use crate::transport::link::{Link, Watch};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::topology;
@@ -26,6 +28,8 @@ use crate::transport::topology;
 /// One consumer of a pool: its own channel, its own prefetch window.
 pub(crate) struct Worker {
     pub lane: Lane,
+    /// The lane's state: the worker consumes only while it is `consuming`.
+    pub control: Arc<LaneControl>,
     pub amqp: AmqpConfig,
     pub tag: String,
     pub pool: PoolConfig,
@@ -106,71 +110,116 @@ pub(crate) async fn setup<T>(
 }
 
 impl Worker {
-    /// Declares its queue (so a deleted queue comes back), consumes until `stop` fires,
-    /// then cancels the consumer, finishes every delivery already received and closes the
-    /// channel; unacked messages go back to the queue. Connection losses are waited out
+    /// Declares its queue (so a deleted queue comes back), consumes while its lane is
+    /// consuming until `stop` fires, then cancels the consumer, finishes every delivery
+    /// already received and closes the channel; unacked messages go back to the queue. A
+    /// paused lane's consumer is cancelled the same way (the channel stays open, so its
+    /// deliveries are acked) and started again on resume. Connection losses are waited out
     /// (lapin recovers the channel and the consumer); anything else ends the run.
     pub async fn run(&self, conn: &Connection, stop: &CancellationToken) -> WorkerExit {
         let queue = self.amqp.queue(self.lane.key());
-        let (channel, mut consumer) = match self.consume(conn, &queue).await {
-            Ok(started) => started,
+        let channel = match self.open(conn).await {
+            Ok(channel) => channel,
             Err(e) => return WorkerExit::Failed(e),
         };
-        tracing::debug!(queue = %queue, tag = %self.tag, "consuming");
         let in_flight = TaskTracker::new();
-        let mut cancelled = false;
+        let mut state = self.control.watch();
         // A connection lapin has given up on ends the run, so the supervisor reconnects.
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         let mut watch = Watch::default();
-        let exit = loop {
-            let next = if cancelled {
-                consumer.next().await
-            } else {
+        let exit = 'run: loop {
+            // Until the lane consumes (a paused lane stays paused across restarts).
+            loop {
+                if stop.is_cancelled() {
+                    break 'run WorkerExit::Stopped;
+                }
+                if *state.borrow_and_update() == LaneState::Consuming {
+                    break;
+                }
                 tokio::select! {
-                    biased;
                     _ = watchdog.tick() => {
                         if watch.dead(conn) {
-                            break WorkerExit::Failed(WorkerFailure::ConnectionLost);
+                            break 'run WorkerExit::Failed(WorkerFailure::ConnectionLost);
                         }
-                        continue;
                     }
-                    () = stop.cancelled() => {
-                        cancelled = true;
-                        // Deliveries already buffered still arrive before the stream ends.
-                        let cancel = channel
-                            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
-                        if let Err(e) = setup("cancelling the consumer", cancel).await {
-                            tracing::warn!(error = %e, "cancelling the consumer failed");
-                            break WorkerExit::Stopped;
+                    () = stop.cancelled() => {}
+                    _ = state.changed() => {}
+                }
+            }
+            let mut consumer = match self.consume(&channel, &queue).await {
+                Ok(consumer) => consumer,
+                Err(e) => break 'run WorkerExit::Failed(e),
+            };
+            tracing::debug!(queue = %queue, tag = %self.tag, "consuming");
+            let consuming = self.control.consuming();
+            let mut cancelled = false;
+            let ended = loop {
+                let next = if cancelled {
+                    consumer.next().await
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = watchdog.tick() => {
+                            if watch.dead(conn) {
+                                break Some(WorkerExit::Failed(WorkerFailure::ConnectionLost));
+                            }
+                            continue;
                         }
-                        continue;
+                        () = stop.cancelled() => {
+                            cancelled = true;
+                            if self.cancel(&channel).await.is_err() {
+                                break Some(WorkerExit::Stopped);
+                            }
+                            continue;
+                        }
+                        Ok(()) = state.changed() => {
+                            if *state.borrow_and_update() == LaneState::Consuming {
+                                continue;
+                            }
+                            cancelled = true;
+                            if let Err(e) = self.cancel(&channel).await {
+                                break Some(WorkerExit::Failed(e));
+                            }
+                            continue;
+                        }
+                        next = consumer.next() => next,
                     }
-                    next = consumer.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let tracked = self.ingress.metrics.deliveries().start(self.lane);
+                        let ingress = self.ingress.clone();
+                        let channel = channel.clone();
+                        in_flight.spawn(ingress::handle(
+                            ingress, channel, self.lane, delivery, tracked,
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
+                        // Bounded: if lapin gives up silently, the watchdog ends the run.
+                        let wait = Duration::from_secs(5);
+                        match tokio::time::timeout(wait, channel.wait_for_recovery(e)).await {
+                            Ok(Ok(())) => tracing::info!(queue = %queue, "consumer recovered"),
+                            Ok(Err(source)) => {
+                                break Some(WorkerExit::Failed(WorkerFailure::Amqp {
+                                    what: "consuming",
+                                    source,
+                                }));
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    // Stopping, or the lane paused: the top of the run decides.
+                    None if cancelled => break None,
+                    None => break Some(WorkerExit::Failed(WorkerFailure::ConsumerCancelled)),
                 }
             };
-            match next {
-                Some(Ok(delivery)) => {
-                    let ingress = self.ingress.clone();
-                    let channel = channel.clone();
-                    in_flight.spawn(ingress::handle(ingress, channel, self.lane, delivery));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
-                    // Bounded: if lapin gives up silently, the watchdog ends the run.
-                    let wait = Duration::from_secs(5);
-                    match tokio::time::timeout(wait, channel.wait_for_recovery(e)).await {
-                        Ok(Ok(())) => tracing::info!(queue = %queue, "consumer recovered"),
-                        Ok(Err(source)) => {
-                            break WorkerExit::Failed(WorkerFailure::Amqp {
-                                what: "consuming",
-                                source,
-                            });
-                        }
-                        Err(_) => {}
-                    }
-                }
-                None if cancelled => break WorkerExit::Stopped,
-                None => break WorkerExit::Failed(WorkerFailure::ConsumerCancelled),
+            drop(consuming);
+            if let Some(exit) = ended {
+                break exit;
+            }
+            if !stop.is_cancelled() {
+                tracing::info!(queue = %queue, tag = %self.tag, "consumer cancelled: the lane is paused");
             }
         };
         in_flight.close();
@@ -204,12 +253,8 @@ impl Worker {
     }
 
     /// Opens the worker's channel, declares its queue (so a deleted queue comes back) and
-    /// starts consuming; every step bounded.
-    async fn consume(
-        &self,
-        conn: &Connection,
-        queue: &str,
-    ) -> Result<(lapin::Channel, lapin::Consumer), WorkerFailure> {
+    /// sets it up for consuming; every step bounded.
+    async fn open(&self, conn: &Connection) -> Result<lapin::Channel, WorkerFailure> {
         let channel = setup("opening a channel", conn.create_channel()).await?;
         setup(
             "declaring the queue",
@@ -218,7 +263,28 @@ impl Worker {
         .await?;
         // Replies to writes are confirmed by the broker before the request is acked.
         let confirms = self.lane == Lane::Write;
-        consume_on(channel, queue, &self.tag, self.pool.prefetch, confirms).await
+        prepare(&channel, self.pool.prefetch, confirms).await?;
+        Ok(channel)
+    }
+
+    /// Cancels the consumer; deliveries already buffered still arrive before its stream
+    /// ends.
+    async fn cancel(&self, channel: &lapin::Channel) -> Result<(), WorkerFailure> {
+        let cancel = channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+        let cancelled = setup("cancelling the consumer", cancel).await;
+        if let Err(e) = &cancelled {
+            tracing::warn!(error = %e, "cancelling the consumer failed");
+        }
+        cancelled
+    }
+
+    /// Starts the consumer of `queue` on the worker's channel.
+    async fn consume(
+        &self,
+        channel: &lapin::Channel,
+        queue: &str,
+    ) -> Result<lapin::Consumer, WorkerFailure> {
+        start_consumer(channel, queue, &self.tag).await
     }
 }
 
@@ -231,6 +297,18 @@ pub(crate) async fn consume_on(
     prefetch: u16,
     confirms: bool,
 ) -> Result<(lapin::Channel, lapin::Consumer), WorkerFailure> {
+    prepare(&channel, prefetch, confirms).await?;
+    let consumer = start_consumer(&channel, queue, tag).await?;
+    Ok((channel, consumer))
+}
+
+/// Publisher confirms (when its publishes must be confirmed) and the prefetch of a
+/// consuming channel.
+async fn prepare(
+    channel: &lapin::Channel,
+    prefetch: u16,
+    confirms: bool,
+) -> Result<(), WorkerFailure> {
     if confirms {
         setup(
             "enabling publisher confirms",
@@ -242,8 +320,15 @@ pub(crate) async fn consume_on(
         "setting prefetch",
         channel.basic_qos(prefetch, BasicQosOptions::default()),
     )
-    .await?;
-    let consumer = setup(
+    .await
+}
+
+async fn start_consumer(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, WorkerFailure> {
+    setup(
         "consuming",
         channel.basic_consume(
             queue.into(),
@@ -252,8 +337,7 @@ pub(crate) async fn consume_on(
             FieldTable::default(),
         ),
     )
-    .await?;
-    Ok((channel, consumer))
+    .await
 }
 
 /// How long a failed worker waits for its deliveries before returning to its supervisor:

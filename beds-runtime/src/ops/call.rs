@@ -15,11 +15,11 @@ use crate::meta::{DomainMeta, QueryMeta, TemplateMeta};
 use crate::suggest::closest;
 
 /// Exit code when the node answered with an error reply.
-const EXIT_REMOTE: u8 = 3;
+pub(crate) const EXIT_REMOTE: u8 = 3;
 /// Exit code when the command line does not name a valid call (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 /// Exit code when no reply came: RabbitMQ unreachable, no queue, or the timeout passed.
-const EXIT_NO_REPLY: u8 = 4;
+pub(crate) const EXIT_NO_REPLY: u8 = 4;
 
 /// Send one request to a node and print its reply.
 #[derive(Debug, clap::Args)]
@@ -595,7 +595,7 @@ fn mean(suggestion: &Option<String>) -> String {
 }
 
 /// An error reply as the user reads it: code, class, message, then one line per detail.
-fn remote(e: &BedsError) -> String {
+pub(crate) fn remote(e: &BedsError) -> String {
     let (code, class) = (wire(&e.code), wire(&e.class));
     let mut out = if code == class {
         format!("the node answered {code}: {}", e.message)

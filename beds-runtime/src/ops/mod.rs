@@ -4,4 +4,5 @@
 
 pub(crate) mod call;
 pub mod dead_letters;
+pub mod diag;
 pub(crate) mod json_schema;

@@ -5,7 +5,10 @@
 //! codes, lanes): a client naming a template that does not exist is counted under
 //! [`UNKNOWN`], so no client input can grow the number of series.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -15,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::in_flight::Deliveries;
+use super::status::{LATENCY_BOUNDS, LaneCounters, LaneState};
 use crate::envelope::{Op, Request};
 use crate::error::ErrorCode;
 use crate::ingress::lane::Lane;
@@ -25,10 +30,8 @@ use crate::meta::{QueryMeta, TemplateMeta};
 pub(crate) const UNKNOWN: &str = "unknown";
 
 /// Upper bounds (seconds) of the latency buckets: from half a millisecond (a cached read)
-/// to ten seconds (a write retried against a slow database).
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// to ten seconds (a write retried against a slow database). Heartbeats use the same.
+const LATENCY_BUCKETS: [f64; 14] = LATENCY_BOUNDS;
 
 /// What a request addressed, in catalog names: for a named query, `template` is the
 /// query's name and `op` is `query`.
@@ -73,6 +76,14 @@ impl Series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Code(pub Option<ErrorCode>);
 
+/// An error code's wire name (`not_found`).
+fn code_name(code: ErrorCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => UNKNOWN.to_string(),
+    }
+}
+
 impl EncodeLabelValue for Code {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         let Some(code) = self.0 else {
@@ -100,6 +111,13 @@ struct RequestLabels {
 struct LaneLabels {
     /// The lane's routing key (`rec.read`, `rec.write`).
     lane: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LaneStateLabels {
+    lane: &'static str,
+    /// `consuming`, `paused`, `draining` or `drained`.
+    state: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -149,10 +167,31 @@ pub(crate) struct Metrics {
     outbox_backlog: Gauge,
     lineage_sent: Counter,
     lineage_dropped: Counter,
+    oldest: Family<LaneLabels, Gauge<f64, AtomicU64>>,
+    lane_state: Family<LaneStateLabels, Gauge>,
+    /// The lanes this node consumes (the per-lane gauges show only these).
+    lanes: &'static [Lane],
+    deliveries: Arc<Deliveries>,
+    /// Per-lane totals for heartbeats, indexed by [`Lane::index`].
+    totals: [LaneTotals; 2],
+}
+
+/// One lane's cumulative counts, read whole by heartbeats (the Prometheus families are
+/// per template).
+#[derive(Debug, Default)]
+struct LaneTotals {
+    ok: AtomicU64,
+    error: AtomicU64,
+    latency_sum_us: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    retries: AtomicU64,
+    redeliveries: AtomicU64,
+    /// Few distinct reasons, and written only when a message is dead-lettered.
+    dead_letters: Mutex<HashMap<ErrorCode, u64>>,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(lanes: &'static [Lane]) -> Metrics {
         let mut registry = Registry::with_prefix("beds");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -226,7 +265,19 @@ impl Metrics {
             "Lineage records dropped: the in-memory queue was full or the broker did not take a batch",
             lineage_dropped.clone(),
         );
-        Metrics {
+        let oldest = Family::<LaneLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "in_flight_oldest_seconds",
+            "Age of the oldest delivery being handled now, by lane (0 when none)",
+            oldest.clone(),
+        );
+        let lane_state = Family::<LaneStateLabels, Gauge>::default();
+        registry.register(
+            "lane_state",
+            "1 for the state each lane is in (consuming, paused, draining, drained), 0 for the others",
+            lane_state.clone(),
+        );
+        let metrics = Metrics {
             registry,
             requests,
             latency,
@@ -240,6 +291,56 @@ impl Metrics {
             outbox_backlog,
             lineage_sent,
             lineage_dropped,
+            oldest,
+            lane_state,
+            lanes,
+            deliveries: Arc::new(Deliveries::default()),
+            totals: Default::default(),
+        };
+        for &lane in lanes {
+            metrics.lane_state(lane, LaneState::Consuming);
+        }
+        metrics
+    }
+
+    /// The node's registry of deliveries in flight.
+    pub fn deliveries(&self) -> &Arc<Deliveries> {
+        &self.deliveries
+    }
+
+    /// Shows `state` as `lane`'s current state.
+    pub fn lane_state(&self, lane: Lane, state: LaneState) {
+        for each in LaneState::ALL {
+            let labels = LaneStateLabels {
+                lane: lane.key(),
+                state: each.as_str(),
+            };
+            self.lane_state
+                .get_or_create(&labels)
+                .set(i64::from(each == state));
+        }
+    }
+
+    /// `lane`'s cumulative counts since start.
+    pub fn lane_counters(&self, lane: Lane) -> LaneCounters {
+        let t = &self.totals[lane.index()];
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let dead_letters = t
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(code, n)| (code_name(*code), *n))
+            .collect();
+        LaneCounters {
+            lane: lane.key().to_string(),
+            ok: load(&t.ok),
+            error: load(&t.error),
+            latency_sum_us: load(&t.latency_sum_us),
+            latency_buckets: t.latency_buckets.iter().map(load).collect(),
+            retries: load(&t.retries),
+            redeliveries: load(&t.redeliveries),
+            dead_letters,
         }
     }
 
@@ -250,6 +351,12 @@ impl Metrics {
 
     /// The Prometheus text format (0.0.4) of every series.
     pub fn render(&self) -> String {
+        for &lane in self.lanes {
+            let age = self.deliveries.oldest(lane).unwrap_or_default();
+            self.oldest
+                .get_or_create(&LaneLabels { lane: lane.key() })
+                .set(age.as_secs_f64());
+        }
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -257,7 +364,7 @@ impl Metrics {
     }
 
     /// One request settled: counted by outcome and code, its latency observed.
-    pub fn request(&self, series: Series, code: Option<ErrorCode>, took: Duration) {
+    pub fn request(&self, lane: Lane, series: Series, code: Option<ErrorCode>, took: Duration) {
         let labels = RequestLabels {
             domain: series.domain,
             template: series.template,
@@ -269,6 +376,16 @@ impl Metrics {
         self.latency
             .get_or_create(&series)
             .observe(took.as_secs_f64());
+        let t = &self.totals[lane.index()];
+        if code.is_some() { &t.error } else { &t.ok }.fetch_add(1, Ordering::Relaxed);
+        t.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        t.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a delivery as in flight until the guard drops.
@@ -284,12 +401,18 @@ impl Metrics {
         self.redeliveries
             .get_or_create(&LaneLabels { lane: lane.key() })
             .inc();
+        self.totals[lane.index()]
+            .redeliveries
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn retried(&self, lane: Lane) {
         self.retries
             .get_or_create(&LaneLabels { lane: lane.key() })
             .inc();
+        self.totals[lane.index()]
+            .retries
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn dead_lettered(&self, lane: Lane, code: ErrorCode) {
@@ -298,6 +421,12 @@ impl Metrics {
             reason: Code(Some(code)),
         };
         self.dead_letters.get_or_create(&labels).inc();
+        *self.totals[lane.index()]
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
     }
 
     /// A lookup of the read cache for `series`.
@@ -349,15 +478,20 @@ mod tests {
 
     #[test]
     fn requests_are_counted_by_outcome_and_code_with_latency() {
-        let m = Metrics::new();
+        let m = Metrics::new(&[Lane::Read, Lane::Write]);
         let s = Series {
             domain: "d",
             template: "t",
             op: "create",
         };
-        m.request(s, None, Duration::from_millis(2));
-        m.request(s, None, Duration::from_millis(3));
-        m.request(s, Some(ErrorCode::NotFound), Duration::from_millis(20));
+        m.request(Lane::Write, s, None, Duration::from_millis(2));
+        m.request(Lane::Write, s, None, Duration::from_millis(3));
+        m.request(
+            Lane::Write,
+            s,
+            Some(ErrorCode::NotFound),
+            Duration::from_millis(20),
+        );
         let text = m.render();
         assert_eq!(
             line(
@@ -381,7 +515,7 @@ mod tests {
 
     #[test]
     fn the_in_flight_gauge_follows_its_guards() {
-        let m = Metrics::new();
+        let m = Metrics::new(&[Lane::Read, Lane::Write]);
         let a = m.in_flight(Lane::Write);
         let b = m.in_flight(Lane::Write);
         assert!(m.render().contains(r#"beds_in_flight{lane="rec.write"} 2"#));

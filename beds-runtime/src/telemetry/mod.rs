@@ -3,8 +3,10 @@
 //! health ([`http`]). See wiki/operations.md.
 
 pub(crate) mod http;
+pub(crate) mod in_flight;
 pub(crate) mod metrics;
 pub(crate) mod queues;
+pub mod status;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, Targets};

@@ -12,13 +12,28 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::Metrics;
 use crate::transport::link::Link;
 
+/// Where polled depths go: the node's metrics, or the admin's diagnostics.
+pub(crate) trait QueueSink: Send + Sync + 'static {
+    /// Messages ready and consumers of the queue labelled `label`, or `None` when it could
+    /// not be read (it does not exist, or the broker is away).
+    fn queue(&self, label: &str, depth: Option<(u32, u32)>);
+}
+
+impl QueueSink for Metrics {
+    fn queue(&self, label: &str, depth: Option<(u32, u32)>) {
+        // The last value read stays: a gap in the series is worse than a stale point.
+        if let Some((messages, consumers)) = depth {
+            Metrics::queue(self, label, messages, consumers);
+        }
+    }
+}
+
 /// What a node polls: each queue's full name and its label (the name without the tag).
-#[derive(Debug)]
 pub(crate) struct Queues {
     pub link: Arc<Link>,
     pub names: Vec<(String, String)>,
     pub every: Duration,
-    pub metrics: Arc<Metrics>,
+    pub sink: Arc<dyn QueueSink>,
 }
 
 /// How long one passive declare may take: a broker that does not answer is skipped until
@@ -31,8 +46,9 @@ impl Queues {
         loop {
             for (name, label) in &self.names {
                 match self.declare(&mut channel, name).await {
-                    Ok((messages, consumers)) => self.metrics.queue(label, messages, consumers),
+                    Ok(depth) => self.sink.queue(label, Some(depth)),
                     Err(e) => {
+                        self.sink.queue(label, None);
                         tracing::debug!(queue = %name, error = %e, "reading the queue depth failed; retrying later");
                         // A failed passive declare (a deleted queue) closes the channel.
                         channel = None;

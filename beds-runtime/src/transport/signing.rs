@@ -41,6 +41,10 @@ pub enum Purpose {
     Invalidation,
     /// A reply to a request.
     Reply,
+    /// A node's heartbeat (`{tag}log.status`).
+    Status,
+    /// A lane command to a node's control queue (from the admin role).
+    Control,
 }
 
 impl Purpose {
@@ -51,6 +55,8 @@ impl Purpose {
             Purpose::WriteEvent => "write-event",
             Purpose::Invalidation => "invalidation",
             Purpose::Reply => "reply",
+            Purpose::Status => "status",
+            Purpose::Control => "control",
         }
     }
 }
