@@ -19,6 +19,7 @@ mod journal;
 mod json_schema;
 mod lineage;
 mod locking;
+mod operator_page;
 mod poison;
 mod queries;
 mod reliability;

@@ -42,7 +42,7 @@ pub const ADMIN_VERSION: u32 = 1;
 pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain"];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
-async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
+pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
         "diag" => ctx.nodes.diag(),

@@ -9,6 +9,7 @@ pub mod control;
 pub mod diag;
 pub(crate) mod heartbeats;
 pub mod nodes;
+pub(crate) mod page;
 pub mod store;
 
 use std::sync::Arc;
@@ -43,8 +44,9 @@ pub(crate) struct Parts<'a> {
 /// The queues (before the queue tag) the admin consumes, for the node's queue telemetry.
 pub(crate) const QUEUES: &[&str] = &[ADMIN_KEY];
 
-/// Starts the admin's consumers under supervision in `workers`.
-pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
+/// Starts the admin's consumers under supervision in `workers`; returns what its ops (and
+/// the operator page) read.
+pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx> {
     let config = parts.config;
     let nodes = diag::start(&parts, workers);
     let ctx = Arc::new(AdminCtx {
@@ -61,11 +63,12 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
         confirms: false,
         broker: "adm",
         handler: Arc::new(commands::Commands {
-            ctx,
+            ctx: ctx.clone(),
             signer: parts.signer,
             security: parts.security,
         }),
     };
     tracing::info!(queue = %commands.queue, "admin answering adm commands");
     workers.spawn(supervise(commands, parts.link, parts.stop, parts.counters));
+    ctx
 }
