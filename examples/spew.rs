@@ -4,7 +4,9 @@
 //! mentions, likes; then a home timeline with counts, a thread, a tag search and a
 //! follower list. The counts are maintained (`maintained: true` in the declaration): a
 //! tercero node in this process keeps them from the appServer's write events, and the
-//! reads wait until it has counted every write.
+//! reads wait until it has counted every write. An admin node in this process keeps the
+//! lineage records every node publishes; the example ends by printing one spew create's
+//! lineage tree, as `beds lineage` does.
 //!
 //! `cargo run --example spew` — needs RabbitMQ at the configured URL
 //! (default amqp://guest:guest@127.0.0.1:5672/%2f; override with BEDS_AMQP__URL). The
@@ -24,11 +26,16 @@ use beds::spew::{
     User, UserCreate,
 };
 use beds_runtime::config::{Driver, redact};
-use beds_runtime::{Client, ClientError, ClientOptions, Config, ErrorCode, Role, Server};
+use beds_runtime::lineage::{Record, RecordType};
+use beds_runtime::{
+    Client, ClientError, ClientOptions, Config, ErrorCode, Op, Request, Role, Server,
+};
 use futures_util::{StreamExt, stream};
 
 /// How long a read waits for the tercero to count every write.
 const COUNTED_WITHIN: Duration = Duration::from_secs(10);
+/// How long the example waits for a write's whole lineage tree to reach the admin.
+const TRACED_WITHIN: Duration = Duration::from_secs(10);
 /// Requests kept in flight while seeding.
 const IN_FLIGHT: usize = 32;
 const USERS: usize = 36;
@@ -52,6 +59,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // A fresh database and private queues, so runs never see each other's data.
     let data = tempfile::tempdir()?;
     config.database.data_dir = data.path().to_path_buf();
+    config.admin.database.data_dir = data.path().to_path_buf();
     config.amqp.queue_tag = format!("example.{}.", std::process::id());
     // This example is the service that seeds the network and the web front end acting for
     // each user: the node trusts its broker user to say which user it acts for
@@ -63,7 +71,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "SPEW is a Twitter-like backend declared in domains/spew.yaml: users post spews (short\n\
          messages) that may reply to or respew (repost) another spew; users follow and like.\n"
     );
-    // The tercero first: events reach only the queues bound when they are published.
+    // The admin and the tercero first: events and lineage records reach only the queues
+    // bound when they are published.
+    let mut admin_config = config.clone();
+    admin_config.role = Role::Admin;
+    admin_config.node = format!("{}-admin", config.node);
+    let admin = Server::start(&admin_config, &beds::CATALOG).await?;
     let mut tercero_config = config.clone();
     tercero_config.role = Role::Tercero;
     tercero_config.node = format!("{}-tercero", config.node);
@@ -78,28 +91,40 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
          publishes (queue {0}evt.tercero) and keeps SPEW's maintained counts (likes, replies,\n  \
          respews, followers, following, spews), which reads then take from a counter instead\n  \
          of COUNT(*); they lag writes by well under a second.\n\
+         admin node started in this process too: it stores the lineage records every node\n  \
+         publishes (queue {0}lineage; lineage.sample is {2} in this environment) in its own\n  \
+         database, and answers administrative commands (queue {0}adm).\n\
          Every step below is a request to the appServer over RabbitMQ, sent by the typed client\n\
          generated from domains/spew.yaml.\n",
         config.amqp.queue_tag,
-        database(&config)
+        database(&config),
+        config.lineage.sample
     );
     let client = Client::connect(options.clone().as_subject(None, &["admin"])).await?;
-    let result = script(&client, &options).await;
+    let result = match script(&client, &options).await {
+        Ok(author) => {
+            println!(
+                "read cache: {} fetches answered from the node's memory (`user` declares \
+                 cache: {{ ttl: 30s }}; a write drops its record on every node)",
+                server.cache_hits()
+            );
+            traced(&client, &author).await
+        }
+        Err(e) => Err(e),
+    };
     client.close().await?;
-    println!(
-        "read cache: {} fetches answered from the node's memory (`user` declares \
-         cache: {{ ttl: 30s }}; a write drops its record on every node)",
-        server.cache_hits()
-    );
     // Stop serving before the queues go, so no worker sees its consumer vanish.
     server.stop().await;
     tercero.stop().await;
+    admin.stop().await;
     beds_runtime::topology::remove(
         &config.amqp,
         &[
             beds_runtime::topology::READ_KEY,
             beds_runtime::topology::WRITE_KEY,
             beds_runtime::EVENT_QUEUE_KEY,
+            beds_runtime::admin::ADMIN_KEY,
+            beds_runtime::admin::lineage::LINEAGE_KEY,
         ],
     )
     .await?;
@@ -170,10 +195,11 @@ const LINES: &[&str] = &[
     "Keyset pagination never skips a row",
 ];
 
+/// Seeds the network and reads it; returns the user who posts the traced spew.
 async fn script(
     client: &Client,
     options: &ClientOptions,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<User, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let tally = Tally::default();
     let api = spew::client(client);
@@ -546,6 +572,55 @@ history of a spew by @{author} after its edit (newest first):"
     );
     if errors != wanted {
         return Err(format!("{} unexpected error replies", errors - wanted).into());
+    }
+    Ok(users[1].clone())
+}
+
+/// One more spew, then its lineage tree as the admin stores it (what `beds lineage ID`
+/// prints), once it holds the request, reply, event, tercero effect and invalidation.
+async fn traced(client: &Client, author: &User) -> Result<(), Box<dyn std::error::Error>> {
+    let mut req = Request::new("spew", "spew", Op::Create);
+    req.data = serde_json::json!({"author": author.id, "body": "Tracing this one #beds"})
+        .as_object()
+        .cloned();
+    let id = req.id;
+    client.exchange(req).await?.into_result()?;
+    let complete = |rs: &[Record]| {
+        let has = |t: RecordType| rs.iter().any(|r| r.kind_of == t);
+        has(RecordType::Request)
+            && has(RecordType::Reply)
+            && has(RecordType::Event)
+            && rs
+                .iter()
+                .any(|r| r.kind_of == RecordType::Effect && r.name.starts_with("tercero."))
+            && has(RecordType::Invalidation)
+    };
+    let end = Instant::now() + TRACED_WITHIN;
+    let records = loop {
+        let mut fields = serde_json::Map::new();
+        fields.insert("message_id".into(), id.to_string().into());
+        let mut answer = client.admin("lineage", fields).await?;
+        let records: Vec<Record> = serde_json::from_value(answer["records"].take())?;
+        if complete(&records) {
+            break records;
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "the lineage tree of {id} was still incomplete after {TRACED_WITHIN:?}: {records:?}"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "\nlineage of one more spew by @{}, as the admin node stored it: each message and effect\n\
+         under the one that caused it, with the node that recorded it, its outcome, when it\n\
+         started after the request and how long it took (`beds lineage {id}`\n\
+         prints the same):",
+        author.handle
+    );
+    for line in beds_runtime::lineage::render(&records).lines() {
+        println!("  {line}");
     }
     Ok(())
 }

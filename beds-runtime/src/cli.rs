@@ -1,5 +1,6 @@
-//! The `beds` command line: `run`, `check`, `schema`, `call`, `dlq`, `diag` and `admin`, shared by every
-//! build of the binary whatever domains it was compiled with.
+//! The `beds` command line: `run`, `check`, `schema`, `call`, `dlq`, `diag`, `admin`,
+//! `lineage` and `config`, shared by every build of the binary whatever domains it was
+//! compiled with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,16 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Print a conversation's lineage tree, as the admin node stores it: each message and
+    /// effect under the one that caused it, with type, name, node, outcome, offset from the
+    /// first record and duration.
+    Lineage {
+        /// The conversation's correlation id, or the id of any message of it.
+        id: uuid::Uuid,
+        /// Print the records as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -139,11 +150,15 @@ enum CliError {
     #[error(transparent)]
     Dlq(#[from] DlqError),
     #[error("there are {count} dead letters; pick 1..={count}")]
-    NoSuchLetter { count: usize },
+    NoSuchLetter {
+        count: usize,
+    },
     #[error(transparent)]
     Call(#[from] CallError),
     #[error(transparent)]
     Diag(#[from] crate::ops::diag::DiagError),
+    #[error(transparent)]
+    Lineage(#[from] crate::ops::lineage::LineageError),
 }
 
 impl CliError {
@@ -231,6 +246,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             rt.block_on(dlq(&config, action))
+        }
+        Command::Lineage { id, json } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(rt.block_on(crate::ops::lineage::run(&config, id, json))?)
         }
         Command::Config {
             action: ConfigAction::Show,

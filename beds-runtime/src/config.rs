@@ -608,6 +608,8 @@ pub struct AdminConfig {
     /// How long a delivery may be in flight (when its request has no earlier deadline)
     /// before `beds diag` reports it stuck.
     pub stuck_after: Millis,
+    /// How long lineage records are kept (by their `at`), e.g. `7d`.
+    pub lineage_keep: Millis,
 }
 
 impl Default for AdminConfig {
@@ -620,6 +622,7 @@ impl Default for AdminConfig {
             prefetch: 64,
             heartbeat: Millis(2_000),
             stuck_after: Millis(30_000),
+            lineage_keep: Millis(7 * 86_400_000),
         }
     }
 }
@@ -1301,6 +1304,12 @@ impl Config {
         if self.admin.prefetch == 0 {
             return Err("admin.prefetch must be at least 1".into());
         }
+        if self.admin.lineage_keep.0 < 60_000 {
+            return Err(format!(
+                "admin.lineage_keep is {} ms; keep lineage records at least 1m (e.g. `7d`)",
+                self.admin.lineage_keep.0
+            ));
+        }
         self.admin.database.validate(DatabaseKey::ADMIN)
     }
 }
@@ -1468,6 +1477,20 @@ mod tests {
         let e = Config::load_with_env(&base, env(&[("BEDS_SECURITY__DEFAULT_ACCESS", "[owner]")]))
             .unwrap_err();
         assert!(e.to_string().contains("cannot name `owner`"), "{e}");
+    }
+
+    #[test]
+    fn lineage_keep_reads_durations_and_refuses_less_than_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(&base, env(&[])).unwrap();
+        assert_eq!(c.admin.lineage_keep, Millis(7 * 86_400_000));
+        let c = Config::load_with_env(&base, env(&[("BEDS_ADMIN__LINEAGE_KEEP", "2h")])).unwrap();
+        assert_eq!(c.admin.lineage_keep.duration(), Duration::from_secs(7200));
+        let e = Config::load_with_env(&base, env(&[("BEDS_ADMIN__LINEAGE_KEEP", "30s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.lineage_keep") && e.contains("1m"), "{e}");
     }
 
     #[test]

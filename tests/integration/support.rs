@@ -503,6 +503,7 @@ impl Drop for TestEnv {
                         beds_runtime::EVENT_QUEUE_KEY,
                         beds_runtime::admin::ADMIN_KEY,
                         beds_runtime::admin::STATUS_QUEUE,
+                        beds_runtime::admin::lineage::LINEAGE_KEY,
                         SETTLE_KEY,
                     ],
                 ))

@@ -39,7 +39,7 @@ pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
-pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain"];
+pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain", "lineage"];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
 pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
@@ -49,6 +49,7 @@ pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json,
         "pause" => ctx.nodes.lane(ControlOp::Pause, req).await,
         "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,
         "drain" => ctx.nodes.lane(ControlOp::Drain, req).await,
+        "lineage" => super::lineage::query(ctx, req).await,
         other => Err(unknown_op(other)),
     }
 }

@@ -1,6 +1,7 @@
 //! The admin role (wiki/operations.md): its own database ([`store`]), the `adm` command
-//! route ([`commands`]) and the audit trail ([`audit`]). The node (`node`) opens the
-//! admin's database in place of the serving one and calls [`start`].
+//! route ([`commands`]), the audit trail ([`audit`]) and the lineage store ([`lineage`]).
+//! The node (`node`) opens the admin's database in place of the serving one and calls
+//! [`start`].
 
 pub mod audit;
 pub mod commands;
@@ -8,6 +9,7 @@ pub(crate) mod consumer;
 pub mod control;
 pub mod diag;
 pub(crate) mod heartbeats;
+pub mod lineage;
 pub mod nodes;
 pub(crate) mod page;
 pub mod store;
@@ -56,6 +58,7 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx
         link: parts.link.clone(),
         nodes,
     });
+    let (keeper_store, keeper_key) = (ctx.store.clone(), parts.signer.key.clone());
     let commands = Consumer {
         queue: config.amqp.queue(ADMIN_KEY),
         tag: format!("{}.adm.{}", config.node, std::process::id()),
@@ -69,6 +72,29 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx
         }),
     };
     tracing::info!(queue = %commands.queue, "admin answering adm commands");
-    workers.spawn(supervise(commands, parts.link, parts.stop, parts.counters));
+    workers.spawn(supervise(
+        commands,
+        parts.link.clone(),
+        parts.stop.clone(),
+        parts.counters.clone(),
+    ));
+    let keeper = Consumer {
+        queue: config.amqp.queue(lineage::LINEAGE_KEY),
+        tag: format!("{}.lineage.{}", config.node, std::process::id()),
+        prefetch: config.admin.prefetch,
+        // Dead letters are confirmed before the poison delivery is acked.
+        confirms: true,
+        broker: "lineage",
+        handler: Arc::new(lineage::Keeper {
+            amqp: config.amqp.clone(),
+            store: keeper_store,
+            key: keeper_key,
+            keep: config.admin.lineage_keep.duration(),
+            stop: parts.stop.clone(),
+            swept: Default::default(),
+        }),
+    };
+    tracing::info!(queue = %keeper.queue, "admin storing lineage records");
+    workers.spawn(supervise(keeper, parts.link, parts.stop, parts.counters));
     ctx
 }

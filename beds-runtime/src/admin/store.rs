@@ -12,7 +12,7 @@ pub(crate) type Section = fn(&dyn Dialect) -> Vec<String>;
 
 /// Every part of the admin's schema, in creation order. An admin capability with tables
 /// adds its DDL function here.
-pub(crate) const SECTIONS: &[Section] = &[super::audit::ddl];
+pub(crate) const SECTIONS: &[Section] = &[super::audit::ddl, super::lineage::ddl];
 
 /// The admin's DDL in the dialect of `driver`.
 pub fn ddl(driver: Driver) -> Vec<String> {

@@ -259,6 +259,12 @@ impl Server {
         topology::declare(&channel, &config.amqp, &keys)
             .await
             .map_err(ServerError::Topology)?;
+        if admin {
+            // Records are kept from the admin's start, not only once its consumer runs.
+            admin::lineage::declare(&channel, &config.amqp)
+                .await
+                .map_err(ServerError::Topology)?;
+        }
         if config.role == Role::Tercero {
             topology::declare_events(&channel, &config.amqp, EVENT_QUEUE_KEY, EVENT_BINDING)
                 .await
