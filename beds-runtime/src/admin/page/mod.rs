@@ -492,7 +492,7 @@ fn series_json(page: &Page) -> Json {
 
 /// The conversation of `id` through the admin's `lineage` op, in tree order.
 async fn lineage_rows(ctx: &AdminCtx, id: uuid::Uuid) -> Result<Vec<html::LineageRow>, String> {
-    let reply = ask(ctx, "lineage", json!({ "id": id })).await?;
+    let reply = ask(ctx, "lineage", json!({ "message_id": id })).await?;
     let records = match reply {
         Json::Array(items) => Json::Array(items),
         mut page => page["records"].take(),
