@@ -5,7 +5,8 @@
 #   scripts/rabbitmq-permissions.sh [--vhost V] [--tag T] PROFILE USER PASSWORD_FILE
 #
 # PROFILE: appServer | admin | segundo | tercero  (a node of that role)
-#          operator                               (`beds dlq`, topology clean-up)
+#          operator                               (`beds dlq`, `beds audit`, adm commands,
+#                                                  topology clean-up)
 #          client                                 (calls nodes: requests and its replies)
 # The password is read from PASSWORD_FILE (never from the command line or environment).
 # RABBITMQCTL overrides the command (e.g. "rabbitmqctl -n rabbit@host").
@@ -43,24 +44,27 @@ t=$(printf '%s' "$tag" | sed 's/[][\.*^$()+?{}|]/\\&/g')
 case "$profile" in
   appServer|admin|segundo|tercero)
     # Its work queues, their retry lanes and dead-letter queues, the event queue, the
-    # invalidation queues, and the two exchanges; replies go out through the default
-    # exchange (`amq.default`) to `beds.reply.*` or `amq.rabbitmq.reply-to`.
-    ours="${t}(rec|evt)\\..*|beds\\.inv\\..*"
+    # admin's command and audit queues (an appServer declares the audit queue too, so no
+    # event of an audited template is published before it exists), the invalidation
+    # queues, and the two exchanges; replies go out through the default exchange
+    # (`amq.default`) to `beds.reply.*` or `amq.rabbitmq.reply-to`.
+    ours="${t}(rec|evt)\\..*|${t}(adm|audit)(\\.dlq)?|beds\\.inv\\..*"
     configure="^(beds\\.events|beds\\.dlx|${ours})\$"
     write="^(beds\\.events|beds\\.dlx|amq\\.default|${ours})\$"
     read="^(beds\\.events|beds\\.dlx|${ours})\$"
     # On the topic exchanges: events, invalidations and dead letters of this tag only.
-    topic_write="^${t}(rec|evt|inv)\\."
+    topic_write="^${t}((rec|evt|inv)\\.|(adm|audit)\$)"
     topic_read="^${t}"
     ;;
   operator)
     # `beds dlq` reads the dead-letter queues and republishes to the work queues through
-    # the default exchange; topology clean-up deletes this tag's queues.
-    ours="${t}(rec|evt)\\..*"
-    configure="^(${ours})\$"
-    write="^(amq\\.default|${ours})\$"
-    read="^(${ours})\$"
-    topic_write='^$'
+    # the default exchange; topology clean-up deletes this tag's queues. `beds audit` and
+    # other adm commands go to beds.events with key {tag}adm, replies to its own queue.
+    ours="${t}(rec|evt)\\..*|${t}(adm|audit)(\\.dlq)?"
+    configure="^(beds\\.reply\\..*|${ours})\$"
+    write="^(amq\\.default|beds\\.events|${ours})\$"
+    read="^(beds\\.reply\\..*|${ours})\$"
+    topic_write="^${t}adm\$"
     topic_read='^$'
     ;;
   client)

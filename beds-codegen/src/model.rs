@@ -601,7 +601,7 @@ impl CondOp {
 pub const APPEND_ONLY_JOURNAL: &str =
     "an append-only record has one version, its create, so a journal would only copy it";
 
-pub const NOT_YET: &[(&str, &str)] = &[
-    ("audit", "audit records arrive with the admin role"),
-    ("retention", "retention arrives with the segundo role"),
-];
+/// Why `audit` on an internal template is refused (the compiler and the derive say it).
+pub const INTERNAL_AUDIT: &str = "an internal template holds the runtime's own records, written by no caller, so there is no one to audit";
+
+pub const NOT_YET: &[(&str, &str)] = &[("retention", "retention arrives with the segundo role")];

@@ -440,6 +440,14 @@ fn coherence(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
             }
         }
     }
+    if t.internal && t.capabilities.audit {
+        cx.error_hint(
+            body.pos,
+            &format!("{path}.capabilities.audit"),
+            crate::model::INTERNAL_AUDIT,
+            "remove `audit` or `internal`",
+        );
+    }
     if t.internal && !t.access.is_empty() {
         cx.error_hint(
             body.pos,
@@ -458,10 +466,8 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     check_keys(cx, entries, path, CAPABILITY_KEYS);
     caps.audit = flag(cx, entries, path, "audit");
     caps.journal = flag(cx, entries, path, "journal");
-    for key in ["audit", "retention"] {
-        if let Some(n) = get(entries, key) {
-            not_yet(cx, n, &format!("{path}.{key}"), key);
-        }
+    if let Some(n) = get(entries, "retention") {
+        not_yet(cx, n, &format!("{path}.retention"), "retention");
     }
     caps.locking = flag(cx, entries, path, "locking");
     if let Some(n) = get(entries, "cache") {

@@ -79,7 +79,7 @@ struct TokenAttrs {
     span: Option<Span>,
 }
 
-const FLAGS: &[&str] = &["append_only", "internal", "locking", "journal"];
+const FLAGS: &[&str] = &["append_only", "internal", "locking", "journal", "audit"];
 
 /// Collects every error rather than stopping at the first, like serde_derive's `Ctxt`.
 #[derive(Default)]
@@ -211,6 +211,12 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         });
     }
     let flag = |name: &str| t.flags.iter().any(|f| f == name);
+    if flag("internal") && flag("audit") {
+        errors.push(syn::Error::new_spanned(
+            name,
+            format!("{}; remove `audit` or `internal`", model::INTERNAL_AUDIT),
+        ));
+    }
     if flag("append_only") && flag("journal") {
         errors.push(syn::Error::new_spanned(
             name,
@@ -249,7 +255,7 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
         append_only: flag("append_only"),
         internal: flag("internal"),
         capabilities: model::Capabilities {
-            audit: false,
+            audit: flag("audit"),
             journal: flag("journal"),
             locking: flag("locking"),
             cache_ttl_ms: t.cache_ttl_ms,
@@ -516,7 +522,7 @@ fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Resu
         return Err(meta.error(
             "unknown template attribute; expected domain, template, table, id, id_column, \
              version_column, page_default, page_max, create, patch, version, append_only, \
-             internal, locking, journal, cache_ttl_ms, owner, access(...), index(...), unique(...), tokens(...), count(...) or differ(...)",
+             internal, locking, journal, audit, cache_ttl_ms, owner, access(...), index(...), unique(...), tokens(...), count(...) or differ(...)",
         ));
     }
     Ok(())

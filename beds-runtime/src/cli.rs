@@ -1,6 +1,6 @@
-//! The `beds` command line: `run`, `check`, `schema`, `call`, `dlq`, `diag`, `admin`,
-//! `lineage` and `config`, shared by every build of the binary whatever domains it was
-//! compiled with.
+//! The `beds` command line: `run`, `check`, `schema`, `call`, `audit`, `dlq`, `diag`,
+//! `admin`, `lineage` and `config`, shared by every build of the binary whatever domains it
+//! was compiled with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError, Role};
 use crate::envelope::Op;
 use crate::node::{Server, ServerError, lanes};
+use crate::ops::audit::{AuditArgs, AuditError};
 use crate::ops::call::{CallArgs, CallError};
 use crate::ops::dead_letters::DlqError;
 use crate::value::PatternError;
@@ -56,6 +57,8 @@ enum Command {
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
+    /// Print a record's audit trail, newest first, from the admin node (`beds audit --help`).
+    Audit(AuditArgs),
     /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
     Dlq {
         #[command(subcommand)]
@@ -150,15 +153,15 @@ enum CliError {
     #[error(transparent)]
     Dlq(#[from] DlqError),
     #[error("there are {count} dead letters; pick 1..={count}")]
-    NoSuchLetter {
-        count: usize,
-    },
+    NoSuchLetter { count: usize },
     #[error(transparent)]
     Call(#[from] CallError),
     #[error(transparent)]
     Diag(#[from] crate::ops::diag::DiagError),
     #[error(transparent)]
     Lineage(#[from] crate::ops::lineage::LineageError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl CliError {
@@ -211,6 +214,13 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::call::run(&config, catalog, args))?)
+        }
+        Command::Audit(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(rt.block_on(crate::ops::audit::run(&config, catalog, args))?)
         }
         Command::Diag { json } => {
             let rt = tokio::runtime::Builder::new_current_thread()

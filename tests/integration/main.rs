@@ -2,6 +2,7 @@
 //! Each test has its own queue tag and data directory.
 
 mod admin;
+mod audit;
 mod authorization;
 mod bounds;
 mod cache;

@@ -504,6 +504,7 @@ impl Drop for TestEnv {
                         beds_runtime::admin::ADMIN_KEY,
                         beds_runtime::admin::STATUS_QUEUE,
                         beds_runtime::admin::lineage::LINEAGE_KEY,
+                        beds_runtime::admin::audit::AUDIT_KEY,
                         SETTLE_KEY,
                     ],
                 ))

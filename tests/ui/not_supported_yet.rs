@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 include!("shared/key.rs");
 
 #[derive(Serialize, Deserialize, rt::Record)]
-#[beds(domain = "d", template = "thing", create = In, patch = In, audit)]
+#[beds(domain = "d", template = "thing", create = In, patch = In, retention)]
 pub struct Thing {
     pub id: ThingId,
     pub version: i64,

@@ -39,12 +39,15 @@ pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
-pub const OPS: &[&str] = &["ping", "diag", "pause", "resume", "drain", "lineage"];
+pub const OPS: &[&str] = &[
+    "ping", "audit", "diag", "pause", "resume", "drain", "lineage",
+];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
 pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
+        "audit" => super::audit::query(ctx, req).await,
         "diag" => ctx.nodes.diag(),
         "pause" => ctx.nodes.lane(ControlOp::Pause, req).await,
         "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,

@@ -43,14 +43,53 @@ pub(crate) struct Parts<'a> {
     pub counters: Arc<Counters>,
 }
 
-/// The queues (before the queue tag) the admin consumes, for the node's queue telemetry.
+/// The queues (before the queue tag) the admin always consumes, declared at start.
 pub(crate) const QUEUES: &[&str] = &[ADMIN_KEY];
+
+/// Every queue (before the queue tag) an admin node of `catalog` consumes: the command
+/// queue, and the audit queue when a template declares `audit`.
+pub(crate) fn queues(catalog: &Catalog) -> Vec<&'static str> {
+    let mut queues = QUEUES.to_vec();
+    if !audit::audited(catalog).is_empty() {
+        queues.push(audit::AUDIT_KEY);
+    }
+    queues
+}
 
 /// Starts the admin's consumers under supervision in `workers`; returns what its ops (and
 /// the operator page) read.
 pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx> {
     let config = parts.config;
     let nodes = diag::start(&parts, workers);
+    let audited = audit::bindings(parts.catalog);
+    if !audited.is_empty() {
+        let auditor = Consumer {
+            queue: config.amqp.queue(audit::AUDIT_KEY),
+            tag: format!("{}.audit.{}", config.node, std::process::id()),
+            prefetch: config.admin.prefetch,
+            // Dead letters are confirmed before the poison delivery is acked.
+            confirms: true,
+            broker: "audit",
+            handler: Arc::new(audit::Auditor {
+                amqp: config.amqp.clone(),
+                store: parts.store.clone(),
+                key: parts.signer.key.clone(),
+                audited: audit::audited(parts.catalog)
+                    .iter()
+                    .map(|t| (t.domain, t.name))
+                    .collect(),
+                bindings: audited.clone(),
+                stop: parts.stop.clone(),
+            }),
+        };
+        tracing::info!(queue = %auditor.queue, bindings = ?audited, "admin recording audit records");
+        workers.spawn(supervise(
+            auditor,
+            parts.link.clone(),
+            parts.stop.clone(),
+            parts.counters.clone(),
+        ));
+    }
     let ctx = Arc::new(AdminCtx {
         store: parts.store,
         catalog: parts.catalog,

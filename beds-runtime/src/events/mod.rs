@@ -69,6 +69,28 @@ pub struct WriteEvent {
     pub after: Option<Json>,
     /// The record before the change (update, delete); `null` for a create.
     pub before: Option<Json>,
+    /// Who asked for the write, when known; absent otherwise (audit records read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+}
+
+/// Who asked for a write: the calling service (its AMQP `user_id`) and the end user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl Caller {
+    /// The caller of a request with this principal; none when nothing is known.
+    pub(crate) fn of(principal: &crate::security::Principal) -> Option<Caller> {
+        (principal.service.is_some() || principal.subject.is_some()).then(|| Caller {
+            service: principal.service.clone(),
+            subject: principal.subject.clone(),
+        })
+    }
 }
 
 impl WriteEvent {
@@ -90,6 +112,7 @@ pub(crate) struct Lineage {
     pub causation_id: Uuid,
     pub depth: u32,
     pub origin: Origin,
+    pub caller: Option<Caller>,
 }
 
 #[cfg(test)]

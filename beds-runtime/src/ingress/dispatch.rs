@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use super::command::Command;
 use crate::envelope::{AsOf, Origin, Request};
 use crate::error::{BedsError, ErrorCode};
-use crate::events::Lineage;
+use crate::events::{Caller, Lineage};
 use crate::meta::{QueryMeta, TemplateMeta};
 use crate::security::OwnerCheck;
 use crate::store::{IdempotencyKey, Store};
@@ -30,12 +30,13 @@ impl Ctx {
     }
 
     /// The lineage a request's events carry: its conversation, caused by it, one deeper.
-    fn lineage(&self, request: &Request) -> Option<Lineage> {
+    fn lineage(&self, request: &Request, caller: Option<Caller>) -> Option<Lineage> {
         self.events.as_ref().map(|origin| Lineage {
             correlation_id: request.correlation_id.unwrap_or(request.id),
             causation_id: request.id,
             depth: request.depth.saturating_add(1),
             origin: origin.clone(),
+            caller,
         })
     }
 }
@@ -49,6 +50,8 @@ pub struct Call<'a> {
     idempotency: Option<IdempotencyKey>,
     /// An `owner` rule the store applies to the record in the write's transaction.
     owner: Option<OwnerCheck>,
+    /// Who called, for the events of a write.
+    caller: Option<Caller>,
 }
 
 impl<'a> Call<'a> {
@@ -58,6 +61,7 @@ impl<'a> Call<'a> {
         command: Command,
         idempotency: Option<IdempotencyKey>,
         owner: Option<OwnerCheck>,
+        caller: Option<Caller>,
     ) -> Self {
         Call {
             request,
@@ -65,6 +69,7 @@ impl<'a> Call<'a> {
             command,
             idempotency,
             owner,
+            caller,
         }
     }
 
@@ -91,7 +96,7 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
             let key = call
                 .idempotency
                 .ok_or_else(|| mismatch("a write without its idempotency key"))?;
-            let lineage = ctx.lineage(call.request);
+            let lineage = ctx.lineage(call.request, call.caller);
             ctx.store
                 .write(t, &key, op, lineage.as_ref(), call.owner.as_ref())
                 .await

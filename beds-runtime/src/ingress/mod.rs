@@ -333,7 +333,14 @@ async fn run(
             let owner = owner.clone().filter(|_| op != Op::Fetch);
             let result = handler(
                 &ingress.ctx,
-                Call::new(req, meta, command, idempotency, owner),
+                Call::new(
+                    req,
+                    meta,
+                    command,
+                    idempotency,
+                    owner,
+                    crate::events::Caller::of(&principal),
+                ),
             )
             .await;
             fetched(&result)?;

@@ -421,7 +421,30 @@ pub(crate) async fn dead_letter(
     error: &BedsError,
     attempt: u32,
 ) -> Result<(), PublishError> {
-    park_dead(channel, key, delivery, error, attempt, Vec::new()).await
+    let routing_key = delivery.routing_key.as_str();
+    dead_letter_to(channel, key, delivery, error, attempt, routing_key).await
+}
+
+/// [`dead_letter`] to the dead-letter queue bound by `routing_key` (the consumed queue's
+/// name, where the delivery's own routing key, e.g. an event's, binds none there).
+pub(crate) async fn dead_letter_to(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+    attempt: u32,
+    routing_key: &str,
+) -> Result<(), PublishError> {
+    park_dead(
+        channel,
+        key,
+        delivery,
+        error,
+        attempt,
+        routing_key,
+        Vec::new(),
+    )
+    .await
 }
 
 /// Dead-letters a request of a lane with its lineage headers, recorded when sampled.
@@ -437,7 +460,17 @@ async fn traced_dead_letter(
     let id = uuid::Uuid::now_v7();
     let at = crate::value::now();
     let started = std::time::Instant::now();
-    park_dead(channel, key, delivery, error, attempt, trail.headers(id)).await?;
+    let routing_key = delivery.routing_key.as_str();
+    park_dead(
+        channel,
+        key,
+        delivery,
+        error,
+        attempt,
+        routing_key,
+        trail.headers(id),
+    )
+    .await?;
     trail.record(
         RecordType::DeadLetter,
         id,
@@ -455,6 +488,7 @@ async fn park_dead(
     delivery: &Delivery,
     error: &BedsError,
     attempt: u32,
+    routing_key: &str,
     mut extra: Vec<(&'static str, AMQPValue)>,
 ) -> Result<(), PublishError> {
     let class = serde_json::to_value(error.class).unwrap_or_default();
@@ -476,7 +510,6 @@ async fn park_dead(
     ]);
     let props = republished(key, Purpose::DeadLetter, delivery, &extra);
     tracing::warn!(attempt, code = ?error.code, "dead-lettering");
-    let routing_key = delivery.routing_key.as_str();
     park(channel, DEAD_LETTER_EXCHANGE, routing_key, delivery, props).await
 }
 

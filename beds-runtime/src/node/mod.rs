@@ -73,6 +73,10 @@ pub enum ServerError {
     ServiceKey(#[from] KeyError),
     #[error(transparent)]
     Telemetry(#[from] ListenError),
+    #[error(
+        "{templates} declare capabilities.audit, which records every committed write from its write event, but events.enabled is false; set events.enabled: true (or remove audit from those templates)"
+    )]
+    AuditNeedsEvents { templates: String },
 }
 
 /// Whether a role consumes anything in this release.
@@ -156,7 +160,7 @@ impl Health {
 
 /// The queues a role's node watches the depth of: each consumed queue with its dead-letter
 /// queue and retry lane, as (full name, name without the tag).
-fn watched_queues(config: &Config) -> Vec<(String, String)> {
+fn watched_queues(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
     let mut names = Vec::new();
     for lane in lanes(config.role) {
         let key = lane.key();
@@ -173,7 +177,7 @@ fn watched_queues(config: &Config) -> Vec<(String, String)> {
         ]);
     }
     if config.role == Role::Admin {
-        for key in admin::QUEUES {
+        for key in admin::queues(catalog) {
             names.extend([key.to_string(), dead_letter_queue(key)]);
         }
     }
@@ -222,6 +226,16 @@ impl Server {
             return Err(ServerError::RoleNotServed(config.role));
         }
         catalog.check()?;
+        let audited = admin::audit::audited(catalog);
+        if !audited.is_empty() && !config.events.enabled {
+            return Err(ServerError::AuditNeedsEvents {
+                templates: audited
+                    .iter()
+                    .map(|t| format!("{}.{}", t.domain, t.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         let key = ServiceKey::load(config)?;
         let patterns = Patterns::compile(catalog.domains)?;
         // The admin serves from its own database, with its own tables only.
@@ -270,6 +284,10 @@ impl Server {
                 .await
                 .map_err(ServerError::Topology)?;
         }
+        // The audit queue exists before this node publishes its first event.
+        admin::audit::declare(&channel, &config.amqp, &admin::audit::bindings(catalog))
+            .await
+            .map_err(ServerError::Topology)?;
         channel
             .close(200, "topology declared".into())
             .await
@@ -474,7 +492,7 @@ impl Server {
         tokio::spawn(
             Queues {
                 link: link.clone(),
-                names: watched_queues(config),
+                names: watched_queues(config, catalog),
                 every: config.telemetry.queue_poll.duration(),
                 sink: metrics.clone(),
             }

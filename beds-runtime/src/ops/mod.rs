@@ -3,6 +3,7 @@
 //! conversation's lineage tree. They reach
 //! RabbitMQ through the transport like any client; none of them touches a database.
 
+pub mod audit;
 pub(crate) mod call;
 pub mod dead_letters;
 pub mod diag;

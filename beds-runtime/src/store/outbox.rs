@@ -189,6 +189,7 @@ impl Store {
                 committed_at: now,
                 after: c.after,
                 before: c.before,
+                caller: lineage.caller.clone(),
             };
             let body = serde_json::to_string(&event).map_err(|e| {
                 tracing::error!(error = %e, "an event could not be encoded");

@@ -68,6 +68,24 @@ pub async fn declare_events(
     work_queue(channel, amqp, &amqp.queue(key), &amqp.queue(binding)).await
 }
 
+/// Binds the queue `{tag}{key}` to the main exchange by one more `{tag}{binding}`.
+pub async fn bind(
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    key: &str,
+    binding: &str,
+) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            amqp.queue(key).as_str().into(),
+            EXCHANGE.into(),
+            amqp.queue(binding).as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// A durable queue of the configured type bound to the main exchange by `binding`, its
 /// rejected messages dead-lettered to `{queue}.dlq`.
 async fn work_queue(

@@ -39,8 +39,16 @@ const TRAIL_SHOWN: u32 = 50;
 
 /// The columns of a journal version, in this order.
 const JOURNAL_COLUMNS: &[&str] = &["version", "op", "written_at", "record"];
-/// The leading columns of an audit record (the rest follow).
-const AUDIT_COLUMNS: &[&str] = &["at", "op", "version", "who", "before", "after"];
+/// The columns of an audit record shown, in this order (the template and key are the page's).
+const AUDIT_COLUMNS: &[&str] = &[
+    "committed_at",
+    "op",
+    "version",
+    "caller",
+    "changes",
+    "correlation_id",
+    "request_id",
+];
 
 /// Scripts only from the page's own file, nothing from elsewhere: markup that reached the
 /// page through record data could not run even if escaping missed it.
@@ -413,7 +421,11 @@ async fn audit(ctx: &AdminCtx, meta: &TemplateMeta, key: &str) -> Result<Vec<Jso
     .await?;
     Ok(match reply {
         Json::Array(items) => items,
-        mut page => page["items"].take().as_array().cloned().unwrap_or_default(),
+        mut page => page["records"]
+            .take()
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 

@@ -1,0 +1,13 @@
+use beds_runtime::support as rt;
+use serde::{Deserialize, Serialize};
+
+include!("shared/key.rs");
+
+#[derive(Serialize, Deserialize, rt::Record)]
+#[beds(domain = "d", template = "thing", create = In, patch = In, internal, audit)]
+pub struct Thing {
+    pub id: ThingId,
+    pub version: i64,
+}
+
+fn main() {}
