@@ -240,56 +240,63 @@ async fn the_page_shows_nodes_live_plots_and_a_writes_lineage_in_headless_chromi
     nodes.stop().await;
 }
 
-/// Twenty seconds of reads and writes, so the plots have a history, then the page as a
-/// 1280×1100 PNG at `path`.
+/// Reads and writes for twenty seconds, so the plots have a history, and the page as a
+/// 1280×1100 PNG at `path` while they go on.
 async fn screenshot(
     client: &beds_runtime::Client,
     user_id: &str,
     base: &str,
     path: &std::path::Path,
 ) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut i = 0u32;
-    while tokio::time::Instant::now() < end {
-        let mut fetch = Request::new("spew", "user", Op::Fetch);
-        fetch.key = Some(data(json!({ "id": user_id })));
-        client.request(fetch).await.expect("a fetch");
-        if i % 4 == 0 {
-            let mut spew = Request::new("spew", "spew", Op::Create);
-            spew.data = Some(data(
-                json!({"author": user_id, "body": format!("spew {i}")}),
-            ));
-            client.request(spew).await.expect("a spew");
+    let traffic = async {
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut i = 0u32;
+        while tokio::time::Instant::now() < end {
+            let mut fetch = Request::new("spew", "user", Op::Fetch);
+            fetch.key = Some(data(json!({ "id": user_id })));
+            client.request(fetch).await.expect("a fetch");
+            if i % 4 == 0 {
+                let mut spew = Request::new("spew", "spew", Op::Create);
+                spew.data = Some(data(
+                    json!({"author": user_id, "body": format!("spew {i}")}),
+                ));
+                client.request(spew).await.expect("a spew");
+            }
+            i += 1;
+            // An uneven pace, so the plots show some shape.
+            tokio::time::sleep(Duration::from_millis(10 + u64::from(i % 40))).await;
         }
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(15 + u64::from(i % 7) * 5)).await;
-    }
+    };
     let url = format!("{base}/");
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let profile = tempfile::tempdir().expect("a Chromium profile directory");
-        let out = Command::new("timeout")
-            .args(["--kill-after=5", "60"])
-            .arg(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("--virtual-time-budget={BUDGET_MS}"))
-            .arg(format!("--screenshot={}", path.display()))
-            .arg("--window-size=1280,1100")
-            .arg(&url)
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success() && path.is_file(),
-            "the screenshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    })
-    .await
-    .expect("the chromium thread");
+    let shot = async {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        tokio::task::spawn_blocking(move || {
+            let profile = tempfile::tempdir().expect("a Chromium profile directory");
+            let out = Command::new("timeout")
+                .args(["--kill-after=5", "60"])
+                .arg(chromium())
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(format!("--virtual-time-budget={BUDGET_MS}"))
+                .arg(format!("--screenshot={}", path.display()))
+                .arg("--window-size=1280,1100")
+                .arg(&url)
+                .output()
+                .expect("run chromium");
+            assert!(
+                out.status.success() && path.is_file(),
+                "the screenshot failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await
+        .expect("the chromium thread")
+    };
+    tokio::join!(traffic, shot);
 }

@@ -145,17 +145,20 @@ pub(crate) fn dead_letters(queues: &[LetterQueue], limit: usize, error: Option<&
             );
         }
         for (code, letters) in groups {
+            // The first letter of each group open, so its headers show without a click.
             let details: String = letters
                 .iter()
-                .map(|l| {
+                .enumerate()
+                .map(|(i, l)| {
                     let headers: String = l
                         .headers
                         .iter()
                         .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v)))
                         .collect();
                     format!(
-                        "<details><summary>{}{}</summary><table class=\"headers\">{headers}\
+                        "<details{}><summary>{}{}</summary><table class=\"headers\">{headers}\
                          </table><pre>{}</pre></details>",
+                        if i == 0 { " open" } else { "" },
                         esc(&l.reason),
                         if l.trusted { "" } else { " (unsigned)" },
                         esc(&l.body)

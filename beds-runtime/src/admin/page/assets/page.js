@@ -25,10 +25,18 @@
     return v.toFixed(2);
   }
 
-  // One chart: points are [t_ms, value] with value a number.
-  function chart(figure, points, measure, now, windowMs) {
+  function span(ms) {
+    return ms < 120000 ? Math.round(ms / 1000) + " s" : Math.round(ms / 60000) + " min";
+  }
+
+  // One chart: points are [t_ms, value] with value a number. The x axis spans the history
+  // there is (at least a minute, at most the admin's window), so a young node's points are
+  // not squeezed against "now".
+  function chart(figure, points, measure, now, historyMs) {
     const svg = figure.querySelector("svg");
     while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const first = points.length ? points[0][0] : now;
+    const windowMs = Math.min(historyMs, Math.max(60000, now - first));
     const max = Math.max(1e-9, ...points.map((p) => p[1])) * 1.1;
     const x = (t) => PAD.l + ((t - (now - windowMs)) / windowMs) * (W - PAD.l - PAD.r);
     const y = (v) => H - PAD.b - (v / max) * (H - PAD.t - PAD.b);
@@ -36,7 +44,7 @@
     svg.appendChild(el("line", { x1: PAD.l, y1: PAD.t, x2: PAD.l, y2: H - PAD.b, class: "axis" }));
     svg.appendChild(el("text", { x: PAD.l - 4, y: PAD.t + 8, class: "tick", "text-anchor": "end" }, fmt(max)));
     svg.appendChild(el("text", { x: PAD.l - 4, y: H - PAD.b, class: "tick", "text-anchor": "end" }, "0"));
-    svg.appendChild(el("text", { x: PAD.l, y: H - 4, class: "tick" }, "-" + Math.round(windowMs / 60000) + " min"));
+    svg.appendChild(el("text", { x: PAD.l, y: H - 4, class: "tick" }, "-" + span(windowMs)));
     svg.appendChild(el("text", { x: W - PAD.r, y: H - 4, class: "tick", "text-anchor": "end" }, "now"));
     if (points.length === 0) {
       svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "tick", "text-anchor": "middle" }, "no samples"));
