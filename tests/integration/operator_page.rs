@@ -255,7 +255,7 @@ async fn screenshot(
             let mut fetch = Request::new("spew", "user", Op::Fetch);
             fetch.key = Some(data(json!({ "id": user_id })));
             client.request(fetch).await.expect("a fetch");
-            if i % 4 == 0 {
+            if i.is_multiple_of(4) {
                 let mut spew = Request::new("spew", "spew", Op::Create);
                 spew.data = Some(data(
                     json!({"author": user_id, "body": format!("spew {i}")}),
