@@ -163,7 +163,7 @@ async fn a_running_node_is_alive_and_ready() {
         json!({
             "ready": true,
             "failed": [],
-            "checks": {"broker": "ok", "consumers": "ok", "database": "ok", "running": "ok"}
+            "checks": {"broker": "ok", "consumers": "ok", "lanes": "ok", "database": "ok", "running": "ok"}
         })
     );
     let (status, _) = get(addr, "/nothing").await.unwrap();

@@ -421,7 +421,7 @@ mod tests {
             message_id: Some(Uuid::now_v7()),
             correlation_id: None,
             lane: "rec.write".into(),
-            target: Some("spew.user.create".into()),
+            target: Some("d.t.create".into()),
             age_ms,
             deadline_ms,
         }

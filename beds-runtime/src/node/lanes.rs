@@ -131,12 +131,15 @@ impl Lanes {
             return Err(LaneError::NotServed {
                 node: self.node.clone(),
                 lane: key.to_string(),
-                served: self
-                    .each
-                    .iter()
-                    .map(|c| c.lane.key())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                served: if self.each.is_empty() {
+                    "none (its role serves no data lane)".to_string()
+                } else {
+                    self.each
+                        .iter()
+                        .map(|c| c.lane.key())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             });
         };
         let lane = control.lane;
