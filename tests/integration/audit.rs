@@ -74,7 +74,7 @@ async fn beds_audit(env: &TestEnv, args: &[&str]) -> Output {
 async fn every_write_of_an_audited_template_is_recorded_and_queryable() {
     let mut broker = Vhost::new("audit");
     let outsider = broker.open_user("outsider");
-    let mut env = TestEnv::new("audit");
+    let mut env = TestEnv::matrix("audit");
     env.config.amqp.url = broker.url("guest", "guest");
     // guest may speak for an end user here, so a write with a subject can be audited.
     env.config.security.trusted_services = vec!["guest".into()];

@@ -162,6 +162,9 @@ impl TestEnv {
             _ => beds_runtime::config::Driver::Mariadb,
         };
         env.config.database.url = Some(format!("{base}/{db}"));
+        // An admin node of the test keeps its tables in the same server database.
+        env.config.admin.database.driver = env.config.database.driver;
+        env.config.admin.database.url = env.config.database.url.clone();
         env.server_db = Some((admin_url, db));
         env
     }
