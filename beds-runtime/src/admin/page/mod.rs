@@ -4,7 +4,7 @@
 //! changes nothing. It shows record data, so it listens where telemetry does (127.0.0.1 by
 //! default) and must not be exposed publicly (wiki/security.md).
 
-pub(crate) mod html;
+mod html;
 
 use std::sync::Arc;
 
