@@ -20,6 +20,7 @@ mod journal;
 mod json_schema;
 mod lineage;
 mod locking;
+mod operator_page;
 mod poison;
 mod queries;
 mod reliability;

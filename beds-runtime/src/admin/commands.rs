@@ -44,15 +44,15 @@ pub const OPS: &[&str] = &[
 ];
 
 /// Runs one op. Each arm hands the request to the module that owns the op.
-async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
+pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
+        "audit" => super::audit::query(ctx, req).await,
         "diag" => ctx.nodes.diag(),
         "pause" => ctx.nodes.lane(ControlOp::Pause, req).await,
         "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,
         "drain" => ctx.nodes.lane(ControlOp::Drain, req).await,
         "lineage" => super::lineage::query(ctx, req).await,
-        "audit" => super::audit::query(ctx, req).await,
         other => Err(unknown_op(other)),
     }
 }

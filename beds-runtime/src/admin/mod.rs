@@ -11,6 +11,7 @@ pub mod diag;
 pub(crate) mod heartbeats;
 pub mod lineage;
 pub mod nodes;
+pub(crate) mod page;
 pub mod store;
 
 use std::sync::Arc;
@@ -55,8 +56,9 @@ pub(crate) fn queues(catalog: &Catalog) -> Vec<&'static str> {
     queues
 }
 
-/// Starts the admin's consumers under supervision in `workers`.
-pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
+/// Starts the admin's consumers under supervision in `workers`; returns what its ops (and
+/// the operator page) read.
+pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx> {
     let config = parts.config;
     let nodes = diag::start(&parts, workers);
     let audited = audit::bindings(parts.catalog);
@@ -103,7 +105,7 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
         confirms: false,
         broker: "adm",
         handler: Arc::new(commands::Commands {
-            ctx,
+            ctx: ctx.clone(),
             signer: parts.signer,
             security: parts.security,
         }),
@@ -133,4 +135,5 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) {
     };
     tracing::info!(queue = %keeper.queue, "admin storing lineage records");
     workers.spawn(supervise(keeper, parts.link, parts.stop, parts.counters));
+    ctx
 }

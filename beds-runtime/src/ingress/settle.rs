@@ -435,8 +435,16 @@ pub(crate) async fn dead_letter_to(
     attempt: u32,
     routing_key: &str,
 ) -> Result<(), PublishError> {
-    let route = (routing_key, Vec::new());
-    park_dead(channel, key, delivery, error, attempt, route).await
+    park_dead(
+        channel,
+        key,
+        delivery,
+        error,
+        attempt,
+        routing_key,
+        Vec::new(),
+    )
+    .await
 }
 
 /// Dead-letters a request of a lane with its lineage headers, recorded when sampled.
@@ -452,8 +460,17 @@ async fn traced_dead_letter(
     let id = uuid::Uuid::now_v7();
     let at = crate::value::now();
     let started = std::time::Instant::now();
-    let route = (delivery.routing_key.as_str(), trail.headers(id));
-    park_dead(channel, key, delivery, error, attempt, route).await?;
+    let routing_key = delivery.routing_key.as_str();
+    park_dead(
+        channel,
+        key,
+        delivery,
+        error,
+        attempt,
+        routing_key,
+        trail.headers(id),
+    )
+    .await?;
     trail.record(
         RecordType::DeadLetter,
         id,
@@ -465,14 +482,14 @@ async fn traced_dead_letter(
     Ok(())
 }
 
-/// Publishes the dead letter on `route`'s routing key with its extra headers.
 async fn park_dead(
     channel: &Channel,
     key: &ServiceKey,
     delivery: &Delivery,
     error: &BedsError,
     attempt: u32,
-    (routing_key, mut extra): (&str, Vec<(&'static str, AMQPValue)>),
+    routing_key: &str,
+    mut extra: Vec<(&'static str, AMQPValue)>,
 ) -> Result<(), PublishError> {
     let class = serde_json::to_value(error.class).unwrap_or_default();
     let code = serde_json::to_value(error.code).unwrap_or_default();

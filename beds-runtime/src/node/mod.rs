@@ -473,7 +473,7 @@ impl Server {
                 "tercero consuming write events"
             );
         }
-        if let Some(tables) = &admin_store {
+        let admin_ctx = admin_store.as_ref().map(|tables| {
             admin::start(
                 admin::Parts {
                     config,
@@ -486,8 +486,8 @@ impl Server {
                     counters: counters.clone(),
                 },
                 &mut workers,
-            );
-        }
+            )
+        });
         let telemetry = CancellationToken::new();
         tokio::spawn(
             Queues {
@@ -552,16 +552,22 @@ impl Server {
         // Last: the node reports ready only once everything above runs.
         let http = match config.telemetry.listen {
             None => None,
-            Some(addr) => match http::serve(addr, metrics, probe, telemetry.clone()).await {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    stop.cancel();
-                    relay_stop.cancel();
-                    lineage_stop.cancel();
-                    telemetry.cancel();
-                    return Err(e.into());
+            Some(addr) => {
+                // An admin node serves the operator page beside its telemetry.
+                let page = admin_ctx.map(|ctx| {
+                    admin::page::routes(Arc::new(admin::page::Page::new(config, key.clone(), ctx)))
+                });
+                match http::serve(addr, metrics, probe, page, telemetry.clone()).await {
+                    Ok(bound) => Some(bound),
+                    Err(e) => {
+                        stop.cancel();
+                        relay_stop.cancel();
+                        lineage_stop.cancel();
+                        telemetry.cancel();
+                        return Err(e.into());
+                    }
                 }
-            },
+            }
         };
         Ok(Server {
             link,

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -75,6 +76,8 @@ pub struct DeadLetter {
     /// The code an unsigned letter's headers claim, not believed.
     pub claimed: Option<String>,
     pub attempts: i64,
+    /// Every header it carries, as text (nested values as their debug form), for showing.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -96,6 +99,76 @@ pub async fn list(amqp: &AmqpConfig, key: &ServiceKey) -> Result<Vec<DeadLetter>
     }
     let _ = bounded("closing the connection", conn.close(200, "dlq list".into())).await;
     Ok(out)
+}
+
+/// A bounded, read-only look at dead-letter queues (the operator page): up to `limit`
+/// letters of each of `queues` (work queue names; their `.dlq` is read) and each DLQ's
+/// depth. Nothing is acked: every letter returns to its queue, in order, when the channel
+/// closes. A DLQ that does not exist is reported with depth 0.
+pub async fn peek(
+    amqp: &AmqpConfig,
+    key: &ServiceKey,
+    queues: &[String],
+    limit: usize,
+) -> Result<Vec<Peeked>, DlqError> {
+    let conn = connect(&amqp.url, &amqp.tls, "beds dlq peek").await?;
+    let mut out = Vec::new();
+    for queue in queues {
+        let dlq = dead_letter_queue(queue);
+        // A channel per queue: a passive declare of a missing queue closes its channel.
+        let channel = bounded("opening a channel", conn.create_channel()).await??;
+        let declared = bounded(
+            "counting a dead-letter queue",
+            channel.queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let Ok(declared) = declared else {
+            out.push(Peeked {
+                queue: queue.clone(),
+                depth: 0,
+                letters: Vec::new(),
+            });
+            continue;
+        };
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(msg) = next(&channel, &dlq).await? else {
+                break;
+            };
+            letters.push(describe(
+                key,
+                queue,
+                &msg.delivery.properties,
+                &msg.delivery.data,
+            ));
+        }
+        let _ = bounded("closing a channel", channel.close(200, "dlq peek".into())).await;
+        out.push(Peeked {
+            queue: queue.clone(),
+            depth: declared.message_count(),
+            letters,
+        });
+    }
+    let _ = bounded("closing the connection", conn.close(200, "dlq peek".into())).await;
+    Ok(out)
+}
+
+/// One dead-letter queue as [`peek`] saw it.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    /// The work queue whose dead letters these are.
+    pub queue: String,
+    /// Messages in its DLQ when looked at.
+    pub depth: u32,
+    /// The first of them, at most the limit.
+    pub letters: Vec<DeadLetter>,
 }
 
 /// What a replay did.
@@ -252,6 +325,11 @@ async fn open(amqp: &AmqpConfig) -> Result<(Connection, Channel), DlqError> {
 /// carries no signature either: its `x-death` reason is shown, as information only.
 fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let headers = props.headers().clone().unwrap_or_default();
+    let shown = headers
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.to_string(), header_text(v)))
+        .collect();
     let text = |k: &str| match headers.inner().get(k) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
@@ -272,6 +350,7 @@ fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8])
             trusted: false,
             claimed,
             attempts: 0,
+            headers: shown,
             body: body.to_vec(),
         };
     }
@@ -286,7 +365,20 @@ fn describe(key: &ServiceKey, queue: &str, props: &BasicProperties, body: &[u8])
         trusted: true,
         claimed: None,
         attempts,
+        headers: shown,
         body: body.to_vec(),
+    }
+}
+
+/// A header value as text: strings as they are, anything else in its debug form.
+fn header_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => format!("{other:?}"),
     }
 }
 

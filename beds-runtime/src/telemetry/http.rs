@@ -44,11 +44,12 @@ struct App<P> {
 }
 
 /// Binds `addr` and serves until `stop` fires; returns the bound address (the port chosen
-/// when `addr` has port 0).
+/// when `addr` has port 0). `extra` adds a role's own routes (the admin's operator page).
 pub(crate) async fn serve<P: Probe>(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     probe: Arc<P>,
+    extra: Option<Router>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, ListenError> {
     let listener = TcpListener::bind(addr)
@@ -62,6 +63,10 @@ pub(crate) async fn serve<P: Probe>(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<P>))
         .with_state(Arc::new(App { metrics, probe }));
+    let app = match extra {
+        Some(routes) => app.merge(routes),
+        None => app,
+    };
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())

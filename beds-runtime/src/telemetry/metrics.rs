@@ -165,6 +165,8 @@ pub(crate) struct Metrics {
     queue_messages: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
     outbox_backlog: Gauge,
+    lineage_sent: Counter,
+    lineage_dropped: Counter,
     oldest: Family<LaneLabels, Gauge<f64, AtomicU64>>,
     lane_state: Family<LaneStateLabels, Gauge>,
     /// The lanes this node consumes (the per-lane gauges show only these).
@@ -172,8 +174,6 @@ pub(crate) struct Metrics {
     deliveries: Arc<Deliveries>,
     /// Per-lane totals for heartbeats, indexed by [`Lane::index`].
     totals: [LaneTotals; 2],
-    lineage_sent: Counter,
-    lineage_dropped: Counter,
 }
 
 /// One lane's cumulative counts, read whole by heartbeats (the Prometheus families are
@@ -253,18 +253,6 @@ impl Metrics {
             "Write events waiting in the outbox (reported by the relay holding the lease)",
             outbox_backlog.clone(),
         );
-        let oldest = Family::<LaneLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "in_flight_oldest_seconds",
-            "Age of the oldest delivery being handled now, by lane (0 when none)",
-            oldest.clone(),
-        );
-        let lane_state = Family::<LaneStateLabels, Gauge>::default();
-        registry.register(
-            "lane_state",
-            "1 for the state each lane is in (consuming, paused, draining, drained), 0 for the others",
-            lane_state.clone(),
-        );
         let lineage_sent = Counter::default();
         registry.register(
             "lineage_records_sent",
@@ -276,6 +264,18 @@ impl Metrics {
             "lineage_records_dropped",
             "Lineage records dropped: the in-memory queue was full or the broker did not take a batch",
             lineage_dropped.clone(),
+        );
+        let oldest = Family::<LaneLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "in_flight_oldest_seconds",
+            "Age of the oldest delivery being handled now, by lane (0 when none)",
+            oldest.clone(),
+        );
+        let lane_state = Family::<LaneStateLabels, Gauge>::default();
+        registry.register(
+            "lane_state",
+            "1 for the state each lane is in (consuming, paused, draining, drained), 0 for the others",
+            lane_state.clone(),
         );
         let metrics = Metrics {
             registry,
@@ -289,13 +289,13 @@ impl Metrics {
             queue_messages,
             queue_consumers,
             outbox_backlog,
+            lineage_sent,
+            lineage_dropped,
             oldest,
             lane_state,
             lanes,
             deliveries: Arc::new(Deliveries::default()),
             totals: Default::default(),
-            lineage_sent,
-            lineage_dropped,
         };
         for &lane in lanes {
             metrics.lane_state(lane, LaneState::Consuming);
