@@ -44,16 +44,18 @@ t=$(printf '%s' "$tag" | sed 's/[][\.*^$()+?{}|]/\\&/g')
 case "$profile" in
   appServer|admin|segundo|tercero)
     # Its work queues, their retry lanes and dead-letter queues, the event queue, the
-    # admin's command and audit queues (an appServer declares the audit queue too, so no
-    # event of an audited template is published before it exists), the invalidation
-    # queues, and the two exchanges; replies go out through the default exchange
-    # (`amq.default`) to `beds.reply.*` or `amq.rabbitmq.reply-to`.
-    ours="${t}(rec|evt)\\..*|${t}(adm|audit)(\\.dlq)?|beds\\.inv\\..*"
+    # admin's command, audit, lineage and status queues (an appServer declares the audit
+    # queue too, so no event of an audited template is published before it exists), its
+    # control queue ({tag}ctl.<node>), the invalidation queues, and the two exchanges;
+    # replies go out through the default exchange (`amq.default`) to `beds.reply.*` or
+    # `amq.rabbitmq.reply-to`.
+    ours="${t}(rec|evt|ctl)\\..*|${t}(adm|audit|lineage)(\\.dlq)?|${t}status|beds\\.inv\\..*"
     configure="^(beds\\.events|beds\\.dlx|${ours})\$"
     write="^(beds\\.events|beds\\.dlx|amq\\.default|${ours})\$"
     read="^(beds\\.events|beds\\.dlx|${ours})\$"
-    # On the topic exchanges: events, invalidations and dead letters of this tag only.
-    topic_write="^${t}((rec|evt|inv)\\.|(adm|audit)\$)"
+    # On the topic exchanges, this tag only: events, invalidations, dead letters, heartbeats
+    # and lineage (log.*), lane commands (ctl.*).
+    topic_write="^${t}((rec|evt|inv|log|ctl)\\.|(adm|audit)\$)"
     topic_read="^${t}"
     ;;
   operator)
