@@ -12,7 +12,7 @@ use lapin::options::BasicPublishOptions;
 use serde_json::{Value as Json, json};
 
 use crate::http::get;
-use crate::support::{TestEnv, bound_queue, consume_unacked, envelope};
+use crate::support::{TestEnv, bound_queue, consume_unacked};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -87,36 +87,6 @@ async fn heartbeat(
             return status;
         }
     }
-}
-
-/// Publishes a user create to the write lane, answered on the peer's reply queue.
-async fn send_write(
-    env: &TestEnv,
-    channel: &lapin::Channel,
-    reply_to: &str,
-    handle: &str,
-) -> String {
-    let body = envelope(
-        "user",
-        "create",
-        json!({"data": {"handle": handle, "display_name": handle}}),
-    );
-    let id: Json = serde_json::from_slice::<Json>(&body).unwrap()["id"].clone();
-    channel
-        .basic_publish(
-            "beds.events".into(),
-            env.queue("rec.write").as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_correlation_id(handle.into())
-                .with_reply_to(reply_to.into())
-                .with_user_id(env.login().as_str().into()),
-        )
-        .await
-        .unwrap();
-    id.as_str().unwrap().to_string()
 }
 
 async fn replies(consumer: &mut lapin::Consumer, n: usize) -> Vec<Json> {
@@ -230,7 +200,8 @@ async fn a_paused_lane_keeps_writes_queued_until_resumed_and_a_drain_counts_what
     assert_eq!(paused["data"]["node"], env.config.node.as_str());
     let queue = env.queue("rec.write");
     for i in 0..3 {
-        send_write(&env, &writer, &write_replies, &format!("queued{i}")).await;
+        env.send_write(&writer, &write_replies, &format!("queued{i}"))
+            .await;
     }
     let deadline = Instant::now() + WITHIN;
     loop {
@@ -263,7 +234,7 @@ async fn a_paused_lane_keeps_writes_queued_until_resumed_and_a_drain_counts_what
     // A write held by the database lock is in flight when the drain starts; the drain
     // waits for it and counts it.
     let mut held = env.lock_database().await;
-    let id = send_write(&env, &writer, &write_replies, "held").await;
+    let id = env.send_write(&writer, &write_replies, "held").await;
     let deadline = Instant::now() + WITHIN;
     while !get(addr, "/metrics")
         .await
@@ -309,7 +280,7 @@ async fn heartbeats_list_deliveries_in_flight_for_over_a_second() {
     let (_wconn, writer, write_replies, mut answers) = env.amqp_peer("writes").await;
 
     let mut held = env.lock_database().await;
-    let id = send_write(&env, &writer, &write_replies, "stuck").await;
+    let id = env.send_write(&writer, &write_replies, "stuck").await;
     let status = heartbeat(&mut statuses, |s| !s.in_flight.is_empty()).await;
     let stuck = &status.in_flight[0];
     assert_eq!(stuck.message_id.map(|m| m.to_string()), Some(id.clone()));

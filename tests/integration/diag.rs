@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 use beds_runtime::Client;
 use beds_runtime::config::Millis;
 use futures_util::StreamExt;
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Map, Value as Json, json};
 
-use crate::support::{TestEnv, envelope, repo_config_path};
+use crate::support::{TestEnv, repo_config_path};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -59,6 +57,18 @@ async fn diag_until(client: &Client, within: Duration, done: impl Fn(&Json) -> b
     }
 }
 
+/// Waits until the diag report lists `node` (its first heartbeat has arrived).
+async fn until_listed(client: &Client, node: &str) {
+    diag_until(client, WITHIN, |r| {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node"] == node)
+    })
+    .await;
+}
+
 fn stuck_ids(report: &Json) -> Vec<String> {
     report["stuck"]
         .as_array()
@@ -82,41 +92,12 @@ async fn a_hanging_handler_is_reported_stuck_within_the_threshold_and_clears() {
     let admin = env.start_admin().await;
     let client = env.client().await;
     let node = env.config.node.clone();
-    diag_until(&client, WITHIN, |r| {
-        r["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["node"] == node.as_str())
-    })
-    .await;
+    until_listed(&client, &node).await;
 
     let (_conn, writer, reply_to, mut answers) = env.amqp_peer("writes").await;
     let mut held = env.lock_database().await;
-    let body = envelope(
-        "user",
-        "create",
-        json!({"data": {"handle": "hung", "display_name": "hung"}}),
-    );
-    let id = serde_json::from_slice::<Json>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let sent = Instant::now();
-    writer
-        .basic_publish(
-            "beds.events".into(),
-            env.queue("rec.write").as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_correlation_id("hung".into())
-                .with_reply_to(reply_to.as_str().into())
-                .with_user_id(env.login().as_str().into()),
-        )
-        .await
-        .unwrap();
+    let id = env.send_write(&writer, &reply_to, "hung").await;
     // Reported within the threshold and two heartbeats of being sent.
     let report = diag_until(&client, stuck_after + heartbeat * 2, |r| {
         stuck_ids(r).contains(&id)
@@ -177,14 +158,7 @@ async fn beds_admin_pauses_resumes_and_drains_a_nodes_lane() {
     let admin = env.start_admin().await;
     let client = env.client().await;
     let node = env.config.node.clone();
-    diag_until(&client, WITHIN, |r| {
-        r["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["node"] == node.as_str())
-    })
-    .await;
+    until_listed(&client, &node).await;
 
     let paused: Json = serde_json::from_str(&stdout(
         &beds(&env, &["admin", "pause", &node, "rec.write"]).await,

@@ -354,6 +354,32 @@ impl TestEnv {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Publishes a user create with `handle` (also its correlation id) to the write lane,
+    /// answered on `reply_to`; returns the request's id.
+    pub async fn send_write(&self, channel: &Channel, reply_to: &str, handle: &str) -> String {
+        let body = envelope(
+            "user",
+            "create",
+            serde_json::json!({"data": {"handle": handle, "display_name": handle}}),
+        );
+        let id: Json = serde_json::from_slice::<Json>(&body).unwrap()["id"].clone();
+        channel
+            .basic_publish(
+                "beds.events".into(),
+                self.queue("rec.write").as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_correlation_id(handle.into())
+                    .with_reply_to(reply_to.into())
+                    .with_user_id(self.login().as_str().into()),
+            )
+            .await
+            .unwrap();
+        id.as_str().unwrap().to_string()
+    }
+
     /// A plain AMQP connection with a reply queue of its own (named
     /// `beds.reply.test.<label>.<id>`, a form the node answers),
     /// for tests that speak the wire without the client.

@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -27,7 +26,7 @@ use crate::error::{BedsError, ErrorCode};
 use crate::events::{WriteEvent, WriteOp};
 use crate::ingress::settle::{ack, dead_letter_to};
 use crate::meta::TemplateMeta;
-use crate::store::Dialect;
+use crate::store::{Dialect, until_written};
 use crate::suggest::closest;
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{Purpose, ServiceKey};
@@ -39,8 +38,6 @@ pub const AUDIT_KEY: &str = "audit";
 pub const DEFAULT_LIMIT: u32 = 50;
 /// The most records one `audit` op returns.
 pub const MAX_LIMIT: u32 = 500;
-/// The longest pause between two attempts at inserting a record.
-const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The templates of `catalog` that declare `audit`.
 pub fn audited(catalog: &Catalog) -> Vec<&'static TemplateMeta> {
@@ -272,20 +269,12 @@ impl Handler for Auditor {
         {
             return ack(&delivery).await;
         }
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match insert(&self.store, &event).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = pause.as_millis() as u64, "recording an audit record failed; retrying");
-                    tokio::select! {
-                        // Unacked: the broker redelivers it to the next run.
-                        () = self.stop.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(MAX_DB_BACKOFF);
-                }
-            }
+        let record = || insert(&self.store, &event);
+        if until_written(&self.stop, "recording an audit record", record)
+            .await
+            .is_none()
+        {
+            return;
         }
         ack(&delivery).await;
     }

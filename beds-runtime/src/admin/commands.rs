@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::BasicRejectOptions;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json, json};
@@ -24,11 +23,10 @@ use crate::config::Config;
 use crate::envelope::{Origin, Reply};
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::ingress::accept;
-use crate::ingress::settle::{Signer, ack, answer, dead_letter};
+use crate::ingress::settle::{Signer, ack, answer, dead_letter_or_reject};
 use crate::security::Security;
 use crate::telemetry::status::ControlOp;
 use crate::transport::link::Link;
-use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::topology;
 
 /// The routing key (before the queue tag) of administrative commands, and their queue.
@@ -243,17 +241,7 @@ impl Commands {
     /// it; if that publish fails, rejects it so the queue's own dead-lettering keeps it.
     async fn unanswerable(&self, channel: &Channel, delivery: &Delivery, error: BedsError) {
         tracing::warn!(code = ?error.code, reason = %error.message, "dead-lettering an adm message that cannot be answered");
-        if dead_letter(channel, &self.signer.key, delivery, &error, 1)
-            .await
-            .is_ok()
-        {
-            return ack(delivery).await;
-        }
-        let reject = delivery.reject(BasicRejectOptions { requeue: false });
-        if !matches!(
-            tokio::time::timeout(CONFIRM_TIMEOUT, reject).await,
-            Ok(Ok(_))
-        ) {
+        if !dead_letter_or_reject(channel, &self.signer.key, delivery, &error).await {
             tracing::error!("rejecting an adm dead letter failed; it will be redelivered");
         }
     }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::options::ConfirmSelectOptions;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
@@ -21,6 +20,7 @@ use crate::transport::link::Link;
 use crate::transport::names::{DIRECT_REPLY_TO, EXCHANGE};
 use crate::transport::publish::{Published, publish};
 use crate::transport::signing::{Purpose, ServiceKey};
+use crate::transport::topology::consume_unacked;
 
 /// How long a pause or resume may take to be answered; a drain gets `shutdown.drain_timeout`
 /// on top.
@@ -88,16 +88,7 @@ impl NodeControl {
         let exchange = async {
             bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
             // Direct reply-to: consumed on this channel before the command is published.
-            let mut replies = bounded(channel.basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            ))
-            .await?;
+            let mut replies = bounded(consume_unacked(&channel, DIRECT_REPLY_TO)).await?;
             let command = ControlCommand {
                 v: STATUS_VERSION,
                 op,

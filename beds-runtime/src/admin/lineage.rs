@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicRejectOptions, QueueBindOptions};
+use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value as Json, json};
 use sqlx::Row;
@@ -21,11 +21,10 @@ use super::consumer::Handler;
 use super::store::AdminStore;
 use crate::config::AmqpConfig;
 use crate::error::{BedsError, ErrorCode};
-use crate::ingress::settle::{ack, dead_letter};
+use crate::ingress::settle::{ack, dead_letter_or_reject};
 use crate::lineage::{ROUTING_KEY, Record};
-use crate::store::Dialect;
+use crate::store::{Dialect, until_written};
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, dead_letter_queue};
-use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::ServiceKey;
 use crate::transport::topology;
 
@@ -33,8 +32,6 @@ use crate::transport::topology;
 pub const LINEAGE_KEY: &str = "lineage";
 /// The most records one `lineage` op returns; a larger conversation says `truncated`.
 pub const MAX_RECORDS: usize = 10_000;
-/// The longest pause between two attempts at storing a batch.
-const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
 /// Expired records are deleted at most this often (as batches arrive), not per batch.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -126,20 +123,12 @@ impl Handler for Keeper {
         if let Some(cutoff) = self.cutoff() {
             batch.retain(|r| r.at >= cutoff);
         }
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match insert(&self.store, &batch).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = pause.as_millis() as u64, "storing lineage records failed; retrying");
-                    tokio::select! {
-                        // Unacked: the broker redelivers it to the next run.
-                        () = self.stop.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(MAX_DB_BACKOFF);
-                }
-            }
+        let store = || insert(&self.store, &batch);
+        if until_written(&self.stop, "storing lineage records", store)
+            .await
+            .is_none()
+        {
+            return;
         }
         ack(&delivery).await;
         self.sweep().await;
@@ -182,17 +171,7 @@ impl Keeper {
     /// dead-lettering keeps it.
     async fn poison(&self, channel: &Channel, delivery: &Delivery, error: BedsError) {
         tracing::warn!(code = ?error.code, reason = %error.message, "dead-lettering a delivery on the lineage queue");
-        if dead_letter(channel, &self.key, delivery, &error, 1)
-            .await
-            .is_ok()
-        {
-            return ack(delivery).await;
-        }
-        let reject = delivery.reject(BasicRejectOptions { requeue: false });
-        if !matches!(
-            tokio::time::timeout(CONFIRM_TIMEOUT, reject).await,
-            Ok(Ok(_))
-        ) {
+        if !dead_letter_or_reject(channel, &self.key, delivery, &error).await {
             tracing::error!("rejecting a poison lineage delivery failed; it will be redelivered");
         }
     }

@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, Consumer, Event};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +23,7 @@ use crate::lineage::{Lineage, Record, RecordType};
 use crate::transport::link::{Link, Watch};
 use crate::transport::names::{self, EXCHANGE};
 use crate::transport::signing::{Purpose, ServiceKey};
+use crate::transport::topology::private_subscription;
 
 /// Where the subscriber runs and what it serves.
 pub(crate) struct Subscriber {
@@ -87,37 +85,8 @@ impl Subscriber {
     async fn subscribe(&self, conn: &Connection) -> lapin::Result<(Channel, Consumer)> {
         let channel = conn.create_channel().await?;
         let name = names::invalidation_queue(&self.node, &Uuid::now_v7().simple().to_string());
-        let queue = channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().as_str().into(),
-                EXCHANGE.into(),
-                Invalidation::binding(&self.queue_tag).as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer =
+            private_subscription(&channel, &name, &Invalidation::binding(&self.queue_tag)).await?;
         Ok((channel, consumer))
     }
 

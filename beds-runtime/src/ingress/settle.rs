@@ -425,6 +425,26 @@ pub(crate) async fn dead_letter(
     dead_letter_to(channel, key, delivery, error, attempt, routing_key).await
 }
 
+/// [`dead_letter`] (first attempt), then acks; if that publish fails, rejects the delivery
+/// so the queue's own dead-lettering keeps it. False when the reject failed as well: the
+/// delivery will be redelivered.
+pub(crate) async fn dead_letter_or_reject(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    error: &BedsError,
+) -> bool {
+    if dead_letter(channel, key, delivery, error, 1).await.is_ok() {
+        ack(delivery).await;
+        return true;
+    }
+    let reject = delivery.reject(BasicRejectOptions { requeue: false });
+    matches!(
+        tokio::time::timeout(CONFIRM_TIMEOUT, reject).await,
+        Ok(Ok(_))
+    )
+}
+
 /// [`dead_letter`] to the dead-letter queue bound by `routing_key` (the consumed queue's
 /// name, where the delivery's own routing key, e.g. an event's, binds none there).
 pub(crate) async fn dead_letter_to(

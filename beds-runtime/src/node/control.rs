@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,9 +18,10 @@ use crate::error::{BedsError, ErrorCode};
 use crate::ingress::settle::Signer;
 use crate::telemetry::status::{ControlCommand, STATUS_VERSION, control_key};
 use crate::transport::link::{Link, Watch};
-use crate::transport::names::{EXCHANGE, is_reply_queue};
+use crate::transport::names::is_reply_queue;
 use crate::transport::publish::publish;
 use crate::transport::signing::Purpose;
+use crate::transport::topology::private_subscription;
 
 /// How long declaring the queue (or closing its channel) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,37 +73,7 @@ impl Control {
     async fn subscribe(&self, conn: &Connection) -> lapin::Result<(Channel, Consumer)> {
         let channel = conn.create_channel().await?;
         let name = self.queue();
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                EXCHANGE.into(),
-                name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                name.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = private_subscription(&channel, &name, &name).await?;
         Ok((channel, consumer))
     }
 

@@ -24,7 +24,7 @@ use crate::error::{BedsError, ErrorCode};
 use crate::events::WriteEvent;
 use crate::lineage::{Lineage, Record, RecordType};
 use crate::meta::DomainMeta;
-use crate::store::{CounterMarks, EventEffect, Store};
+use crate::store::{CounterMarks, EventEffect, Store, until_written};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY, effect, invalidation, parse};
 use crate::transport::link::Watch;
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, headers};
@@ -32,9 +32,6 @@ use crate::transport::publish::{PublishError, Published, publish};
 use crate::transport::signing::{Purpose, ServiceKey, foreign_headers};
 use crate::transport::topology;
 use crate::value::Timestamp;
-
-/// The longest pause between two attempts at a batch's transaction.
-const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One consumer of the event queue, with its own channel.
 pub(crate) struct EventConsumer {
@@ -221,23 +218,11 @@ impl EventConsumer {
             .collect();
         let at = crate::value::now();
         let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.store.apply_events(&effects).await {
-                Ok(new) => {
-                    tracing::debug!(events = events.len(), new, "batch applied");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = pause.as_millis() as u64, "applying a batch of events failed; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return Err(BatchError::Stopped),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(MAX_DB_BACKOFF);
-                }
-            }
-        }
+        let apply = || self.store.apply_events(&effects);
+        let new = until_written(stop, "applying a batch of events", apply)
+            .await
+            .ok_or(BatchError::Stopped)?;
+        tracing::debug!(events = events.len(), new, "batch applied");
         // Every delivered event is invalidated, duplicates once per batch: an event whose
         // effect an earlier, unacked delivery committed still gets its broadcast.
         let applied = started.elapsed();

@@ -14,6 +14,7 @@ mod journal;
 mod lock;
 mod options;
 mod outbox;
+mod retry;
 mod schema;
 mod sql;
 
@@ -32,6 +33,7 @@ use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};
 pub use outbox::OutboxRow;
 use outbox::{Change, Referrer};
+pub(crate) use retry::until_written;
 use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 
 use crate::config::Driver;

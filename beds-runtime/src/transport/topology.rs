@@ -1,6 +1,8 @@
 //! The AMQP topology BEDS declares: exchanges, work queues and their dead-letter queues.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
@@ -144,7 +146,50 @@ pub async fn reply_queue(
     channel: &Channel,
     name: &str,
 ) -> lapin::Result<(String, lapin::Consumer)> {
-    let queue = channel
+    let queue = declare_private(channel, name).await?;
+    let name = queue.name().to_string();
+    let consumer = consume_unacked(channel, &name).await?;
+    Ok((name, consumer))
+}
+
+/// A private queue `name` that disappears with its connection, bound on the events exchange
+/// by `binding`, and a consumer on it that needs no acks (what it carries is only worth
+/// something while its subscriber is connected).
+pub async fn private_subscription(
+    channel: &Channel,
+    name: &str,
+    binding: &str,
+) -> lapin::Result<lapin::Consumer> {
+    let queue = declare_private(channel, name).await?;
+    channel
+        .queue_bind(
+            queue.name().as_str().into(),
+            EXCHANGE.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    consume_unacked(channel, queue.name().as_str()).await
+}
+
+/// A consumer on `queue` whose deliveries need no acks.
+pub async fn consume_unacked(channel: &Channel, queue: &str) -> lapin::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn declare_private(channel: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    channel
         .queue_declare(
             name.into(),
             QueueDeclareOptions {
@@ -154,20 +199,7 @@ pub async fn reply_queue(
             },
             FieldTable::default(),
         )
-        .await?;
-    let name = queue.name().to_string();
-    let consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            "".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..lapin::options::BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((name, consumer))
+        .await
 }
 
 /// Why the topology could not be removed.
