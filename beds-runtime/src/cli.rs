@@ -195,7 +195,7 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             Ok(())
         }
         Command::Schema { admin: true, .. } => {
-            for statement in crate::admin::store::ddl(config.admin.database.driver) {
+            for statement in crate::admin::ddl(config.admin.database.driver) {
                 println!("{statement};\n");
             }
             Ok(())

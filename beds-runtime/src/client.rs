@@ -20,7 +20,7 @@ use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
 use crate::transport::link::Link;
-use crate::transport::names;
+use crate::transport::names::{self, ADMIN_KEY, ADMIN_VERSION};
 use crate::transport::{ConnectError, topology};
 
 /// Where a client sends and how long it waits.
@@ -264,7 +264,7 @@ impl Client {
             session: RwLock::new(Arc::new(session)),
             read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
-            admin_key: format!("{}{}", options.queue_tag, crate::admin::ADMIN_KEY),
+            admin_key: format!("{}{}", options.queue_tag, ADMIN_KEY),
             reply_queue,
             pending,
             options,
@@ -377,10 +377,7 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let id = Uuid::now_v7();
         let mut body = fields;
-        body.insert(
-            "v".into(),
-            Json::from(crate::admin::commands::ADMIN_VERSION),
-        );
+        body.insert("v".into(), Json::from(ADMIN_VERSION));
         body.insert("op".into(), Json::from(op));
         body.insert("id".into(), Json::from(id.to_string()));
         body.insert(

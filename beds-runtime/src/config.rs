@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::telemetry::status::IN_FLIGHT_REPORTED_AFTER_MS;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value as Yaml};
 
@@ -592,6 +591,9 @@ impl std::fmt::Display for DatabaseKey {
         f.write_str(self.at)
     }
 }
+
+/// How long a delivery must have been in flight to be listed in a heartbeat.
+pub const IN_FLIGHT_REPORTED_AFTER_MS: u64 = 1_000;
 
 /// The admin role (wiki/operations.md): its own database and its consumers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

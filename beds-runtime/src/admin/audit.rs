@@ -17,8 +17,8 @@ use serde_json::{Map, Value as Json, json};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{AdminCtx, AdminRequest};
 use super::consumer::Handler;
+use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::catalog::Catalog;
 use crate::config::AmqpConfig;
@@ -353,9 +353,13 @@ async fn insert(store: &AdminStore, event: &WriteEvent) -> Result<(), sqlx::Erro
 
 /// The `audit` op: `{template, key, limit?, cursor?}` -> `{records, next}`, newest first;
 /// `next` is the cursor of the following page, or null after the last.
-pub(crate) async fn query(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
+pub(crate) async fn query(
+    store: &AdminStore,
+    catalog: &'static Catalog,
+    req: &AdminRequest,
+) -> Result<Json, BedsError> {
     let name: String = req.required("template")?;
-    let t = resolve(ctx.catalog, &name)
+    let t = resolve(catalog, &name)
         .map_err(|e| BedsError::new(ErrorCode::UnknownTemplate, e.to_string()))?;
     let key: Json = req.required("key")?;
     let limit: u32 = req.field("limit")?.unwrap_or(DEFAULT_LIMIT);
@@ -376,7 +380,6 @@ pub(crate) async fn query(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, Be
             )
         })?),
     };
-    let store = &ctx.store;
     let d = store.dialect();
     let q = |s: &str| d.quote(s);
     let after = if cursor.is_some() {

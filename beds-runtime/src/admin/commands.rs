@@ -11,17 +11,16 @@ use std::sync::Arc;
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use super::consumer::Handler;
+pub use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::envelope::{Origin, Reply};
-use crate::error::{BedsError, DetailCode, ErrorCode};
+use crate::envelope::Reply;
+use crate::error::{BedsError, ErrorCode};
 use crate::ingress::accept;
 use crate::ingress::settle::{Signer, ack, answer, dead_letter_or_reject};
 use crate::security::Security;
@@ -29,12 +28,9 @@ use crate::telemetry::status::ControlOp;
 use crate::transport::link::Link;
 use crate::transport::topology;
 
-/// The routing key (before the queue tag) of administrative commands, and their queue.
-pub const ADMIN_KEY: &str = "adm";
+pub use crate::transport::names::{ADMIN_KEY, ADMIN_VERSION};
 /// The role a calling service must hold (`security.service_roles`) to send commands.
 pub const ADMIN_ROLE: &str = "admin";
-/// The adm request version this runtime reads.
-pub const ADMIN_VERSION: u32 = 1;
 
 /// The ops the admin answers.
 pub const OPS: &[&str] = &[
@@ -45,12 +41,12 @@ pub const OPS: &[&str] = &[
 pub(crate) async fn dispatch(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
     match req.op.as_str() {
         "ping" => ping(ctx),
-        "audit" => super::audit::query(ctx, req).await,
+        "audit" => super::audit::query(&ctx.store, ctx.catalog, req).await,
         "diag" => ctx.nodes.diag(),
         "pause" => ctx.nodes.lane(ControlOp::Pause, req).await,
         "resume" => ctx.nodes.lane(ControlOp::Resume, req).await,
         "drain" => ctx.nodes.lane(ControlOp::Drain, req).await,
-        "lineage" => super::lineage::query(ctx, req).await,
+        "lineage" => super::lineage::query(&ctx.store, req).await,
         other => Err(unknown_op(other)),
     }
 }
@@ -65,60 +61,6 @@ pub struct AdminCtx {
     pub link: Arc<Link>,
     /// The node table and the lane commands (`diag`, `pause`, `resume`, `drain`).
     pub nodes: Arc<super::control::NodeControl>,
-}
-
-/// One adm request: the op, the lineage the caller set (all optional) and the op's fields.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AdminRequest {
-    pub v: u32,
-    pub op: String,
-    /// The message id; the AMQP `message_id` or a new id when absent.
-    #[serde(default)]
-    pub id: Option<Uuid>,
-    /// The conversation; the request's id when absent.
-    #[serde(default)]
-    pub correlation_id: Option<Uuid>,
-    #[serde(default)]
-    pub causation_id: Option<Uuid>,
-    #[serde(default)]
-    pub depth: Option<u32>,
-    #[serde(default)]
-    pub origin: Option<Origin>,
-    /// The calling service (AMQP `user_id`), set by the admin, never read from the body.
-    #[serde(skip)]
-    pub caller: String,
-    /// The op's own fields.
-    #[serde(flatten)]
-    pub fields: Map<String, Json>,
-}
-
-impl AdminRequest {
-    /// An optional field of the op, `invalid_input` naming it when it has the wrong type.
-    pub fn field<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, BedsError> {
-        match self.fields.get(name) {
-            None | Some(Json::Null) => Ok(None),
-            Some(value) => serde_json::from_value(value.clone())
-                .map(Some)
-                .map_err(|e| {
-                    BedsError::detail(
-                        name,
-                        DetailCode::WrongType,
-                        format!("`{name}` of op `{}`: {e}", self.op),
-                    )
-                }),
-        }
-    }
-
-    /// A required field of the op, `invalid_input` naming it when missing.
-    pub fn required<T: DeserializeOwned>(&self, name: &str) -> Result<T, BedsError> {
-        self.field(name)?.ok_or_else(|| {
-            BedsError::detail(
-                name,
-                DetailCode::Missing,
-                format!("op `{}` needs `{name}`", self.op),
-            )
-        })
-    }
 }
 
 /// `unknown_operation`, naming the ops there are.

@@ -11,8 +11,8 @@ use lapin::options::ConfirmSelectOptions;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use super::commands::AdminRequest;
 use super::diag::Diagnostics;
+use super::request::AdminRequest;
 use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorCode};
 use crate::telemetry::status::{ControlCommand, ControlOp, STATUS_VERSION, control_key};

@@ -11,19 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use std::sync::Arc;
-
-use tokio::task::JoinSet;
-
-use super::Parts;
-use super::consumer::Consumer;
-use super::control::NodeControl;
-use super::heartbeats::{Heartbeats, STATUS_QUEUE};
 use super::nodes::{Liveness, Nodes};
-use crate::node::worker::supervise;
-use crate::telemetry::queues::{QueueSink, Queues};
+use crate::telemetry::queues::QueueSink;
 use crate::telemetry::status::{LaneStatus, NodeStatus};
-use crate::transport::names::{dead_letter_queue, retry_queue};
 
 /// The admin's live view of the deployment: the node table and the lanes' queue depths,
 /// shared by the heartbeat consumer, the queue poller, the `diag` op and the operator page.
@@ -67,56 +57,6 @@ impl Diagnostics {
         let queues = self.queues();
         report(&self.nodes(), &queues, self.stuck_after, Utc::now())
     }
-}
-
-/// Starts what keeps the diagnostics current — the heartbeat consumer (supervised in
-/// `workers`) and the poller of every lane's queues — and returns the node ops' state.
-pub(crate) fn start(parts: &Parts<'_>, workers: &mut JoinSet<()>) -> Arc<NodeControl> {
-    let config = parts.config;
-    let diagnostics = Arc::new(Diagnostics::new(config.admin.stuck_after.duration()));
-    let heartbeats = Consumer {
-        queue: config.amqp.queue(STATUS_QUEUE),
-        tag: format!("{}.status.{}", config.node, std::process::id()),
-        prefetch: config.admin.prefetch,
-        confirms: false,
-        broker: "status",
-        handler: Arc::new(Heartbeats {
-            amqp: config.amqp.clone(),
-            key: parts.signer.key.clone(),
-            diagnostics: diagnostics.clone(),
-        }),
-    };
-    tracing::info!(queue = %heartbeats.queue, "admin collecting node heartbeats");
-    workers.spawn(supervise(
-        heartbeats,
-        parts.link.clone(),
-        parts.stop.clone(),
-        parts.counters.clone(),
-    ));
-    let names = LANES
-        .iter()
-        .flat_map(|key| {
-            let key = key.to_string();
-            [retry_queue(&key), dead_letter_queue(&key), key]
-        })
-        .map(|label| (config.amqp.queue(&label), label))
-        .collect();
-    tokio::spawn(
-        Queues {
-            link: parts.link.clone(),
-            names,
-            every: config.telemetry.queue_poll.duration(),
-            sink: diagnostics.clone(),
-        }
-        .run(parts.stop.clone()),
-    );
-    Arc::new(NodeControl {
-        diagnostics,
-        key: parts.signer.key.clone(),
-        link: parts.link.clone(),
-        queue_tag: config.amqp.queue_tag.clone(),
-        drain_timeout: config.shutdown.drain_timeout.duration(),
-    })
 }
 
 impl QueueSink for Diagnostics {

@@ -16,8 +16,8 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::commands::{AdminCtx, AdminRequest};
 use super::consumer::Handler;
+use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::config::AmqpConfig;
 use crate::error::{BedsError, ErrorCode};
@@ -220,9 +220,8 @@ async fn expire(store: &AdminStore, before: &crate::value::Timestamp) -> Result<
 /// conversation; its correlation id is its first message's id) -> `{correlation_id,
 /// records, truncated}`, records by time; `correlation_id` is null when nothing of it is
 /// stored. Not `id`: an adm request's `id` is its own message id.
-pub(crate) async fn query(ctx: &AdminCtx, req: &AdminRequest) -> Result<Json, BedsError> {
+pub(crate) async fn query(store: &AdminStore, req: &AdminRequest) -> Result<Json, BedsError> {
     let id: Uuid = req.required("message_id")?;
-    let store = &ctx.store;
     let d = store.dialect();
     let q = |s: &str| d.quote(s);
     let unavailable = |e: sqlx::Error| {

@@ -12,6 +12,7 @@ pub(crate) mod heartbeats;
 pub mod lineage;
 pub mod nodes;
 pub(crate) mod page;
+pub mod request;
 pub mod store;
 
 use std::sync::Arc;
@@ -20,16 +21,32 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, Driver};
 use crate::ingress::settle::Signer;
-use crate::node::Counters;
+use crate::node::worker::Counters;
 use crate::node::worker::supervise;
 use crate::security::Security;
+use crate::store::dialect;
+use crate::telemetry::queues::Queues;
 use crate::transport::link::Link;
+use crate::transport::names::{dead_letter_queue, retry_queue};
 pub use commands::{ADMIN_KEY, ADMIN_ROLE, AdminCtx, AdminRequest, OPS};
 use consumer::Consumer;
+use control::NodeControl;
+use heartbeats::Heartbeats;
 pub use heartbeats::STATUS_QUEUE;
 pub use store::AdminStore;
+use store::Section;
+
+/// Every part of the admin's schema, in creation order. An admin capability with tables
+/// adds its DDL function here.
+pub(crate) const SECTIONS: &[Section] = &[audit::ddl, lineage::ddl];
+
+/// The admin's DDL in the dialect of `driver`.
+pub fn ddl(driver: Driver) -> Vec<String> {
+    let d = dialect(driver);
+    SECTIONS.iter().flat_map(|section| section(d)).collect()
+}
 
 /// What the admin's consumers share with the node that runs them.
 pub(crate) struct Parts<'a> {
@@ -60,7 +77,7 @@ pub(crate) fn queues(catalog: &Catalog) -> Vec<&'static str> {
 /// the operator page) read.
 pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx> {
     let config = parts.config;
-    let nodes = diag::start(&parts, workers);
+    let nodes = start_diagnostics(&parts, workers);
     let audited = audit::bindings(parts.catalog);
     if !audited.is_empty() {
         let auditor = Consumer {
@@ -136,4 +153,54 @@ pub(crate) fn start(parts: Parts<'_>, workers: &mut JoinSet<()>) -> Arc<AdminCtx
     tracing::info!(queue = %keeper.queue, "admin storing lineage records");
     workers.spawn(supervise(keeper, parts.link, parts.stop, parts.counters));
     ctx
+}
+
+/// Starts what keeps the diagnostics current — the heartbeat consumer (supervised in
+/// `workers`) and the poller of every lane's queues — and returns the node ops' state.
+fn start_diagnostics(parts: &Parts<'_>, workers: &mut JoinSet<()>) -> Arc<NodeControl> {
+    let config = parts.config;
+    let diagnostics = Arc::new(diag::Diagnostics::new(config.admin.stuck_after.duration()));
+    let heartbeats = Consumer {
+        queue: config.amqp.queue(STATUS_QUEUE),
+        tag: format!("{}.status.{}", config.node, std::process::id()),
+        prefetch: config.admin.prefetch,
+        confirms: false,
+        broker: "status",
+        handler: Arc::new(Heartbeats {
+            amqp: config.amqp.clone(),
+            key: parts.signer.key.clone(),
+            diagnostics: diagnostics.clone(),
+        }),
+    };
+    tracing::info!(queue = %heartbeats.queue, "admin collecting node heartbeats");
+    workers.spawn(supervise(
+        heartbeats,
+        parts.link.clone(),
+        parts.stop.clone(),
+        parts.counters.clone(),
+    ));
+    let names = diag::LANES
+        .iter()
+        .flat_map(|key| {
+            let key = key.to_string();
+            [retry_queue(&key), dead_letter_queue(&key), key]
+        })
+        .map(|label| (config.amqp.queue(&label), label))
+        .collect();
+    tokio::spawn(
+        Queues {
+            link: parts.link.clone(),
+            names,
+            every: config.telemetry.queue_poll.duration(),
+            sink: diagnostics.clone(),
+        }
+        .run(parts.stop.clone()),
+    );
+    Arc::new(NodeControl {
+        diagnostics,
+        key: parts.signer.key.clone(),
+        link: parts.link.clone(),
+        queue_tag: config.amqp.queue_tag.clone(),
+        drain_timeout: config.shutdown.drain_timeout.duration(),
+    })
 }

@@ -4,21 +4,10 @@
 
 use sqlx::AnyPool;
 
-use crate::config::Driver;
-use crate::store::{Dialect, Store, StoreError, dialect};
+use crate::store::{Dialect, Store, StoreError};
 
 /// The DDL of one part of the admin's schema, in a dialect.
 pub(crate) type Section = fn(&dyn Dialect) -> Vec<String>;
-
-/// Every part of the admin's schema, in creation order. An admin capability with tables
-/// adds its DDL function here.
-pub(crate) const SECTIONS: &[Section] = &[super::audit::ddl, super::lineage::ddl];
-
-/// The admin's DDL in the dialect of `driver`.
-pub fn ddl(driver: Driver) -> Vec<String> {
-    let d = dialect(driver);
-    SECTIONS.iter().flat_map(|section| section(d)).collect()
-}
 
 /// The admin's database: cheap to clone, shared by the admin's consumers and commands.
 #[derive(Debug, Clone)]
@@ -49,9 +38,10 @@ impl AdminStore {
         self.dialect.prepare(text)
     }
 
-    /// Creates the missing admin tables and indexes; existing ones are left as they are.
-    pub(crate) async fn apply_schema(&self) -> Result<(), StoreError> {
-        for section in SECTIONS {
+    /// Creates the missing tables and indexes of `sections`; existing ones are left as
+    /// they are.
+    pub(crate) async fn apply_schema(&self, sections: &[Section]) -> Result<(), StoreError> {
+        for section in sections {
             for statement in section(self.dialect) {
                 sqlx::query(self.dialect.prepare(statement.clone()))
                     .execute(&self.pool)

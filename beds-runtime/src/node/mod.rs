@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -37,7 +37,7 @@ use lanes::Lanes;
 use readiness::Readiness;
 use relay::Relay;
 use tercero::EventConsumer;
-use worker::{Worker, supervise};
+use worker::{Counters, Worker, supervise};
 
 mod control;
 mod heartbeat;
@@ -187,12 +187,6 @@ fn watched_queues(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
         .collect()
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    down: AtomicUsize,
-    restarts: AtomicU64,
-}
-
 /// A started node. Call [`Server::stop`] (or trigger its [`Server::stop_token`]) to
 /// stop consuming, finish in-flight messages and close.
 #[derive(Debug)]
@@ -251,7 +245,9 @@ impl Server {
         };
         let admin_store = admin.then(|| AdminStore::of(&store));
         match &admin_store {
-            Some(tables) if config.admin.database.apply_schema => tables.apply_schema().await?,
+            Some(tables) if config.admin.database.apply_schema => {
+                tables.apply_schema(admin::SECTIONS).await?
+            }
             None if config.database.apply_schema => store.apply_schema(catalog.domains).await?,
             _ => {}
         }

@@ -3,7 +3,7 @@
 //! own; and the supervisor that restarts a worker whose run failed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,7 +15,6 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Counters;
 use super::lanes::LaneControl;
 use crate::config::{AmqpConfig, PoolConfig};
 use crate::ingress::lane::Lane;
@@ -24,6 +23,15 @@ use crate::telemetry::status::LaneState;
 use crate::transport::link::{Link, Watch};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::topology;
+
+/// Worker health of a node, for `/readyz` and heartbeats.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Workers currently between a failure and their restart.
+    pub(super) down: AtomicUsize,
+    /// Worker restarts since start.
+    pub(super) restarts: AtomicU64,
+}
 
 /// One consumer of a pool: its own channel, its own prefetch window.
 pub(crate) struct Worker {

@@ -2,6 +2,7 @@
 //! cross-field checks and token tables. Idempotent: only what is missing is created.
 
 use super::dialect::Dialect;
+use super::sql::index_name;
 use crate::meta::{CondOp, DomainMeta, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
 
 /// The DDL for every template, referenced tables first.
@@ -133,28 +134,6 @@ fn index(d: &dyn Dialect, unique: bool, name: &str, table: &str, columns: &[Stri
         d.quote(table),
         columns.join(", ")
     )
-}
-
-/// Longest identifier PostgreSQL keeps (it cuts longer ones silently; MariaDB refuses
-/// names over 64).
-const MAX_IDENT: usize = 63;
-
-/// `name` if it fits [`MAX_IDENT`], else a prefix ending in a hash of the whole name: cut
-/// alone, two long names could become one, and `IF NOT EXISTS` would then skip the second
-/// index without a word.
-pub(super) fn index_name(name: &str) -> String {
-    if name.len() <= MAX_IDENT {
-        return name.to_string();
-    }
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut cut = MAX_IDENT - 9;
-    while !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}_{:08x}", &name[..cut], hash as u32)
 }
 
 /// An index serving a query: its equality and membership columns on `from`, then its
@@ -365,7 +344,7 @@ mod tests {
         let base = "a_table_name_that_is_long_enough_to_matter_a_lot";
         let one = index_name(&format!("{base}_first_column_idx"));
         let two = index_name(&format!("{base}_first_column_too_idx"));
-        assert!(one.len() <= MAX_IDENT && two.len() <= MAX_IDENT);
+        assert!(one.len() <= 63 && two.len() <= 63);
         assert_ne!(one, two, "cut alone they would be the same name");
         assert_eq!(one, index_name(&format!("{base}_first_column_idx")));
     }

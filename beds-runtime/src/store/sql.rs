@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use sqlx::SqlStr;
 
 use super::dialect::{Dialect, Ty};
-use super::schema::index_name;
 use crate::meta::{
     CondOp, ConditionMeta, CountMeta, DomainMeta, FieldKind, FieldMeta, IdKind, LiteralValue,
     Operand, QueryMeta, TemplateMeta, TokenSetMeta, WithKind,
@@ -75,6 +74,28 @@ impl UpdateStatements {
             .insert(key, sql.clone());
         sql
     }
+}
+
+/// Longest identifier PostgreSQL keeps (it cuts longer ones silently; MariaDB refuses
+/// names over 64).
+const MAX_IDENT: usize = 63;
+
+/// `name` if it fits [`MAX_IDENT`], else a prefix ending in a hash of the whole name: cut
+/// alone, two long names could become one, and `IF NOT EXISTS` would then skip the second
+/// index without a word.
+pub(super) fn index_name(name: &str) -> String {
+    if name.len() <= MAX_IDENT {
+        return name.to_string();
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = MAX_IDENT - 9;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:08x}", &name[..cut], hash as u32)
 }
 
 /// A unique index as its violations name it.

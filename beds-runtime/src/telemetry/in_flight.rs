@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::metrics::Series;
+use super::series::Series;
 use super::status::InFlightDelivery;
 use crate::envelope::Request;
 use crate::ingress::lane::Lane;

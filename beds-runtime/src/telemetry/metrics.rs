@@ -19,58 +19,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::in_flight::Deliveries;
+pub(crate) use super::series::{Series, UNKNOWN};
 use super::status::{LATENCY_BOUNDS, LaneCounters, LaneState};
-use crate::envelope::{Op, Request};
 use crate::error::ErrorCode;
 use crate::ingress::lane::Lane;
-use crate::meta::{QueryMeta, TemplateMeta};
-
-/// The label value of a domain, template or operation the catalog does not know (or of a
-/// message that could not be decoded far enough to name one).
-pub(crate) const UNKNOWN: &str = "unknown";
 
 /// Upper bounds (seconds) of the latency buckets: from half a millisecond (a cached read)
 /// to ten seconds (a write retried against a slow database). Heartbeats use the same.
 const LATENCY_BUCKETS: [f64; 14] = LATENCY_BOUNDS;
-
-/// What a request addressed, in catalog names: for a named query, `template` is the
-/// query's name and `op` is `query`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub(crate) struct Series {
-    pub domain: &'static str,
-    pub template: &'static str,
-    pub op: &'static str,
-}
-
-impl Series {
-    /// A request whose target is not known (yet): its operation only if the envelope
-    /// names one of the closed set.
-    pub fn unknown(req: Option<&Request>) -> Series {
-        Series {
-            domain: UNKNOWN,
-            template: UNKNOWN,
-            op: req
-                .and_then(|r| Op::parse(&r.op))
-                .map_or(UNKNOWN, Op::as_str),
-        }
-    }
-
-    pub fn template(meta: &'static TemplateMeta, op: Op) -> Series {
-        Series {
-            domain: meta.domain,
-            template: meta.name,
-            op: op.as_str(),
-        }
-    }
-
-    pub fn query(meta: &'static QueryMeta) -> Series {
-        Series {
-            domain: meta.domain,
-            template: meta.name,
-            op: Op::Query.as_str(),
-        }
-    }
-}
 
 /// An error code as its wire name (`not_found`), or `none` for a success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod in_flight;
 pub(crate) mod metrics;
 pub(crate) mod queues;
+pub(crate) mod series;
 pub mod status;
 
 use tracing_subscriber::EnvFilter;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::config::IN_FLIGHT_REPORTED_AFTER_MS;
 use crate::envelope::Origin;
 
 /// The version of the heartbeat and control messages.
@@ -90,8 +91,6 @@ pub struct NodeStatus {
     pub counters: Vec<LaneCounters>,
 }
 
-/// How long a delivery must have been in flight to be listed in a heartbeat.
-pub const IN_FLIGHT_REPORTED_AFTER_MS: u64 = 1_000;
 /// The most in-flight deliveries a heartbeat lists.
 pub const IN_FLIGHT_REPORTED: usize = 50;
 

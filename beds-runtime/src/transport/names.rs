@@ -5,6 +5,10 @@
 pub const READ_KEY: &str = "rec.read";
 /// Routing key (before the queue tag) of writes.
 pub const WRITE_KEY: &str = "rec.write";
+/// The routing key (before the queue tag) of administrative commands, and their queue.
+pub const ADMIN_KEY: &str = "adm";
+/// The adm request version this runtime reads and its client writes.
+pub const ADMIN_VERSION: u32 = 1;
 
 /// The exchange rejected messages are dead-lettered to.
 pub use crate::config::DEAD_LETTER_EXCHANGE;
