@@ -25,8 +25,12 @@ async fn command(
     lane: &str,
     signed: bool,
 ) -> Json {
-    let body = serde_json::to_vec(&json!({"v": 1, "op": op, "lane": lane})).unwrap();
     let id = uuid::Uuid::now_v7().to_string();
+    // As the admin forwards an adm request (id `id`, depth 1): the lineage rides along.
+    let body = serde_json::to_vec(
+        &json!({"v": 1, "op": op, "lane": lane, "causation_id": id, "depth": 2}),
+    )
+    .unwrap();
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(id.as_str().into())
@@ -63,7 +67,13 @@ async fn command(
     ServiceKey::development()
         .verify(Purpose::Reply, &delivery.properties, &delivery.data)
         .expect("control replies are signed");
-    serde_json::from_slice(&delivery.data).unwrap()
+    let reply: Json = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(reply["causation_id"], json!(id), "{reply}");
+    assert_eq!(reply["origin"]["node"], json!(env.config.node), "{reply}");
+    if signed {
+        assert_eq!(reply["depth"], 3, "the command's depth + 1: {reply}");
+    }
+    reply
 }
 
 /// The next heartbeat satisfying `want`, verified, within [`WITHIN`].

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::diag::Diagnostics;
 use super::request::AdminRequest;
-use crate::envelope::Reply;
+use crate::envelope::{Origin, Reply};
 use crate::error::{BedsError, ErrorCode};
 use crate::telemetry::status::{ControlCommand, ControlOp, STATUS_VERSION, control_key};
 use crate::transport::link::Link;
@@ -35,6 +35,8 @@ pub struct NodeControl {
     pub link: Arc<Link>,
     pub queue_tag: String,
     pub drain_timeout: Duration,
+    /// This admin node, as the origin of the commands it forwards.
+    pub origin: Origin,
 }
 
 impl NodeControl {
@@ -65,7 +67,7 @@ impl NodeControl {
             ControlOp::Drain => ANSWER_TIMEOUT + self.drain_timeout,
             ControlOp::Pause | ControlOp::Resume => ANSWER_TIMEOUT,
         };
-        self.forward(op, &node, &lane, wait)
+        self.forward(op, &node, &lane, req, wait)
             .await
             .map_err(|e| match e {
                 Forward::Remote(e) => e,
@@ -81,6 +83,7 @@ impl NodeControl {
         op: ControlOp,
         node: &str,
         lane: &str,
+        req: &AdminRequest,
         wait: Duration,
     ) -> Result<Json, Forward> {
         let conn = self.link.get().await;
@@ -93,13 +96,17 @@ impl NodeControl {
                 v: STATUS_VERSION,
                 op,
                 lane: lane.to_string(),
+                causation_id: req.id,
+                depth: req.depth.unwrap_or(0) + 1,
+                origin: Some(self.origin.clone()),
             };
             let body = serde_json::to_vec(&command).expect("commands serialize");
-            let id = Uuid::now_v7().to_string();
+            let id = Uuid::now_v7();
+            let conversation = req.correlation_id.or(req.id).unwrap_or(id).to_string();
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
-                .with_message_id(id.as_str().into())
-                .with_correlation_id(id.as_str().into())
+                .with_message_id(id.to_string().into())
+                .with_correlation_id(conversation.into())
                 .with_reply_to(DIRECT_REPLY_TO.into());
             let props = self.key.sign(Purpose::Control, props, &body);
             let key = format!("{}{}", self.queue_tag, control_key(node));

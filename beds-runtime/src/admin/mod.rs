@@ -202,5 +202,10 @@ fn start_diagnostics(parts: &Parts<'_>, workers: &mut JoinSet<()>) -> Arc<NodeCo
         link: parts.link.clone(),
         queue_tag: config.amqp.queue_tag.clone(),
         drain_timeout: config.shutdown.drain_timeout.duration(),
+        origin: crate::envelope::Origin {
+            service: "beds".into(),
+            node: config.node.clone(),
+            env: config.env.clone(),
+        },
     })
 }

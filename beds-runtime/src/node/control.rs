@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::lanes::Lanes;
-use crate::envelope::Reply;
+use crate::envelope::{Origin, Reply};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::settle::Signer;
 use crate::telemetry::status::{ControlCommand, STATUS_VERSION, control_key};
@@ -32,6 +32,8 @@ pub(super) struct Control {
     pub lanes: Arc<Lanes>,
     pub signer: Arc<Signer>,
     pub drain_timeout: Duration,
+    /// This node, as the origin of its answers.
+    pub origin: Origin,
 }
 
 impl Control {
@@ -122,7 +124,7 @@ impl Control {
             .as_ref()
             .and_then(|id| Uuid::parse_str(id.as_str()).ok())
             .unwrap_or_else(Uuid::now_v7);
-        let result = self.carry_out(&delivery).await;
+        let (depth, result) = self.carry_out(&delivery).await;
         let Some(reply_to) = props.reply_to().as_ref().map(|q| q.to_string()) else {
             return;
         };
@@ -135,7 +137,9 @@ impl Control {
             .clone()
             .unwrap_or_else(|| id.to_string().into());
         let conversation = Uuid::parse_str(correlation.as_str()).unwrap_or(id);
-        let reply = Reply::to(conversation, id, result);
+        let mut reply = Reply::to(conversation, id, result);
+        reply.depth = depth + 1;
+        reply.origin = Some(self.origin.clone());
         let body = serde_json::to_vec(&reply).expect("replies serialize");
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -150,7 +154,23 @@ impl Control {
         }
     }
 
-    async fn carry_out(&self, delivery: &Delivery) -> Result<serde_json::Value, BedsError> {
+    /// The command's depth (0 when it cannot be read) and the answer.
+    async fn carry_out(&self, delivery: &Delivery) -> (u32, Result<serde_json::Value, BedsError>) {
+        let command = match self.read(delivery) {
+            Ok(command) => command,
+            Err(e) => return (0, Err(e)),
+        };
+        let answer = self
+            .lanes
+            .command(command.op, &command.lane, self.drain_timeout)
+            .await
+            .map(|answer| serde_json::to_value(answer).expect("answers serialize"))
+            .map_err(|e| BedsError::new(ErrorCode::NotFound, e.to_string()));
+        (command.depth, answer)
+    }
+
+    /// A signed, decodable command of this version.
+    fn read(&self, delivery: &Delivery) -> Result<ControlCommand, BedsError> {
         if let Err(why) =
             self.signer
                 .key
@@ -185,11 +205,6 @@ impl Control {
                 ),
             ));
         }
-        let answer = self
-            .lanes
-            .command(command.op, &command.lane, self.drain_timeout)
-            .await
-            .map_err(|e| BedsError::new(ErrorCode::NotFound, e.to_string()))?;
-        Ok(serde_json::to_value(answer).expect("answers serialize"))
+        Ok(command)
     }
 }

@@ -513,6 +513,7 @@ impl Server {
                 lanes: lane_controls.clone(),
                 signer: Arc::new(Signer::new(key.clone(), &config.amqp.url)),
                 drain_timeout: config.shutdown.drain_timeout.duration(),
+                origin: lineage.origin().clone(),
             }
             .run(telemetry.clone()),
         );

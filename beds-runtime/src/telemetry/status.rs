@@ -196,12 +196,22 @@ impl ControlOp {
     }
 }
 
-/// `{"v":1,"op":"pause","lane":"rec.write"}`, signed for [`crate::signing::Purpose::Control`].
+/// `{"v":1,"op":"pause","lane":"rec.write"}`, signed for [`crate::signing::Purpose::Control`],
+/// with the lineage of the adm request it carries out (its conversation is the AMQP
+/// `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlCommand {
     pub v: u32,
     pub op: ControlOp,
     pub lane: String,
+    /// The adm request this command carries out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default)]
+    pub depth: u32,
+    /// The admin node that sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 /// A node's answer to a [`ControlCommand`]: the lane's new state.
