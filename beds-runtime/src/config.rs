@@ -86,6 +86,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub lineage: LineageConfig,
     pub admin: AdminConfig,
+    pub segundo: SegundoConfig,
 }
 
 impl Default for Config {
@@ -112,6 +113,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             lineage: LineageConfig::default(),
             admin: AdminConfig::default(),
+            segundo: SegundoConfig::default(),
         }
     }
 }
@@ -584,6 +586,10 @@ impl DatabaseKey {
         at: "admin.database",
         ca_file: "admin.database.tls.ca_file",
     };
+    const WAREHOUSE: DatabaseKey = DatabaseKey {
+        at: "segundo.warehouse",
+        ca_file: "segundo.warehouse.tls.ca_file",
+    };
 }
 
 impl std::fmt::Display for DatabaseKey {
@@ -625,6 +631,39 @@ impl Default for AdminConfig {
             heartbeat: Millis(2_000),
             stuck_after: Millis(30_000),
             lineage_keep: Millis(7 * 86_400_000),
+        }
+    }
+}
+
+/// The segundo role (wiki/retention.md, wiki/migration.md): the warehouse and the
+/// long-running data duties beside the serving database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegundoConfig {
+    /// The warehouse (the COOL tier), the same keys as `database`: a second SQLite file,
+    /// or another PostgreSQL/MariaDB database.
+    pub warehouse: DatabaseConfig,
+    /// Where the COLD tier's files and their manifest are written.
+    pub cold_dir: PathBuf,
+    /// How often a retention pass runs.
+    pub interval: Millis,
+    /// Records moved per batch, each batch one transaction per tier.
+    pub batch: u32,
+    /// Unacked deliveries per segundo consumer.
+    pub prefetch: u16,
+}
+
+impl Default for SegundoConfig {
+    fn default() -> Self {
+        SegundoConfig {
+            warehouse: DatabaseConfig {
+                sqlite_file: PathBuf::from("warehouse.sqlite"),
+                ..DatabaseConfig::default()
+            },
+            cold_dir: PathBuf::from("data/cold"),
+            interval: Millis(60_000),
+            batch: 500,
+            prefetch: 16,
         }
     }
 }
@@ -1132,6 +1171,9 @@ impl Config {
         if let Some(path) = &self.admin.database.url_file {
             self.admin.database.url = Some(read_secret("admin.database.url_file", path)?);
         }
+        if let Some(path) = &self.segundo.warehouse.url_file {
+            self.segundo.warehouse.url = Some(read_secret("segundo.warehouse.url_file", path)?);
+        }
         Ok(())
     }
 
@@ -1183,6 +1225,7 @@ impl Config {
         shown.amqp.url = self.amqp.redacted_url();
         shown.database.url = self.database.url.as_deref().map(redact);
         shown.admin.database.url = self.admin.database.url.as_deref().map(redact);
+        shown.segundo.warehouse.url = self.segundo.warehouse.url.as_deref().map(redact);
         serde_yaml::to_string(&shown).expect("a configuration serialises")
     }
 
@@ -1312,7 +1355,17 @@ impl Config {
                 self.admin.lineage_keep.0
             ));
         }
-        self.admin.database.validate(DatabaseKey::ADMIN)
+        self.admin.database.validate(DatabaseKey::ADMIN)?;
+        if self.segundo.batch == 0 || self.segundo.prefetch == 0 {
+            return Err("segundo.batch and segundo.prefetch must be at least 1".into());
+        }
+        if self.segundo.interval.0 < 100 {
+            return Err(format!(
+                "segundo.interval is {} ms; use at least 100ms (each pass scans every retained template)",
+                self.segundo.interval.0
+            ));
+        }
+        self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)
     }
 }
 

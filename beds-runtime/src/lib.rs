@@ -22,6 +22,7 @@ mod node;
 pub mod ops;
 pub mod record;
 pub mod security;
+mod segundo;
 mod store;
 mod suggest;
 #[doc(hidden)]

@@ -17,7 +17,6 @@ use serde_json::{Map, Value as Json, json};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::Handler;
 use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::catalog::Catalog;
@@ -26,6 +25,7 @@ use crate::error::{BedsError, ErrorCode};
 use crate::events::{WriteEvent, WriteOp};
 use crate::ingress::settle::{ack, dead_letter_to};
 use crate::meta::TemplateMeta;
+use crate::node::consumer::Handler;
 use crate::store::{Dialect, until_written};
 use crate::suggest::closest;
 use crate::transport::publish::CONFIRM_TIMEOUT;

@@ -14,7 +14,6 @@ use lapin::message::Delivery;
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::consumer::Handler;
 pub use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::catalog::Catalog;
@@ -23,6 +22,7 @@ use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::accept;
 use crate::ingress::settle::{Signer, ack, answer, dead_letter_or_reject};
+use crate::node::consumer::Handler;
 use crate::security::Security;
 use crate::telemetry::status::ControlOp;
 use crate::transport::link::Link;

@@ -9,10 +9,10 @@ use lapin::message::Delivery;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::consumer::Handler;
 use super::diag::Diagnostics;
 use crate::config::AmqpConfig;
 use crate::ingress::settle::ack;
+use crate::node::consumer::Handler;
 use crate::telemetry::status::{NodeStatus, STATUS_KEY};
 use crate::transport::names::EXCHANGE;
 use crate::transport::signing::{Purpose, ServiceKey};

@@ -16,13 +16,13 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::consumer::Handler;
 use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::config::AmqpConfig;
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::settle::{ack, dead_letter_or_reject};
 use crate::lineage::{ROUTING_KEY, Record};
+use crate::node::consumer::Handler;
 use crate::store::{Dialect, until_written};
 use crate::transport::names::{DEAD_LETTER_EXCHANGE, dead_letter_queue};
 use crate::transport::signing::ServiceKey;

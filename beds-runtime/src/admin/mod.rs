@@ -5,7 +5,6 @@
 
 pub mod audit;
 pub mod commands;
-pub(crate) mod consumer;
 pub mod control;
 pub mod diag;
 pub(crate) mod heartbeats;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Catalog;
 use crate::config::{Config, Driver};
 use crate::ingress::settle::Signer;
+use crate::node::consumer::Consumer;
 use crate::node::worker::Counters;
 use crate::node::worker::supervise;
 use crate::security::Security;
@@ -31,7 +31,6 @@ use crate::telemetry::queues::Queues;
 use crate::transport::link::Link;
 use crate::transport::names::{dead_letter_queue, retry_queue};
 pub use commands::{ADMIN_KEY, ADMIN_ROLE, AdminCtx, AdminRequest, OPS};
-use consumer::Consumer;
 use control::NodeControl;
 use heartbeats::Heartbeats;
 pub use heartbeats::STATUS_QUEUE;

@@ -19,6 +19,7 @@ use crate::ingress::dispatch::Ctx;
 use crate::ingress::lane::Lane;
 use crate::ingress::settle::Signer;
 use crate::lineage::Lineage;
+use crate::segundo;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::http::{self, ListenError};
 use crate::telemetry::metrics::Metrics;
@@ -39,6 +40,7 @@ use relay::Relay;
 use tercero::EventConsumer;
 use worker::{Counters, Worker, supervise};
 
+pub(crate) mod consumer;
 mod control;
 mod heartbeat;
 mod lanes;
@@ -60,11 +62,6 @@ pub enum ServerError {
     Catalog(#[from] CatalogError),
     #[error("the compiled domains are inconsistent: {0}")]
     Pattern(#[from] PatternError),
-    #[error(
-        "role `{}` serves nothing in this release; `appServer` (rBroker + wBroker), `admin` (adm commands, audit) and `tercero` (write events) do",
-        .0.name()
-    )]
-    RoleNotServed(Role),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
     #[error("subscribing to cache invalidations took longer than {} s", SUBSCRIBE_TIMEOUT.as_secs())]
@@ -77,11 +74,6 @@ pub enum ServerError {
         "{templates} declare capabilities.audit, which records every committed write from its write event, but events.enabled is false; set events.enabled: true (or remove audit from those templates)"
     )]
     AuditNeedsEvents { templates: String },
-}
-
-/// Whether a role consumes anything in this release.
-pub fn serves(role: Role) -> bool {
-    !lanes(role).is_empty() || matches!(role, Role::Tercero | Role::Admin)
 }
 
 /// How long a start waits for the node's invalidation queue before it fails.
@@ -216,9 +208,6 @@ pub struct Server {
 impl Server {
     pub async fn start(config: &Config, catalog: &'static Catalog) -> Result<Server, ServerError> {
         let lanes = lanes(config.role);
-        if !serves(config.role) {
-            return Err(ServerError::RoleNotServed(config.role));
-        }
         catalog.check()?;
         let audited = admin::audit::audited(catalog);
         if !audited.is_empty() && !config.events.enabled {
@@ -471,6 +460,24 @@ impl Server {
                 batch = config.tercero.batch,
                 wait_ms = config.tercero.wait.0,
                 "tercero consuming write events"
+            );
+        }
+        if config.role == Role::Segundo {
+            let warehouse = segundo::open_warehouse(config, catalog).await?;
+            segundo::start(
+                segundo::Parts {
+                    config: Arc::new(config.clone()),
+                    catalog,
+                    store: store.clone(),
+                    warehouse,
+                    link: link.clone(),
+                    ingress: ingress.clone(),
+                    key: key.clone(),
+                    lineage: lineage.clone(),
+                    stop: stop.clone(),
+                    counters: counters.clone(),
+                },
+                &mut workers,
             );
         }
         let admin_ctx = admin_store.as_ref().map(|tables| {

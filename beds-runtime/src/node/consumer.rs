@@ -1,5 +1,5 @@
-//! The admin's consumers: one queue, each delivery handed to a [`Handler`] in a task of its
-//! own; the supervisor (node::worker) restarts a run that failed.
+//! Consumers of the admin's and segundo's queues: one queue, each delivery handed to a
+//! [`Handler`] in a task of its own; the supervisor (node::worker) restarts a run that failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::node::worker::{ABANDON_AFTER, Run, WorkerExit, WorkerFailure, consume_on, setup};
 use crate::transport::link::Watch;
 
-/// What an admin consumer does: declares its queue, and settles each delivery (reply,
+/// What such a consumer does: declares its queue, and settles each delivery (reply,
 /// ack, dead-letter) itself.
 pub(crate) trait Handler: Send + Sync + 'static {
     /// Declares the queue consumed (so a deleted queue comes back on the next run).
@@ -27,7 +27,7 @@ pub(crate) trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// One consumer of an admin queue, with its own channel.
+/// One consumer of a queue, with its own channel.
 pub(crate) struct Consumer<H> {
     pub queue: String,
     pub tag: String,
