@@ -8,7 +8,7 @@ use crate::ingress::dispatch::{Handler, execute};
 use crate::meta::{DomainMeta, FieldKind, QueryMeta, TemplateMeta};
 
 /// The DDL the catalog's declarations need on `driver`: what `beds schema` prints for the
-/// DBA, and what `database.apply_schema` runs.
+/// DBA, and what a node compares its database with at start-up (`database.schema`).
 pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
     crate::store::schema(driver, catalog.domains)
 }

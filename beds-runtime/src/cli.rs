@@ -45,8 +45,12 @@ enum Command {
     },
     /// Validate the configuration and compiled domains, and say what would be served.
     Check,
-    /// Print the DDL generated from the compiled domains.
+    /// Print the DDL generated from the compiled domains, or (`diff`, `apply`) migrate a
+    /// live database to them.
+    #[command(args_conflicts_with_subcommands = true)]
     Schema {
+        #[command(subcommand)]
+        action: Option<SchemaAction>,
         /// Print the JSON Schema of every template's inputs and outputs and every query's
         /// parameters and results instead.
         #[arg(long, conflicts_with = "admin")]
@@ -89,6 +93,34 @@ enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaAction {
+    /// Compare the declarations with the live database and write a migration file for
+    /// review (`NNNN_<summary>.<dialect>.sql`); with no difference, write nothing.
+    Diff {
+        /// Directory of migration files; default: the database section's `migrations_dir`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write destructive changes (dropped tables, columns, indexes; retyped
+        /// columns), each marked `-- WARNING: destroys data`.
+        #[arg(long)]
+        allow_destructive: bool,
+        /// The database to compare.
+        #[arg(long, value_enum, default_value_t)]
+        database: crate::ops::schema::Target,
+    },
+    /// Apply a reviewed migration file and record it in `beds_schema_history`.
+    Apply {
+        file: PathBuf,
+        /// Apply a file generated from other declarations than the running ones.
+        #[arg(long)]
+        force: bool,
+        /// The database to migrate.
+        #[arg(long, value_enum, default_value_t)]
+        database: crate::ops::schema::Target,
     },
 }
 
@@ -162,6 +194,8 @@ enum CliError {
     Lineage(#[from] crate::ops::lineage::LineageError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Schema(#[from] crate::ops::schema::SchemaError),
 }
 
 impl CliError {
@@ -192,6 +226,64 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
         }
         Command::Check => {
             print!("{}", describe(&cli.config, &config, catalog));
+            Ok(())
+        }
+        Command::Schema {
+            action:
+                Some(SchemaAction::Diff {
+                    out,
+                    allow_destructive,
+                    database,
+                }),
+            ..
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let outcome = rt.block_on(crate::ops::schema::diff(
+                &config,
+                catalog,
+                database,
+                out.as_deref(),
+                allow_destructive,
+            ))?;
+            print!("{}", schema_diff_summary(&outcome));
+            if outcome.destructive > 0 {
+                eprintln!(
+                    "warning: the migration destroys data in {} statements (marked `-- WARNING: destroys data`); review it before applying",
+                    outcome.destructive
+                );
+            }
+            Ok(())
+        }
+        Command::Schema {
+            action:
+                Some(SchemaAction::Apply {
+                    file,
+                    force,
+                    database,
+                }),
+            ..
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let applied = rt.block_on(crate::ops::schema::apply(
+                &config, catalog, database, &file, force,
+            ))?;
+            let resumed = if applied.resumed_after > 0 {
+                format!(" (resumed after statement {})", applied.resumed_after)
+            } else {
+                String::new()
+            };
+            println!(
+                "applied {} ({} statements{resumed}); the database is at declaration fingerprint {}",
+                applied.path.display(),
+                applied.statements,
+                applied.fingerprint
+            );
             Ok(())
         }
         Command::Schema { admin: true, .. } => {
@@ -277,6 +369,26 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// What `beds schema diff` prints: the differences and the file, or that there are none.
+fn schema_diff_summary(outcome: &crate::ops::schema::DiffOutcome) -> String {
+    use std::fmt::Write;
+    let Some(file) = &outcome.file else {
+        return "the database matches the declarations: nothing to migrate, no file written\n"
+            .to_string();
+    };
+    let mut out = format!("{} differences:\n", outcome.changes.len());
+    for change in &outcome.changes {
+        let _ = writeln!(out, "  - {change}");
+    }
+    let _ = writeln!(
+        out,
+        "wrote {}\nreview it, then run `beds schema apply {}`",
+        file.display(),
+        file.display()
+    );
+    out
 }
 
 async fn serve(config: Config, catalog: &'static Catalog) -> Result<(), CliError> {
@@ -476,12 +588,11 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
     );
     let _ = writeln!(
         out,
-        "database {} (schema applied at start: {})",
+        "database {} (schema at start: {})",
         crate::store::StoreOptions::from_config(&config.database).describe(),
-        if config.database.apply_schema {
-            "yes"
-        } else {
-            "no"
+        match config.schema_mode(&config.database) {
+            crate::config::SchemaMode::Create => "create missing tables, verify the rest",
+            crate::config::SchemaMode::Verify => "verify",
         }
     );
     let s = &config.security;

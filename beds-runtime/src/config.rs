@@ -387,11 +387,27 @@ pub struct DatabaseConfig {
     /// SQLite: `full` syncs the write-ahead log on every commit; `normal` only at
     /// checkpoints (faster writes; a power loss may lose the last commits, never corrupt).
     pub sqlite_synchronous: SqliteSync,
-    /// Create missing tables and indexes at start-up.
-    pub apply_schema: bool,
+    /// What start-up does with the live schema (wiki/migrations.md): `create` creates
+    /// missing tables, `verify` only compares. Unset: `create` in env `dev` and `test`,
+    /// `verify` elsewhere (see [`Config::schema_mode`]).
+    pub schema: Option<SchemaMode>,
+    /// Where `beds schema diff` writes migration files and where start-up looks for a
+    /// pending one to name.
+    pub migrations_dir: PathBuf,
     /// A file holding the whole URL, password included; replaces `url`.
     pub url_file: Option<PathBuf>,
     pub tls: DatabaseTlsConfig,
+}
+
+/// What a node does at start-up when its database's schema differs from its declarations.
+/// Either way a difference other than a missing table refuses the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// Create the tables (and their indexes) that are missing entirely.
+    Create,
+    /// Create nothing: any difference refuses the start.
+    Verify,
 }
 
 /// TLS to PostgreSQL and MariaDB, passed to the driver as URL parameters.
@@ -456,7 +472,8 @@ impl Default for DatabaseConfig {
             max_connections: 4,
             busy_timeout: Millis(5_000),
             sqlite_synchronous: SqliteSync::Full,
-            apply_schema: true,
+            schema: None,
+            migrations_dir: PathBuf::from("migrations"),
             url_file: None,
             tls: DatabaseTlsConfig::default(),
         }
@@ -1227,6 +1244,19 @@ impl Config {
         shown.admin.database.url = self.admin.database.url.as_deref().map(redact);
         shown.segundo.warehouse.url = self.segundo.warehouse.url.as_deref().map(redact);
         serde_yaml::to_string(&shown).expect("a configuration serialises")
+    }
+
+    /// A database section's `schema`, or its default: `create` in `dev` and `test`, where
+    /// databases are scratch; `verify` elsewhere, where the DBA owns the schema and a node
+    /// must not create tables in a database nobody reviewed.
+    pub fn schema_mode(&self, database: &DatabaseConfig) -> SchemaMode {
+        database
+            .schema
+            .unwrap_or(if matches!(self.env.as_str(), "dev" | "test") {
+                SchemaMode::Create
+            } else {
+                SchemaMode::Verify
+            })
     }
 
     /// `security.require_user_id`, or its default: on outside `dev` and `test`.

@@ -289,7 +289,7 @@ async fn invalidation_delay() {
 async fn unheard(env: &TestEnv) -> (TestEnv, Server, beds_runtime::Client) {
     let mut other = TestEnv::new("cache_unheard");
     other.config.database = env.config.database.clone();
-    other.config.database.apply_schema = false;
+    other.config.database.schema = Some(beds_runtime::config::SchemaMode::Verify);
     let server = node(&other, "unheard", true).await;
     let client = other.client().await;
     (other, server, client)

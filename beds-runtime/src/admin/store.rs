@@ -1,10 +1,11 @@
 //! The admin role's own database: a pool and its dialect, and the DDL of the admin's
 //! tables. The DBA owns this schema as they own the serving one: `beds schema --admin`
-//! prints it, and a node with `admin.database.apply_schema` creates what is missing.
+//! prints it, and a node compares it with the database at start-up like the serving one
+//! (`admin.database.schema`, wiki/migrations.md).
 
 use sqlx::AnyPool;
 
-use crate::store::{Dialect, Store, StoreError};
+use crate::store::{Dialect, Store};
 
 /// The DDL of one part of the admin's schema, in a dialect.
 pub(crate) type Section = fn(&dyn Dialect) -> Vec<String>;
@@ -36,19 +37,5 @@ impl AdminStore {
     /// A statement written with `?` placeholders, in this store's dialect.
     pub fn sql(&self, text: String) -> sqlx::SqlStr {
         self.dialect.prepare(text)
-    }
-
-    /// Creates the missing tables and indexes of `sections`; existing ones are left as
-    /// they are.
-    pub(crate) async fn apply_schema(&self, sections: &[Section]) -> Result<(), StoreError> {
-        for section in sections {
-            for statement in section(self.dialect) {
-                sqlx::query(self.dialect.prepare(statement.clone()))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|source| StoreError::Schema { statement, source })?;
-            }
-        }
-        Ok(())
     }
 }

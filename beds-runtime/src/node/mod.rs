@@ -233,13 +233,30 @@ impl Server {
             .await?
         };
         let admin_store = admin.then(|| AdminStore::of(&store));
-        match &admin_store {
-            Some(tables) if config.admin.database.apply_schema => {
-                tables.apply_schema(admin::SECTIONS).await?
-            }
-            None if config.database.apply_schema => store.apply_schema(catalog.domains).await?,
-            _ => {}
-        }
+        // One comparison of the live schema with the declarations: `create` makes the
+        // missing tables, any other difference refuses the start (wiki/migrations.md).
+        let (section, database, ddl) = if admin {
+            (
+                "admin.database",
+                &config.admin.database,
+                admin::ddl(config.admin.database.driver),
+            )
+        } else {
+            (
+                "database",
+                &config.database,
+                crate::catalog::schema(config.database.driver, catalog),
+            )
+        };
+        crate::store::migrate::prepare(
+            &store,
+            &ddl,
+            config.schema_mode(database),
+            &database.migrations_dir,
+            section,
+        )
+        .await
+        .map_err(StoreError::from)?;
         let link = Arc::new(
             Link::open(
                 &config.amqp.url,

@@ -35,17 +35,22 @@ pub(crate) struct Parts {
     pub counters: Arc<Counters>,
 }
 
-/// Opens the warehouse of `config` with the tables of `catalog`, creating what is missing
-/// when `segundo.warehouse.apply_schema` is on.
+/// Opens the warehouse of `config` with the tables of `catalog`, compared with its
+/// declarations as `segundo.warehouse.schema` says (wiki/migrations.md).
 pub(crate) async fn open_warehouse(
     config: &Config,
     catalog: &'static Catalog,
 ) -> Result<Store, StoreError> {
     let warehouse = &config.segundo.warehouse;
     let store = Store::open(&StoreOptions::from_config(warehouse), catalog.domains).await?;
-    if warehouse.apply_schema {
-        store.apply_schema(catalog.domains).await?;
-    }
+    crate::store::migrate::prepare(
+        &store,
+        &crate::catalog::schema(warehouse.driver, catalog),
+        config.schema_mode(warehouse),
+        &warehouse.migrations_dir,
+        "segundo.warehouse",
+    )
+    .await?;
     Ok(store)
 }
 

@@ -12,6 +12,7 @@ mod counters;
 mod dialect;
 mod journal;
 mod lock;
+pub mod migrate;
 mod options;
 mod outbox;
 mod retry;
@@ -201,17 +202,6 @@ impl Store {
             journal: journal::wanted(domains).then(|| Arc::new(journal::journal_sql(d))),
             referrers: Arc::new(referrers(d, domains)),
         })
-    }
-
-    /// Creates missing tables and indexes. Existing tables are left as they are.
-    pub async fn apply_schema(&self, domains: &[&'static DomainMeta]) -> Result<(), StoreError> {
-        for statement in schema::ddl(self.dialect, domains) {
-            sqlx::query(self.dialect.prepare(statement.clone()))
-                .execute(&self.pool)
-                .await
-                .map_err(|source| StoreError::Schema { statement, source })?;
-        }
-        Ok(())
     }
 
     pub async fn close(&self) {

@@ -55,6 +55,8 @@ pub enum StoreError {
         statement: String,
         source: sqlx::Error,
     },
+    #[error(transparent)]
+    Migrate(#[from] super::migrate::MigrateError),
     #[error("starting the maintained counts from their rows failed: {0}")]
     Backfill(sqlx::Error),
 }

@@ -3,7 +3,9 @@
 
 use super::dialect::Dialect;
 use super::sql::index_name;
-use crate::meta::{CondOp, DomainMeta, FieldKind, IdKind, OnDelete, QueryMeta, TemplateMeta};
+use crate::meta::{
+    CondOp, DomainMeta, FieldKind, FieldMeta, IdKind, OnDelete, QueryMeta, TemplateMeta,
+};
 
 /// The DDL for every template, referenced tables first.
 pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<String> {
@@ -216,32 +218,7 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
     ];
     let mut indexes = Vec::new();
     for f in t.fields {
-        let ci = t
-            .unique
-            .iter()
-            .any(|u| u.case_insensitive && u.fields.contains(&f.name));
-        let null = if f.optional { "" } else { " NOT NULL" };
-        let mut col = format!("{} {}{null}", q(f.column), d.column_type(f, ci));
-        if let FieldKind::Ref {
-            template,
-            on_delete,
-            ..
-        } = f.kind
-        {
-            let target = all
-                .iter()
-                .find(|x| x.name == template)
-                .expect("references are checked at build time");
-            let action = match on_delete {
-                OnDelete::Restrict => "RESTRICT",
-                OnDelete::Cascade => "CASCADE",
-                OnDelete::SetNull => "SET NULL",
-            };
-            col.push_str(&format!(
-                " REFERENCES {} ({}) ON DELETE {action}",
-                q(target.table),
-                q(target.id_column)
-            ));
+        if matches!(f.kind, FieldKind::Ref { .. }) {
             // Deletes of the target and joins look rows up by this column.
             indexes.push(index(
                 d,
@@ -251,7 +228,7 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
                 &[q(f.column)],
             ));
         }
-        cols.push(col);
+        cols.push(column_def(d, all, t, f));
     }
     for c in t.checks {
         let [a, b] = c.differ.map(|n| q(t.field(n).expect("checked").column));
@@ -304,6 +281,77 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
         out.extend(token_ddl(d, t, set));
     }
     out
+}
+
+/// A declared field's column definition: name, type, nullability and reference.
+fn column_def(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta, f: &FieldMeta) -> String {
+    let q = |s: &str| d.quote(s);
+    let ci = t
+        .unique
+        .iter()
+        .any(|u| u.case_insensitive && u.fields.contains(&f.name));
+    let null = if f.optional { "" } else { " NOT NULL" };
+    let mut col = format!("{} {}{null}", q(f.column), d.column_type(f, ci));
+    if let FieldKind::Ref {
+        template,
+        on_delete,
+        ..
+    } = f.kind
+    {
+        let target = all
+            .iter()
+            .find(|x| x.name == template)
+            .expect("references are checked at build time");
+        let action = match on_delete {
+            OnDelete::Restrict => "RESTRICT",
+            OnDelete::Cascade => "CASCADE",
+            OnDelete::SetNull => "SET NULL",
+        };
+        col.push_str(&format!(
+            " REFERENCES {} ({}) ON DELETE {action}",
+            q(target.table),
+            q(target.id_column)
+        ));
+    }
+    col
+}
+
+/// The declared field stored in `table`.`column`, with its column definition, for a
+/// migration adding it to an existing table.
+pub(super) fn declared_column(
+    d: &dyn Dialect,
+    domains: &[&'static DomainMeta],
+    table: &str,
+    column: &str,
+) -> Option<(&'static FieldMeta, String)> {
+    domains.iter().find_map(|dm| {
+        let t = dm.templates.iter().find(|t| t.table == table)?;
+        let f = t.fields.iter().find(|f| f.column == column)?;
+        Some((f, column_def(d, dm.templates, t, f)))
+    })
+}
+
+/// The history of applied migration files (`beds schema apply`): which file, its hash,
+/// the declaration fingerprint it brought the database to, and how far it got. Created by
+/// the first apply, in any database migrations are applied to (serving, admin, warehouse).
+pub(super) fn history_table(d: &dyn Dialect) -> String {
+    let [key, _, time] = d.idempotency_types();
+    let int = d.key_type(IdKind::Sequence);
+    let q = |s: &str| d.quote(s);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {} {},\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {time} NOT NULL,\n  {} {key} NOT NULL,\n  {} {int} NOT NULL,\n  {} {key} NOT NULL\n){}",
+        q(super::migrate::HISTORY_TABLE),
+        q("id"),
+        d.id_column(IdKind::Sequence),
+        q("file_name"),
+        q("sha256"),
+        q("fingerprint"),
+        q("applied_at"),
+        q("beds_version"),
+        q("statements_applied"),
+        q("outcome"),
+        d.table_options()
+    )
 }
 
 /// A token set's table: one row per distinct token of a record, removed with it.

@@ -1120,7 +1120,16 @@ mod tests {
             sqlite_sync_full: false,
         };
         let store = Store::open(&options, &[&DOMAIN]).await.unwrap();
-        store.apply_schema(&[&DOMAIN]).await.unwrap();
+        let ddl = super::schema::ddl(store.dialect, &[&DOMAIN]);
+        super::migrate::prepare(
+            &store,
+            &ddl,
+            crate::config::SchemaMode::Create,
+            dir,
+            "database",
+        )
+        .await
+        .unwrap();
         for statement in [
             "INSERT INTO team (id, version, name) VALUES (1, 1, 'a'), (2, 1, 'b')",
             "INSERT INTO task (id, version, team, state, urgent) VALUES \

@@ -54,6 +54,10 @@ impl Dialect for MariaDb {
             .into()
     }
 
+    fn driver(&self) -> crate::config::Driver {
+        crate::config::Driver::Mariadb
+    }
+
     fn name(&self) -> &'static str {
         "MariaDB"
     }

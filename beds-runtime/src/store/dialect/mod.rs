@@ -142,6 +142,10 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// The database's name, for messages.
     fn name(&self) -> &'static str;
 
+    /// The configured driver this dialect serves (schema introspection reads each
+    /// database's own catalog).
+    fn driver(&self) -> crate::config::Driver;
+
     // --- Connections ---
 
     /// The URL to open and the form logs show.

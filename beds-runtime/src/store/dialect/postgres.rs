@@ -28,6 +28,10 @@ impl Dialect for Postgres {
             .into()
     }
 
+    fn driver(&self) -> crate::config::Driver {
+        crate::config::Driver::Postgres
+    }
+
     fn name(&self) -> &'static str {
         "PostgreSQL"
     }

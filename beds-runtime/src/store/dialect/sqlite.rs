@@ -12,6 +12,10 @@ use crate::store::options::{StoreError, StoreOptions};
 pub struct Sqlite;
 
 impl Dialect for Sqlite {
+    fn driver(&self) -> crate::config::Driver {
+        crate::config::Driver::Sqlite
+    }
+
     fn name(&self) -> &'static str {
         "SQLite"
     }
