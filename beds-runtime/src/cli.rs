@@ -43,8 +43,16 @@ enum Command {
         #[arg(long)]
         role: Option<Role>,
     },
-    /// Validate the configuration and compiled domains, and say what would be served.
-    Check,
+    /// Validate the configuration and compiled domains, say what would be served, and
+    /// compare each domain's contract with the one recorded at its last release.
+    Check {
+        /// Where the recorded contracts (`<domain>.fingerprint.json`) are kept.
+        #[arg(long, default_value = "domains")]
+        domains: PathBuf,
+        /// After a release: record the current contracts, replacing the previous ones.
+        #[arg(long)]
+        record: bool,
+    },
     /// Print the DDL generated from the compiled domains, or (`diff`, `apply`) migrate a
     /// live database to them.
     #[command(args_conflicts_with_subcommands = true)]
@@ -196,6 +204,12 @@ enum CliError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Schema(#[from] crate::ops::schema::SchemaError),
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
+    #[error(
+        "domain {domain} breaks clients of its recorded version {version} without a new version: raise `version` in its declarations (and record the contract after the release with `beds check --record`), or undo the changes"
+    )]
+    Breaking { domain: String, version: u32 },
 }
 
 impl CliError {
@@ -224,9 +238,9 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .map_err(CliError::Runtime)?;
             rt.block_on(serve(config, catalog))
         }
-        Command::Check => {
+        Command::Check { domains, record } => {
             print!("{}", describe(&cli.config, &config, catalog));
-            Ok(())
+            check_contracts(catalog, &domains, record)
         }
         Command::Schema {
             action:
@@ -369,6 +383,65 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Compares each compiled domain's contract with the one recorded in `dir` (or records
+/// them): breaking changes are listed, and fail the check when the domain's version did
+/// not change; any other change without a new version is a warning.
+fn check_contracts(catalog: &Catalog, dir: &std::path::Path, record: bool) -> Result<(), CliError> {
+    use crate::compat;
+    let mut failed = None;
+    for d in catalog.domains {
+        let current = compat::contract(d);
+        if record {
+            let path = compat::record(dir, &current)?;
+            println!(
+                "contract {} v{}: recorded in {}",
+                d.name,
+                d.version,
+                path.display()
+            );
+            continue;
+        }
+        let Some(recorded) = compat::read(dir, d.name)? else {
+            println!(
+                "contract {} v{}: first version (no {}); record it after the release with `beds check --record`",
+                d.name,
+                d.version,
+                compat::path(dir, d.name).display()
+            );
+            continue;
+        };
+        let report = compat::compare(&recorded, &current);
+        if !report.changed {
+            println!("contract {} v{}: as recorded", d.name, d.version);
+            continue;
+        }
+        println!(
+            "contract {} v{} (recorded v{}): changed, {} breaking",
+            d.name,
+            d.version,
+            recorded.version,
+            report.breaking.len()
+        );
+        for b in &report.breaking {
+            println!("  breaking: {b}");
+        }
+        if report.version_unchanged() {
+            if report.breaking.is_empty() {
+                eprintln!(
+                    "warning: the contract of domain {} changed but its version is still {}: raise `version` before the release",
+                    d.name, d.version
+                );
+            } else {
+                failed.get_or_insert(CliError::Breaking {
+                    domain: d.name.to_string(),
+                    version: recorded.version,
+                });
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// What `beds schema diff` prints: the differences and the file, or that there are none.

@@ -9,6 +9,7 @@ pub mod cache;
 mod catalog;
 pub mod cli;
 pub mod client;
+pub mod compat;
 pub mod config;
 mod echo;
 pub mod envelope;

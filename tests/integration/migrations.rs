@@ -281,3 +281,63 @@ async fn a_destructive_change_needs_the_flag() {
     assert!(apply.status.success(), "{}", text(&apply.stderr));
     env.start().await.stop().await;
 }
+
+/// `beds check` against a recorded contract: as recorded; a widened field is a change
+/// without a new version (a warning); a field the recorded version had, removed, breaks
+/// its clients and fails the check.
+#[test]
+fn beds_check_reports_breaking_changes_against_the_recorded_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_beds"))
+            .args(["check", "--domains"])
+            .arg(dir.path())
+            .args(extra)
+            .arg("--config")
+            .arg(repo_config_path())
+            .env("BEDS_ENV", "test")
+            .output()
+            .expect("run beds check")
+    };
+    let first = check(&[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("first version (no "));
+    assert!(check(&["--record"]).status.success());
+    let file = dir.path().join("spew.fingerprint.json");
+    let recorded = check(&[]);
+    assert!(
+        text(&recorded.stdout).contains(" as recorded"),
+        "{}",
+        text(&recorded.stdout)
+    );
+
+    let mut contract: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let handle = &mut contract["templates"]["user"]["fields"]["handle"];
+    let max = handle["max"].as_f64().unwrap();
+    handle["max"] = serde_json::json!(max - 1.0);
+    std::fs::write(&file, contract.to_string()).unwrap();
+    let widened = check(&[]);
+    assert!(widened.status.success(), "{}", text(&widened.stderr));
+    assert!(
+        text(&widened.stderr).contains("changed but its version is still"),
+        "{}",
+        text(&widened.stderr)
+    );
+
+    contract["templates"]["user"]["fields"]["nickname"] =
+        serde_json::json!({ "type": "string", "required": false, "max": 20 });
+    std::fs::write(&file, contract.to_string()).unwrap();
+    let broken = check(&[]);
+    assert!(!broken.status.success());
+    assert!(
+        text(&broken.stdout).contains("breaking: field user.nickname was removed"),
+        "{}",
+        text(&broken.stdout)
+    );
+    assert!(
+        text(&broken.stderr).contains("breaks clients of its recorded version"),
+        "{}",
+        text(&broken.stderr)
+    );
+}

@@ -1120,8 +1120,8 @@ mod tests {
             sqlite_sync_full: false,
         };
         let store = Store::open(&options, &[&DOMAIN]).await.unwrap();
-        let ddl = super::schema::ddl(store.dialect, &[&DOMAIN]);
-        super::migrate::prepare(
+        let ddl = crate::store::schema::ddl(store.dialect, &[&DOMAIN]);
+        crate::store::migrate::prepare(
             &store,
             &ddl,
             crate::config::SchemaMode::Create,
