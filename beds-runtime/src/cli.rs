@@ -202,14 +202,21 @@ enum CliError {
     Lineage(#[from] crate::ops::lineage::LineageError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// Boxed: migration errors carry statements and paths.
     #[error(transparent)]
-    Schema(#[from] crate::ops::schema::SchemaError),
+    Schema(Box<crate::ops::schema::SchemaError>),
     #[error(transparent)]
     Compat(#[from] crate::compat::CompatError),
     #[error(
         "domain {domain} breaks clients of its recorded version {version} without a new version: raise `version` in its declarations (and record the contract after the release with `beds check --record`), or undo the changes"
     )]
     Breaking { domain: String, version: u32 },
+}
+
+impl From<crate::ops::schema::SchemaError> for CliError {
+    fn from(e: crate::ops::schema::SchemaError) -> Self {
+        CliError::Schema(Box::new(e))
+    }
 }
 
 impl CliError {
