@@ -341,3 +341,26 @@ fn beds_check_reports_breaking_changes_against_the_recorded_contract() {
         text(&broken.stderr)
     );
 }
+
+/// Three nodes starting at once on a fresh database in `create` mode: each compares while
+/// another may be creating, and all of them start.
+#[tokio::test]
+async fn nodes_starting_together_on_a_fresh_database_all_start() {
+    let env = TestEnv::matrix("mig_together");
+    let configs: Vec<Config> = (0..3)
+        .map(|i| {
+            let mut c = env.config.clone();
+            c.node = format!("{}-{i}", c.node);
+            c
+        })
+        .collect();
+    let started =
+        futures_util::future::join_all(configs.iter().map(|c| Server::start(c, &beds::CATALOG)))
+            .await;
+    for server in started {
+        match server {
+            Ok(s) => s.stop().await,
+            Err(e) => panic!("a node refused the database others were creating: {e}"),
+        }
+    }
+}

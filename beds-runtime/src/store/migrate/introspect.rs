@@ -2,7 +2,7 @@
 //! `pg_catalog`, MariaDB's `information_schema`), and building the declared schema in a
 //! scratch space to read it back the same way.
 
-use sqlx::{AnyConnection, Connection, Executor, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor, Row};
 
 use super::{Column, HISTORY_TABLE, Index, MigrateError, Schema};
 use crate::config::Driver;
@@ -174,6 +174,28 @@ pub(super) async fn expected(store: &Store, ddl: &[String]) -> Result<Schema, Mi
             Ok(schema)
         }
     }
+}
+
+/// A session of its own holding the database's schema lock, on the servers: PostgreSQL's
+/// advisory lock, MariaDB's named lock. SQLite needs none: one process creates its file's
+/// tables, and its writes are serialised anyway.
+pub(super) async fn exclusive(store: &Store) -> Result<Option<AnyConnection>, MigrateError> {
+    let d = store.dialect;
+    let lock = match d.driver() {
+        Driver::Sqlite => return Ok(None),
+        // An arbitrary constant key: "beds" schema.
+        Driver::Postgres => "SELECT pg_advisory_lock(6451906561617)",
+        Driver::Mariadb => "SELECT GET_LOCK('beds_schema', 600)",
+    };
+    let options = store.pool.connect_options();
+    let mut conn = AnyConnection::connect_with(&options)
+        .await
+        .map_err(|source| introspect_error(d, source))?;
+    sqlx::raw_sql(AssertSqlSafe(lock))
+        .execute(&mut conn)
+        .await
+        .map_err(|source| introspect_error(d, source))?;
+    Ok(Some(conn))
 }
 
 fn scratch_name() -> String {

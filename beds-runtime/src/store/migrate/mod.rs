@@ -225,6 +225,24 @@ pub async fn prepare(
     migrations_dir: &Path,
     section: &'static str,
 ) -> Result<(), MigrateError> {
+    // Nodes starting together on a fresh server database would otherwise see each other's
+    // half-created tables (a table without its indexes yet) and refuse to start.
+    let guard = introspect::exclusive(store).await?;
+    let prepared = compare_and_create(store, ddl, mode, migrations_dir, section).await;
+    if let Some(conn) = guard {
+        // Closing the session releases its lock.
+        let _ = sqlx::Connection::close(conn).await;
+    }
+    prepared
+}
+
+async fn compare_and_create(
+    store: &Store,
+    ddl: &[String],
+    mode: SchemaMode,
+    migrations_dir: &Path,
+    section: &'static str,
+) -> Result<(), MigrateError> {
     let changes = differences(store, ddl).await?;
     let (missing, other): (Vec<&Change>, Vec<&Change>) = changes
         .iter()
