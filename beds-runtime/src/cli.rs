@@ -134,9 +134,20 @@ enum SchemaAction {
 
 #[derive(Debug, Subcommand)]
 enum ConfigAction {
-    /// Print the configuration after overlays, environment variables and secret files, as
-    /// YAML, with every password redacted.
-    Show,
+    /// Validate the configuration (its shape, as `beds config schema` describes it, and
+    /// every semantic check a node makes at start), then print it after overlays,
+    /// environment variables and secret files, as YAML, with every password redacted.
+    #[command(alias = "show")]
+    Check,
+    /// Rewrite the configuration file and its overlays (`<stem>.<env>.yaml` beside it) from
+    /// an older config version to the current one, keeping each original as `<file>.v<N>`.
+    Migrate {
+        /// Print the changes and the new files without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the JSON Schema of a configuration file of the current version.
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +176,44 @@ enum DlqAction {
     Purge,
 }
 
+/// `beds config migrate`: what changes in each file, then the files written (or, with
+/// `dry_run`, their new text).
+fn migrate_config(base: &std::path::Path, dry_run: bool) -> Result<(), CliError> {
+    use crate::config::migrate;
+    let files = migrate::plan(base)?;
+    if files.iter().all(|f| !f.changed()) {
+        println!(
+            "{} is already config version {}; nothing to migrate",
+            base.display(),
+            crate::config::CONFIG_VERSION
+        );
+        return Ok(());
+    }
+    for file in files.iter().filter(|f| f.changed()) {
+        println!(
+            "{} (version {} → {}):",
+            file.path.display(),
+            file.from,
+            crate::config::CONFIG_VERSION
+        );
+        for change in &file.changes {
+            println!("  {change}");
+        }
+        if !file.comments_kept {
+            println!("  (written anew from its parsed form: its comments are not carried over)");
+        }
+        if dry_run {
+            println!("---\n{}---", file.text);
+        }
+    }
+    if !dry_run {
+        for kept in migrate::write(&files)? {
+            println!("kept the original as {}", kept.display());
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the `beds` binary.
 pub fn main(catalog: &'static Catalog) -> ExitCode {
     let cli = Cli::parse();
@@ -186,6 +235,8 @@ enum CliError {
     Pattern(#[from] PatternError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Migrate(#[from] crate::config::migrate::MigrateError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -232,6 +283,20 @@ impl CliError {
 fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
     catalog.check()?;
     crate::value::Patterns::compile(catalog.domains)?;
+    if let Command::Config { action } = &cli.command {
+        match action {
+            ConfigAction::Migrate { dry_run } => return migrate_config(&cli.config, *dry_run),
+            ConfigAction::Schema => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&Config::json_schema())
+                        .expect("a schema serialises")
+                );
+                return Ok(());
+            }
+            ConfigAction::Check => {}
+        }
+    }
     let mut config = Config::load(&cli.config)?;
     match cli.command {
         Command::Run { role } => {
@@ -377,9 +442,12 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::lineage::run(&config, id, json))?)
         }
-        Command::Config {
-            action: ConfigAction::Show,
-        } => {
+        Command::Config { .. } => {
+            eprintln!(
+                "configuration valid (config version {}, from {})",
+                config.version,
+                cli.config.display()
+            );
             print!("{}", config.shown());
             Ok(())
         }

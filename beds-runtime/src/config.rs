@@ -5,11 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value as Yaml};
 
+pub mod migrate;
+
 /// The configuration schema version this runtime reads.
-pub const CONFIG_VERSION: u32 = 1;
+pub const CONFIG_VERSION: u32 = 2;
 /// The exchange every application message is published to.
 pub const EXCHANGE: &str = "beds.events";
 /// The exchange rejected messages are dead-lettered to.
@@ -21,7 +24,7 @@ const NOT_KEYS: &[&str] = &["BEDS_CONFIG"];
 const TEST_PREFIX: &str = "BEDS_TEST_";
 
 /// Which brokers a node runs; one binary serves every role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Role {
     #[serde(rename = "appServer")]
     AppServer,
@@ -59,10 +62,11 @@ impl std::str::FromStr for Role {
 #[error("unknown role `{}`; expected one of {}", .0, Role::NAMES.join(", "))]
 pub struct UnknownRole(pub String);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Schema version of this file; must be 1.
+    /// Config version of this file ([`CONFIG_VERSION`]); `beds config migrate` rewrites
+    /// older ones.
     pub version: u32,
     pub role: Role,
     /// Environment name; selects the overlay `beds.<env>.yaml`.
@@ -118,7 +122,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
     pub url: String,
@@ -139,7 +143,7 @@ pub struct AmqpConfig {
 
 /// TLS to RabbitMQ: an `amqps://` URL connects with TLS, verifying the broker's certificate
 /// against `ca_file` only (no system roots).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpTlsConfig {
     pub mode: AmqpTlsMode,
@@ -152,7 +156,7 @@ pub struct AmqpTlsConfig {
 }
 
 /// Whether a plaintext `amqp://` URL is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AmqpTlsMode {
     /// The URL's scheme decides: `amqps://` uses TLS, `amqp://` does not.
@@ -284,7 +288,7 @@ fn read_secret(key: &'static str, path: &Path) -> Result<String, SecretError> {
     Ok(secret)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     Classic,
@@ -317,7 +321,7 @@ impl AmqpConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Consumers (each with its own channel).
@@ -326,7 +330,7 @@ pub struct PoolConfig {
     pub prefetch: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokersConfig {
     pub read: PoolConfig,
@@ -354,7 +358,7 @@ impl Default for PoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// Embedded, in `data_dir/sqlite_file`; the default.
@@ -365,14 +369,14 @@ pub enum Driver {
     Mariadb,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {
     Full,
     Normal,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub driver: Driver,
@@ -401,7 +405,7 @@ pub struct DatabaseConfig {
 
 /// What a node does at start-up when its database's schema differs from its declarations.
 /// Either way a difference other than a missing table refuses the start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SchemaMode {
     /// Create the tables (and their indexes) that are missing entirely.
@@ -411,7 +415,7 @@ pub enum SchemaMode {
 }
 
 /// TLS to PostgreSQL and MariaDB, passed to the driver as URL parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseTlsConfig {
     /// Unset: the driver's default (`prefer`: TLS when the server offers it, unverified).
@@ -421,7 +425,7 @@ pub struct DatabaseTlsConfig {
 }
 
 /// PostgreSQL's `sslmode` names; MariaDB gets their `ssl-mode` equivalents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DatabaseTlsMode {
     /// Plaintext.
@@ -619,7 +623,7 @@ impl std::fmt::Display for DatabaseKey {
 pub const IN_FLIGHT_REPORTED_AFTER_MS: u64 = 1_000;
 
 /// The admin role (wiki/operations.md): its own database and its consumers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// The admin's own database (audit records and the other admin tables), the same keys
@@ -627,9 +631,6 @@ pub struct AdminConfig {
     pub database: DatabaseConfig,
     /// Unacked deliveries per admin consumer (`adm` commands, audit events).
     pub prefetch: u16,
-    /// How often every node publishes its status (`{tag}log.status`); a node silent for
-    /// three of these is reported lost.
-    pub heartbeat: Millis,
     /// How long a delivery may be in flight (when its request has no earlier deadline)
     /// before `beds diag` reports it stuck.
     pub stuck_after: Millis,
@@ -645,7 +646,6 @@ impl Default for AdminConfig {
                 ..DatabaseConfig::default()
             },
             prefetch: 64,
-            heartbeat: Millis(2_000),
             stuck_after: Millis(30_000),
             lineage_keep: Millis(7 * 86_400_000),
         }
@@ -654,7 +654,7 @@ impl Default for AdminConfig {
 
 /// The segundo role (wiki/retention.md, wiki/migration.md): the warehouse and the
 /// long-running data duties beside the serving database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegundoConfig {
     /// The warehouse (the COOL tier), the same keys as `database`: a second SQLite file,
@@ -685,7 +685,7 @@ impl Default for SegundoConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long in-flight messages may take to finish after a stop signal.
@@ -700,7 +700,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     /// How long the reply of an applied write is kept for replays of its key.
@@ -716,7 +716,7 @@ impl Default for IdempotencyConfig {
 }
 
 /// Bounds on what one request may hold, checked before its body is parsed (wiki/security.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// The largest request body, in bytes; also the largest reply a client reads.
@@ -741,7 +741,7 @@ impl Default for LimitsConfig {
 }
 
 /// Leases of templates declaring `locking`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockingConfig {
     /// The lease a `lock` without `data.ttl` gets.
@@ -762,7 +762,7 @@ impl Default for LockingConfig {
 
 /// Committed-write events: the outbox written with every write and the relay that
 /// publishes it (see wiki/events.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// Writes record events and appServer nodes run the relay.
@@ -792,7 +792,7 @@ impl Default for EventsConfig {
 }
 
 /// The read cache of templates that declare `cache` (wiki/cache.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Records the node keeps, across all cached templates; past it the least useful go.
@@ -808,7 +808,7 @@ impl Default for CacheConfig {
 }
 
 /// Retries of writes that failed with a transient error, through the retry lane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts in all, the first included; after the last, the request is dead-lettered
@@ -832,7 +832,7 @@ impl Default for RetryConfig {
 
 /// The tercero role's event consumers: each applies write events in batches of at most
 /// `batch`, waiting at most `wait` for a batch to fill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TerceroConfig {
     /// Consumers on the event queue (each with its own channel).
@@ -858,7 +858,7 @@ impl Default for TerceroConfig {
 }
 
 /// Which conversations leave lineage records (wiki/envelope.md, "Lineage").
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LineageConfig {
     /// The share of conversations recorded, 0.0 (off) to 1.0 (all), decided by a hash of
@@ -872,7 +872,7 @@ impl Default for LineageConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// How long a client waits for a reply.
@@ -889,7 +889,7 @@ impl Default for ClientConfig {
 
 /// Who and what a node trusts: who is calling, what they may do, and the key that signs
 /// what nodes publish (wiki/security.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// A file holding the deployment's service key, shared by all its nodes, that signs
@@ -922,7 +922,7 @@ impl Default for SecurityConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     /// When set, a token's `iss` must equal it.
@@ -933,7 +933,7 @@ pub struct TokensConfig {
     pub keys: Vec<TokenKeyConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenKeyConfig {
     pub kid: String,
@@ -942,7 +942,7 @@ pub struct TokenKeyConfig {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TokenAlg {
     #[serde(rename = "HS256")]
     Hs256,
@@ -951,15 +951,19 @@ pub enum TokenAlg {
 }
 
 /// The node's HTTP server for metrics, health and readiness (wiki/operations.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `off` (or null) serves none.
     /// Port 0 takes a free port (logged at start, and [`crate::Server::http_addr`]).
     #[serde(with = "listen")]
+    #[schemars(with = "String")]
     pub listen: Option<SocketAddr>,
     /// How often the queue depths and consumer counts of the node's lanes are read.
     pub queue_poll: Millis,
+    /// How often this node publishes its status (`{tag}log.status`); the admin role calls
+    /// a node silent for three of these lost.
+    pub heartbeat: Millis,
 }
 
 impl Default for TelemetryConfig {
@@ -967,6 +971,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             queue_poll: Millis(5_000),
+            heartbeat: Millis(2_000),
         }
     }
 }
@@ -996,7 +1001,7 @@ mod listen {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `beds_runtime=debug`. `RUST_LOG` wins if set.
@@ -1019,6 +1024,22 @@ pub struct Millis(pub u64);
 impl Millis {
     pub fn duration(self) -> Duration {
         Duration::from_millis(self.0)
+    }
+}
+
+impl JsonSchema for Millis {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "milliseconds (`250`) or a number with a unit: `250ms`, `5s`, `2m`, `1h`, `1d`",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+\\s*(ms|s|m|h|d)?\\s*$" }
+            ]
+        })
     }
 }
 
@@ -1098,6 +1119,22 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("invalid configuration (from {sources}): {message}")]
     Invalid { sources: String, message: String },
+    #[error(
+        "{path} is config version {found}; this build reads version {CONFIG_VERSION}. Run `beds config migrate --config {path}` (it rewrites the file and its overlays, keeping each original as <file>.v{found}; `--dry-run` shows the changes first)"
+    )]
+    Outdated { path: PathBuf, found: u64 },
+    #[error(
+        "{path} is config version {found}, newer than this build's {CONFIG_VERSION}: run a beds of that version, or write the file for version {CONFIG_VERSION}"
+    )]
+    Newer { path: PathBuf, found: u64 },
+    #[error(
+        "`{}` (in {sources}) is a version-{} key: config version {} moved it to `{}`. Run `beds config migrate`, or rename it by hand",
+        .moved.from, .moved.since - 1, .moved.since, .moved.to
+    )]
+    Moved {
+        sources: String,
+        moved: &'static migrate::Moved,
+    },
 }
 
 impl Config {
@@ -1122,6 +1159,21 @@ impl Config {
             .collect();
         let mut sources = vec![path.display().to_string()];
         let mut tree = read_yaml(path)?;
+        match tree.get("version").and_then(Yaml::as_u64) {
+            Some(found) if found < u64::from(CONFIG_VERSION) => {
+                return Err(ConfigError::Outdated {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            Some(found) if found > u64::from(CONFIG_VERSION) => {
+                return Err(ConfigError::Newer {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            _ => {}
+        }
         let env_name = env
             .iter()
             .find(|(k, _)| k == "BEDS_ENV")
@@ -1134,12 +1186,24 @@ impl Config {
                 sources.push(overlay.display().to_string());
             }
         }
+        if let Some(moved) = migrate::first_moved(&tree) {
+            return Err(ConfigError::Moved {
+                sources: sources.join(", "),
+                moved,
+            });
+        }
         let known = serde_yaml::to_value(Config::default()).expect("defaults serialize");
         for (var, raw) in &env {
             let keys: Vec<String> = var["BEDS_".len()..]
                 .split("__")
                 .map(str::to_ascii_lowercase)
                 .collect();
+            if let Some(moved) = migrate::moved(&keys.join(".")) {
+                return Err(ConfigError::Moved {
+                    sources: var.clone(),
+                    moved,
+                });
+            }
             if !has_path(&known, &keys) {
                 return Err(ConfigError::Env {
                     var: var.clone(),
@@ -1259,6 +1323,17 @@ impl Config {
             })
     }
 
+    /// The JSON Schema (draft 2020-12) of a configuration file of [`CONFIG_VERSION`], for
+    /// `beds config schema` and editors. It is derived from the same types the loader
+    /// deserialises into, so a file the schema accepts has the shape the loader reads;
+    /// the loader's semantic checks (ranges, TLS files, roles) come on top.
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(Config)).expect("a JSON Schema serialises");
+        schema["title"] = format!("BEDS configuration, version {CONFIG_VERSION}").into();
+        schema
+    }
+
     /// `security.require_user_id`, or its default: on outside `dev` and `test`.
     pub fn require_user_id(&self) -> bool {
         self.security
@@ -1311,10 +1386,10 @@ impl Config {
                 self.telemetry.queue_poll.0
             ));
         }
-        if self.admin.heartbeat.0 < 100 {
+        if self.telemetry.heartbeat.0 < 100 {
             return Err(format!(
-                "admin.heartbeat is {} ms; use at least 100ms (every node publishes a status each time)",
-                self.admin.heartbeat.0
+                "telemetry.heartbeat is {} ms; use at least 100ms (every node publishes a status each time)",
+                self.telemetry.heartbeat.0
             ));
         }
         if self.admin.stuck_after.0 < IN_FLIGHT_REPORTED_AFTER_MS {
@@ -1516,7 +1591,7 @@ mod tests {
         let base = write(
             dir.path(),
             "beds.yaml",
-            "version: 1\nenv: dev\nbrokers: { read: { workers: 3 } }\n",
+            "version: 2\nenv: dev\nbrokers: { read: { workers: 3 } }\n",
         );
         write(dir.path(), "beds.dev.yaml", "amqp: { queue_tag: dev_ }\n");
         let c = Config::load_with_env(
@@ -1541,7 +1616,7 @@ mod tests {
     #[test]
     fn security_defaults_follow_the_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\n");
         let dev = Config::load_with_env(&base, env(&[])).unwrap();
         assert!(!dev.require_user_id());
         assert_eq!(dev.security.default_access, vec!["public".to_string()]);
@@ -1567,7 +1642,7 @@ mod tests {
     #[test]
     fn lineage_keep_reads_durations_and_refuses_less_than_a_minute() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\n");
         let c = Config::load_with_env(&base, env(&[])).unwrap();
         assert_eq!(c.admin.lineage_keep, Millis(7 * 86_400_000));
         let c = Config::load_with_env(&base, env(&[("BEDS_ADMIN__LINEAGE_KEEP", "2h")])).unwrap();
@@ -1581,12 +1656,12 @@ mod tests {
     #[test]
     fn errors_name_their_source() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\namqp: { urll: x }\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\namqp: { urll: x }\n");
         let e = Config::load_with_env(&base, env(&[]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("beds.yaml") && e.contains("urll"), "{e}");
-        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let ok = write(dir.path(), "ok.yaml", "version: 2\n");
         let e = Config::load_with_env(&ok, env(&[("BEDS_AMQP__URLL", "x")]))
             .unwrap_err()
             .to_string();
@@ -1601,9 +1676,93 @@ mod tests {
     }
 
     #[test]
+    fn an_older_version_or_a_moved_key_names_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = write(dir.path(), "beds.yaml", "version: 1\n");
+        let e = Config::load_with_env(&old, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config version 1") && e.contains("beds config migrate"),
+            "{e}"
+        );
+        let newer = write(dir.path(), "new.yaml", "version: 3\n");
+        let e = Config::load_with_env(&newer, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("newer"), "{e}");
+        let ok = write(dir.path(), "ok.yaml", "version: 2\nenv: prod\n");
+        write(dir.path(), "ok.prod.yaml", "admin: { heartbeat: 1s }\n");
+        let e = Config::load_with_env(&ok, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ok.prod.yaml")
+                && e.contains("`admin.heartbeat`")
+                && e.contains("`telemetry.heartbeat`"),
+            "{e}"
+        );
+        let fine = write(dir.path(), "fine.yaml", "version: 2\n");
+        let e = Config::load_with_env(&fine, env(&[("BEDS_ADMIN__HEARTBEAT", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BEDS_ADMIN__HEARTBEAT") && e.contains("`telemetry.heartbeat`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_json_schema_describes_every_key() {
+        fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            if let Some(map) = v.as_object() {
+                for (k, v) in map {
+                    let path = format!("{prefix}{k}");
+                    keys(&format!("{path}."), v, out);
+                    out.push(path);
+                }
+            }
+        }
+        fn described(schema: &serde_json::Value, node: &serde_json::Value, path: &[&str]) -> bool {
+            let Some((first, rest)) = path.split_first() else {
+                return true;
+            };
+            // Follow `$ref`s into `$defs`.
+            let node = match node.get("$ref").and_then(|r| r.as_str()) {
+                Some(r) => &schema["$defs"][r.trim_start_matches("#/$defs/")],
+                None => node,
+            };
+            let props = &node["properties"];
+            if node
+                .get("additionalProperties")
+                .is_some_and(|a| a.is_object())
+            {
+                return true;
+            }
+            props
+                .get(*first)
+                .is_some_and(|child| described(schema, child, rest))
+        }
+        let schema = Config::json_schema();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut all = Vec::new();
+        keys("", &defaults, &mut all);
+        assert!(all.len() > 60, "{all:?}");
+        for key in all {
+            let path: Vec<&str> = key.split('.').collect();
+            assert!(
+                described(&schema, &schema, &path),
+                "{key} is not in the schema"
+            );
+        }
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["version"]["default"], CONFIG_VERSION);
+    }
+
+    #[test]
     fn event_settings_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ok = write(dir.path(), "beds.yaml", "version: 2\n");
         let c = Config::load_with_env(
             &ok,
             env(&[
@@ -1638,7 +1797,7 @@ mod tests {
     #[test]
     fn lease_lengths_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let ok = write(dir.path(), "ok.yaml", "version: 2\n");
         let c = Config::load_with_env(&ok, env(&[("BEDS_LOCKING__MAX_TTL", "10m")])).unwrap();
         assert_eq!(
             (c.locking.default_ttl, c.locking.max_ttl),
@@ -1653,7 +1812,7 @@ mod tests {
     #[test]
     fn secrets_come_from_files_and_are_not_shown() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "beds.yaml", "version: 1\nenv: test\n");
+        let ok = write(dir.path(), "beds.yaml", "version: 2\nenv: test\n");
         let url = write(dir.path(), "url", "amqp://node:s3cr3t@h:5672/%2f\n");
         let pw = write(dir.path(), "pw", "p@ss/w:rd\n");
         let db = write(dir.path(), "db", "postgres://beds:dbsecret@h/beds\n");
@@ -1704,7 +1863,7 @@ mod tests {
     #[test]
     fn guest_is_refused_outside_dev_and_test() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ok = write(dir.path(), "beds.yaml", "version: 2\n");
         for url in ["amqp://guest:guest@h:5672/%2f", "amqp://h:5672/%2f"] {
             let e =
                 Config::load_with_env(&ok, env(&[("BEDS_ENV", "prod"), ("BEDS_AMQP__URL", url)]))
@@ -1731,7 +1890,7 @@ mod tests {
             let file = write(
                 dir.path(),
                 "guest-roles.yaml",
-                &format!("version: 1\nsecurity: {{ {security} }}\n"),
+                &format!("version: 2\nsecurity: {{ {security} }}\n"),
             );
             let e = Config::load_with_env(
                 &file,
@@ -1750,7 +1909,7 @@ mod tests {
     #[test]
     fn amqp_tls_setups_are_checked_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ok = write(dir.path(), "beds.yaml", "version: 2\n");
         let ca = write(
             dir.path(),
             "ca.pem",
@@ -1834,7 +1993,7 @@ mod tests {
     #[test]
     fn database_tls_becomes_driver_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "beds.yaml", "version: 1\n");
+        let ok = write(dir.path(), "beds.yaml", "version: 2\n");
         let ca = write(
             dir.path(),
             "ca.pem",
@@ -1895,7 +2054,7 @@ mod tests {
     #[test]
     fn input_limits_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "ok.yaml", "version: 1\n");
+        let ok = write(dir.path(), "ok.yaml", "version: 2\n");
         let c = Config::load_with_env(&ok, env(&[])).unwrap();
         assert_eq!(c.limits, LimitsConfig::default());
         let c = Config::load_with_env(
@@ -1944,7 +2103,7 @@ mod tests {
     #[test]
     fn telemetry_listens_on_an_address_or_is_off() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\n");
         let load = |pairs: &[(&str, &str)]| Config::load_with_env(&base, env(pairs));
         assert_eq!(
             load(&[]).unwrap().telemetry.listen,

@@ -115,7 +115,7 @@ async fn replies(consumer: &mut lapin::Consumer, n: usize) -> Vec<Json> {
 #[tokio::test]
 async fn heartbeats_are_signed_and_describe_the_node() {
     let mut env = TestEnv::new("control_heartbeat");
-    env.config.admin.heartbeat = Millis(200);
+    env.config.telemetry.heartbeat = Millis(200);
     let (_conn, channel, _, _) = env.amqp_peer("status").await;
     let status_queue = bound_queue(&channel, &env.queue(STATUS_KEY)).await;
     let mut statuses = consume_unacked(&channel, &status_queue).await;
@@ -189,7 +189,7 @@ async fn heartbeats_are_signed_and_describe_the_node() {
 #[tokio::test]
 async fn a_paused_lane_keeps_writes_queued_until_resumed_and_a_drain_counts_what_finished() {
     let mut env = TestEnv::new("control_lanes");
-    env.config.admin.heartbeat = Millis(200);
+    env.config.telemetry.heartbeat = Millis(200);
     // A write waits for the held lock instead of failing.
     env.config.database.busy_timeout = Millis(30_000);
     let server = env.start().await;
@@ -281,7 +281,7 @@ async fn a_paused_lane_keeps_writes_queued_until_resumed_and_a_drain_counts_what
 #[tokio::test]
 async fn heartbeats_list_deliveries_in_flight_for_over_a_second() {
     let mut env = TestEnv::new("control_in_flight");
-    env.config.admin.heartbeat = Millis(200);
+    env.config.telemetry.heartbeat = Millis(200);
     env.config.database.busy_timeout = Millis(30_000);
     let (_conn, channel, _, _) = env.amqp_peer("status").await;
     let status_queue = bound_queue(&channel, &env.queue(STATUS_KEY)).await;

@@ -83,7 +83,7 @@ async fn a_hanging_handler_is_reported_stuck_within_the_threshold_and_clears() {
     let mut env = TestEnv::new("diag_stuck");
     let heartbeat = Duration::from_millis(200);
     let stuck_after = Duration::from_millis(1_500);
-    env.config.admin.heartbeat = Millis(heartbeat.as_millis() as u64);
+    env.config.telemetry.heartbeat = Millis(heartbeat.as_millis() as u64);
     env.config.admin.stuck_after = Millis(stuck_after.as_millis() as u64);
     env.config.telemetry.queue_poll = Millis(200);
     // The write waits for the held lock instead of failing: a hanging handler.
@@ -153,7 +153,7 @@ async fn a_hanging_handler_is_reported_stuck_within_the_threshold_and_clears() {
 #[tokio::test]
 async fn beds_admin_pauses_resumes_and_drains_a_nodes_lane() {
     let mut env = TestEnv::new("diag_lanes");
-    env.config.admin.heartbeat = Millis(200);
+    env.config.telemetry.heartbeat = Millis(200);
     let app = env.start().await;
     let admin = env.start_admin().await;
     let client = env.client().await;

@@ -8,6 +8,7 @@ mod bounds;
 mod cache;
 mod call;
 mod concurrency;
+mod config_versions;
 mod conformance;
 mod control;
 mod counts;

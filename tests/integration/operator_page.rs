@@ -123,7 +123,7 @@ async fn the_page_shows_nodes_live_plots_and_a_writes_lineage_in_headless_chromi
     chromium();
     let mut env = TestEnv::new("operator_page");
     // Samples every half second: the plots have points within a few seconds.
-    env.config.admin.heartbeat = beds_runtime::config::Millis(500);
+    env.config.telemetry.heartbeat = beds_runtime::config::Millis(500);
     let nodes = env.start_counting().await;
     let admin = env.start_admin().await;
     let admin_node = format!("{}-admin", env.config.node);

@@ -1,4 +1,4 @@
-//! The node's heartbeat: every `admin.heartbeat` a signed [`NodeStatus`] on `beds.events`
+//! The node's heartbeat: every `telemetry.heartbeat` a signed [`NodeStatus`] on `beds.events`
 //! under `{tag}log.status`, for the admin role (wiki/operations.md). Not confirmed and not
 //! mandatory: a lost heartbeat is replaced by the next, and with no admin running nothing
 //! is queued.

@@ -551,7 +551,7 @@ impl Server {
                     env: config.env.clone(),
                 },
                 role: config.role.name(),
-                every: config.admin.heartbeat.duration(),
+                every: config.telemetry.heartbeat.duration(),
                 key: key.clone(),
                 run_id: uuid::Uuid::now_v7(),
                 started_at,
