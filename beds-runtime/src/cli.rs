@@ -54,6 +54,10 @@ enum Command {
         /// Print the admin role's own tables instead, in the dialect of `admin.database`.
         #[arg(long)]
         admin: bool,
+        /// Print the segundo role's warehouse tables instead (the cold index and files, the
+        /// domain tables without references), in the dialect of `segundo.warehouse`.
+        #[arg(long, conflicts_with_all = ["admin", "json"])]
+        warehouse: bool,
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
@@ -192,6 +196,16 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
         }
         Command::Check => {
             print!("{}", describe(&cli.config, &config, catalog));
+            Ok(())
+        }
+        Command::Schema {
+            warehouse: true, ..
+        } => {
+            for statement in
+                crate::catalog::warehouse_schema(config.segundo.warehouse.driver, catalog)
+            {
+                println!("{statement};\n");
+            }
             Ok(())
         }
         Command::Schema { admin: true, .. } => {
@@ -528,7 +542,13 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                 flags.push(format!("cache {ms}ms"));
             }
             if let Some(r) = c.retention {
-                flags.push(format!("retention {}ms->{}", r.age_ms, r.target));
+                flags.push(format!(
+                    "retention {} hot {}ms cool {}ms then {}",
+                    r.field,
+                    r.hot_ms,
+                    r.cool_ms,
+                    r.then.name()
+                ));
             }
             let _ = writeln!(
                 out,

@@ -1365,7 +1365,22 @@ impl Config {
                 self.segundo.interval.0
             ));
         }
-        self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)
+        self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)?;
+        // A `segundo.warehouse` section that names only some keys takes the others from
+        // `database`'s defaults (`beds.sqlite`): refused, since retention would copy records
+        // onto themselves and then delete them.
+        let (w, d) = (&self.segundo.warehouse, &self.database);
+        let same = w.driver == d.driver
+            && match w.driver {
+                Driver::Sqlite => w.sqlite_path() == d.sqlite_path(),
+                _ => w.url.is_some() && w.url == d.url,
+            };
+        if same {
+            return Err(
+                "segundo.warehouse names the serving database (database); give it a database of its own, e.g. segundo.warehouse.sqlite_file: warehouse.sqlite".into(),
+            );
+        }
+        Ok(())
     }
 }
 

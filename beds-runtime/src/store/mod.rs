@@ -14,6 +14,7 @@ mod journal;
 mod lock;
 mod options;
 mod outbox;
+mod retention;
 mod retry;
 mod schema;
 mod sql;
@@ -33,6 +34,7 @@ use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};
 pub use outbox::OutboxRow;
 use outbox::{Change, Referrer};
+pub use retention::{ColdFile, RetireError, Stored, Tier, template_name};
 pub(crate) use retry::until_written;
 use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 
@@ -58,6 +60,12 @@ pub fn dialect(driver: Driver) -> &'static dyn Dialect {
 /// The DDL for every template in the dialect of `driver`, referenced tables first.
 pub fn schema(driver: Driver, domains: &[&'static DomainMeta]) -> Vec<String> {
     schema::ddl(dialect(driver), domains)
+}
+
+/// The warehouse's DDL (segundo's COOL tier) in the dialect of `driver`: empty when no
+/// template declares retention.
+pub fn warehouse_schema(driver: Driver, domains: &[&'static DomainMeta]) -> Vec<String> {
+    schema::warehouse_ddl(dialect(driver), domains)
 }
 
 impl StoreOptions {
@@ -205,7 +213,20 @@ impl Store {
 
     /// Creates missing tables and indexes. Existing tables are left as they are.
     pub async fn apply_schema(&self, domains: &[&'static DomainMeta]) -> Result<(), StoreError> {
-        for statement in schema::ddl(self.dialect, domains) {
+        self.apply(schema::ddl(self.dialect, domains)).await
+    }
+
+    /// Creates the warehouse's missing tables and indexes (see [`warehouse_schema`]).
+    pub async fn apply_warehouse_schema(
+        &self,
+        domains: &[&'static DomainMeta],
+    ) -> Result<(), StoreError> {
+        self.apply(schema::warehouse_ddl(self.dialect, domains))
+            .await
+    }
+
+    async fn apply(&self, ddl: Vec<String>) -> Result<(), StoreError> {
+        for statement in ddl {
             sqlx::query(self.dialect.prepare(statement.clone()))
                 .execute(&self.pool)
                 .await

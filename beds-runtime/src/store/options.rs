@@ -57,4 +57,6 @@ pub enum StoreError {
     },
     #[error("starting the maintained counts from their rows failed: {0}")]
     Backfill(sqlx::Error),
+    #[error("reading a moved record's tombstone (beds_moved) failed: {0}")]
+    Moved(sqlx::Error),
 }
