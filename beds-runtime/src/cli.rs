@@ -459,6 +459,25 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             crate::admin::OPS.join(", "),
             crate::store::StoreOptions::from_config(&config.admin.database).describe(),
         );
+    } else if config.role == Role::Segundo {
+        let retained: Vec<String> = crate::meta::templates(catalog.domains)
+            .filter(|(_, t)| t.capabilities.retention.is_some())
+            .map(|(_, t)| format!("{}.{}", t.domain, t.name))
+            .collect();
+        let s = &config.segundo;
+        let _ = writeln!(
+            out,
+            "role segundo:\n  warehouse {}\n  cold files in {}\n  retention every {} ms in batches of {}: {}",
+            crate::store::StoreOptions::from_config(&s.warehouse).describe(),
+            s.cold_dir.display(),
+            s.interval.0,
+            s.batch,
+            if retained.is_empty() {
+                "none declared".to_string()
+            } else {
+                retained.join(", ")
+            }
+        );
     } else if lanes.is_empty() {
         let _ = writeln!(
             out,

@@ -1564,6 +1564,30 @@ mod tests {
     }
 
     #[test]
+    fn a_warehouse_naming_the_serving_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(&base, env(&[])).unwrap();
+        assert_ne!(c.segundo.warehouse.sqlite_path(), c.database.sqlite_path());
+        // Setting only `data_dir` leaves `sqlite_file` at `database`'s default.
+        let e = Config::load_with_env(&base, env(&[("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("segundo.warehouse names the serving database"),
+            "{e}"
+        );
+        Config::load_with_env(
+            &base,
+            env(&[
+                ("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data"),
+                ("BEDS_SEGUNDO__WAREHOUSE__SQLITE_FILE", "warehouse.sqlite"),
+            ]),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn errors_name_their_source() {
         let dir = tempfile::tempdir().unwrap();
         let base = write(dir.path(), "beds.yaml", "version: 1\namqp: { urll: x }\n");
