@@ -75,8 +75,13 @@ async fn seed(env: &TestEnv, fresh: usize, middle: usize, old: usize) -> Seeded 
     seeded
 }
 
-/// Sets `created_at` of the spews `ids` to `at`.
+/// Sets `created_at` of the spews `ids` to `at` (RFC 3339, UTC).
 async fn age(rows: &Rows, ids: &BTreeSet<String>, at: &str) {
+    // MariaDB reads a DATETIME literal without the `T` and the zone.
+    let at = match rows.driver() {
+        beds_runtime::config::Driver::Mariadb => at.replace('T', " ").replace('Z', ""),
+        _ => at.to_string(),
+    };
     for id in ids {
         let sql = format!(
             "UPDATE {} SET {} = '{at}' WHERE {} = '{id}'",

@@ -522,6 +522,11 @@ impl Rows {
         self.int("COUNT(*)", table, column, value).await
     }
 
+    /// The database's dialect.
+    pub fn driver(&self) -> beds_runtime::config::Driver {
+        self.driver
+    }
+
     /// The pool, for statements of a test's own.
     pub fn pool(&self) -> &sqlx::AnyPool {
         &self.pool
