@@ -334,6 +334,8 @@ impl Store {
             self.tombstone(&mut tx, s, tier, &now)
                 .await
                 .map_err(|e| self.db_error(s.template, e, Write::None))?;
+            // A lease on a record that left the serving database guards nothing.
+            self.forget_lease(&mut tx, s.template, &s.record).await?;
         }
         if let Some(lineage) = lineage {
             self.record_events(&mut tx, lineage, changes).await?;
