@@ -104,8 +104,10 @@ pub fn template_meta(domain: &str, t: &Template) -> TokenStream {
         quote!(#ms)
     }));
     let retention = option(c.retention.as_ref().map(|r| {
-        let (age, target) = (Lit::u64_unsuffixed(r.age_ms), &r.target);
-        quote!(rt::RetentionMeta { age_ms: #age, target: #target })
+        let field = &r.field;
+        let (hot, cool) = (Lit::u64_unsuffixed(r.hot_ms), Lit::u64_unsuffixed(r.cool_ms));
+        let then = Ident::new(&camel(&r.then), Span::call_site());
+        quote!(rt::RetentionMeta { field: #field, hot_ms: #hot, cool_ms: #cool, then: rt::RetentionEnd::#then })
     }));
     let access = t.access.iter().map(|(op, who)| {
         let op = Ident::new(&camel(op), Span::call_site());

@@ -103,16 +103,21 @@ pub struct Capabilities {
     pub retention: Option<Retention>,
 }
 
+/// `retention: { field, hot, cool, then }`: past `hot` (by `field`) a record moves from the
+/// serving database to the warehouse, past `cool` to cold files (`keep`) or away (`delete`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retention {
-    /// Age in milliseconds after which records move.
-    pub age_ms: u64,
-    /// Where they move: `cool`, `cold` or `delete`.
-    pub target: String,
+    /// The timestamp field the age is measured from.
+    pub field: String,
+    pub hot_ms: u64,
+    pub cool_ms: u64,
+    /// `keep` or `delete`.
+    pub then: String,
+    pub pos: crate::yaml::Pos,
 }
 
 impl Retention {
-    pub const TARGETS: &'static [&'static str] = &["cool", "cold", "delete"];
+    pub const THEN: &'static [&'static str] = &["keep", "delete"];
 }
 
 /// The operations access rules can name.
@@ -604,4 +609,5 @@ pub const APPEND_ONLY_JOURNAL: &str =
 /// Why `audit` on an internal template is refused (the compiler and the derive say it).
 pub const INTERNAL_AUDIT: &str = "an internal template holds the runtime's own records, written by no caller, so there is no one to audit";
 
-pub const NOT_YET: &[(&str, &str)] = &[("retention", "retention arrives with the segundo role")];
+/// Why the derive refuses `retention` (only a domain declaration reaches segundo's catalog).
+pub const DERIVE_RETENTION: &str = "`retention` is declared in a domain YAML (`capabilities.retention`), whose templates the segundo role moves; a derived record is not declared there";

@@ -306,7 +306,7 @@ pub(crate) fn doc(cx: &mut Ctx, entries: &[(Node, Node)], path: &str) -> Option<
     }
 }
 
-/// A duration like `30s` or `90d`, in milliseconds.
+/// A duration like `30s`, `90d` or `2y` (365 days a year), in milliseconds.
 pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
     let text = node.as_str().unwrap_or_default();
     let split = text
@@ -319,6 +319,7 @@ pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
         "m" => Some(60_000),
         "h" => Some(3_600_000),
         "d" => Some(86_400_000),
+        "y" => Some(365 * 86_400_000),
         _ => None,
     };
     match (num.parse::<u64>().ok().filter(|n| *n > 0), factor) {
@@ -328,7 +329,7 @@ pub(crate) fn duration(cx: &mut Ctx, path: &str, node: &Node) -> Option<u64> {
                 node.pos,
                 path,
                 format!("`{text}` is not a duration"),
-                "write a positive number with a unit: ms, s, m, h or d (e.g. `30s`, `90d`)",
+                "write a positive number with a unit: ms, s, m, h, d or y (365 days) (e.g. `30s`, `90d`)",
             );
             None
         }

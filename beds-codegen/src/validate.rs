@@ -448,6 +448,9 @@ fn coherence(cx: &mut Ctx, path: &str, body: &Node, t: &Template) {
             "remove `audit` or `internal`",
         );
     }
+    if let Some(r) = &t.capabilities.retention {
+        retention_field(cx, path, t, r);
+    }
     if t.internal && !t.access.is_empty() {
         cx.error_hint(
             body.pos,
@@ -466,9 +469,6 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
     check_keys(cx, entries, path, CAPABILITY_KEYS);
     caps.audit = flag(cx, entries, path, "audit");
     caps.journal = flag(cx, entries, path, "journal");
-    if let Some(n) = get(entries, "retention") {
-        not_yet(cx, n, &format!("{path}.retention"), "retention");
-    }
     caps.locking = flag(cx, entries, path, "locking");
     if let Some(n) = get(entries, "cache") {
         let p = format!("{path}.cache");
@@ -496,53 +496,116 @@ fn capabilities(cx: &mut Ctx, path: &str, node: &Node) -> Capabilities {
         }
     }
     if let Some(n) = get(entries, "retention") {
-        let p = format!("{path}.retention");
-        if let Some(m) = expect_map(cx, n, &p) {
-            check_keys(cx, m, &p, &["age", "target"]);
-            let age = get(m, "age").and_then(|a| duration(cx, &format!("{p}.age"), a));
-            let target = match get(m, "target").map(|t| (t, t.as_str())) {
-                Some((_, Some(t))) if Retention::TARGETS.contains(&t) => Some(t.to_string()),
-                Some((node, other)) => {
-                    cx.error_hint(
-                        node.pos,
-                        &format!("{p}.target"),
-                        format!("unknown retention target {}", shown(other, node)),
-                        suggest(other.unwrap_or(""), Retention::TARGETS),
-                    );
-                    None
-                }
-                None => {
-                    cx.error_hint(n.pos, &p, "missing `target`", "one of: cool, cold, delete");
-                    None
-                }
-            };
-            if get(m, "age").is_none() {
-                cx.error_hint(
-                    n.pos,
-                    &p,
-                    "missing `age`",
-                    "e.g. `retention: { age: 90d, target: cold }`",
-                );
-            }
-            if let (Some(age_ms), Some(target)) = (age, target) {
-                caps.retention = Some(Retention { age_ms, target });
-            }
-        }
+        caps.retention = retention(cx, &format!("{path}.retention"), n);
     }
     caps
 }
 
-fn not_yet(cx: &mut Ctx, node: &Node, path: &str, key: &str) {
-    let why = crate::model::NOT_YET
+/// The retention field must be a required timestamp of the template; internal templates
+/// hold the runtime's own records, which segundo does not move.
+fn retention_field(cx: &mut Ctx, path: &str, t: &Template, r: &Retention) {
+    let at = format!("{path}.capabilities.retention");
+    if t.internal {
+        cx.error_hint(
+            r.pos,
+            &at,
+            "an internal template holds the runtime's own records, which segundo does not move",
+            "remove `retention` or `internal`",
+        );
+    }
+    let names: Vec<&str> = t
+        .fields
         .iter()
-        .find(|(k, _)| *k == key)
-        .map_or("", |(_, why)| why);
-    cx.error_hint(
-        node.pos,
-        path,
-        format!("`{key}` is not supported yet: {why}"),
-        "remove it until then: a declaration that would do nothing is refused",
-    );
+        .filter(|f| f.ty == FieldType::Timestamp)
+        .map(|f| f.name.as_str())
+        .collect();
+    match t.field(&r.field) {
+        Some(f) if f.ty != FieldType::Timestamp => cx.error_hint(
+            r.pos,
+            &format!("{at}.field"),
+            format!("`{}` is not a timestamp, so it has no age", r.field),
+            suggest(&r.field, &names),
+        ),
+        Some(f) if f.optional => cx.error_hint(
+            r.pos,
+            &format!("{at}.field"),
+            format!(
+                "`{}` is optional: a record without it would never move",
+                r.field
+            ),
+            "name a required timestamp, e.g. one with `set: on_create`",
+        ),
+        Some(_) => {}
+        None => cx.error_hint(
+            r.pos,
+            &format!("{at}.field"),
+            format!("`{}` has no field `{}`", t.name, r.field),
+            suggest(&r.field, &names),
+        ),
+    }
+}
+
+/// `retention: { field: created_at, hot: 90d, cool: 2y, then: keep }`; the field is
+/// checked against the template in [`coherence`].
+fn retention(cx: &mut Ctx, p: &str, n: &Node) -> Option<Retention> {
+    const EXAMPLE: &str = "e.g. `retention: { field: created_at, hot: 90d, cool: 2y, then: keep }`";
+    let m = expect_map(cx, n, p)?;
+    check_keys(cx, m, p, &["field", "hot", "cool", "then"]);
+    let field = match get(m, "field").map(|f| (f, f.as_str())) {
+        Some((_, Some(f))) => Some(f.to_string()),
+        Some((node, None)) => {
+            cx.error_hint(
+                node.pos,
+                &format!("{p}.field"),
+                format!("expected a field name, found {}", node.describe()),
+                "name the template's timestamp field the age is measured from",
+            );
+            None
+        }
+        None => {
+            cx.error_hint(n.pos, p, "missing `field`", EXAMPLE);
+            None
+        }
+    };
+    let mut span = |key: &str| match get(m, key) {
+        Some(d) => duration(cx, &format!("{p}.{key}"), d),
+        None => {
+            cx.error_hint(n.pos, p, format!("missing `{key}`"), EXAMPLE);
+            None
+        }
+    };
+    let (hot, cool) = (span("hot"), span("cool"));
+    if let (Some(h), Some(c), Some(node)) = (hot, cool, get(m, "cool"))
+        && c <= h
+    {
+        cx.error_hint(
+            node.pos,
+            &format!("{p}.cool"),
+            "`cool` must be longer than `hot`: a record leaves the warehouse after it entered it",
+            "give `cool` the age at which records leave the warehouse, e.g. `hot: 90d, cool: 2y`",
+        );
+        return None;
+    }
+    let then = match get(m, "then").map(|t| (t, t.as_str())) {
+        None => Some("keep".to_string()),
+        Some((_, Some(t))) if Retention::THEN.contains(&t) => Some(t.to_string()),
+        Some((node, other)) => {
+            cx.error_hint(
+                node.pos,
+                &format!("{p}.then"),
+                format!("unknown retention end {}", shown(other, node)),
+                suggest(other.unwrap_or(""), Retention::THEN),
+            );
+            None
+        }
+    };
+    Some(Retention {
+        field: field?,
+        hot_ms: hot?,
+        cool_ms: cool?,
+        then: then?,
+        pos: n.pos,
+    })
 }
 
 /// A positive duration: `500ms`, `30s`, `5m`, `12h` or `90d`.

@@ -341,9 +341,10 @@ fn record(input: &DeriveInput) -> syn::Result<TokenStream2> {
 }
 
 fn template_attr(t: &mut TemplateAttrs, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-    if let Some((key, why)) = model::NOT_YET.iter().find(|(k, _)| meta.path.is_ident(k)) {
+    if meta.path.is_ident("retention") {
         return Err(meta.error(format!(
-            "`{key}` is not supported yet: {why}; remove it until then (a declaration that would do nothing is refused)"
+            "{}; remove it here and declare the template in a domain",
+            model::DERIVE_RETENTION
         )));
     }
     let string = |meta: &ParseNestedMeta<'_>| -> syn::Result<String> {

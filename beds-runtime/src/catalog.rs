@@ -13,6 +13,12 @@ pub fn schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
     crate::store::schema(driver, catalog.domains)
 }
 
+/// The DDL of segundo's warehouse (`segundo.warehouse`): empty when no template declares
+/// retention.
+pub fn warehouse_schema(driver: Driver, catalog: &Catalog) -> Vec<String> {
+    crate::store::warehouse_schema(driver, catalog.domains)
+}
+
 /// The compiled domains disagree with each other in a way one file cannot show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

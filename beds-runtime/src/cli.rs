@@ -66,6 +66,10 @@ enum Command {
         /// Print the admin role's own tables instead, in the dialect of `admin.database`.
         #[arg(long)]
         admin: bool,
+        /// Print the segundo role's warehouse tables instead (the cold index and files, the
+        /// domain tables without references), in the dialect of `segundo.warehouse`.
+        #[arg(long, conflicts_with_all = ["admin", "json"])]
+        warehouse: bool,
     },
     /// Send one request to a node and print its reply (`beds call --help` for the forms).
     Call(CallArgs),
@@ -370,6 +374,16 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 applied.statements,
                 applied.fingerprint
             );
+            Ok(())
+        }
+        Command::Schema {
+            warehouse: true, ..
+        } => {
+            for statement in
+                crate::catalog::warehouse_schema(config.segundo.warehouse.driver, catalog)
+            {
+                println!("{statement};\n");
+            }
             Ok(())
         }
         Command::Schema { admin: true, .. } => {
@@ -705,6 +719,25 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
             crate::admin::OPS.join(", "),
             crate::store::StoreOptions::from_config(&config.admin.database).describe(),
         );
+    } else if config.role == Role::Segundo {
+        let retained: Vec<String> = crate::meta::templates(catalog.domains)
+            .filter(|(_, t)| t.capabilities.retention.is_some())
+            .map(|(_, t)| format!("{}.{}", t.domain, t.name))
+            .collect();
+        let s = &config.segundo;
+        let _ = writeln!(
+            out,
+            "role segundo:\n  warehouse {}\n  cold files in {}\n  retention every {} ms in batches of {}: {}",
+            crate::store::StoreOptions::from_config(&s.warehouse).describe(),
+            s.cold_dir.display(),
+            s.interval.0,
+            s.batch,
+            if retained.is_empty() {
+                "none declared".to_string()
+            } else {
+                retained.join(", ")
+            }
+        );
     } else if lanes.is_empty() {
         let _ = writeln!(
             out,
@@ -787,7 +820,13 @@ fn describe(path: &std::path::Path, config: &Config, catalog: &Catalog) -> Strin
                 flags.push(format!("cache {ms}ms"));
             }
             if let Some(r) = c.retention {
-                flags.push(format!("retention {}ms->{}", r.age_ms, r.target));
+                flags.push(format!(
+                    "retention {} hot {}ms cool {}ms then {}",
+                    r.field,
+                    r.hot_ms,
+                    r.cool_ms,
+                    r.then.name()
+                ));
             }
             let _ = writeln!(
                 out,

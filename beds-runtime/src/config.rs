@@ -1470,7 +1470,22 @@ impl Config {
                 self.segundo.interval.0
             ));
         }
-        self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)
+        self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)?;
+        // A `segundo.warehouse` section that names only some keys takes the others from
+        // `database`'s defaults (`beds.sqlite`): refused, since retention would copy records
+        // onto themselves and then delete them.
+        let (w, d) = (&self.segundo.warehouse, &self.database);
+        let same = w.driver == d.driver
+            && match w.driver {
+                Driver::Sqlite => w.sqlite_path() == d.sqlite_path(),
+                _ => w.url.is_some() && w.url == d.url,
+            };
+        if same {
+            return Err(
+                "segundo.warehouse names the serving database (database); give it a database of its own, e.g. segundo.warehouse.sqlite_file: warehouse.sqlite".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -1651,6 +1666,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.lineage_keep") && e.contains("1m"), "{e}");
+    }
+
+    #[test]
+    fn a_warehouse_naming_the_serving_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let c = Config::load_with_env(&base, env(&[])).unwrap();
+        assert_ne!(c.segundo.warehouse.sqlite_path(), c.database.sqlite_path());
+        // Setting only `data_dir` leaves `sqlite_file` at `database`'s default.
+        let e = Config::load_with_env(&base, env(&[("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("segundo.warehouse names the serving database"),
+            "{e}"
+        );
+        Config::load_with_env(
+            &base,
+            env(&[
+                ("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data"),
+                ("BEDS_SEGUNDO__WAREHOUSE__SQLITE_FILE", "warehouse.sqlite"),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -143,11 +143,35 @@ pub struct Capabilities {
     pub retention: Option<RetentionMeta>,
 }
 
+/// `retention: { field, hot, cool, then }` (wiki/retention.md): segundo moves a record
+/// older than `hot` (by `field`) from the serving database to the warehouse, and one older
+/// than `cool` from the warehouse to cold files or away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionMeta {
-    pub age_ms: u64,
-    /// `cool`, `cold` or `delete`.
-    pub target: &'static str,
+    /// A required timestamp field of the template.
+    pub field: &'static str,
+    pub hot_ms: u64,
+    /// Longer than `hot_ms`.
+    pub cool_ms: u64,
+    pub then: RetentionEnd,
+}
+
+/// What becomes of a record past `cool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionEnd {
+    /// Written to a cold file and kept there.
+    Keep,
+    /// Deleted for good.
+    Delete,
+}
+
+impl RetentionEnd {
+    pub fn name(self) -> &'static str {
+        match self {
+            RetentionEnd::Keep => "keep",
+            RetentionEnd::Delete => "delete",
+        }
+    }
 }
 
 impl TemplateMeta {

@@ -16,7 +16,8 @@ pub use crate::ingress::dispatch::{Call, Ctx, Handler, HandlerFuture, execute};
 pub use crate::meta::{
     Capabilities, CheckMeta, CondOp, ConditionMeta, CountMeta, DefaultValue, DomainMeta, FieldKind,
     FieldMeta, IdKind, LiteralValue, OnDelete, Operand, PageMeta, ParamKind, ParamMeta, QueryMeta,
-    RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta, WithKind, WithMeta,
+    RetentionEnd, RetentionMeta, SelectMeta, SetOn, TemplateMeta, TokenSetMeta, UniqueMeta,
+    WithKind, WithMeta,
 };
 pub use crate::record::{FieldType, Journaled, Key, Locking, Query, Record, assert_field, kinds};
 pub use crate::value::{Date, Patterns, Timestamp, Value, cursor_values};

@@ -26,6 +26,7 @@ mod operator_page;
 mod poison;
 mod queries;
 mod reliability;
+mod retention;
 mod round_trip;
 mod security;
 mod signed;

@@ -55,6 +55,8 @@ pub struct TestEnv {
     _data: tempfile::TempDir,
     /// A server database created for this test, dropped with it: (admin URL, name).
     server_db: Option<(String, String)>,
+    /// The warehouse database of [`TestEnv::with_warehouse`] on a server, dropped with it.
+    warehouse_db: Option<(String, String)>,
 }
 
 /// The database a matrix test runs on: `BEDS_TEST_DATABASE` = `sqlite` (default),
@@ -137,6 +139,7 @@ impl TestEnv {
             config,
             _data: data,
             server_db: None,
+            warehouse_db: None,
         }
     }
 
@@ -167,6 +170,42 @@ impl TestEnv {
         env.config.admin.database.url = env.config.database.url.clone();
         env.server_db = Some((admin_url, db));
         env
+    }
+
+    /// Gives segundo a warehouse of this test's own (a second SQLite file in the data
+    /// directory, or a second database on the matrix's server) and a cold directory.
+    pub fn with_warehouse(mut self) -> TestEnv {
+        let data = self._data.path().to_path_buf();
+        self.config.segundo.cold_dir = data.join("cold");
+        let warehouse = &mut self.config.segundo.warehouse;
+        warehouse.data_dir = data;
+        if let Some((admin_url, db)) = &self.server_db {
+            let name = format!("{db}_wh");
+            admin(admin_url, vec![format!("CREATE DATABASE {name}")])
+                .unwrap_or_else(|e| panic!("the warehouse database: {e}"));
+            let base = admin_url.rsplit_once('/').expect("a URL with a database").0;
+            warehouse.driver = self.config.database.driver;
+            warehouse.url = Some(format!("{base}/{name}"));
+            self.warehouse_db = Some((admin_url.clone(), name));
+        }
+        self
+    }
+
+    /// Read access to segundo's warehouse, like [`TestEnv::rows`].
+    pub async fn warehouse_rows(&self) -> Rows {
+        sqlx::any::install_default_drivers();
+        let w = &self.config.segundo.warehouse;
+        let (driver, url) = match &w.url {
+            Some(url) => (w.driver, url.clone()),
+            None => (
+                beds_runtime::config::Driver::Sqlite,
+                format!("sqlite://{}", w.sqlite_path().display()),
+            ),
+        };
+        let pool = sqlx::AnyPool::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("open the warehouse {url}: {e}"));
+        Rows { pool, driver }
     }
 
     /// Read access to the node's database in whatever dialect it runs, for asserting rows.
@@ -483,6 +522,11 @@ impl Rows {
         self.int("COUNT(*)", table, column, value).await
     }
 
+    /// The database's dialect.
+    pub fn driver(&self) -> beds_runtime::config::Driver {
+        self.driver
+    }
+
     /// The pool, for statements of a test's own.
     pub fn pool(&self) -> &sqlx::AnyPool {
         &self.pool
@@ -508,7 +552,12 @@ impl Rows {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        if let Some((url, db)) = self.server_db.take() {
+        for (url, db) in self
+            .warehouse_db
+            .take()
+            .into_iter()
+            .chain(self.server_db.take())
+        {
             let drop = match TestDatabase::from_env() {
                 TestDatabase::Postgres => format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
                 _ => format!("DROP DATABASE IF EXISTS {db}"),

@@ -74,10 +74,10 @@ async fn open(
 ) -> Result<Opened, SchemaError> {
     let database = section(config, target);
     let admin = target == Target::Admin;
-    let ddl = if admin {
-        crate::admin::ddl(database.driver)
-    } else {
-        crate::catalog::schema(database.driver, catalog)
+    let ddl = match target {
+        Target::Admin => crate::admin::ddl(database.driver),
+        Target::Warehouse => crate::catalog::warehouse_schema(database.driver, catalog),
+        Target::Serving => crate::catalog::schema(database.driver, catalog),
     };
     let domains = if admin { &[][..] } else { catalog.domains };
     let store = Store::open(&StoreOptions::from_config(database), domains).await?;

@@ -15,6 +15,7 @@ mod lock;
 pub mod migrate;
 mod options;
 mod outbox;
+mod retention;
 mod retry;
 mod schema;
 mod sql;
@@ -34,6 +35,7 @@ use dialect::{ClaimArgs, Claimed, Failure, Ty, UniqueIndex};
 pub use options::{StoreError, StoreOptions};
 pub use outbox::OutboxRow;
 use outbox::{Change, Referrer};
+pub use retention::{ColdFile, RetireError, Stored, Tier, template_name};
 pub(crate) use retry::until_written;
 use sql::{Arg, CounterSql, IdempotencySql, OutboxSql, QuerySql, Statements};
 
@@ -59,6 +61,12 @@ pub fn dialect(driver: Driver) -> &'static dyn Dialect {
 /// The DDL for every template in the dialect of `driver`, referenced tables first.
 pub fn schema(driver: Driver, domains: &[&'static DomainMeta]) -> Vec<String> {
     schema::ddl(dialect(driver), domains)
+}
+
+/// The warehouse's DDL (segundo's COOL tier) in the dialect of `driver`: empty when no
+/// template declares retention.
+pub fn warehouse_schema(driver: Driver, domains: &[&'static DomainMeta]) -> Vec<String> {
+    schema::warehouse_ddl(dialect(driver), domains)
 }
 
 impl StoreOptions {

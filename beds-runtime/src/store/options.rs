@@ -59,4 +59,6 @@ pub enum StoreError {
     Migrate(#[from] super::migrate::MigrateError),
     #[error("starting the maintained counts from their rows failed: {0}")]
     Backfill(sqlx::Error),
+    #[error("reading a moved record's tombstone (beds_moved) failed: {0}")]
+    Moved(sqlx::Error),
 }

@@ -21,13 +21,87 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
     if super::journal::wanted(domains) {
         out.extend(super::journal::ddl(d));
     }
+    if retained(domains) {
+        out.extend(moved_table(d));
+    }
     for domain in domains {
         for t in domain.in_reference_order() {
-            out.extend(table_ddl(d, domain.templates, t));
+            out.extend(table_ddl(d, domain.templates, t, false));
         }
         out.extend(domain.queries.iter().filter_map(|q| query_index(d, q)));
     }
     out
+}
+
+/// The warehouse's DDL (wiki/retention.md): the cold index and files, and every domain
+/// table with the serving columns but no references and no unique keys, since a moved
+/// record may refer to one that stays in the serving database, and a key freed and reused
+/// there may reach the warehouse again. Empty when no template declares retention.
+pub(super) fn warehouse_ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<String> {
+    if !retained(domains) {
+        return Vec::new();
+    }
+    let mut out = cold_tables(d);
+    for domain in domains {
+        for t in domain.templates {
+            out.extend(table_ddl(d, domain.templates, t, true));
+        }
+    }
+    out
+}
+
+fn retained(domains: &[&'static DomainMeta]) -> bool {
+    crate::meta::templates(domains).any(|(_, t)| t.capabilities.retention.is_some())
+}
+
+/// Tombstones in the serving database: where each moved record went.
+fn moved_table(d: &dyn Dialect) -> Vec<String> {
+    let [key, _, time] = d.idempotency_types();
+    let q = |s: &str| d.quote(s);
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {time} NOT NULL,\n  PRIMARY KEY ({}, {})\n){}",
+        q("beds_moved"),
+        q("template"),
+        q("record_key"),
+        q("tier"),
+        q("moved_at"),
+        q("template"),
+        q("record_key"),
+        d.table_options()
+    )]
+}
+
+/// The warehouse's cold index (which file and line holds a record) and its cold files,
+/// from which the manifest is rewritten.
+fn cold_tables(d: &dyn Dialect) -> Vec<String> {
+    let [key, _, time] = d.idempotency_types();
+    let int = d.key_type(IdKind::Sequence);
+    let q = |s: &str| d.quote(s);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {int} NOT NULL,\n  PRIMARY KEY ({}, {})\n){}",
+            q("beds_cold_index"),
+            q("template"),
+            q("record_key"),
+            q("file"),
+            q("line"),
+            q("template"),
+            q("record_key"),
+            d.table_options()
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {} {key} NOT NULL PRIMARY KEY,\n  {} {key} NOT NULL,\n  {} {int} NOT NULL,\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {key} NOT NULL,\n  {} {time} NOT NULL\n){}",
+            q("beds_cold_file"),
+            q("file"),
+            q("template"),
+            q("records"),
+            q("min_key"),
+            q("max_key"),
+            q("sha256"),
+            q("created_at"),
+            d.table_options()
+        ),
+    ]
 }
 
 /// The runtime's own table: replies of applied writes, by idempotency key.
@@ -206,7 +280,13 @@ fn query_index(d: &dyn Dialect, q: &QueryMeta) -> Option<String> {
     ))
 }
 
-fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<String> {
+/// A template's table; `warehouse`: without references, unique keys and token tables.
+fn table_ddl(
+    d: &dyn Dialect,
+    all: &[&TemplateMeta],
+    t: &TemplateMeta,
+    warehouse: bool,
+) -> Vec<String> {
     let q = |s: &str| d.quote(s);
     let mut cols = vec![
         format!("{} {}", q(t.id_column), d.id_column(t.id)),
@@ -228,7 +308,8 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
                 &[q(f.column)],
             ));
         }
-        cols.push(column_def(d, all, t, f));
+        // A warehouse row may refer to a record that stays in the serving database.
+        cols.push(column_def(d, all, t, f, !warehouse));
     }
     for c in t.checks {
         let [a, b] = c.differ.map(|n| q(t.field(n).expect("checked").column));
@@ -249,7 +330,7 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
             .iter()
             .map(|f| d.unique_key_column(&q(f.column), u.case_insensitive))
             .collect();
-        indexes.push(index(d, true, &name, t.table, &list));
+        indexes.push(index(d, !warehouse, &name, t.table, &list));
     }
     for fields in t.indexes {
         let columns: Vec<&str> = fields
@@ -277,14 +358,21 @@ fn table_ddl(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta) -> Vec<St
         d.table_options()
     )];
     out.extend(indexes);
-    for set in t.tokens {
+    for set in t.tokens.iter().filter(|_| !warehouse) {
         out.extend(token_ddl(d, t, set));
     }
     out
 }
 
-/// A declared field's column definition: name, type, nullability and reference.
-fn column_def(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta, f: &FieldMeta) -> String {
+/// A declared field's column definition: name, type, nullability and, with `references`,
+/// its reference.
+fn column_def(
+    d: &dyn Dialect,
+    all: &[&TemplateMeta],
+    t: &TemplateMeta,
+    f: &FieldMeta,
+    references: bool,
+) -> String {
     let q = |s: &str| d.quote(s);
     let ci = t
         .unique
@@ -297,6 +385,7 @@ fn column_def(d: &dyn Dialect, all: &[&TemplateMeta], t: &TemplateMeta, f: &Fiel
         on_delete,
         ..
     } = f.kind
+        && references
     {
         let target = all
             .iter()
@@ -327,7 +416,7 @@ pub(super) fn declared_column(
     domains.iter().find_map(|dm| {
         let t = dm.templates.iter().find(|t| t.table == table)?;
         let f = t.fields.iter().find(|f| f.column == column)?;
-        Some((f, column_def(d, dm.templates, t, f)))
+        Some((f, column_def(d, dm.templates, t, f, true)))
     })
 }
 

@@ -84,6 +84,14 @@ struct DeadLetterLabels {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RetentionLabels {
+    domain: &'static str,
+    template: &'static str,
+    /// Where the records went: `warehouse`, `cold` or `deleted`.
+    tier: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CacheLabels {
     domain: &'static str,
     template: &'static str,
@@ -118,6 +126,7 @@ pub(crate) struct Metrics {
     retries: Family<LaneLabels, Counter>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
+    retention: Family<RetentionLabels, Counter>,
     queue_messages: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
     outbox_backlog: Gauge,
@@ -191,6 +200,12 @@ impl Metrics {
             "Read-cache lookups of cached templates and queries, by result",
             cache.clone(),
         );
+        let retention = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "retention_records",
+            "Records segundo's retention moved, by template and the tier they went to (warehouse, cold, deleted)",
+            retention.clone(),
+        );
         let queue_messages = Family::<QueueLabels, Gauge>::default();
         registry.register(
             "queue_messages",
@@ -242,6 +257,7 @@ impl Metrics {
             retries,
             dead_letters,
             cache,
+            retention,
             queue_messages,
             queue_consumers,
             outbox_backlog,
@@ -394,6 +410,22 @@ impl Metrics {
             result: if hit { "hit" } else { "miss" },
         };
         self.cache.get_or_create(&labels).inc();
+    }
+
+    /// `records` of `domain.template` moved to `tier` by a retention pass.
+    pub fn retention(
+        &self,
+        domain: &'static str,
+        template: &'static str,
+        tier: &'static str,
+        records: u64,
+    ) {
+        let labels = RetentionLabels {
+            domain,
+            template,
+            tier,
+        };
+        self.retention.get_or_create(&labels).inc_by(records);
     }
 
     /// What a passive declare of `queue` (named without its tag) read.
