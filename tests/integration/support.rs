@@ -55,6 +55,8 @@ pub struct TestEnv {
     _data: tempfile::TempDir,
     /// A server database created for this test, dropped with it: (admin URL, name).
     server_db: Option<(String, String)>,
+    /// The warehouse's server database of [`TestEnv::with_warehouse`], dropped with it.
+    warehouse_db: Option<String>,
 }
 
 /// The database a matrix test runs on: `BEDS_TEST_DATABASE` = `sqlite` (default),
@@ -137,6 +139,7 @@ impl TestEnv {
             config,
             _data: data,
             server_db: None,
+            warehouse_db: None,
         }
     }
 
@@ -169,14 +172,46 @@ impl TestEnv {
         env
     }
 
+    /// Gives segundo a warehouse of its own beside the serving database, on the same kind
+    /// of database (a second SQLite file, or a second server database dropped with the
+    /// test), and a COLD directory in the test's data directory.
+    pub fn with_warehouse(&mut self) {
+        let data = self._data.path().to_path_buf();
+        let warehouse = &mut self.config.segundo.warehouse;
+        warehouse.data_dir = data.clone();
+        warehouse.apply_schema = true;
+        self.config.segundo.cold_dir = data.join("cold");
+        let Some((admin_url, db)) = &self.server_db else {
+            return;
+        };
+        let name = format!("{db}_wh");
+        admin(admin_url, vec![format!("CREATE DATABASE {name}")])
+            .unwrap_or_else(|e| panic!("the warehouse database {name}: {e}"));
+        let base = admin_url.rsplit_once('/').expect("a URL with a database").0;
+        warehouse.driver = self.config.database.driver;
+        warehouse.url = Some(format!("{base}/{name}"));
+        self.warehouse_db = Some(name);
+    }
+
     /// Read access to the node's database in whatever dialect it runs, for asserting rows.
     pub async fn rows(&self) -> Rows {
+        Rows::open(&self.config.database).await
+    }
+
+    /// [`TestEnv::rows`] of the warehouse of [`TestEnv::with_warehouse`].
+    pub async fn warehouse_rows(&self) -> Rows {
+        Rows::open(&self.config.segundo.warehouse).await
+    }
+}
+
+impl Rows {
+    async fn open(database: &beds_runtime::config::DatabaseConfig) -> Rows {
         sqlx::any::install_default_drivers();
-        let (driver, url) = match &self.config.database.url {
-            Some(url) => (self.config.database.driver, url.clone()),
+        let (driver, url) = match &database.url {
+            Some(url) => (database.driver, url.clone()),
             None => (
                 beds_runtime::config::Driver::Sqlite,
-                format!("sqlite://{}", self.config.database.sqlite_path().display()),
+                format!("sqlite://{}", database.sqlite_path().display()),
             ),
         };
         let pool = sqlx::AnyPool::connect(&url)
@@ -184,7 +219,9 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("open the node's database {url}: {e}"));
         Rows { pool, driver }
     }
+}
 
+impl TestEnv {
     pub async fn start(&self) -> Server {
         Server::start(&self.config, &beds::CATALOG)
             .await
@@ -442,6 +479,11 @@ pub struct Rows {
 }
 
 impl Rows {
+    /// The driver of this database.
+    pub fn driver(&self) -> beds_runtime::config::Driver {
+        self.driver
+    }
+
     /// An identifier quoted for the node's database.
     pub fn quote(&self, ident: &str) -> String {
         match self.driver {
@@ -509,12 +551,16 @@ impl Rows {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if let Some((url, db)) = self.server_db.take() {
-            let drop = match TestDatabase::from_env() {
-                TestDatabase::Postgres => format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                _ => format!("DROP DATABASE IF EXISTS {db}"),
-            };
-            if let Err(e) = admin(&url, vec![drop]) {
-                eprintln!("test database {db} was not dropped: {e}");
+            for db in std::iter::once(db).chain(self.warehouse_db.take()) {
+                let drop = match TestDatabase::from_env() {
+                    TestDatabase::Postgres => {
+                        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                    }
+                    _ => format!("DROP DATABASE IF EXISTS {db}"),
+                };
+                if let Err(e) = admin(&url, vec![drop]) {
+                    eprintln!("test database {db} was not dropped: {e}");
+                }
             }
         }
         let amqp = self.config.amqp.clone();
@@ -534,6 +580,7 @@ impl Drop for TestEnv {
                         beds_runtime::admin::STATUS_QUEUE,
                         beds_runtime::admin::lineage::LINEAGE_KEY,
                         beds_runtime::admin::audit::AUDIT_KEY,
+                        beds_runtime::names::WAREHOUSE_READ_KEY,
                         SETTLE_KEY,
                     ],
                 ))

@@ -12,6 +12,7 @@ mod counters;
 mod dialect;
 mod journal;
 mod lock;
+mod moved;
 mod options;
 mod outbox;
 mod retry;

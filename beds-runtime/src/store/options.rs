@@ -57,4 +57,8 @@ pub enum StoreError {
     },
     #[error("starting the maintained counts from their rows failed: {0}")]
     Backfill(sqlx::Error),
+    #[error(
+        "reading the tombstones of moved records (beds_moved) failed: {0}; is the schema applied?"
+    )]
+    Moved(sqlx::Error),
 }
