@@ -1014,6 +1014,10 @@ mod tests {
                 "field `consistency` must be `strong` or `cached`",
             ),
             (
+                format!(r#"{{{head},"tier":"cold"}}"#),
+                "field `tier` must be `hot` or `warehouse`",
+            ),
+            (
                 r#"{"v":1,"id":7,"domain":"d","op":"list"}"#.to_string(),
                 "field `id` must be a UUID string",
             ),
