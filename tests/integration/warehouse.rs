@@ -436,3 +436,81 @@ async fn a_query_declaring_the_warehouse_pages_through_both_tiers_merged() {
     segundo.stop().await;
     app.stop().await;
 }
+
+/// Generic over every compiled domain (the fixture domains too, in the gate): a tombstoned
+/// key of every template answers `moved` naming its tier, and the warehouse, which holds
+/// no such record, answers `not_found` through a segundo node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_template_answers_moved_for_a_tombstoned_key() {
+    let mut env = TestEnv::matrix("wh_every");
+    env.with_warehouse();
+    let app = env.start().await;
+    let segundo = segundo(&env, &beds::CATALOG).await;
+    let hot = env.rows().await;
+    let raw = env.raw().await;
+    let read = env.queue("rec.read");
+    let templates = beds::CATALOG
+        .domains
+        .iter()
+        .flat_map(|d| d.templates)
+        .filter(|t| !t.internal);
+    for (i, t) in templates.enumerate() {
+        let (key, wire): (String, Json) = match t.id {
+            beds_runtime::support::IdKind::Uuid7 => {
+                let id = uuid::Uuid::now_v7().to_string();
+                (id.clone(), json!(id))
+            }
+            beds_runtime::support::IdKind::Sequence => {
+                let id = 900_000_000_000_i64 + i as i64;
+                (id.to_string(), json!(id))
+            }
+        };
+        let tier = if i % 2 == 0 { "warehouse" } else { "cold" };
+        let sql = format!(
+            "INSERT INTO {} ({}, {}, {}, {}) VALUES ({}, {}, {}, '2026-11-28T00:00:00.000000Z')",
+            hot.quote("beds_moved"),
+            hot.quote("template"),
+            hot.quote("record_key"),
+            hot.quote("tier"),
+            hot.quote("moved_at"),
+            mark(&hot, 1),
+            mark(&hot, 2),
+            mark(&hot, 3)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(format!("{}.{}", t.domain, t.name))
+            .bind(key)
+            .bind(tier.to_string())
+            .execute(hot.pool())
+            .await
+            .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+        let request = |extra: Json| {
+            let mut req = json!({
+                "v": 1, "id": uuid::Uuid::now_v7(), "domain": t.domain,
+                "template": t.name, "op": "fetch", "key": {"id": wire},
+                "consistency": "strong",
+            });
+            if let (Json::Object(r), Json::Object(extra)) = (&mut req, extra) {
+                r.extend(extra);
+            }
+            serde_json::to_vec(&req).unwrap()
+        };
+        let reply = raw.request(&read, &request(json!({}))).await;
+        let name = format!("{}.{}", t.domain, t.name);
+        assert_eq!(reply["error"]["code"], "moved", "{name}: {reply}");
+        assert_eq!(reply["error"]["tier"], tier, "{name}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{}`", t.name)),
+            "{name}: {reply}"
+        );
+        let reply = raw
+            .request(&read, &request(json!({"tier": "warehouse"})))
+            .await;
+        assert_eq!(reply["error"]["code"], "not_found", "{name}: {reply}");
+    }
+    segundo.stop().await;
+    app.stop().await;
+}
