@@ -48,21 +48,22 @@ case "$profile" in
     # queue too, so no event of an audited template is published before it exists), its
     # control queue ({tag}ctl.<node>), the invalidation queues, and the two exchanges;
     # replies go out through the default exchange (`amq.default`) to `beds.reply.*` or
-    # `amq.rabbitmq.reply-to`.
-    ours="${t}(rec|evt|ctl)\\..*|${t}(adm|audit|lineage)(\\.dlq)?|${t}status|beds\\.inv\\..*"
+    # `amq.rabbitmq.reply-to`. `mig.*`: segundo's queues (an appServer declares
+    # {tag}mig.read and forwards warehouse reads there).
+    ours="${t}(rec|evt|ctl|mig)\\..*|${t}(adm|audit|lineage)(\\.dlq)?|${t}status|beds\\.inv\\..*"
     configure="^(beds\\.events|beds\\.dlx|${ours})\$"
     write="^(beds\\.events|beds\\.dlx|amq\\.default|${ours})\$"
     read="^(beds\\.events|beds\\.dlx|${ours})\$"
     # On the topic exchanges, this tag only: events, invalidations, dead letters, heartbeats
     # and lineage (log.*), lane commands (ctl.*).
-    topic_write="^${t}((rec|evt|inv|log|ctl)\\.|(adm|audit)\$)"
+    topic_write="^${t}((rec|evt|inv|log|ctl|mig)\\.|(adm|audit)\$)"
     topic_read="^${t}"
     ;;
   operator)
     # `beds dlq` reads the dead-letter queues and republishes to the work queues through
     # the default exchange; topology clean-up deletes this tag's queues. `beds audit` and
     # other adm commands go to beds.events with key {tag}adm, replies to its own queue.
-    ours="${t}(rec|evt)\\..*|${t}(adm|audit)(\\.dlq)?"
+    ours="${t}(rec|evt|mig)\\..*|${t}(adm|audit)(\\.dlq)?"
     configure="^(beds\\.reply\\..*|${ours})\$"
     write="^(amq\\.default|beds\\.events|${ours})\$"
     read="^(beds\\.reply\\..*|${ours})\$"
@@ -70,11 +71,12 @@ case "$profile" in
     topic_read='^$'
     ;;
   client)
-    # Its own reply queue only; requests only to beds.events with this tag's request keys.
+    # Its own reply queue only; requests only to beds.events with this tag's request keys
+    # (mig.read: warehouse reads, which the typed client sends to segundo directly).
     configure='^beds\.reply\..*$'
     write='^beds\.events$'
     read='^beds\.reply\..*$'
-    topic_write="^${t}rec\\.(read|write)\$"
+    topic_write="^${t}(rec\\.(read|write)|mig\\.read)\$"
     topic_read='^$'
     ;;
   *)

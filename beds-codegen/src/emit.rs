@@ -220,6 +220,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
     let group = &q.group;
     let reads = q.reads(d);
     let access = &q.access;
+    let warehouse = q.warehouse;
     let cache_ttl_ms = match q.cache_ttl_ms {
         Some(ms) => {
             let ms = proc_macro2::Literal::u64_unsuffixed(ms);
@@ -334,6 +335,7 @@ fn query(d: &Domain, q: &Query) -> TokenStream {
                 cache_ttl_ms: #cache_ttl_ms,
                 reads: &[#(#reads),*],
                 access: &[#(#access),*],
+                warehouse: #warehouse,
             };
         }
     }

@@ -406,6 +406,9 @@ pub struct Query {
     pub cache_ttl_ms: Option<u64>,
     /// `access: [authenticated]`: who may run it; empty: the node's default access.
     pub access: Vec<String>,
+    /// `tiers: [hot, warehouse]`: sent with `"tier": "warehouse"`, a segundo node answers
+    /// it from the serving database and the warehouse together.
+    pub warehouse: bool,
 }
 
 impl Query {

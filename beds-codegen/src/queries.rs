@@ -16,7 +16,11 @@ use crate::yaml::Node;
 
 const QUERY_KEYS: &[&str] = &[
     "doc", "from", "params", "where", "order", "page", "count", "with", "group", "cache", "access",
+    "tiers",
 ];
+/// The tiers a query may read: the serving database, and the warehouse retention moves
+/// records to (wiki/retention.md).
+const TIERS: &[&str] = &["hot", "warehouse"];
 const PARAM_KEYS: &[&str] = &["optional"];
 /// More sort keys than this make keyset cursors unwieldy and rarely help.
 const MAX_ORDER: usize = 3;
@@ -75,6 +79,9 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
     let access = get(entries, "access")
         .map(|n| query_access(cx, &format!("{path}.access"), n))
         .unwrap_or_default();
+    let warehouse = get(entries, "tiers")
+        .map(|n| tiers(cx, &format!("{path}.tiers"), n))
+        .unwrap_or(false);
     let doc = doc(cx, entries, path);
     let templates: Vec<&str> = domain.templates.iter().map(|t| t.name.as_str()).collect();
     let Some(from_node) = get(entries, "from") else {
@@ -281,7 +288,17 @@ fn query(cx: &mut Ctx, path: &str, name: &str, body: &Node, domain: &Domain) -> 
         }
         group = group_keys(cx, &gpath, g, from);
     }
+    if warehouse && (count || !group.is_empty()) {
+        let node = get(entries, "tiers").unwrap_or(body);
+        cx.error_hint(
+            node.pos,
+            &format!("{path}.tiers"),
+            "a count or grouped query cannot include the warehouse: its counts would be summed across tiers, counting a record that is being moved twice",
+            "remove `tiers`, or make it a paged query of records",
+        );
+    }
     Some(Query {
+        warehouse,
         group,
         doc,
         pos: body.pos,
@@ -1066,4 +1083,51 @@ fn no_field(cx: &mut Ctx, pos: crate::yaml::Pos, path: &str, t: &Template, name:
         format!("`{}` has no field `{name}`", t.name),
         suggest(name, &known),
     );
+}
+
+/// `tiers: [hot, warehouse]`: whether the query also reads the warehouse. `hot` is always
+/// read, so it must be listed; `[hot]` alone is the default.
+fn tiers(cx: &mut Ctx, path: &str, node: &Node) -> bool {
+    let Some(items) = node.as_seq().filter(|i| !i.is_empty()) else {
+        cx.error_hint(
+            node.pos,
+            path,
+            format!(
+                "expected a non-empty list of tiers, found {}",
+                node.describe()
+            ),
+            "write `tiers: [hot, warehouse]`",
+        );
+        return false;
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for item in items {
+        match item.as_str().filter(|t| TIERS.contains(t)) {
+            Some(t) if seen.contains(&t) => cx.error_hint(
+                item.pos,
+                path,
+                format!("tier `{t}` is listed twice"),
+                "list each tier once",
+            ),
+            Some(t) => seen.push(t),
+            None => {
+                let given = item.as_str().unwrap_or("?");
+                cx.error_hint(
+                    item.pos,
+                    path,
+                    format!("`{given}` is not a tier a query reads"),
+                    suggest(given, TIERS),
+                );
+            }
+        }
+    }
+    if !seen.is_empty() && !seen.contains(&"hot") {
+        cx.error_hint(
+            node.pos,
+            path,
+            "a query always reads the serving database: `hot` must be listed",
+            "write `tiers: [hot, warehouse]`",
+        );
+    }
+    seen.contains(&"warehouse")
 }

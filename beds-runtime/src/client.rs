@@ -15,12 +15,12 @@ use tokio::sync::{RwLock, oneshot};
 use uuid::Uuid;
 
 use crate::config::{AmqpTlsConfig, Config, EXCHANGE};
-use crate::envelope::{AsOf, Consistency, Op, Origin, Reply, Request};
+use crate::envelope::{AsOf, Consistency, Op, Origin, ReadTier, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::ingress::lane::Lane;
 use crate::record::{Key, Query, Record};
 use crate::transport::link::Link;
-use crate::transport::names::{self, ADMIN_KEY, ADMIN_VERSION};
+use crate::transport::names::{self, ADMIN_KEY, ADMIN_VERSION, WAREHOUSE_READ_KEY};
 use crate::transport::{ConnectError, topology};
 
 /// Where a client sends and how long it waits.
@@ -178,6 +178,7 @@ pub struct Client {
     read_key: String,
     write_key: String,
     admin_key: String,
+    warehouse_key: String,
 }
 
 /// Where a message goes: a routing key, and whether its publish is confirmed (and
@@ -265,6 +266,7 @@ impl Client {
             read_key: format!("{}{}", options.queue_tag, Lane::Read.key()),
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
             admin_key: format!("{}{}", options.queue_tag, ADMIN_KEY),
+            warehouse_key: format!("{}{}", options.queue_tag, WAREHOUSE_READ_KEY),
             reply_queue,
             pending,
             options,
@@ -352,6 +354,9 @@ impl Client {
         let body = serde_json::to_vec(&req)?;
         let route = if write {
             Route::Confirmed(&self.write_key)
+        } else if req.tier == Some(ReadTier::Warehouse) {
+            // Straight to segundo's queue: an appServer would only forward it there.
+            Route::Plain(&self.warehouse_key)
         } else {
             Route::Plain(&self.read_key)
         };
@@ -501,6 +506,8 @@ impl Client {
                         routing_key: key.to_string(),
                         serves: if key == self.admin_key {
                             "an admin node (role admin)"
+                        } else if key == self.warehouse_key {
+                            "a segundo node (role segundo)"
                         } else {
                             "an appServer"
                         },
@@ -544,6 +551,9 @@ pub struct ReadOptions {
     pub consistency: Option<Consistency>,
     /// Served from the cache only at this version or later, else from the database.
     pub min_version: Option<i64>,
+    /// `Some(ReadTier::Warehouse)`: the record retention moved out of the serving
+    /// database, read by a segundo node (after a `moved` error; wiki/retention.md).
+    pub tier: Option<ReadTier>,
 }
 
 impl ReadOptions {
@@ -551,7 +561,7 @@ impl ReadOptions {
     pub fn strong() -> ReadOptions {
         ReadOptions {
             consistency: Some(Consistency::Strong),
-            min_version: None,
+            ..ReadOptions::default()
         }
     }
 
@@ -559,7 +569,15 @@ impl ReadOptions {
     pub fn cached() -> ReadOptions {
         ReadOptions {
             consistency: Some(Consistency::Cached),
-            min_version: None,
+            ..ReadOptions::default()
+        }
+    }
+
+    /// The warehouse: a record retention moved (a fetch that answered `moved`).
+    pub fn warehouse() -> ReadOptions {
+        ReadOptions {
+            tier: Some(ReadTier::Warehouse),
+            ..ReadOptions::default()
         }
     }
 
@@ -615,6 +633,7 @@ impl<T: Record> TemplateClient<'_, T> {
         req.key = Some(key(id));
         req.consistency = options.consistency;
         req.min_version = options.min_version;
+        req.tier = options.tier;
         self.send(req).await
     }
 
@@ -832,6 +851,21 @@ impl<Q: Query> QueryClient<'_, Q> {
         let mut req = self.request(params)?;
         req.limit = limit;
         req.cursor = cursor.map(|c| c.0);
+        Ok(serde_json::from_value(self.client.request(req).await?)?)
+    }
+
+    /// A page of results from the serving database and the warehouse together, for a
+    /// query declared with `tiers: [hot, warehouse]` (answered by a segundo node).
+    pub async fn page_with_warehouse(
+        &self,
+        params: &Q::Params,
+        limit: Option<u32>,
+        cursor: Option<Cursor>,
+    ) -> Result<QueryPage<Q::Item>, ClientError> {
+        let mut req = self.request(params)?;
+        req.limit = limit;
+        req.cursor = cursor.map(|c| c.0);
+        req.tier = Some(ReadTier::Warehouse);
         Ok(serde_json::from_value(self.client.request(req).await?)?)
     }
 

@@ -108,6 +108,43 @@ pub enum AsOf {
     Time(chrono::DateTime<chrono::Utc>),
 }
 
+/// Where a read is served from (`tier` in a request): `hot`, the serving database (the
+/// default), or `warehouse`, the records retention moved out of it, served by a segundo
+/// node (wiki/retention.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadTier {
+    #[default]
+    Hot,
+    Warehouse,
+}
+
+/// Where a moved record is kept: `warehouse` (COOL, the warehouse database) or `cold`
+/// (compressed files). Named by a `moved` error and by the reply a segundo node sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Warehouse,
+    Cold,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Warehouse => "warehouse",
+            Tier::Cold => "cold",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "warehouse" => Some(Tier::Warehouse),
+            "cold" => Some(Tier::Cold),
+            _ => None,
+        }
+    }
+}
+
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off
 /// the wire by [`Request::decode`].
 #[derive(Clone, PartialEq, Serialize)]
@@ -187,6 +224,10 @@ pub struct Request {
     /// The end user's roles, asserted directly: only from a trusted service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
+    /// For fetch and query: `warehouse` reads the records retention moved out of the
+    /// serving database; absent or `hot`, the serving database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<ReadTier>,
 }
 
 impl std::fmt::Debug for Request {
@@ -219,6 +260,7 @@ impl std::fmt::Debug for Request {
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("subject", &self.subject)
             .field("roles", &self.roles)
+            .field("tier", &self.tier)
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +301,7 @@ const FIELDS: &[&str] = &[
     "auth",
     "subject",
     "roles",
+    "tier",
 ];
 
 #[derive(Deserialize)]
@@ -312,6 +355,8 @@ struct Wire {
     subject: Option<String>,
     #[serde(default)]
     roles: Option<Vec<String>>,
+    #[serde(default)]
+    tier: Option<ReadTier>,
 }
 
 impl Wire {
@@ -398,6 +443,7 @@ impl Wire {
             auth: self.auth,
             subject: self.subject,
             roles: self.roles,
+            tier: self.tier,
         })
     }
 }
@@ -613,6 +659,7 @@ impl Request {
             auth: None,
             subject: None,
             roles: None,
+            tier: None,
         }
     }
 
@@ -720,6 +767,7 @@ enum Shape {
     Timestamp,
     Origin,
     Consistency,
+    Tier,
     /// Payload fields, checked with their own messages once the envelope is read.
     Any,
 }
@@ -736,6 +784,7 @@ impl Shape {
             "deadline" => Shape::Timestamp,
             "origin" => Shape::Origin,
             "consistency" => Shape::Consistency,
+            "tier" => Shape::Tier,
             _ => Shape::Any,
         }
     }
@@ -756,6 +805,7 @@ impl Shape {
                         .all(|k| o.get(*k).is_some_and(Json::is_string))
             }),
             Shape::Consistency => matches!(value.as_str(), Some("strong" | "cached")),
+            Shape::Tier => matches!(value.as_str(), Some("hot" | "warehouse")),
             Shape::Any => true,
         }
     }
@@ -769,6 +819,7 @@ impl Shape {
             Shape::Timestamp => "an RFC 3339 timestamp string",
             Shape::Origin => "an object with service, node and env, each a string",
             Shape::Consistency => "`strong` or `cached`",
+            Shape::Tier => "`hot` or `warehouse`",
             Shape::Any => "any JSON value",
         }
     }
@@ -841,6 +892,10 @@ pub struct Reply {
     pub data: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<BedsError>,
+    /// Set by a segundo node on a reply to a `"tier": "warehouse"` request that found the
+    /// record: where it was read, `warehouse` or `cold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
 }
 
 impl Reply {
@@ -861,6 +916,7 @@ impl Reply {
             status,
             data,
             error,
+            tier: None,
         }
     }
 
@@ -956,6 +1012,10 @@ mod tests {
             (
                 format!(r#"{{{head},"consistency":"eventual"}}"#),
                 "field `consistency` must be `strong` or `cached`",
+            ),
+            (
+                format!(r#"{{{head},"tier":"cold"}}"#),
+                "field `tier` must be `hot` or `warehouse`",
             ),
             (
                 r#"{"v":1,"id":7,"domain":"d","op":"list"}"#.to_string(),

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     Forbidden,
     InvalidInput,
     NotFound,
+    /// The record left the serving database for the warehouse (wiki/retention.md): `tier`
+    /// says where it is; resend the request with `"tier": "warehouse"`.
+    Moved,
     UniqueViolation,
     ReferenceNotFound,
     StillReferenced,
@@ -84,7 +87,7 @@ impl ErrorCode {
             | WrongQueue => ErrorClass::Contract,
             Unauthenticated | Forbidden => ErrorClass::Forbidden,
             InvalidInput => ErrorClass::Validation,
-            NotFound => ErrorClass::NotFound,
+            NotFound | Moved => ErrorClass::NotFound,
             UniqueViolation | ReferenceNotFound | StillReferenced | VersionConflict
             | IdempotencyKeyReused | Locked => ErrorClass::Conflict,
             DatabaseUnavailable | DeadlineExceeded => ErrorClass::Transient,
@@ -141,6 +144,9 @@ pub struct BedsError {
     /// For `locked`: when the lease held by another holder expires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<String>,
+    /// For `moved`: where the record is now, `warehouse` or `cold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<crate::envelope::Tier>,
 }
 
 impl BedsError {
@@ -152,6 +158,7 @@ impl BedsError {
             details: Vec::new(),
             current_version: None,
             locked_until: None,
+            tier: None,
         }
     }
 

@@ -39,7 +39,7 @@ pub use client::{
     ReadOptions, TemplateClient, Version,
 };
 pub use config::{Config, Role};
-pub use envelope::{AsOf, Consistency, Op, Reply, Request};
+pub use envelope::{AsOf, Consistency, Op, ReadTier, Reply, Request, Tier};
 pub use error::{BedsError, DetailCode, ErrorClass, ErrorCode, ErrorDetail};
 pub use ingress::lane::Lane;
 pub use node::{Health, Server, ServerError};

@@ -359,6 +359,9 @@ pub struct QueryMeta {
     pub reads: &'static [&'static str],
     /// Who may run it; empty: the node's `security.default_access`.
     pub access: &'static [&'static str],
+    /// `tiers: [hot, warehouse]`: with `"tier": "warehouse"`, answered by a segundo node
+    /// from the serving database and the warehouse together (wiki/retention.md).
+    pub warehouse: bool,
 }
 
 impl QueryMeta {

@@ -427,6 +427,7 @@ static PINNED: rt::QueryMeta = rt::QueryMeta {
     cache_ttl_ms: Some(60_000),
     reads: &["memo", "pin"],
     access: &[],
+    warehouse: false,
 };
 static MEMO: rt::Routes = rt::Routes::of::<Memo>();
 static PIN: rt::Routes = rt::Routes::of::<Pin>();

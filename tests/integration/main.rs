@@ -35,4 +35,5 @@ mod spew;
 mod support;
 mod telemetry;
 mod vhost;
+mod warehouse;
 mod wire;

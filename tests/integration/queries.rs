@@ -456,6 +456,7 @@ const fn label_query(
         cache_ttl_ms: None,
         reads: &["label"],
         access: &[],
+        warehouse: false,
     }
 }
 

@@ -191,31 +191,25 @@ impl TestEnv {
         self
     }
 
-    /// Read access to segundo's warehouse, like [`TestEnv::rows`].
-    pub async fn warehouse_rows(&self) -> Rows {
-        sqlx::any::install_default_drivers();
-        let w = &self.config.segundo.warehouse;
-        let (driver, url) = match &w.url {
-            Some(url) => (w.driver, url.clone()),
-            None => (
-                beds_runtime::config::Driver::Sqlite,
-                format!("sqlite://{}", w.sqlite_path().display()),
-            ),
-        };
-        let pool = sqlx::AnyPool::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("open the warehouse {url}: {e}"));
-        Rows { pool, driver }
-    }
-
     /// Read access to the node's database in whatever dialect it runs, for asserting rows.
     pub async fn rows(&self) -> Rows {
+        Rows::open(&self.config.database).await
+    }
+
+    /// [`TestEnv::rows`] of the warehouse of [`TestEnv::with_warehouse`].
+    pub async fn warehouse_rows(&self) -> Rows {
+        Rows::open(&self.config.segundo.warehouse).await
+    }
+}
+
+impl Rows {
+    async fn open(database: &beds_runtime::config::DatabaseConfig) -> Rows {
         sqlx::any::install_default_drivers();
-        let (driver, url) = match &self.config.database.url {
-            Some(url) => (self.config.database.driver, url.clone()),
+        let (driver, url) = match &database.url {
+            Some(url) => (database.driver, url.clone()),
             None => (
                 beds_runtime::config::Driver::Sqlite,
-                format!("sqlite://{}", self.config.database.sqlite_path().display()),
+                format!("sqlite://{}", database.sqlite_path().display()),
             ),
         };
         let pool = sqlx::AnyPool::connect(&url)
@@ -223,7 +217,9 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("open the node's database {url}: {e}"));
         Rows { pool, driver }
     }
+}
 
+impl TestEnv {
     pub async fn start(&self) -> Server {
         Server::start(&self.config, &beds::CATALOG)
             .await
@@ -481,6 +477,11 @@ pub struct Rows {
 }
 
 impl Rows {
+    /// The driver of this database.
+    pub fn driver(&self) -> beds_runtime::config::Driver {
+        self.driver
+    }
+
     /// An identifier quoted for the node's database.
     pub fn quote(&self, ident: &str) -> String {
         match self.driver {
@@ -520,11 +521,6 @@ impl Rows {
     /// The number of rows of `table` whose `column` equals `value`.
     pub async fn count(&self, table: &str, column: &str, value: &Json) -> i64 {
         self.int("COUNT(*)", table, column, value).await
-    }
-
-    /// The database's dialect.
-    pub fn driver(&self) -> beds_runtime::config::Driver {
-        self.driver
     }
 
     /// The pool, for statements of a test's own.
@@ -583,6 +579,7 @@ impl Drop for TestEnv {
                         beds_runtime::admin::STATUS_QUEUE,
                         beds_runtime::admin::lineage::LINEAGE_KEY,
                         beds_runtime::admin::audit::AUDIT_KEY,
+                        beds_runtime::names::WAREHOUSE_READ_KEY,
                         SETTLE_KEY,
                     ],
                 ))

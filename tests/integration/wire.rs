@@ -31,6 +31,22 @@ static SPEW_ONLY: std::sync::LazyLock<beds_runtime::Catalog> =
         route: beds::CATALOG.route,
     });
 
+/// The id of the spew the replay finds in COLD storage.
+const COLD_SPEW: &str = "0193a000-0000-7000-8000-00000000c01d";
+
+/// That spew in its wire shape, as retention wrote it to its COLD file.
+fn cold_spew() -> Json {
+    serde_json::json!({
+        "id": COLD_SPEW,
+        "author": "0193a000-0000-7000-8000-00000000a11c",
+        "body": "an old spew, kept in the cold files",
+        "reply_to": null,
+        "respew_of": null,
+        "created_at": "2024-01-31T12:00:00.000000Z",
+        "version": 1
+    })
+}
+
 /// How long a reply or a dead letter may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -368,10 +384,14 @@ async fn golden_wire_files_replay_against_a_node() {
         .collect();
     let mut replay = Replay::new(&texts);
 
-    let env = TestEnv::matrix("wire");
+    let mut env = TestEnv::matrix("wire").with_warehouse();
     // SPEW's maintained counts are kept by a tercero beside the node; every case is sent
     // once the writes before it are counted, so replies with counts are deterministic.
     let server = env.start_counting_with(&SPEW_ONLY).await;
+    // Warehouse reads (cases 850-870) are answered by a segundo node; the spew they read
+    // lies in COLD, placed as the storage contract lays it out, with fixed values.
+    let segundo = crate::warehouse::segundo(&env, &SPEW_ONLY).await;
+    crate::warehouse::to_cold(&env, COLD_SPEW, &cold_spew()).await;
     let mut peer = Peer::connect(&env).await;
     let mut dead: BTreeMap<&str, lapin::Consumer> = BTreeMap::new();
     for key in ["rec.read", "rec.write"] {
@@ -459,6 +479,7 @@ async fn golden_wire_files_replay_against_a_node() {
             ));
         }
     }
+    segundo.stop().await;
     server.stop().await;
     if bless {
         let text = serde_json::to_string_pretty(&running).unwrap() + "\n";

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use serde_json::Value as Json;
 
 use super::command::Command;
-use crate::envelope::{AsOf, Origin, Request};
+use crate::envelope::{AsOf, Origin, Request, Tier};
 use crate::error::{BedsError, ErrorCode};
 use crate::events::{Caller, Lineage};
 use crate::meta::{QueryMeta, TemplateMeta};
@@ -101,11 +101,10 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
                 .write(t, &key, op, lineage.as_ref(), call.owner.as_ref())
                 .await
         }
-        Command::Fetch(key) => ctx
-            .store
-            .fetch(t, &key)
-            .await?
-            .ok_or_else(|| not_found(t, &key)),
+        Command::Fetch(key) => match ctx.store.fetch(t, &key).await? {
+            Some(record) => Ok(record),
+            None => Err(missing(ctx, t, &key).await?),
+        },
         Command::FetchAsOf { key, as_of } => ctx
             .store
             .as_of(t, &journal_id(&key), as_of)
@@ -134,7 +133,7 @@ async fn template(ctx: &Ctx, call: Call<'_>) -> Result<Json, BedsError> {
             }
             let entries = ctx.store.history(t, &id, limit, after).await?;
             if entries.is_empty() && after.is_none() {
-                return Err(not_found(t, &key));
+                return Err(missing(ctx, t, &key).await?);
             }
             let next = match entries.last() {
                 Some(last) if entries.len() == limit as usize => Json::from(vec![last.seq]),
@@ -197,8 +196,9 @@ pub(crate) async fn query(
     }
 }
 
-/// A record id as the journal keys it (validation admits only id keys here).
-fn journal_id(key: &RecordKey) -> String {
+/// A record id as the journal and the tombstones key it (validation admits only id keys
+/// for the journal).
+pub(crate) fn journal_id(key: &RecordKey) -> String {
     match key.values.first() {
         Some(Value::Uuid(u)) => u.to_string(),
         Some(Value::Int(i)) => i.to_string(),
@@ -207,7 +207,37 @@ fn journal_id(key: &RecordKey) -> String {
     }
 }
 
-fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
+/// The answer to a key the serving database does not hold: `moved` when retention's
+/// tombstone says where the record went, else `not_found`. Only this miss path reads the
+/// tombstones, so a hit costs nothing more; only an id key can match one (tombstones are
+/// kept by id).
+async fn missing(ctx: &Ctx, t: &TemplateMeta, key: &RecordKey) -> Result<BedsError, BedsError> {
+    if key.slot != 0 {
+        return Ok(not_found(t, key));
+    }
+    Ok(match ctx.store.moved(t, &journal_id(key)).await? {
+        Some(tier) => moved(t, key, tier),
+        None => not_found(t, key),
+    })
+}
+
+/// `moved`: where the record is, and how to read it there.
+pub(crate) fn moved(t: &TemplateMeta, key: &RecordKey, tier: Tier) -> BedsError {
+    BedsError {
+        tier: Some(tier),
+        ..BedsError::new(
+            ErrorCode::Moved,
+            format!(
+                "the `{}` with {} moved to the {} tier; resend the request with \"tier\": \"warehouse\"",
+                t.name,
+                key.describe(t),
+                tier.as_str()
+            ),
+        )
+    }
+}
+
+pub(crate) fn not_found(t: &TemplateMeta, key: &RecordKey) -> BedsError {
     BedsError::new(
         ErrorCode::NotFound,
         format!("no `{}` with {}", t.name, key.describe(t)),

@@ -16,12 +16,12 @@
 pub(crate) mod accept;
 mod authorize;
 pub(crate) mod cache;
-mod command;
+pub(crate) mod command;
 mod deadline;
 pub mod dispatch;
 mod idempotency;
 pub mod lane;
-mod route;
+pub(crate) mod route;
 pub(crate) mod settle;
 mod validate;
 
@@ -37,7 +37,7 @@ use tracing::Instrument;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{LimitsConfig, LockingConfig, RetryConfig};
-use crate::envelope::{Op, Origin, Reply, Request};
+use crate::envelope::{Op, Origin, ReadTier, Reply, Request};
 use crate::error::{BedsError, ErrorCode};
 use crate::lineage::{Lineage, Parent, Record, RecordType};
 use crate::security::Security;
@@ -65,6 +65,9 @@ pub(crate) struct Ingress {
     pub signer: settle::Signer,
     pub security: Arc<Security>,
     pub metrics: Arc<Metrics>,
+    /// The routing key (queue tag included) of the warehouse reads a segundo node serves,
+    /// where a read sent with `"tier": "warehouse"` is forwarded.
+    pub warehouse_key: String,
 }
 
 /// Handles one delivery to the end: the chain, then settle, in a span naming the message
@@ -189,7 +192,10 @@ async fn process(
     ))
     .catch_unwind();
     match work.await {
-        Ok(reply) => Outcome::Reply { to, reply },
+        Ok(Answered::Reply(reply)) => Outcome::Reply { to, reply },
+        Ok(Answered::Forward) => Outcome::Forward {
+            routing_key: ingress.warehouse_key.clone(),
+        },
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -205,6 +211,15 @@ async fn process(
     }
 }
 
+/// What the chain made of a decodable delivery. Moved, never stored: boxing the reply
+/// would only add an allocation per reply (as [`Outcome`]).
+#[allow(clippy::large_enum_variant)]
+enum Answered {
+    Reply(Reply),
+    /// A read for the warehouse: a segundo node answers it (wiki/retention.md).
+    Forward,
+}
+
 /// Decodes the body and runs the chain; every failure becomes an error reply, one level
 /// below the request and naming this node. `series` becomes the request's target once the
 /// chain has resolved it; `trace` its lineage once decoded.
@@ -216,7 +231,7 @@ async fn answer(
     tracked: &Tracked,
     series: &mut Series,
     trace: &mut Trace,
-) -> Reply {
+) -> Answered {
     let reply = |correlation, id, depth: u32, result| {
         let mut reply = Reply::to(correlation, id, result);
         reply.depth = depth + 1;
@@ -233,7 +248,7 @@ async fn answer(
                 correlation,
                 depth: 0,
             });
-            return reply(correlation, causation, 0, Err(e));
+            return Answered::Reply(reply(correlation, causation, 0, Err(e)));
         }
     };
     trace.parent = Some(Parent {
@@ -241,6 +256,11 @@ async fn answer(
         correlation: req.conversation(),
         depth: req.depth,
     });
+    // The same request, to the same routing key, from a client in any language: the node
+    // hands it to segundo unread (segundo validates and authorizes it like this chain).
+    if lane == Lane::Read && req.tier == Some(ReadTier::Warehouse) {
+        return Answered::Forward;
+    }
     if ingress.lineage.sampled(req.conversation()) {
         trace.seen = Some(Seen {
             causation: req.causation_id,
@@ -259,7 +279,41 @@ async fn answer(
     if let Err(e) = &result {
         tracing::debug!(id = %req.id, code = ?e.code, message = %e.message, "request failed");
     }
-    reply(req.conversation(), req.id, req.depth, result)
+    Answered::Reply(reply(req.conversation(), req.id, req.depth, result))
+}
+
+/// A request the chain has identified, routed, authorized and validated.
+pub(crate) struct Prepared {
+    pub principal: crate::security::Principal,
+    pub target: Target,
+    /// An `owner` rule still to apply to the record.
+    pub owner: Option<crate::security::OwnerCheck>,
+    pub command: command::Command,
+}
+
+/// The steps every reader of a request runs before touching a database, in order (the
+/// appServer's chain and segundo's warehouse reads): identify the caller, check the
+/// deadline, route (then `routed` learns the target), keep the lane, authorize, validate.
+pub(crate) fn prepare(
+    ingress: &Ingress,
+    lane: Lane,
+    req: &Request,
+    user_id: Option<&str>,
+    routed: impl FnOnce(&Target),
+) -> Result<Prepared, BedsError> {
+    let principal = authorize::principal(&ingress.security, user_id, req)?;
+    deadline::check(req)?;
+    let target = route::resolve(ingress.catalog, req)?;
+    routed(&target);
+    lane::check(lane, target.op())?;
+    let owner = authorize::check(&ingress.security, ingress.catalog, &principal, &target, req)?;
+    let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
+    Ok(Prepared {
+        principal,
+        target,
+        owner,
+        command,
+    })
 }
 
 /// The chain of a decoded request, in order. The caller is identified first; the rule is
@@ -275,21 +329,22 @@ async fn run(
     tracked: &Tracked,
     series: &mut Series,
 ) -> Result<Json, BedsError> {
-    let principal = authorize::principal(&ingress.security, user_id, req)?;
-    deadline::check(req)?;
-    let target = route::resolve(ingress.catalog, req)?;
-    *series = match &target {
-        Target::Query(q) => Series::query(q),
-        Target::Template { meta, op, .. } => Series::template(meta, *op),
-    };
-    tracked.target(*series);
-    // The catalog's names, not the request's: a client cannot put text in every log line.
-    let span = tracing::Span::current();
-    span.record("template", series.template);
-    span.record("op", series.op);
-    lane::check(lane, target.op())?;
-    let owner = authorize::check(&ingress.security, ingress.catalog, &principal, &target, req)?;
-    let command = validate::command(&target, req, &ingress.patterns, &ingress.leases)?;
+    let Prepared {
+        principal,
+        target,
+        owner,
+        command,
+    } = prepare(ingress, lane, req, user_id, |target| {
+        *series = match target {
+            Target::Query(q) => Series::query(q),
+            Target::Template { meta, op, .. } => Series::template(meta, *op),
+        };
+        tracked.target(*series);
+        // The catalog's names, not the request's: a client cannot put text in every log line.
+        let span = tracing::Span::current();
+        span.record("template", series.template);
+        span.record("op", series.op);
+    })?;
     let idempotency = idempotency::key(&command, req, &principal);
     match target {
         Target::Query(q) => {
@@ -313,7 +368,8 @@ async fn run(
             let fetched = |result: &Result<Json, BedsError>| match (&owner, op) {
                 (Some(check), Op::Fetch) => match result {
                     Ok(record) => check.record(meta, op.as_str(), Some(record)),
-                    Err(e) if e.code == ErrorCode::NotFound => {
+                    // A moved record is not here to check either: refused alike.
+                    Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::Moved) => {
                         check.record(meta, op.as_str(), None)
                     }
                     Err(_) => Ok(()),

@@ -111,6 +111,9 @@ pub(crate) enum Outcome {
     Reply { to: ReplyTo, reply: Reply },
     /// The message cannot be answered (no `reply_to`, undecodable, handler panicked).
     Unanswerable(BedsError),
+    /// A read for another role's queue (`"tier": "warehouse"`): republished to
+    /// `routing_key` as it came, then acked; that role answers it.
+    Forward { routing_key: String },
 }
 
 impl Outcome {
@@ -119,6 +122,7 @@ impl Outcome {
         match self {
             Outcome::Reply { reply, .. } => reply.error.as_ref().map(|e| e.code),
             Outcome::Unanswerable(e) => Some(e.code),
+            Outcome::Forward { .. } => None,
         }
     }
 }
@@ -165,6 +169,9 @@ pub(crate) async fn settle(
             return unanswerable(channel, key, delivery, lane, metrics, error, trail).await;
         }
         Outcome::Reply { to, reply } => (to, reply),
+        Outcome::Forward { routing_key } => {
+            return forward(channel, key, delivery, &routing_key, trail).await;
+        }
     };
     if let (Disposition::Retry, Some(error)) = (
         disposition(lane, reply.error.as_ref()),
@@ -205,6 +212,40 @@ pub(crate) async fn settle(
             code,
         );
         ack(delivery).await;
+    }
+}
+
+/// Hands a delivery to another queue: the same body, `reply_to` and `correlation_id`, the
+/// caller in the signed `x-beds-user-id` header (as a retry carries it, since RabbitMQ
+/// refuses a `user_id` that is not the node's login), with its lineage headers; acked once
+/// the broker has it. A failed or unroutable publish leaves the delivery unacked, to be
+/// redelivered.
+async fn forward(
+    channel: &Channel,
+    key: &ServiceKey,
+    delivery: &Delivery,
+    routing_key: &str,
+    trail: &Trail<'_>,
+) {
+    let id = uuid::Uuid::now_v7();
+    let at = crate::value::now();
+    let started = std::time::Instant::now();
+    let props = republished(key, Purpose::Retry, delivery, &trail.headers(id));
+    match park(channel, EXCHANGE, routing_key, delivery, props).await {
+        Ok(()) => {
+            trail.record(
+                RecordType::Retry,
+                id,
+                routing_key.to_string(),
+                at,
+                started.elapsed(),
+                None,
+            );
+            ack(delivery).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, routing_key, "could not forward a read; leaving it unacked")
+        }
     }
 }
 

@@ -33,7 +33,14 @@ fn takes(target: &Target) -> &'static [&'static str] {
     match *target {
         Target::Template { op, .. } => match op {
             Op::Create => &["template", "data", "idempotency_key"],
-            Op::Fetch => &["template", "key", "consistency", "min_version", "as_of"],
+            Op::Fetch => &[
+                "template",
+                "key",
+                "consistency",
+                "min_version",
+                "as_of",
+                "tier",
+            ],
             Op::Update => &[
                 "template",
                 "key",
@@ -56,7 +63,7 @@ fn takes(target: &Target) -> &'static [&'static str] {
             Op::Query => unreachable!("the route step sends queries to `Target::Query`"),
         },
         Target::Query(q) if q.count => &["query", "params", "consistency"],
-        Target::Query(_) => &["query", "params", "limit", "cursor", "consistency"],
+        Target::Query(_) => &["query", "params", "limit", "cursor", "consistency", "tier"],
     }
 }
 
@@ -78,6 +85,7 @@ fn unused_fields(target: &Target, req: &Request) -> Result<(), BedsError> {
         ("query", req.query.is_some()),
         ("params", req.params.is_some()),
         ("cursor", req.cursor.is_some()),
+        ("tier", req.tier.is_some()),
     ];
     let takes = takes(target);
     let Some((field, _)) = sent

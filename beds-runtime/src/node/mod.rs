@@ -27,7 +27,7 @@ use crate::telemetry::queues::Queues;
 use crate::telemetry::status::{DomainVersion, Versions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
-use crate::transport::names::{dead_letter_queue, retry_queue};
+use crate::transport::names::{WAREHOUSE_READ_KEY, dead_letter_queue, retry_queue};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
@@ -168,6 +168,12 @@ fn watched_queues(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
             dead_letter_queue(EVENT_QUEUE_KEY),
         ]);
     }
+    if config.role == Role::Segundo {
+        names.extend([
+            WAREHOUSE_READ_KEY.to_string(),
+            dead_letter_queue(WAREHOUSE_READ_KEY),
+        ]);
+    }
     if config.role == Role::Admin {
         for key in admin::queues(catalog) {
             names.extend([key.to_string(), dead_letter_queue(key)]);
@@ -272,6 +278,11 @@ impl Server {
         if admin {
             keys.extend(admin::QUEUES);
         }
+        // Warehouse reads wait in their queue for a segundo node; an appServer forwards
+        // them there, so both declare it.
+        if matches!(config.role, Role::AppServer | Role::Segundo) {
+            keys.push(WAREHOUSE_READ_KEY);
+        }
         topology::declare(&channel, &config.amqp, &keys)
             .await
             .map_err(ServerError::Topology)?;
@@ -331,6 +342,7 @@ impl Server {
             signer: Signer::new(key.clone(), &config.amqp.url),
             security: Arc::new(crate::security::Security::from_config(config)?),
             metrics: metrics.clone(),
+            warehouse_key: config.amqp.queue(WAREHOUSE_READ_KEY),
         });
         let stop = CancellationToken::new();
         // Workers start once the node hears other nodes' invalidations, so nothing it

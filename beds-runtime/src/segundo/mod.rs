@@ -3,6 +3,8 @@
 //! each duty under the node's supervision; a duty is a module of its own here, started
 //! from [`start`].
 
+mod reads;
+
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -12,21 +14,18 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::lineage::Lineage;
+use crate::node::consumer::Consumer;
 use crate::node::worker::Counters;
+use crate::node::worker::supervise;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
+use crate::transport::names::WAREHOUSE_READ_KEY;
 use crate::transport::signing::ServiceKey;
 
 pub(crate) mod retention;
 
-/// What segundo's duties share with the node that runs them. `link`, `key` and
-/// `counters` serve the duties that consume queues (the warehouse reads, bulk migration),
-/// which arrive from their own branches; the retention mover needs none of them.
+/// What segundo's duties share with the node that runs them.
 #[derive(Clone)]
-#[expect(
-    dead_code,
-    reason = "link, key and counters are read by segundo's queue consumers, not yet merged"
-)]
 pub(crate) struct Parts {
     pub config: Arc<Config>,
     pub catalog: &'static Catalog,
@@ -65,4 +64,31 @@ pub(crate) async fn open_warehouse(
 /// Starts segundo's duties under supervision in `workers`.
 pub(crate) fn start(parts: Parts, workers: &mut JoinSet<()>) {
     workers.spawn(retention::run(parts.clone()));
+    {
+        let config = &parts.config;
+        let reads = Consumer {
+            queue: config.amqp.queue(WAREHOUSE_READ_KEY),
+            tag: format!("{}.mig.read.{}", config.node, std::process::id()),
+            prefetch: config.segundo.prefetch,
+            // Dead letters are confirmed before the poison delivery is acked.
+            confirms: true,
+            broker: "mig.read",
+            handler: Arc::new(reads::Reads {
+                parts: parts.clone(),
+            }),
+        };
+        let queries: Vec<&str> = parts
+            .catalog
+            .domains
+            .iter()
+            .flat_map(|d| d.queries.iter().filter(|q| q.warehouse).map(|q| q.name))
+            .collect();
+        tracing::info!(queue = %reads.queue, ?queries, "segundo serving warehouse reads");
+        workers.spawn(supervise(
+            reads,
+            parts.link.clone(),
+            parts.stop.clone(),
+            parts.counters.clone(),
+        ));
+    }
 }

@@ -14,10 +14,11 @@ use uuid::Uuid;
 
 use super::Parts;
 use crate::cache::Invalidation;
+use crate::envelope::Tier;
 use crate::error::BedsError;
 use crate::events::Lineage;
 use crate::meta::{RetentionEnd, RetentionMeta, TemplateMeta};
-use crate::store::{ColdFile, RetireError, Stored, Tier, template_name};
+use crate::store::{ColdFile, RetireError, Stored, template_name};
 use crate::value::{Timestamp, format_timestamp};
 
 /// The environment variable naming a failpoint (a test hook, wiki/testing.md): when the

@@ -9,31 +9,15 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::dialect::Ty;
+use super::moved::template_name;
 use super::outbox::Change;
 use super::sql::record_columns;
-use super::{Store, StoreError, Write, bind, record};
+use super::{Store, Write, bind, record};
+use crate::envelope::Tier;
 use crate::error::{BedsError, ErrorCode};
 use crate::events::{Lineage, WriteOp as EventOp};
 use crate::meta::{FieldMeta, TemplateMeta};
 use crate::value::{Timestamp, Value, format_timestamp};
-
-/// Where a moved record is now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// The warehouse database (COOL).
-    Warehouse,
-    /// A cold file (COLD).
-    Cold,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Warehouse => "warehouse",
-            Tier::Cold => "cold",
-        }
-    }
-}
 
 /// One record as stored: its template and its columns in API form (`id`, `version`, the
 /// declared fields), which is also its wire shape.
@@ -53,11 +37,6 @@ impl Stored {
     pub fn template_name(&self) -> String {
         template_name(self.template)
     }
-}
-
-/// `domain.template`.
-pub fn template_name(t: &TemplateMeta) -> String {
-    format!("{}.{}", t.domain, t.name)
 }
 
 fn record_key(record: &Json) -> String {
@@ -401,7 +380,7 @@ impl Store {
         sqlx::query(self.dialect.prepare(sql))
             .bind(template)
             .bind(key)
-            .bind(tier.name())
+            .bind(tier.as_str())
             .bind(now.to_string())
             .execute(&mut *conn)
             .await?;
@@ -429,35 +408,6 @@ impl Store {
         Ok(())
     }
 
-    /// Where the record `key` of `template` (`domain.template`) was moved, if it was.
-    #[expect(
-        dead_code,
-        reason = "read by segundo's warehouse reads (`moved` replies), merged from their own branch"
-    )]
-    pub async fn moved_tier(&self, template: &str, key: &str) -> Result<Option<Tier>, StoreError> {
-        let q = |c: &str| self.dialect.quote(c);
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} = ? AND {} = ?",
-            q("tier"),
-            q("beds_moved"),
-            q("template"),
-            q("record_key")
-        );
-        let tier: Option<String> = sqlx::query_scalar(self.dialect.prepare(sql))
-            .bind(template.to_string())
-            .bind(key.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::Moved)?;
-        Ok(tier.map(|t| {
-            if t == Tier::Cold.name() {
-                Tier::Cold
-            } else {
-                Tier::Warehouse
-            }
-        }))
-    }
-
     /// Sets the tombstones of `records` to `tier`, or removes them (`None`), in one
     /// transaction; repeating it changes nothing.
     pub async fn set_moved(
@@ -478,7 +428,7 @@ impl Store {
                         q("record_key")
                     );
                     sqlx::query(self.dialect.prepare(sql))
-                        .bind(tier.name())
+                        .bind(tier.as_str())
                         .bind(s.template_name())
                         .bind(s.key())
                         .execute(&mut *tx)

@@ -21,9 +21,9 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
     if super::journal::wanted(domains) {
         out.extend(super::journal::ddl(d));
     }
-    if retained(domains) {
-        out.extend(moved_table(d));
-    }
+    // Always: every fetch that misses reads it, whether or not this catalog retains
+    // anything (a record may have moved under an earlier declaration).
+    out.extend(moved_table(d));
     for domain in domains {
         for t in domain.in_reference_order() {
             out.extend(table_ddl(d, domain.templates, t, false));

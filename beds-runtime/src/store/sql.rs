@@ -1024,6 +1024,7 @@ mod tests {
             cache_ttl_ms: None,
             reads: &[],
             access: &[],
+            warehouse: false,
         }
     }
 

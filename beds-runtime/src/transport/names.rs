@@ -5,6 +5,9 @@
 pub const READ_KEY: &str = "rec.read";
 /// Routing key (before the queue tag) of writes.
 pub const WRITE_KEY: &str = "rec.write";
+/// The routing key (before the queue tag) of reads of moved records (`"tier":
+/// "warehouse"`), and the queue a segundo node serves them from.
+pub const WAREHOUSE_READ_KEY: &str = "mig.read";
 /// The routing key (before the queue tag) of administrative commands, and their queue.
 pub const ADMIN_KEY: &str = "adm";
 /// The adm request version this runtime reads and its client writes.
