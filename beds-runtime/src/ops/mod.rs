@@ -9,3 +9,4 @@ pub mod dead_letters;
 pub mod diag;
 pub(crate) mod json_schema;
 pub mod lineage;
+pub mod mig;

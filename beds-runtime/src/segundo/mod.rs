@@ -3,6 +3,8 @@
 //! each duty under the node's supervision; a duty is a module of its own here, started
 //! from [`start`].
 
+pub(crate) mod mig;
+
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -12,9 +14,11 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::lineage::Lineage;
-use crate::node::worker::Counters;
+use crate::node::consumer::Consumer;
+use crate::node::worker::{Counters, supervise};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
+use crate::transport::names::MIG_BULK_KEY;
 use crate::transport::signing::ServiceKey;
 
 /// What segundo's duties share with the node that runs them.
@@ -51,5 +55,25 @@ pub(crate) async fn open_warehouse(
 
 /// Starts segundo's duties under supervision in `workers`.
 pub(crate) fn start(parts: Parts, workers: &mut JoinSet<()>) {
-    let _ = (parts, workers);
+    {
+        let config = &parts.config;
+        let bulk = Consumer {
+            queue: config.amqp.queue(MIG_BULK_KEY),
+            tag: format!("{}.mig.bulk.{}", config.node, std::process::id()),
+            prefetch: config.segundo.prefetch,
+            // Dead letters are confirmed before the poison delivery is acked.
+            confirms: true,
+            broker: "mig.bulk",
+            handler: Arc::new(mig::Bulk {
+                parts: parts.clone(),
+            }),
+        };
+        tracing::info!(queue = %bulk.queue, "segundo answering bulk import and export");
+        workers.spawn(supervise(
+            bulk,
+            parts.link.clone(),
+            parts.stop.clone(),
+            parts.counters.clone(),
+        ));
+    }
 }
