@@ -20,6 +20,7 @@ mod journal;
 mod json_schema;
 mod lineage;
 mod locking;
+mod mig;
 mod operator_page;
 mod poison;
 mod queries;

@@ -242,6 +242,10 @@ async fn import(
         let chunk: Vec<&str> = lines[(first - 1) as usize..end as usize].to_vec();
         (first, chunk)
     });
+    // `buffered`, not `buffer_unordered`: a batch waiting for its reply holds its place, so
+    // no batch starts more than `in_flight` batches after the oldest unanswered one, and
+    // of two lines with the same unique key the earlier is kept unless they are that
+    // close (wiki/migration.md).
     let template_name = template.to_string();
     let mut sent = futures_util::stream::iter(batches)
         .map(|(first, chunk)| {
@@ -255,7 +259,7 @@ async fn import(
                 send(client, first, body).await.map(|reply| (n, reply))
             }
         })
-        .buffer_unordered(in_flight);
+        .buffered(in_flight);
     while let Some(done) = sent.next().await {
         let (n, _) = done?;
         progress.advance(n);

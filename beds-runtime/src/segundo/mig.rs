@@ -93,6 +93,7 @@ impl Handler for Bulk {
 
     async fn handle(self: Arc<Self>, channel: Channel, delivery: Delivery) {
         let signer = &self.parts.ingress.signer;
+        tracing::debug!(bytes = delivery.data.len(), "mig request");
         let accepted = match accept::delivery(&delivery, &signer.key) {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -136,6 +137,7 @@ impl Handler for Bulk {
             tracing::info!(code = ?e.code, reason = %e.message, "mig request refused");
         }
         let reply = Reply::to(correlation, causation, result);
+        tracing::debug!(status = ?reply.status, "mig answer");
         if answer(&channel, signer, false, accepted.reply, &reply).await {
             ack(&delivery).await;
         }
