@@ -16,7 +16,8 @@ use crate::vhost::Vhost;
 
 const LINES: usize = 100_000;
 
-/// `beds ARGS` against the test's broker, queue tag and database.
+/// `beds ARGS` against the test's broker, queue tag and database; `BEDS_TEST_MIG_LOG` sets
+/// the spawned processes' log filter (`error` by default).
 fn beds(env: &TestEnv, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_beds"));
     cmd.args(args)
@@ -32,7 +33,7 @@ fn beds(env: &TestEnv, args: &[&str]) -> Command {
         )
         .env(
             "BEDS_LOG__FILTER",
-            std::env::var("MIG_LOG").unwrap_or("error".into()),
+            std::env::var("BEDS_TEST_MIG_LOG").unwrap_or("error".into()),
         );
     if let Some(url) = &env.config.database.url {
         let driver = serde_json::to_value(env.config.database.driver).unwrap();

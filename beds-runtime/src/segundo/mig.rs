@@ -137,7 +137,6 @@ impl Handler for Bulk {
             tracing::info!(code = ?e.code, reason = %e.message, "mig request refused");
         }
         let reply = Reply::to(correlation, causation, result);
-        tracing::debug!(status = ?reply.status, "mig answer");
         if answer(&channel, signer, false, accepted.reply, &reply).await {
             ack(&delivery).await;
         }

@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::Store;
-use super::dialect::Dialect;
+use super::dialect::{Dialect, Failure};
 use super::outbox::Change;
 use super::sql::named;
 use crate::error::{BedsError, ErrorClass, ErrorCode};
@@ -123,26 +123,32 @@ pub struct Reject {
     pub message: String,
 }
 
-fn db(e: sqlx::Error) -> BedsError {
-    match &e {
-        sqlx::Error::Database(_) | sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } => {
-            tracing::error!(error = %e, "bulk job tables");
-            BedsError::new(
-                ErrorCode::Internal,
-                format!(
-                    "the bulk job tables could not be used ({e}); create them with the schema \
-                     (`beds schema`, or database.apply_schema)"
-                ),
-            )
-        }
-        _ => BedsError::new(
-            ErrorCode::DatabaseUnavailable,
-            format!("the database is unavailable: {e}"),
-        ),
-    }
-}
-
 impl Store {
+    /// A failure of the bulk statements: transient ones are retried by the importer.
+    fn bulk_error(&self, e: sqlx::Error) -> BedsError {
+        let transient = match &e {
+            sqlx::Error::Database(d) => {
+                matches!(self.dialect.classify(d.as_ref()), Failure::Transient)
+            }
+            sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } => false,
+            _ => true,
+        };
+        if transient {
+            return BedsError::new(
+                ErrorCode::DatabaseUnavailable,
+                format!("the database is unavailable: {e}"),
+            );
+        }
+        tracing::error!(error = %e, "bulk job tables");
+        BedsError::new(
+            ErrorCode::Internal,
+            format!(
+                "the bulk job tables could not be used ({e}); create them with the schema \
+                 (`beds schema`, or database.apply_schema)"
+            ),
+        )
+    }
+
     fn bulk_sql(&self, text: &str) -> sqlx::SqlStr {
         let d = self.dialect;
         d.prepare(named(
@@ -185,7 +191,7 @@ impl Store {
             .bind(job)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.bulk_error(e))?;
         row.map(|r| {
             Ok(Job {
                 job: r.try_get(0)?,
@@ -199,12 +205,12 @@ impl Store {
             })
         })
         .transpose()
-        .map_err(db)
+        .map_err(|e| self.bulk_error(e))
     }
 
     /// The job `job`, if it exists.
     pub async fn bulk_job(&self, job: &str) -> Result<Option<Job>, BedsError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.bulk_error(e))?;
         self.job_row(&mut conn, job, false).await
     }
 
@@ -216,7 +222,7 @@ impl Store {
         template: &str,
         batch: i64,
     ) -> Result<Job, BedsError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.bulk_error(e))?;
         if let Some(found) = self.job_row(&mut conn, job, false).await? {
             return same_job(found, template, None);
         }
@@ -262,7 +268,7 @@ impl Store {
             .pool
             .begin_with(self.dialect.begin())
             .await
-            .map_err(db)?;
+            .map_err(|e| self.bulk_error(e))?;
         // Locked: batches of one job are applied one at a time.
         let found = self.job_row(&mut tx, job, true).await?.ok_or_else(|| {
             BedsError::new(
@@ -294,6 +300,8 @@ impl Store {
                             before: None,
                             after: Some(after),
                         }),
+                        // Not the line's fault: the batch fails whole, and is sent again.
+                        Err(e) if e.class == ErrorClass::Transient => return Err(e),
                         Err(e) => rejects.push((at, e)),
                     }
                 }
@@ -318,7 +326,7 @@ impl Store {
                 .bind(&e.message)
                 .execute(&mut *tx)
                 .await
-                .map_err(db)?;
+                .map_err(|e| self.bulk_error(e))?;
         }
         sqlx::query(self.bulk_sql(
             "INSERT INTO {batches} ({job}, {first}, {lines}, {accepted}, {rejected}) \
@@ -331,7 +339,7 @@ impl Store {
         .bind(rejected)
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(|e| self.bulk_error(e))?;
         // The mark advances over every batch applied contiguously from it (batches may
         // commit out of order).
         let mut through = found.committed_through;
@@ -342,9 +350,9 @@ impl Store {
                 .bind(through)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(db)?;
+                .map_err(|e| self.bulk_error(e))?;
             match row {
-                Some(r) => through += r.try_get::<i64, _>(0).map_err(db)?,
+                Some(r) => through += r.try_get::<i64, _>(0).map_err(|e| self.bulk_error(e))?,
                 None => break,
             }
         }
@@ -360,8 +368,8 @@ impl Store {
         .bind(job)
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        .map_err(|e| self.bulk_error(e))?;
+        tx.commit().await.map_err(|e| self.bulk_error(e))?;
         Ok(Applied {
             accepted,
             rejected,
@@ -389,14 +397,13 @@ impl Store {
         .bind(first)
         .fetch_optional(&mut *conn)
         .await
-        .map_err(db)?;
+        .map_err(|e| self.bulk_error(e))?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .transpose()
-            .map_err(db)
+            .map_err(|e| self.bulk_error(e))
     }
 
     /// Inserts one record under a savepoint: refused by the database, only it is undone.
-    /// A database that is unavailable fails the whole batch instead (it is retried).
     async fn import_one(
         &self,
         conn: &mut AnyConnection,
@@ -408,7 +415,7 @@ impl Store {
         savepoint("SAVEPOINT beds_mig_line")
             .execute(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.bulk_error(e))?;
         let id = match t.id {
             IdKind::Uuid7 => Some(imported.id.unwrap_or_else(Uuid::now_v7)),
             IdKind::Sequence => None,
@@ -427,22 +434,14 @@ impl Store {
                 savepoint("RELEASE SAVEPOINT beds_mig_line")
                     .execute(&mut *conn)
                     .await
-                    .map_err(db)?;
+                    .map_err(|e| self.bulk_error(e))?;
                 Ok(record)
             }
             Err(e) => {
                 savepoint("ROLLBACK TO SAVEPOINT beds_mig_line")
                     .execute(&mut *conn)
                     .await
-                    .map_err(db)?;
-                if matches!(e.class, ErrorClass::Transient | ErrorClass::Internal) {
-                    // Not the line's fault: the batch fails and is retried whole.
-                    return Err(BedsError {
-                        code: ErrorCode::DatabaseUnavailable,
-                        class: ErrorClass::Transient,
-                        ..e
-                    });
-                }
+                    .map_err(|e| self.bulk_error(e))?;
                 Err(e)
             }
         }
@@ -464,7 +463,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
+        .map_err(|e| self.bulk_error(e))?;
         rows.iter()
             .map(|r| {
                 Ok(Reject {
@@ -474,7 +473,7 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(db)
+            .map_err(|e| self.bulk_error(e))
     }
 }
 
