@@ -27,7 +27,7 @@ use crate::telemetry::queues::Queues;
 use crate::telemetry::status::{DomainVersion, Versions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
-use crate::transport::names::{dead_letter_queue, retry_queue};
+use crate::transport::names::{MIG_BULK_KEY, dead_letter_queue, retry_queue};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
@@ -167,6 +167,9 @@ fn watched_queues(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
             EVENT_QUEUE_KEY.to_string(),
             dead_letter_queue(EVENT_QUEUE_KEY),
         ]);
+    }
+    if config.role == Role::Segundo {
+        names.extend([MIG_BULK_KEY.to_string(), dead_letter_queue(MIG_BULK_KEY)]);
     }
     if config.role == Role::Admin {
         for key in admin::queues(catalog) {
