@@ -6,7 +6,7 @@
 #
 # PROFILE: appServer | admin | segundo | tercero  (a node of that role)
 #          operator                               (`beds dlq`, `beds audit`, adm commands,
-#                                                  topology clean-up)
+#                                                  `beds mig`, topology clean-up)
 #          client                                 (calls nodes: requests and its replies)
 # The password is read from PASSWORD_FILE (never from the command line or environment).
 # RABBITMQCTL overrides the command (e.g. "rabbitmqctl -n rabbit@host").
@@ -46,7 +46,8 @@ case "$profile" in
     # Its work queues, their retry lanes and dead-letter queues, the event queue, the
     # admin's command, audit, lineage and status queues (an appServer declares the audit
     # queue too, so no event of an audited template is published before it exists), its
-    # control queue ({tag}ctl.<node>), the invalidation queues, and the two exchanges;
+    # control queue ({tag}ctl.<node>), segundo's {tag}mig.* queues (bulk import and export,
+    # warehouse reads), the invalidation queues, and the two exchanges;
     # replies go out through the default exchange (`amq.default`) to `beds.reply.*` or
     # `amq.rabbitmq.reply-to`. `mig.*`: segundo's queues (an appServer declares
     # {tag}mig.read and forwards warehouse reads there).
@@ -55,19 +56,20 @@ case "$profile" in
     write="^(beds\\.events|beds\\.dlx|amq\\.default|${ours})\$"
     read="^(beds\\.events|beds\\.dlx|${ours})\$"
     # On the topic exchanges, this tag only: events, invalidations, dead letters, heartbeats
-    # and lineage (log.*), lane commands (ctl.*).
+    # and lineage (log.*), lane commands (ctl.*), dead letters of the mig.* queues.
     topic_write="^${t}((rec|evt|inv|log|ctl|mig)\\.|(adm|audit)\$)"
     topic_read="^${t}"
     ;;
   operator)
     # `beds dlq` reads the dead-letter queues and republishes to the work queues through
     # the default exchange; topology clean-up deletes this tag's queues. `beds audit` and
-    # other adm commands go to beds.events with key {tag}adm, replies to its own queue.
+    # other adm commands go to beds.events with key {tag}adm, `beds mig` to segundo with key
+    # {tag}mig.bulk; replies to its own queue.
     ours="${t}(rec|evt|mig)\\..*|${t}(adm|audit)(\\.dlq)?"
     configure="^(beds\\.reply\\..*|${ours})\$"
     write="^(amq\\.default|beds\\.events|${ours})\$"
     read="^(beds\\.reply\\..*|${ours})\$"
-    topic_write="^${t}adm\$"
+    topic_write="^${t}(adm|mig\\.bulk)\$"
     topic_read='^$'
     ;;
   client)

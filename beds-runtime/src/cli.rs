@@ -75,6 +75,11 @@ enum Command {
     Call(CallArgs),
     /// Print a record's audit trail, newest first, from the admin node (`beds audit --help`).
     Audit(AuditArgs),
+    /// Bulk export and import of a template as NDJSON through segundo (`beds mig --help`).
+    Mig {
+        #[command(subcommand)]
+        action: crate::ops::mig::MigAction,
+    },
     /// Inspect, replay or purge the dead-letter queues of the configured queue tag.
     Dlq {
         #[command(subcommand)]
@@ -257,6 +262,8 @@ enum CliError {
     Lineage(#[from] crate::ops::lineage::LineageError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Mig(#[from] crate::ops::mig::MigError),
     /// Boxed: migration errors carry statements and paths.
     #[error(transparent)]
     Schema(Box<crate::ops::schema::SchemaError>),
@@ -279,6 +286,7 @@ impl CliError {
         match self {
             CliError::Call(e) => e.exit_code(),
             CliError::Diag(e) => e.exit_code(),
+            CliError::Mig(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -413,6 +421,14 @@ fn run(cli: Cli, catalog: &'static Catalog) -> Result<(), CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             Ok(rt.block_on(crate::ops::audit::run(&config, catalog, args))?)
+        }
+        Command::Mig { action } => {
+            crate::telemetry::init(&config.log.filter);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(rt.block_on(crate::ops::mig::run(&config, action))?)
         }
         Command::Diag { json } => {
             let rt = tokio::runtime::Builder::new_current_thread()

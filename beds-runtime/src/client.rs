@@ -179,6 +179,7 @@ pub struct Client {
     write_key: String,
     admin_key: String,
     warehouse_key: String,
+    mig_key: String,
 }
 
 /// Where a message goes: a routing key, and whether its publish is confirmed (and
@@ -267,6 +268,7 @@ impl Client {
             write_key: format!("{}{}", options.queue_tag, Lane::Write.key()),
             admin_key: format!("{}{}", options.queue_tag, ADMIN_KEY),
             warehouse_key: format!("{}{}", options.queue_tag, WAREHOUSE_READ_KEY),
+            mig_key: format!("{}{}", options.queue_tag, names::MIG_BULK_KEY),
             reply_queue,
             pending,
             options,
@@ -400,6 +402,25 @@ impl Client {
         Ok(serde_json::from_slice(&reply)?)
     }
 
+    /// Sends a bulk request (`{"v":1,"op":op, ...fields}`) to segundo on the `mig.bulk`
+    /// route (wiki/migration.md) and returns the whole reply envelope.
+    pub async fn mig_exchange(
+        &self,
+        op: &str,
+        fields: Map<String, Json>,
+    ) -> Result<Reply, ClientError> {
+        let id = Uuid::now_v7();
+        let mut body = fields;
+        body.insert("v".into(), Json::from(names::MIG_VERSION));
+        body.insert("op".into(), Json::from(op));
+        body.insert("id".into(), Json::from(id.to_string()));
+        let body = serde_json::to_vec(&body)?;
+        let reply = self
+            .round_trip(Route::Confirmed(&self.mig_key), id, &body)
+            .await?;
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
     /// Publishes `body` (the message `message_id`) on `route` and waits for the reply's
     /// bytes, all within the client's timeout.
     async fn round_trip(
@@ -506,7 +527,7 @@ impl Client {
                         routing_key: key.to_string(),
                         serves: if key == self.admin_key {
                             "an admin node (role admin)"
-                        } else if key == self.warehouse_key {
+                        } else if key == self.warehouse_key || key == self.mig_key {
                             "a segundo node (role segundo)"
                         } else {
                             "an appServer"

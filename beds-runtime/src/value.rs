@@ -251,6 +251,96 @@ pub fn create_values(
     }
 }
 
+/// A record of a bulk import (wiki/migration.md), validated like a `create`: `id` and
+/// `version` are kept when the line carries them, and so are the values of server-set
+/// fields (`set:`), so an imported record reads back as it was exported.
+#[derive(Debug)]
+pub struct Imported {
+    /// `None`: a new id (uuid7 templates) or the database's (sequence templates).
+    pub id: Option<Uuid>,
+    pub version: i64,
+    pub values: Vec<Value>,
+}
+
+/// Validates one imported record: every problem of the line at once.
+pub fn import_values(
+    meta: &TemplateMeta,
+    record: &Map<String, Json>,
+    patterns: &Patterns,
+) -> Result<Imported, BedsError> {
+    let mut rest = record.clone();
+    let mut details = Vec::new();
+    let id = match (rest.remove("id"), meta.id) {
+        (None | Some(Json::Null), _) => None,
+        (Some(j), IdKind::Uuid7) => match id_value(IdKind::Uuid7, &j) {
+            Ok(Value::Uuid(u)) => Some(u),
+            Ok(_) => None,
+            Err(m) => {
+                details.push(detail("data", "id", DetailCode::WrongType, m));
+                None
+            }
+        },
+        (Some(_), IdKind::Sequence) => {
+            details.push(detail(
+                "data",
+                "id",
+                DetailCode::Unknown,
+                "ids of this template are assigned by the database (id: sequence); import the \
+                 line without `id`"
+                    .into(),
+            ));
+            None
+        }
+    };
+    let version = match rest.remove("version") {
+        None | Some(Json::Null) => 1,
+        Some(j) => match j.as_i64().filter(|v| *v >= 1) {
+            Some(v) => v,
+            None => {
+                details.push(detail(
+                    "data",
+                    "version",
+                    DetailCode::WrongType,
+                    format!("must be a positive integer, found {}", echo::json(&j)),
+                ));
+                1
+            }
+        },
+    };
+    let mut kept = Vec::new();
+    for (i, f) in meta.fields.iter().enumerate() {
+        if f.set.is_none() {
+            continue;
+        }
+        if let Some(j) = rest.remove(f.name) {
+            match field_value(f, &j, patterns, "data", f.name) {
+                Ok(v) => kept.push((i, v)),
+                Err(d) => details.push(d),
+            }
+        }
+    }
+    let values = match create_values(meta, &rest, patterns) {
+        Ok(mut values) => {
+            for (i, v) in kept {
+                values[i] = v;
+            }
+            Some(values)
+        }
+        Err(e) => {
+            details.extend(e.details);
+            None
+        }
+    };
+    match values {
+        Some(values) if details.is_empty() => Ok(Imported {
+            id,
+            version,
+            values,
+        }),
+        _ => Err(BedsError::invalid(details)),
+    }
+}
+
 /// Validates an update request's `data`: the fields to change, with `on_update`
 /// timestamps added.
 pub fn patch_values(

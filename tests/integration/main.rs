@@ -21,6 +21,7 @@ mod journal;
 mod json_schema;
 mod lineage;
 mod locking;
+mod mig;
 mod migrations;
 mod operator_page;
 mod poison;

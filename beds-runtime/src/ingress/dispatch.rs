@@ -29,6 +29,11 @@ impl Ctx {
         Ctx { store, events }
     }
 
+    /// This node as the origin of its writes' events; `None` when events are off.
+    pub(crate) fn events(&self) -> Option<&Origin> {
+        self.events.as_ref()
+    }
+
     /// The lineage a request's events carry: its conversation, caused by it, one deeper.
     fn lineage(&self, request: &Request, caller: Option<Caller>) -> Option<Lineage> {
         self.events.as_ref().map(|origin| Lineage {

@@ -27,7 +27,7 @@ use crate::telemetry::queues::Queues;
 use crate::telemetry::status::{DomainVersion, Versions};
 use crate::tercero::{EVENT_BINDING, EVENT_QUEUE_KEY};
 use crate::transport::link::Link;
-use crate::transport::names::{WAREHOUSE_READ_KEY, dead_letter_queue, retry_queue};
+use crate::transport::names::{MIG_BULK_KEY, WAREHOUSE_READ_KEY, dead_letter_queue, retry_queue};
 use crate::transport::publish::CONFIRM_TIMEOUT;
 use crate::transport::signing::{KeyError, ServiceKey};
 use crate::transport::{ConnectError, topology};
@@ -169,10 +169,9 @@ fn watched_queues(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
         ]);
     }
     if config.role == Role::Segundo {
-        names.extend([
-            WAREHOUSE_READ_KEY.to_string(),
-            dead_letter_queue(WAREHOUSE_READ_KEY),
-        ]);
+        for key in [WAREHOUSE_READ_KEY, MIG_BULK_KEY] {
+            names.extend([key.to_string(), dead_letter_queue(key)]);
+        }
     }
     if config.role == Role::Admin {
         for key in admin::queues(catalog) {

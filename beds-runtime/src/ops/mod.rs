@@ -10,4 +10,5 @@ pub mod dead_letters;
 pub mod diag;
 pub(crate) mod json_schema;
 pub mod lineage;
+pub mod mig;
 pub mod schema;

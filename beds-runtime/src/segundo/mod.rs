@@ -3,7 +3,9 @@
 //! each duty under the node's supervision; a duty is a module of its own here, started
 //! from [`start`].
 
+pub(crate) mod mig;
 mod reads;
+pub(crate) mod retention;
 
 use std::sync::Arc;
 
@@ -14,15 +16,12 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::lineage::Lineage;
-use crate::node::consumer::Consumer;
-use crate::node::worker::Counters;
-use crate::node::worker::supervise;
+use crate::node::consumer::{Consumer, Handler};
+use crate::node::worker::{Counters, supervise};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::link::Link;
-use crate::transport::names::WAREHOUSE_READ_KEY;
+use crate::transport::names::{MIG_BULK_KEY, WAREHOUSE_READ_KEY};
 use crate::transport::signing::ServiceKey;
-
-pub(crate) mod retention;
 
 /// What segundo's duties share with the node that runs them.
 #[derive(Clone)]
@@ -61,34 +60,46 @@ pub(crate) async fn open_warehouse(
     Ok(store)
 }
 
-/// Starts segundo's duties under supervision in `workers`.
+/// Starts segundo's duties under supervision in `workers`: the retention mover, and the
+/// consumers of warehouse reads (`{tag}mig.read`) and bulk import and export
+/// (`{tag}mig.bulk`).
 pub(crate) fn start(parts: Parts, workers: &mut JoinSet<()>) {
     workers.spawn(retention::run(parts.clone()));
-    {
-        let config = &parts.config;
-        let reads = Consumer {
-            queue: config.amqp.queue(WAREHOUSE_READ_KEY),
-            tag: format!("{}.mig.read.{}", config.node, std::process::id()),
-            prefetch: config.segundo.prefetch,
-            // Dead letters are confirmed before the poison delivery is acked.
-            confirms: true,
-            broker: "mig.read",
-            handler: Arc::new(reads::Reads {
-                parts: parts.clone(),
-            }),
-        };
-        let queries: Vec<&str> = parts
-            .catalog
-            .domains
-            .iter()
-            .flat_map(|d| d.queries.iter().filter(|q| q.warehouse).map(|q| q.name))
-            .collect();
-        tracing::info!(queue = %reads.queue, ?queries, "segundo serving warehouse reads");
-        workers.spawn(supervise(
-            reads,
-            parts.link.clone(),
-            parts.stop.clone(),
-            parts.counters.clone(),
-        ));
-    }
+    let queries: Vec<&str> = parts
+        .catalog
+        .domains
+        .iter()
+        .flat_map(|d| d.queries.iter().filter(|q| q.warehouse).map(|q| q.name))
+        .collect();
+    tracing::info!(?queries, "segundo serving warehouse reads");
+    let reads = reads::Reads {
+        parts: parts.clone(),
+    };
+    consume(&parts, workers, WAREHOUSE_READ_KEY, reads);
+    tracing::info!("segundo answering bulk import and export");
+    let bulk = mig::Bulk {
+        parts: parts.clone(),
+    };
+    consume(&parts, workers, MIG_BULK_KEY, bulk);
+}
+
+/// Supervises a consumer of the queue of `key` whose deliveries `handler` settles.
+fn consume<H: Handler>(parts: &Parts, workers: &mut JoinSet<()>, key: &'static str, handler: H) {
+    let config = &parts.config;
+    let consumer = Consumer {
+        queue: config.amqp.queue(key),
+        tag: format!("{}.{key}.{}", config.node, std::process::id()),
+        prefetch: config.segundo.prefetch,
+        // Dead letters are confirmed before the poison delivery is acked.
+        confirms: true,
+        broker: key,
+        handler: Arc::new(handler),
+    };
+    tracing::info!(queue = %consumer.queue, "segundo consuming");
+    workers.spawn(supervise(
+        consumer,
+        parts.link.clone(),
+        parts.stop.clone(),
+        parts.counters.clone(),
+    ));
 }

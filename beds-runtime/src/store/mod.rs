@@ -8,6 +8,7 @@
 //! in the configured dialect at start-up, values are bound in the few types every driver
 //! shares, and rows come back in one decodable form (see [`Dialect::select`]).
 
+pub mod bulk;
 mod counters;
 mod dialect;
 mod journal;
@@ -265,7 +266,7 @@ impl Store {
         let mut changes = Vec::new();
         let reply = match op {
             WriteOp::Insert { id, values, tokens } => {
-                let reply = self.insert(&mut tx, t, id, values).await?;
+                let reply = self.insert(&mut tx, t, id, 1, values).await?;
                 self.set_tokens(&mut tx, t, &reply, tokens, false).await?;
                 changes.push(Change {
                     template: t,
@@ -425,6 +426,7 @@ impl Store {
         conn: &mut AnyConnection,
         t: &TemplateMeta,
         id: Option<Uuid>,
+        version: i64,
         values: Vec<Value>,
     ) -> Result<Json, BedsError> {
         let mut q = sqlx::query(self.sql(t).insert.clone());
@@ -432,7 +434,7 @@ impl Store {
         if let Some(id) = id {
             q = q.bind(id.to_string());
         }
-        q = q.bind(1_i64);
+        q = q.bind(version);
         for (v, f) in values.into_iter().zip(t.fields) {
             q = self.bind(q, v, Ty::of_field(f));
         }

@@ -18,6 +18,7 @@ pub(super) fn ddl(d: &dyn Dialect, domains: &[&'static DomainMeta]) -> Vec<Strin
     }
     out.extend(tercero_tables(d));
     out.extend(outbox_tables(d));
+    out.extend(super::bulk::ddl(d));
     if super::journal::wanted(domains) {
         out.extend(super::journal::ddl(d));
     }

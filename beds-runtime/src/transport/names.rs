@@ -13,6 +13,12 @@ pub const ADMIN_KEY: &str = "adm";
 /// The adm request version this runtime reads and its client writes.
 pub const ADMIN_VERSION: u32 = 1;
 
+/// The routing key (before the queue tag) of bulk import and export, served by segundo
+/// (wiki/migration.md), and its queue.
+pub const MIG_BULK_KEY: &str = "mig.bulk";
+/// The `mig.bulk` request version this runtime reads and its client writes.
+pub const MIG_VERSION: u32 = 1;
+
 /// The exchange rejected messages are dead-lettered to.
 pub use crate::config::DEAD_LETTER_EXCHANGE;
 /// The exchange every application message is published to.
