@@ -384,7 +384,7 @@ async fn golden_wire_files_replay_against_a_node() {
         .collect();
     let mut replay = Replay::new(&texts);
 
-    let mut env = TestEnv::matrix("wire").with_warehouse();
+    let env = TestEnv::matrix("wire").with_warehouse();
     // SPEW's maintained counts are kept by a tercero beside the node; every case is sent
     // once the writes before it are counted, so replies with counts are deterministic.
     let server = env.start_counting_with(&SPEW_ONLY).await;

@@ -48,7 +48,8 @@ pub(crate) async fn open_warehouse(
     catalog: &'static Catalog,
 ) -> Result<Store, StoreError> {
     let warehouse = &config.segundo.warehouse;
-    let store = Store::open(&StoreOptions::from_config(warehouse), catalog.domains).await?;
+    let store =
+        Store::open_warehouse(&StoreOptions::from_config(warehouse), catalog.domains).await?;
     crate::store::migrate::prepare(
         &store,
         &crate::catalog::warehouse_schema(warehouse.driver, catalog),

@@ -166,6 +166,23 @@ impl Store {
         options: &StoreOptions,
         domains: &[&'static DomainMeta],
     ) -> Result<Store, StoreError> {
+        Store::open_with(options, domains, true).await
+    }
+
+    /// [`Store::open`] for segundo's warehouse: its queries count rows for maintained
+    /// counts too, since no tercero keeps counters there.
+    pub async fn open_warehouse(
+        options: &StoreOptions,
+        domains: &[&'static DomainMeta],
+    ) -> Result<Store, StoreError> {
+        Store::open_with(options, domains, false).await
+    }
+
+    async fn open_with(
+        options: &StoreOptions,
+        domains: &[&'static DomainMeta],
+        maintained_counts: bool,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let d = dialect(options.driver);
         d.before_open(options)?;
@@ -196,9 +213,12 @@ impl Store {
         let queries = domains
             .iter()
             .flat_map(|dm| {
-                dm.queries
-                    .iter()
-                    .map(move |q| ((dm.name, q.name), sql::query_sql(d, dm, q)))
+                dm.queries.iter().map(move |q| {
+                    (
+                        (dm.name, q.name),
+                        sql::query_sql(d, dm, q, maintained_counts),
+                    )
+                })
             })
             .collect();
         Ok(Store {

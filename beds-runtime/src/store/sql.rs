@@ -456,6 +456,8 @@ struct Builder<'a> {
     args: Vec<Arg>,
     /// Aliases of sub-selects.
     subs: usize,
+    /// Whether maintained counts read their counters (see [`query_sql`]).
+    maintained: bool,
 }
 
 /// Where a path ends: a column expression and its type, or a token set of the record
@@ -560,7 +562,7 @@ impl<'a> Builder<'a> {
     /// `(SELECT COUNT(*) ...)` of the records `count` counts for the record `owner`, its
     /// filter's literals bound in place.
     fn count(&mut self, count: &CountMeta, owner: &str) -> String {
-        if count.maintained {
+        if count.maintained && self.maintained {
             let q = |s: &str| self.d.quote(s);
             // The counter's name is built from declared snake_case names, never from a
             // request, so it is written in place.
@@ -708,11 +710,21 @@ fn folded_test(d: &dyn Dialect, col: &str, ty: Ty, op: CondOp) -> (String, usize
 /// The one statement of a named query: parameters as they appear in the conditions (an
 /// absent optional one disables its condition), then the cursor's sort keys (all NULL
 /// on the first page), then the limit.
-pub(super) fn query_sql(d: &dyn Dialect, domain: &DomainMeta, q: &QueryMeta) -> QuerySql {
+///
+/// `maintained`: whether maintained counts read their counters (the serving database) or
+/// count rows like any other count (the warehouse, where no tercero keeps counters and a
+/// moved record's cascaded children moved with it).
+pub(super) fn query_sql(
+    d: &dyn Dialect,
+    domain: &DomainMeta,
+    q: &QueryMeta,
+    maintained: bool,
+) -> QuerySql {
     let mut b = Builder {
         d,
         domain,
         q,
+        maintained,
         from_sql: format!("{} t0", d.quote(q.from.table)),
         joins: Vec::new(),
         args: Vec::new(),
