@@ -10,6 +10,7 @@ use crate::config::LimitsConfig;
 use crate::echo::clip;
 use crate::error::{BedsError, DetailCode, ErrorCode, ErrorDetail};
 use crate::suggest::did_you_mean;
+pub use crate::tier::Tier;
 
 /// The envelope version this runtime speaks.
 pub const VERSION: u32 = 1;
@@ -117,32 +118,6 @@ pub enum ReadTier {
     #[default]
     Hot,
     Warehouse,
-}
-
-/// Where a moved record is kept: `warehouse` (COOL, the warehouse database) or `cold`
-/// (compressed files). Named by a `moved` error and by the reply a segundo node sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Warehouse,
-    Cold,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Warehouse => "warehouse",
-            Tier::Cold => "cold",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Tier> {
-        match s {
-            "warehouse" => Some(Tier::Warehouse),
-            "cold" => Some(Tier::Cold),
-            _ => None,
-        }
-    }
 }
 
 /// A request. Only `v`, `id`, `domain`, `template` and `op` are always required. Read off

@@ -146,7 +146,7 @@ pub struct BedsError {
     pub locked_until: Option<String>,
     /// For `moved`: where the record is now, `warehouse` or `cold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<crate::envelope::Tier>,
+    pub tier: Option<crate::tier::Tier>,
 }
 
 impl BedsError {

@@ -30,6 +30,7 @@ mod suggest;
 pub mod support;
 pub mod telemetry;
 mod tercero;
+mod tier;
 mod transport;
 mod value;
 

@@ -518,3 +518,59 @@ fn nix_term(child: &Child) {
         .expect("kill -TERM");
     assert!(status.success());
 }
+
+/// End to end: what the mover moved is answered `moved` by an appServer, with its tier, and
+/// served from the warehouse (COOL) and from a cold file (COLD) when asked with
+/// `"tier": "warehouse"`, equal to what the serving database answered before the move.
+#[tokio::test]
+async fn a_moved_record_is_answered_moved_and_fetched_from_the_warehouse() {
+    use beds_runtime::{ClientError, ErrorCode, ReadOptions, Tier};
+
+    let env = TestEnv::matrix("retention_read").with_warehouse();
+    let seeded = seed(&env, 1, 1, 1).await;
+    let middle = spew::SpewId(seeded.middle.iter().next().unwrap().parse().unwrap());
+    let old = spew::SpewId(seeded.old.iter().next().unwrap().parse().unwrap());
+    let app = env.start().await;
+    let client = env.client().await;
+    let api = spew::client(&client);
+    let before = (
+        api.spew().fetch(middle).await.unwrap(),
+        api.spew().fetch(old).await.unwrap(),
+    );
+
+    let segundo = start_segundo(&env).await;
+    let (rows, cold_dir) = (env.rows().await, env.config.segundo.cold_dir.clone());
+    until("only the fresh spew left HOT", || async {
+        keys(&rows, SPEWS, SPEW_ID).await == seeded.fresh
+    })
+    .await;
+    until("the old spew in a cold file", || async {
+        ids(&cold_records(&cold_dir), "spew.spew") == seeded.old
+    })
+    .await;
+
+    for (id, tier, was) in [
+        (middle, Tier::Warehouse, &before.0),
+        (old, Tier::Cold, &before.1),
+    ] {
+        match api.spew().fetch(id).await {
+            Err(ClientError::Remote(e)) => {
+                assert_eq!(e.code, ErrorCode::Moved, "{e:?}");
+                assert_eq!(e.tier, Some(tier), "{e:?}");
+            }
+            other => panic!("a moved spew is answered `moved`, got {other:?}"),
+        }
+        let read = api
+            .spew()
+            .fetch_with(id, ReadOptions::warehouse())
+            .await
+            .unwrap_or_else(|e| panic!("the {tier:?} spew is read from the warehouse: {e}"));
+        assert_eq!(
+            &read, was,
+            "the {tier:?} copy equals the record before the move"
+        );
+    }
+    client.close().await.unwrap();
+    segundo.stop().await;
+    app.stop().await;
+}

@@ -56,7 +56,7 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     #[error(transparent)]
-    Migrate(#[from] super::migrate::MigrateError),
+    Migrate(#[from] super::migrate::error::MigrateError),
     #[error("starting the maintained counts from their rows failed: {0}")]
     Backfill(sqlx::Error),
     #[error("reading a moved record's tombstone (beds_moved) failed: {0}")]
