@@ -1,7 +1,9 @@
 //! Segundo's retention mover (wiki/retention.md) on SPEW's `spew` (`hot: 400d, cool: 5y,
-//! then: keep`): spews written through an appServer, then aged by setting `created_at`
-//! in the serving database; the mover runs in a segundo node (in-process, or `beds run
-//! --role segundo` killed at a failpoint). Runs on `BEDS_TEST_DATABASE`.
+//! then: keep`) and on a test domain of its own (`hold`: a retained `parent` with a
+//! `restrict` and a `cascade` referrer): records written through an appServer, then aged
+//! by setting their timestamp in the serving database; the mover runs in a segundo node
+//! (in-process, or `beds run --role segundo` killed at a failpoint). Runs on
+//! `BEDS_TEST_DATABASE`.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -10,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use beds::spew::{self, LikeCreate, SpewCreate, UserCreate};
-use beds_runtime::{Role, Server};
+use beds_runtime::support as rt;
+use beds_runtime::{ErrorCode, Role, Server};
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::support::{Rows, TestEnv, repo_config_path};
@@ -77,17 +81,28 @@ async fn seed(env: &TestEnv, fresh: usize, middle: usize, old: usize) -> Seeded 
 
 /// Sets `created_at` of the spews `ids` to `at` (RFC 3339, UTC).
 async fn age(rows: &Rows, ids: &BTreeSet<String>, at: &str) {
+    age_in(rows, (SPEWS, "created_at_spw", SPEW_ID), ids, at).await;
+}
+
+/// Sets the timestamp column of the rows `ids` of `(table, column, id_column)` to `at`
+/// (RFC 3339, UTC).
+async fn age_in(
+    rows: &Rows,
+    (table, column, id): (&str, &str, &str),
+    ids: &BTreeSet<String>,
+    at: &str,
+) {
     // MariaDB reads a DATETIME literal without the `T` and the zone.
     let at = match rows.driver() {
         beds_runtime::config::Driver::Mariadb => at.replace('T', " ").replace('Z', ""),
         _ => at.to_string(),
     };
-    for id in ids {
+    for key in ids {
         let sql = format!(
-            "UPDATE {} SET {} = '{at}' WHERE {} = '{id}'",
-            rows.quote(SPEWS),
-            rows.quote("created_at_spw"),
-            rows.quote(SPEW_ID)
+            "UPDATE {} SET {} = '{at}' WHERE {} = '{key}'",
+            rows.quote(table),
+            rows.quote(column),
+            rows.quote(id)
         );
         sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(rows.pool())
@@ -177,11 +192,15 @@ where
 }
 
 async fn start_segundo(env: &TestEnv) -> Server {
+    start_segundo_of(env, &beds::CATALOG).await
+}
+
+async fn start_segundo_of(env: &TestEnv, catalog: &'static rt::Catalog) -> Server {
     let mut config = env.config.clone();
     config.role = Role::Segundo;
     config.node = format!("{}-segundo", config.node);
     config.telemetry.listen = None;
-    Server::start(&config, &beds::CATALOG)
+    Server::start(&config, catalog)
         .await
         .unwrap_or_else(|e| panic!("the test's segundo node starts: {e}"))
 }
@@ -524,7 +543,7 @@ fn nix_term(child: &Child) {
 /// `"tier": "warehouse"`, equal to what the serving database answered before the move.
 #[tokio::test]
 async fn a_moved_record_is_answered_moved_and_fetched_from_the_warehouse() {
-    use beds_runtime::{ClientError, ErrorCode, ReadOptions, Tier};
+    use beds_runtime::{ClientError, ReadOptions, Tier};
 
     let env = TestEnv::matrix("retention_read").with_warehouse();
     let seeded = seed(&env, 1, 1, 1).await;
@@ -545,7 +564,10 @@ async fn a_moved_record_is_answered_moved_and_fetched_from_the_warehouse() {
     })
     .await;
     until("the old spew in a cold file", || async {
-        ids(&cold_records(&cold_dir), "spew.spew") == seeded.old
+        ids(&cold_records(&cold_dir), "spew.spew")
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == seeded.old
     })
     .await;
 
@@ -573,4 +595,248 @@ async fn a_moved_record_is_answered_moved_and_fetched_from_the_warehouse() {
     client.close().await.unwrap();
     segundo.stop().await;
     app.stop().await;
+}
+
+/// The test domain `hold`: a retained `parent` (by `created_at`, set on create) that a
+/// `pin` references with `on_delete: restrict` and a `child` with `on_delete: cascade`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HoldId(pub uuid::Uuid);
+
+impl rt::Key for HoldId {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "hold", template = "parent", create = ParentInput, patch = ParentInput)]
+pub struct Parent {
+    pub id: HoldId,
+    pub version: i64,
+    #[beds(string, max = 40)]
+    pub label: String,
+    #[beds(timestamp, set = "on_create")]
+    pub created_at: rt::Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "hold", template = "pin", create = RefInput, patch = RefInput)]
+pub struct Pin {
+    pub id: HoldId,
+    pub version: i64,
+    #[beds(reference = "parent", on_delete = "restrict")]
+    pub parent: HoldId,
+}
+
+/// The `child` template (`Child` names the spawned process here).
+#[derive(Debug, Clone, Serialize, Deserialize, rt::Record)]
+#[beds(domain = "hold", template = "child", create = RefInput, patch = RefInput)]
+pub struct Dependent {
+    pub id: HoldId,
+    pub version: i64,
+    #[beds(reference = "parent", on_delete = "cascade")]
+    pub parent: HoldId,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParentInput {
+    pub label: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefInput {
+    pub parent: HoldId,
+}
+
+/// Thirty days hot, a century cool: a parent aged to 2020 moves to the warehouse and no
+/// further, so the test watches HOT → COOL alone.
+const HOLD_HOT_MS: u64 = 30 * 86_400_000;
+const HOLD_COOL_MS: u64 = 100 * 365 * 86_400_000;
+
+/// The derive refuses `retention` (a domain declaration carries it), so the retained
+/// `parent` is the derived metadata with the capability added.
+static PARENT: rt::TemplateMeta = rt::TemplateMeta {
+    capabilities: rt::Capabilities {
+        retention: Some(rt::RetentionMeta {
+            field: "created_at",
+            hot_ms: HOLD_HOT_MS,
+            cool_ms: HOLD_COOL_MS,
+            then: rt::RetentionEnd::Keep,
+        }),
+        ..<Parent as rt::Record>::META.capabilities
+    },
+    ..*<Parent as rt::Record>::META
+};
+static PARENT_ROUTES: rt::Routes = rt::Routes {
+    meta: &PARENT,
+    ..rt::Routes::of::<Parent>()
+};
+static PIN_ROUTES: rt::Routes = rt::Routes::of::<Pin>();
+static CHILD_ROUTES: rt::Routes = rt::Routes::of::<Dependent>();
+static HOLD: rt::DomainMeta = rt::DomainMeta {
+    name: "hold",
+    version: 1,
+    templates: &[
+        &PARENT,
+        <Pin as rt::Record>::META,
+        <Dependent as rt::Record>::META,
+    ],
+    queries: &[],
+};
+static HOLD_CATALOG: rt::Catalog = rt::Catalog {
+    domains: &[&HOLD],
+    route: |domain, template| match (domain, template) {
+        ("hold", "parent") => Ok(&PARENT_ROUTES),
+        ("hold", "pin") => Ok(&PIN_ROUTES),
+        ("hold", "child") => Ok(&CHILD_ROUTES),
+        ("hold", _) => Err(rt::RouteError::UnknownTemplate),
+        _ => Err(rt::RouteError::UnknownDomain),
+    },
+};
+
+async fn start_hold(env: &TestEnv) -> Server {
+    Server::start(&env.config, &HOLD_CATALOG)
+        .await
+        .unwrap_or_else(|e| panic!("the test needs RabbitMQ and its database: {e}"))
+}
+
+/// Every key of the `hold` template `t` in `rows`.
+async fn hold_keys(rows: &Rows, t: &rt::TemplateMeta) -> BTreeSet<String> {
+    keys(rows, t.table, t.id_column).await
+}
+
+fn set_of<const N: usize>(ids: [HoldId; N]) -> BTreeSet<String> {
+    ids.iter().map(|i| i.0.to_string()).collect()
+}
+
+fn in_warehouse(ids: &BTreeSet<String>) -> Vec<(String, String)> {
+    ids.iter()
+        .map(|k| (k.clone(), "warehouse".to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restricted_record_stays_hot_while_its_referrer_does() {
+    let mut env = TestEnv::matrix("retention_restrict").with_warehouse();
+    // One root per batch: the restricted oldest parent heads every page, so the mover
+    // must read past it to fill a batch.
+    env.config.segundo.batch = 1;
+    let (pin_t, child_t) = (<Pin as rt::Record>::META, <Dependent as rt::Record>::META);
+
+    let app = start_hold(&env).await;
+    let client = env.client().await;
+    let parents = client.template::<Parent>();
+    let mut made = Vec::new();
+    for label in ["pinned", "with child", "alone"] {
+        let p = parents
+            .create(&ParentInput {
+                label: label.into(),
+            })
+            .await
+            .unwrap();
+        made.push(p.id);
+    }
+    let [p1, p2, p3] = made[..] else {
+        unreachable!()
+    };
+    let pin = client
+        .template::<Pin>()
+        .create(&RefInput { parent: p1 })
+        .await
+        .unwrap();
+    let child = client
+        .template::<Dependent>()
+        .create(&RefInput { parent: p2 })
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+    app.stop().await;
+
+    let rows = env.rows().await;
+    let created_at = PARENT.field("created_at").unwrap().column;
+    // P1 is the oldest: it heads every page of expired parents.
+    for (id, at) in [
+        (p1, "2020-01-01T00:00:00.000000Z"),
+        (p2, "2020-02-01T00:00:00.000000Z"),
+        (p3, "2020-03-01T00:00:00.000000Z"),
+    ] {
+        age_in(
+            &rows,
+            (PARENT.table, created_at, PARENT.id_column),
+            &set_of([id]),
+            at,
+        )
+        .await;
+    }
+
+    // First pass: P2 moves with its child and P3 moves; the pinned P1 stays.
+    let segundo = start_segundo_of(&env, &HOLD_CATALOG).await;
+    // Segundo creates the warehouse.
+    let warehouse = env.warehouse_rows().await;
+    until("HOT holds only the pinned parent", || async {
+        hold_keys(&rows, &PARENT).await == set_of([p1])
+    })
+    .await;
+    segundo.stop().await;
+
+    assert_eq!(hold_keys(&rows, &PARENT).await, set_of([p1]));
+    assert_eq!(
+        hold_keys(&warehouse, &PARENT).await,
+        set_of([p2, p3]),
+        "COOL: the unpinned parents"
+    );
+    assert_eq!(
+        hold_keys(&rows, child_t).await,
+        BTreeSet::new(),
+        "the child left HOT with its parent"
+    );
+    assert_eq!(
+        hold_keys(&warehouse, child_t).await,
+        set_of([child.id]),
+        "the child moved with its parent (cascade)"
+    );
+    assert_eq!(
+        hold_keys(&rows, pin_t).await,
+        set_of([pin.id]),
+        "the pin stays HOT"
+    );
+    assert!(hold_keys(&warehouse, pin_t).await.is_empty());
+    assert_eq!(
+        tombstones(&rows, "hold.parent").await,
+        in_warehouse(&set_of([p2, p3])),
+        "no tombstone for the pinned parent"
+    );
+    assert_eq!(
+        tombstones(&rows, "hold.child").await,
+        in_warehouse(&set_of([child.id]))
+    );
+    assert!(tombstones(&rows, "hold.pin").await.is_empty());
+
+    // The pinned parent is served as before; a moved one answers `moved`.
+    let app = start_hold(&env).await;
+    let client = env.client().await;
+    let parents = client.template::<Parent>();
+    let served = parents.fetch(p1).await.unwrap();
+    assert_eq!((served.id, served.label.as_str()), (p1, "pinned"));
+    let gone = parents.fetch(p2).await.unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::Moved), "{gone}");
+
+    // Unpinned, P1 moves in the next pass.
+    client.template::<Pin>().delete(pin.id).await.unwrap();
+    client.close().await.unwrap();
+    app.stop().await;
+    let segundo = start_segundo_of(&env, &HOLD_CATALOG).await;
+    until("the unpinned parent leaves HOT", || async {
+        hold_keys(&rows, &PARENT).await.is_empty()
+    })
+    .await;
+    segundo.stop().await;
+
+    assert_eq!(hold_keys(&warehouse, &PARENT).await, set_of([p1, p2, p3]));
+    assert_eq!(
+        tombstones(&rows, "hold.parent").await,
+        in_warehouse(&set_of([p1, p2, p3]))
+    );
+    assert!(hold_keys(&rows, pin_t).await.is_empty());
+    assert!(
+        hold_keys(&warehouse, pin_t).await.is_empty(),
+        "the deleted pin was never moved"
+    );
 }
