@@ -1218,8 +1218,13 @@ impl Config {
             set_path(&mut tree, &keys, value);
             sources.push(var.clone());
         }
+        // Layered on the defaults, so a section that sets some keys takes the others from
+        // its own defaults (`segundo.warehouse` setting only `data_dir` keeps
+        // `warehouse.sqlite`), not from its type's (`database`'s `beds.sqlite`).
+        let mut layered = known;
+        merge(&mut layered, tree);
         let mut config: Config =
-            serde_yaml::from_value(tree).map_err(|e| ConfigError::Invalid {
+            serde_yaml::from_value(layered).map_err(|e| ConfigError::Invalid {
                 sources: sources.join(", "),
                 message: e.to_string(),
             })?;
@@ -1471,9 +1476,7 @@ impl Config {
             ));
         }
         self.segundo.warehouse.validate(DatabaseKey::WAREHOUSE)?;
-        // A `segundo.warehouse` section that names only some keys takes the others from
-        // `database`'s defaults (`beds.sqlite`): refused, since retention would copy records
-        // onto themselves and then delete them.
+        // Retention would copy records onto themselves and then delete them.
         let (w, d) = (&self.segundo.warehouse, &self.database);
         let same = w.driver == d.driver
             && match w.driver {
@@ -1671,13 +1674,24 @@ mod tests {
     #[test]
     fn a_warehouse_naming_the_serving_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\n");
         let c = Config::load_with_env(&base, env(&[])).unwrap();
         assert_ne!(c.segundo.warehouse.sqlite_path(), c.database.sqlite_path());
-        // Setting only `data_dir` leaves `sqlite_file` at `database`'s default.
-        let e = Config::load_with_env(&base, env(&[("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data")]))
-            .unwrap_err()
-            .to_string();
+        // Setting only `data_dir` keeps the warehouse's own file name.
+        let c = Config::load_with_env(&base, env(&[("BEDS_SEGUNDO__WAREHOUSE__DATA_DIR", "data")]))
+            .unwrap();
+        assert!(
+            c.segundo
+                .warehouse
+                .sqlite_path()
+                .ends_with("warehouse.sqlite")
+        );
+        let e = Config::load_with_env(
+            &base,
+            env(&[("BEDS_SEGUNDO__WAREHOUSE__SQLITE_FILE", "beds.sqlite")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("segundo.warehouse names the serving database"),
             "{e}"
