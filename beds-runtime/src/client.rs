@@ -869,10 +869,7 @@ impl<Q: Query> QueryClient<'_, Q> {
         limit: Option<u32>,
         cursor: Option<Cursor>,
     ) -> Result<QueryPage<Q::Item>, ClientError> {
-        let mut req = self.request(params)?;
-        req.limit = limit;
-        req.cursor = cursor.map(|c| c.0);
-        Ok(serde_json::from_value(self.client.request(req).await?)?)
+        self.page_from(params, limit, cursor, None).await
     }
 
     /// A page of results from the serving database and the warehouse together, for a
@@ -883,10 +880,22 @@ impl<Q: Query> QueryClient<'_, Q> {
         limit: Option<u32>,
         cursor: Option<Cursor>,
     ) -> Result<QueryPage<Q::Item>, ClientError> {
+        self.page_from(params, limit, cursor, Some(ReadTier::Warehouse))
+            .await
+    }
+
+    /// A page from `tier` (the serving database alone when `None`).
+    async fn page_from(
+        &self,
+        params: &Q::Params,
+        limit: Option<u32>,
+        cursor: Option<Cursor>,
+        tier: Option<ReadTier>,
+    ) -> Result<QueryPage<Q::Item>, ClientError> {
         let mut req = self.request(params)?;
         req.limit = limit;
         req.cursor = cursor.map(|c| c.0);
-        req.tier = Some(ReadTier::Warehouse);
+        req.tier = tier;
         Ok(serde_json::from_value(self.client.request(req).await?)?)
     }
 
