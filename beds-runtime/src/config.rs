@@ -1671,7 +1671,7 @@ mod tests {
     #[test]
     fn a_warehouse_naming_the_serving_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "beds.yaml", "version: 1\n");
+        let base = write(dir.path(), "beds.yaml", "version: 2\n");
         let c = Config::load_with_env(&base, env(&[])).unwrap();
         assert_ne!(c.segundo.warehouse.sqlite_path(), c.database.sqlite_path());
         // Setting only `data_dir` leaves `sqlite_file` at `database`'s default.
