@@ -382,12 +382,8 @@ impl Client {
         op: &str,
         fields: Map<String, Json>,
     ) -> Result<Reply, ClientError> {
-        let id = Uuid::now_v7();
-        let mut body = fields;
-        body.insert("v".into(), Json::from(ADMIN_VERSION));
-        body.insert("op".into(), Json::from(op));
-        body.insert("id".into(), Json::from(id.to_string()));
-        body.insert(
+        let mut fields = fields;
+        fields.insert(
             "origin".into(),
             serde_json::to_value(Origin {
                 service: self.options.service.clone(),
@@ -395,11 +391,8 @@ impl Client {
                 env: self.options.env.clone(),
             })?,
         );
-        let body = serde_json::to_vec(&body)?;
-        let reply = self
-            .round_trip(Route::Confirmed(&self.admin_key), id, &body)
-            .await?;
-        Ok(serde_json::from_slice(&reply)?)
+        self.service_exchange(&self.admin_key, ADMIN_VERSION, op, fields)
+            .await
     }
 
     /// Sends a bulk request (`{"v":1,"op":op, ...fields}`) to segundo on the `mig.bulk`
@@ -409,15 +402,26 @@ impl Client {
         op: &str,
         fields: Map<String, Json>,
     ) -> Result<Reply, ClientError> {
+        self.service_exchange(&self.mig_key, names::MIG_VERSION, op, fields)
+            .await
+    }
+
+    /// Sends `{"v":version,"op":op,"id":<new>, ...fields}` to the service route `key`
+    /// (`adm`, `mig.bulk`) and returns the whole reply envelope.
+    async fn service_exchange(
+        &self,
+        key: &str,
+        version: u32,
+        op: &str,
+        fields: Map<String, Json>,
+    ) -> Result<Reply, ClientError> {
         let id = Uuid::now_v7();
         let mut body = fields;
-        body.insert("v".into(), Json::from(names::MIG_VERSION));
+        body.insert("v".into(), Json::from(version));
         body.insert("op".into(), Json::from(op));
         body.insert("id".into(), Json::from(id.to_string()));
         let body = serde_json::to_vec(&body)?;
-        let reply = self
-            .round_trip(Route::Confirmed(&self.mig_key), id, &body)
-            .await?;
+        let reply = self.round_trip(Route::Confirmed(key), id, &body).await?;
         Ok(serde_json::from_slice(&reply)?)
     }
 
@@ -869,10 +873,7 @@ impl<Q: Query> QueryClient<'_, Q> {
         limit: Option<u32>,
         cursor: Option<Cursor>,
     ) -> Result<QueryPage<Q::Item>, ClientError> {
-        let mut req = self.request(params)?;
-        req.limit = limit;
-        req.cursor = cursor.map(|c| c.0);
-        Ok(serde_json::from_value(self.client.request(req).await?)?)
+        self.page_from(params, limit, cursor, None).await
     }
 
     /// A page of results from the serving database and the warehouse together, for a
@@ -883,10 +884,22 @@ impl<Q: Query> QueryClient<'_, Q> {
         limit: Option<u32>,
         cursor: Option<Cursor>,
     ) -> Result<QueryPage<Q::Item>, ClientError> {
+        self.page_from(params, limit, cursor, Some(ReadTier::Warehouse))
+            .await
+    }
+
+    /// A page from `tier` (the serving database alone when `None`).
+    async fn page_from(
+        &self,
+        params: &Q::Params,
+        limit: Option<u32>,
+        cursor: Option<Cursor>,
+        tier: Option<ReadTier>,
+    ) -> Result<QueryPage<Q::Item>, ClientError> {
         let mut req = self.request(params)?;
         req.limit = limit;
         req.cursor = cursor.map(|c| c.0);
-        req.tier = Some(ReadTier::Warehouse);
+        req.tier = tier;
         Ok(serde_json::from_value(self.client.request(req).await?)?)
     }
 

@@ -32,6 +32,10 @@ fn beds(env: &TestEnv, args: &[&str]) -> Command {
             &env.config.database.data_dir,
         )
         .env(
+            "BEDS_SEGUNDO__WAREHOUSE__SQLITE_FILE",
+            &env.config.segundo.warehouse.sqlite_file,
+        )
+        .env(
             "BEDS_LOG__FILTER",
             std::env::var("BEDS_TEST_MIG_LOG").unwrap_or("error".into()),
         );

@@ -126,10 +126,34 @@ async fn copy_row<T: Record>(from: &Rows, to: &Rows, id: &str) {
         quoted.join(", "),
         values.join(", ")
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .execute(to.pool())
+    execute(to, &sql, &[]).await;
+}
+
+/// Runs `sql` with text `binds`, panicking with the statement if it fails.
+async fn execute(rows: &Rows, sql: &str, binds: &[&str]) {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+    for b in binds {
+        q = q.bind(b.to_string());
+    }
+    q.execute(rows.pool())
         .await
         .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+}
+
+/// Records the tombstone of `template` (`domain.template`) `key`, moved to `tier`.
+async fn tombstone(hot: &Rows, template: &str, key: &str, tier: &str) {
+    let sql = format!(
+        "INSERT INTO {} ({}, {}, {}, {}) VALUES ({}, {}, {}, '2026-11-28T00:00:00.000000Z')",
+        hot.quote("beds_moved"),
+        hot.quote("template"),
+        hot.quote("record_key"),
+        hot.quote("tier"),
+        hot.quote("moved_at"),
+        mark(hot, 1),
+        mark(hot, 2),
+        mark(hot, 3)
+    );
+    execute(hot, &sql, &[template, key, tier]).await;
 }
 
 /// Removes a spew from the serving database, leaving its tombstone for `tier`.
@@ -141,25 +165,8 @@ async fn leave_hot(hot: &Rows, id: &str, tier: &str) {
         hot.as_text(&hot.quote(meta.id_column)),
         mark(hot, 1)
     );
-    let tombstone = format!(
-        "INSERT INTO {} ({}, {}, {}, {}) VALUES ('spew.spew', {}, {}, '2026-11-28T00:00:00.000000Z')",
-        hot.quote("beds_moved"),
-        hot.quote("template"),
-        hot.quote("record_key"),
-        hot.quote("tier"),
-        hot.quote("moved_at"),
-        mark(hot, 1),
-        mark(hot, 2)
-    );
-    for (sql, binds) in [(delete, vec![id]), (tombstone, vec![id, tier])] {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-        for b in binds {
-            q = q.bind(b.to_string());
-        }
-        q.execute(hot.pool())
-            .await
-            .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
-    }
+    execute(hot, &delete, &[id]).await;
+    tombstone(hot, "spew.spew", id, tier).await;
 }
 
 /// Moves a spew to COOL: its author (once) and itself copied to the warehouse, its row
@@ -197,21 +204,20 @@ pub(crate) async fn to_cold(env: &TestEnv, id: &str, record: &Json) {
         mark(&cool, 1),
         mark(&cool, 2)
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(id.to_string())
-        .bind(relative.to_string())
-        .execute(cool.pool())
-        .await
-        .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+    execute(&cool, &sql, &[id, relative]).await;
     leave_hot(&env.rows().await, id, "cold").await;
 }
 
-fn fetch(id: &str, extra: Json) -> Vec<u8> {
-    let mut fields = json!({"key": {"id": id}});
+/// `fields` with the members of `extra` added (replacing any of the same name).
+fn merged(mut fields: Json, extra: Json) -> Json {
     if let (Json::Object(f), Json::Object(extra)) = (&mut fields, extra) {
         f.extend(extra);
     }
-    envelope("spew", "fetch", fields)
+    fields
+}
+
+fn fetch(id: &str, extra: Json) -> Vec<u8> {
+    envelope("spew", "fetch", merged(json!({"key": {"id": id}}), extra))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,11 +363,8 @@ async fn a_query_declaring_the_warehouse_pages_through_both_tiers_merged() {
     let raw = env.raw().await;
     let read = env.queue("rec.read");
     let timeline = |extra: Json| {
-        let mut fields = json!({"query": "user_timeline", "params": {"author": id_of(&ada)}});
-        if let (Json::Object(f), Json::Object(extra)) = (&mut fields, extra) {
-            f.extend(extra);
-        }
-        envelope("", "query", fields)
+        let fields = json!({"query": "user_timeline", "params": {"author": id_of(&ada)}});
+        envelope("", "query", merged(fields, extra))
     };
     let ids = |reply: &Json| -> Vec<String> {
         reply["data"]["items"]
@@ -464,37 +467,17 @@ async fn every_template_answers_moved_for_a_tombstoned_key() {
             }
         };
         let tier = if i % 2 == 0 { "warehouse" } else { "cold" };
-        let sql = format!(
-            "INSERT INTO {} ({}, {}, {}, {}) VALUES ({}, {}, {}, '2026-11-28T00:00:00.000000Z')",
-            hot.quote("beds_moved"),
-            hot.quote("template"),
-            hot.quote("record_key"),
-            hot.quote("tier"),
-            hot.quote("moved_at"),
-            mark(&hot, 1),
-            mark(&hot, 2),
-            mark(&hot, 3)
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(format!("{}.{}", t.domain, t.name))
-            .bind(key)
-            .bind(tier.to_string())
-            .execute(hot.pool())
-            .await
-            .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+        let name = format!("{}.{}", t.domain, t.name);
+        tombstone(&hot, &name, &key, tier).await;
         let request = |extra: Json| {
-            let mut req = json!({
+            let req = json!({
                 "v": 1, "id": uuid::Uuid::now_v7(), "domain": t.domain,
                 "template": t.name, "op": "fetch", "key": {"id": wire},
                 "consistency": "strong",
             });
-            if let (Json::Object(r), Json::Object(extra)) = (&mut req, extra) {
-                r.extend(extra);
-            }
-            serde_json::to_vec(&req).unwrap()
+            serde_json::to_vec(&merged(req, extra)).unwrap()
         };
         let reply = raw.request(&read, &request(json!({}))).await;
-        let name = format!("{}.{}", t.domain, t.name);
         assert_eq!(reply["error"]["code"], "moved", "{name}: {reply}");
         assert_eq!(reply["error"]["tier"], tier, "{name}: {reply}");
         assert!(

@@ -18,10 +18,9 @@ pub use super::request::AdminRequest;
 use super::store::AdminStore;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::envelope::Reply;
 use crate::error::{BedsError, ErrorCode};
-use crate::ingress::accept;
-use crate::ingress::settle::{Signer, ack, answer, dead_letter_or_reject};
+use crate::ingress::service::{ServiceRequest, ServiceRoute};
+use crate::ingress::settle::Signer;
 use crate::node::consumer::Handler;
 use crate::security::Security;
 use crate::telemetry::status::ControlOp;
@@ -31,6 +30,26 @@ use crate::transport::topology;
 pub use crate::transport::names::{ADMIN_KEY, ADMIN_VERSION};
 /// The role a calling service must hold (`security.service_roles`) to send commands.
 pub const ADMIN_ROLE: &str = "admin";
+/// The route, as its checks and errors name it.
+const ADMIN_ROUTE: ServiceRoute = ServiceRoute {
+    called: "an adm",
+    name: "adm",
+    reader: "admin",
+    version: ADMIN_VERSION,
+    roles: &[ADMIN_ROLE],
+    action: "send adm commands",
+    grant: "`admin`",
+};
+
+impl ServiceRequest for AdminRequest {
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn ids(&mut self) -> (&mut Option<Uuid>, Option<Uuid>) {
+        (&mut self.id, self.correlation_id)
+    }
+}
 
 /// The ops the admin answers.
 pub const OPS: &[&str] = &[
@@ -99,92 +118,17 @@ impl Handler for Commands {
     }
 
     async fn handle(self: Arc<Self>, channel: Channel, delivery: Delivery) {
-        let accepted = match accept::delivery(&delivery, &self.signer.key) {
-            Ok(accepted) => accepted,
-            Err(error) => return self.unanswerable(&channel, &delivery, error).await,
-        };
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| Uuid::parse_str(id.as_str()).ok());
-        let (correlation, causation, result) =
-            match serde_json::from_slice::<AdminRequest>(&delivery.data) {
-                Err(e) => {
-                    let id = message_id.unwrap_or_else(Uuid::now_v7);
-                    let code = if serde_json::from_slice::<Json>(&delivery.data).is_ok() {
-                        ErrorCode::InvalidEnvelope
-                    } else {
-                        ErrorCode::MalformedJson
-                    };
-                    let error = BedsError::new(
-                        code,
-                        format!(
-                            "not an adm request ({e}); send {{\"v\":1,\"op\":\"<name>\", ...}}"
-                        ),
-                    );
-                    (id, id, Err(error))
-                }
-                Ok(mut req) => {
-                    let id = *req
-                        .id
-                        .get_or_insert(message_id.unwrap_or_else(Uuid::now_v7));
-                    let correlation = req.correlation_id.unwrap_or(id);
-                    req.caller = accepted.user_id.clone().unwrap_or_default();
-                    (correlation, id, self.run(&req).await)
-                }
-            };
-        if let Err(e) = &result {
-            tracing::info!(code = ?e.code, reason = %e.message, "adm request refused");
-        }
-        let reply = Reply::to(correlation, causation, result);
-        if answer(&channel, &self.signer, false, accepted.reply, &reply).await {
-            ack(&delivery).await;
-        }
-    }
-}
-
-impl Commands {
-    /// Checks version and caller, then runs the op.
-    async fn run(&self, req: &AdminRequest) -> Result<Json, BedsError> {
-        if req.v != ADMIN_VERSION {
-            return Err(BedsError::new(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "adm request version {}; this admin reads version {ADMIN_VERSION}",
-                    req.v
-                ),
-            ));
-        }
-        if req.caller.is_empty() {
-            return Err(BedsError::new(
-                ErrorCode::Unauthenticated,
-                "an adm request needs the AMQP user_id property (the calling service's login)",
-            ));
-        }
-        if !self
-            .security
-            .service_roles(&req.caller)
-            .iter()
-            .any(|r| r == ADMIN_ROLE)
-        {
-            return Err(BedsError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "service `{}` may not send adm commands: give it the role `{ADMIN_ROLE}` in security.service_roles",
-                    req.caller
-                ),
-            ));
-        }
-        dispatch(&self.ctx, req).await
-    }
-
-    /// Dead-letters a message that cannot be answered (the reason in headers), then acks
-    /// it; if that publish fails, rejects it so the queue's own dead-lettering keeps it.
-    async fn unanswerable(&self, channel: &Channel, delivery: &Delivery, error: BedsError) {
-        tracing::warn!(code = ?error.code, reason = %error.message, "dead-lettering an adm message that cannot be answered");
-        if !dead_letter_or_reject(channel, &self.signer.key, delivery, &error).await {
-            tracing::error!("rejecting an adm dead letter failed; it will be redelivered");
-        }
+        ADMIN_ROUTE
+            .serve(
+                &channel,
+                &self.signer,
+                &self.security,
+                &delivery,
+                async |mut req: AdminRequest, caller, _| {
+                    req.caller = caller;
+                    dispatch(&self.ctx, &req).await
+                },
+            )
+            .await;
     }
 }

@@ -22,6 +22,7 @@ pub mod dispatch;
 mod idempotency;
 pub mod lane;
 pub(crate) mod route;
+pub(crate) mod service;
 pub(crate) mod settle;
 mod validate;
 

@@ -20,11 +20,10 @@ use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
 use super::Parts;
-use crate::envelope::{Origin, Reply};
+use crate::envelope::Origin;
 use crate::error::{BedsError, DetailCode, ErrorCode};
 use crate::events::{Caller, Lineage};
-use crate::ingress::accept;
-use crate::ingress::settle::{ack, answer, dead_letter_or_reject};
+use crate::ingress::service::{ServiceRequest, ServiceRoute};
 use crate::meta::TemplateMeta;
 use crate::node::consumer::Handler;
 use crate::store::bulk::Line;
@@ -34,6 +33,16 @@ use crate::value;
 
 /// The roles (`security.service_roles`) that may use the route.
 pub const MIG_ROLES: &[&str] = &["mig", "admin"];
+/// The route, as its checks and errors name it.
+const MIG_ROUTE: ServiceRoute = ServiceRoute {
+    called: "a mig",
+    name: "mig",
+    reader: "segundo",
+    version: MIG_VERSION,
+    roles: MIG_ROLES,
+    action: "import or export",
+    grant: "`mig` (or `admin`)",
+};
 /// The ops the route answers.
 pub const OPS: &[&str] = &["begin", "import", "job", "export"];
 /// The most lines one `import` batch may carry.
@@ -54,6 +63,16 @@ struct MigRequest {
     depth: Option<u32>,
     #[serde(flatten)]
     fields: Map<String, Json>,
+}
+
+impl ServiceRequest for MigRequest {
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn ids(&mut self) -> (&mut Option<Uuid>, Option<Uuid>) {
+        (&mut self.id, self.correlation_id)
+    }
 }
 
 impl MigRequest {
@@ -92,90 +111,30 @@ impl Handler for Bulk {
     }
 
     async fn handle(self: Arc<Self>, channel: Channel, delivery: Delivery) {
-        let signer = &self.parts.ingress.signer;
         tracing::debug!(bytes = delivery.data.len(), "mig request");
-        let accepted = match accept::delivery(&delivery, &signer.key) {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(code = ?error.code, reason = %error.message, "dead-lettering a mig message that cannot be answered");
-                if !dead_letter_or_reject(&channel, &signer.key, &delivery, &error).await {
-                    tracing::error!("rejecting a mig dead letter failed; it will be redelivered");
-                }
-                return;
-            }
-        };
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| Uuid::parse_str(id.as_str()).ok());
-        let caller = accepted.user_id.clone().unwrap_or_default();
-        let (correlation, causation, result) =
-            match serde_json::from_slice::<MigRequest>(&delivery.data) {
-                Err(e) => {
-                    let id = message_id.unwrap_or_else(Uuid::now_v7);
-                    let code = if serde_json::from_slice::<Json>(&delivery.data).is_ok() {
-                        ErrorCode::InvalidEnvelope
-                    } else {
-                        ErrorCode::MalformedJson
-                    };
-                    let error = BedsError::new(
-                        code,
-                        format!("not a mig request ({e}); send {{\"v\":1,\"op\":\"<name>\", ...}}"),
-                    );
-                    (id, id, Err(error))
-                }
-                Ok(mut req) => {
-                    let id = *req
-                        .id
-                        .get_or_insert(message_id.unwrap_or_else(Uuid::now_v7));
-                    let correlation = req.correlation_id.unwrap_or(id);
-                    (correlation, id, self.run(&req, &caller, correlation).await)
-                }
-            };
-        if let Err(e) = &result {
-            tracing::info!(code = ?e.code, reason = %e.message, "mig request refused");
-        }
-        let reply = Reply::to(correlation, causation, result);
-        if answer(&channel, signer, false, accepted.reply, &reply).await {
-            ack(&delivery).await;
-        }
+        let ingress = &self.parts.ingress;
+        MIG_ROUTE
+            .serve(
+                &channel,
+                &ingress.signer,
+                &ingress.security,
+                &delivery,
+                async |req: MigRequest, caller, correlation| {
+                    self.run(&req, &caller, correlation).await
+                },
+            )
+            .await;
     }
 }
 
 impl Bulk {
-    /// Checks version and caller, then runs the op.
+    /// Runs the op (the route checked version and caller).
     async fn run(
         &self,
         req: &MigRequest,
         caller: &str,
         correlation: Uuid,
     ) -> Result<Json, BedsError> {
-        if req.v != MIG_VERSION {
-            return Err(BedsError::new(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "mig request version {}; this segundo reads version {MIG_VERSION}",
-                    req.v
-                ),
-            ));
-        }
-        if caller.is_empty() {
-            return Err(BedsError::new(
-                ErrorCode::Unauthenticated,
-                "a mig request needs the AMQP user_id property (the calling service's login)",
-            ));
-        }
-        let roles = self.parts.ingress.security.service_roles(caller);
-        if !roles.iter().any(|r| MIG_ROLES.contains(&r.as_str())) {
-            return Err(BedsError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "service `{caller}` may not import or export: give it the role `mig` (or \
-                     `admin`) in security.service_roles"
-                ),
-            ));
-        }
         match req.op.as_str() {
             "begin" => self.begin(req).await,
             "import" => self.import(req, caller, correlation).await,

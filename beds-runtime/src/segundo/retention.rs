@@ -17,7 +17,7 @@ use crate::cache::Invalidation;
 use crate::envelope::Tier;
 use crate::error::BedsError;
 use crate::events::Lineage;
-use crate::meta::{RetentionEnd, RetentionMeta, TemplateMeta};
+use crate::meta::{FieldMeta, RetentionEnd, RetentionMeta, TemplateMeta};
 use crate::store::{ColdFile, RetireError, Stored, template_name};
 use crate::value::{Timestamp, format_timestamp};
 
@@ -122,12 +122,15 @@ impl Mover {
         r: &RetentionMeta,
     ) -> Result<Moved, RetentionError> {
         let now = crate::value::now();
+        let field = t
+            .field(r.field)
+            .expect("the retention field is checked at build time");
         let mut moved = Moved::default();
         loop {
             if self.parts.stop.is_cancelled() {
                 return Ok(moved);
             }
-            let n = self.to_warehouse(t, r, before(now, r.hot_ms)).await?;
+            let n = self.to_warehouse(t, field, before(now, r.hot_ms)).await?;
             moved.warehouse += n;
             if n == 0 {
                 break;
@@ -137,7 +140,9 @@ impl Mover {
             if self.parts.stop.is_cancelled() {
                 return Ok(moved);
             }
-            let n = self.out_of_warehouse(t, r, before(now, r.cool_ms)).await?;
+            let n = self
+                .out_of_warehouse(t, r, field, before(now, r.cool_ms))
+                .await?;
             match r.then {
                 RetentionEnd::Keep => moved.cold += n,
                 RetentionEnd::Delete => moved.deleted += n,
@@ -155,13 +160,10 @@ impl Mover {
     async fn to_warehouse(
         &self,
         t: &'static TemplateMeta,
-        r: &RetentionMeta,
+        field: &FieldMeta,
         cutoff: Timestamp,
     ) -> Result<u64, RetentionError> {
         let (store, warehouse) = (&self.parts.store, &self.parts.warehouse);
-        let field = t
-            .field(r.field)
-            .expect("the retention field is checked at build time");
         let batch = self.parts.config.segundo.batch.max(1);
         let (mut roots, mut moved) = (Vec::new(), Vec::<Stored>::new());
         // Restricted records are skipped; a longer page is read while they keep the batch
@@ -239,12 +241,10 @@ impl Mover {
         &self,
         t: &'static TemplateMeta,
         r: &RetentionMeta,
+        field: &FieldMeta,
         cutoff: Timestamp,
     ) -> Result<u64, RetentionError> {
         let (store, warehouse) = (&self.parts.store, &self.parts.warehouse);
-        let field = t
-            .field(r.field)
-            .expect("the retention field is checked at build time");
         let rows = warehouse
             .expired(t, field, cutoff, self.parts.config.segundo.batch.max(1))
             .await?;

@@ -11,13 +11,17 @@ use sqlx::any::AnyRow;
 use super::dialect::Ty;
 use super::moved::template_name;
 use super::outbox::Change;
-use super::sql::record_columns;
+use super::sql::{named, record_columns};
 use super::{Store, Write, bind, record};
 use crate::envelope::Tier;
 use crate::error::{BedsError, ErrorCode};
 use crate::events::{Lineage, WriteOp as EventOp};
 use crate::meta::{FieldMeta, TemplateMeta};
 use crate::value::{Timestamp, Value, format_timestamp};
+
+const MOVED: &str = "beds_moved";
+const COLD_FILE: &str = "beds_cold_file";
+const COLD_INDEX: &str = "beds_cold_index";
 
 /// One record as stored: its template and its columns in API form (`id`, `version`, the
 /// declared fields), which is also its wire shape.
@@ -325,6 +329,31 @@ impl Store {
         Ok(())
     }
 
+    /// A statement on the tombstones and the cold index, its `{name}`s quoted.
+    fn retention_sql(&self, text: &str) -> sqlx::SqlStr {
+        let d = self.dialect;
+        d.prepare(named(
+            d,
+            text,
+            &[
+                ("moved", MOVED),
+                ("cold_file", COLD_FILE),
+                ("cold_index", COLD_INDEX),
+                ("template", "template"),
+                ("record_key", "record_key"),
+                ("tier", "tier"),
+                ("moved_at", "moved_at"),
+                ("file", "file"),
+                ("line", "line"),
+                ("records", "records"),
+                ("min_key", "min_key"),
+                ("max_key", "max_key"),
+                ("sha256", "sha256"),
+                ("created_at", "created_at"),
+            ],
+        ))
+    }
+
     /// Deletes the row `rec` names (at `version`, if given); the rows deleted.
     async fn delete_by_id(
         &self,
@@ -367,40 +396,34 @@ impl Store {
         now: &str,
     ) -> Result<(), sqlx::Error> {
         let (template, key) = (s.template_name(), s.key());
-        self.forget_moved_in(conn, &template, &key).await?;
-        let q = |c: &str| self.dialect.quote(c);
-        let sql = format!(
-            "INSERT INTO {} ({}, {}, {}, {}) VALUES (?, ?, ?, ?)",
-            q("beds_moved"),
-            q("template"),
-            q("record_key"),
-            q("tier"),
-            q("moved_at")
-        );
-        sqlx::query(self.dialect.prepare(sql))
-            .bind(template)
-            .bind(key)
-            .bind(tier.as_str())
-            .bind(now.to_string())
-            .execute(&mut *conn)
-            .await?;
+        self.forget_record(conn, MOVED, &template, &key).await?;
+        sqlx::query(self.retention_sql(
+            "INSERT INTO {moved} ({template}, {record_key}, {tier}, {moved_at}) \
+             VALUES (?, ?, ?, ?)",
+        ))
+        .bind(template)
+        .bind(key)
+        .bind(tier.as_str())
+        .bind(now.to_string())
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 
-    async fn forget_moved_in(
+    /// Deletes the row of `table` (the tombstones or the cold index) that names one
+    /// record by its template and key.
+    async fn forget_record(
         &self,
         conn: &mut sqlx::AnyConnection,
+        table: &str,
         template: &str,
         key: &str,
     ) -> Result<(), sqlx::Error> {
-        let q = |c: &str| self.dialect.quote(c);
         let sql = format!(
-            "DELETE FROM {} WHERE {} = ? AND {} = ?",
-            q("beds_moved"),
-            q("template"),
-            q("record_key")
+            "DELETE FROM {} WHERE {{template}} = ? AND {{record_key}} = ?",
+            self.dialect.quote(table)
         );
-        sqlx::query(self.dialect.prepare(sql))
+        sqlx::query(self.retention_sql(&sql))
             .bind(template.to_string())
             .bind(key.to_string())
             .execute(&mut *conn)
@@ -415,27 +438,21 @@ impl Store {
         records: &[Stored],
         tier: Option<Tier>,
     ) -> Result<(), sqlx::Error> {
-        let q = |c: &str| self.dialect.quote(c);
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
         for s in records {
             match tier {
                 Some(tier) => {
-                    let sql = format!(
-                        "UPDATE {} SET {} = ? WHERE {} = ? AND {} = ?",
-                        q("beds_moved"),
-                        q("tier"),
-                        q("template"),
-                        q("record_key")
-                    );
-                    sqlx::query(self.dialect.prepare(sql))
-                        .bind(tier.as_str())
-                        .bind(s.template_name())
-                        .bind(s.key())
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(self.retention_sql(
+                        "UPDATE {moved} SET {tier} = ? WHERE {template} = ? AND {record_key} = ?",
+                    ))
+                    .bind(tier.as_str())
+                    .bind(s.template_name())
+                    .bind(s.key())
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 None => {
-                    self.forget_moved_in(&mut tx, &s.template_name(), &s.key())
+                    self.forget_record(&mut tx, MOVED, &s.template_name(), &s.key())
                         .await?
                 }
             }
@@ -456,74 +473,47 @@ impl Store {
         };
         let t = first.template;
         let failed = |e| self.db_error(t, e, Write::None);
-        let q = |c: &str| self.dialect.quote(c);
         let mut tx = self
             .pool
             .begin_with(self.dialect.begin())
             .await
             .map_err(failed)?;
         if let Some(file) = file {
-            let remove = format!(
-                "DELETE FROM {} WHERE {} = ?",
-                q("beds_cold_file"),
-                q("file")
-            );
-            sqlx::query(self.dialect.prepare(remove))
+            sqlx::query(self.retention_sql("DELETE FROM {cold_file} WHERE {file} = ?"))
                 .bind(file.file.clone())
                 .execute(&mut *tx)
                 .await
                 .map_err(failed)?;
-            let insert = format!(
-                "INSERT INTO {} ({}, {}, {}, {}, {}, {}, {}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                q("beds_cold_file"),
-                q("file"),
-                q("template"),
-                q("records"),
-                q("min_key"),
-                q("max_key"),
-                q("sha256"),
-                q("created_at")
-            );
-            sqlx::query(self.dialect.prepare(insert))
-                .bind(file.file.clone())
-                .bind(file.template.clone())
-                .bind(file.records)
-                .bind(file.min_key.clone())
-                .bind(file.max_key.clone())
-                .bind(file.sha256.clone())
-                .bind(file.created_at.clone())
-                .execute(&mut *tx)
-                .await
-                .map_err(failed)?;
+            sqlx::query(self.retention_sql(
+                "INSERT INTO {cold_file} ({file}, {template}, {records}, {min_key}, {max_key}, \
+                 {sha256}, {created_at}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(file.file.clone())
+            .bind(file.template.clone())
+            .bind(file.records)
+            .bind(file.min_key.clone())
+            .bind(file.max_key.clone())
+            .bind(file.sha256.clone())
+            .bind(file.created_at.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
             for (line, s) in records.iter().enumerate() {
-                let remove = format!(
-                    "DELETE FROM {} WHERE {} = ? AND {} = ?",
-                    q("beds_cold_index"),
-                    q("template"),
-                    q("record_key")
-                );
-                sqlx::query(self.dialect.prepare(remove))
-                    .bind(s.template_name())
-                    .bind(s.key())
-                    .execute(&mut *tx)
+                let (template, key) = (s.template_name(), s.key());
+                self.forget_record(&mut tx, COLD_INDEX, &template, &key)
                     .await
                     .map_err(failed)?;
-                let insert = format!(
-                    "INSERT INTO {} ({}, {}, {}, {}) VALUES (?, ?, ?, ?)",
-                    q("beds_cold_index"),
-                    q("template"),
-                    q("record_key"),
-                    q("file"),
-                    q("line")
-                );
-                sqlx::query(self.dialect.prepare(insert))
-                    .bind(s.template_name())
-                    .bind(s.key())
-                    .bind(file.file.clone())
-                    .bind(i64::try_from(line + 1).unwrap_or(i64::MAX))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
+                sqlx::query(self.retention_sql(
+                    "INSERT INTO {cold_index} ({template}, {record_key}, {file}, {line}) \
+                     VALUES (?, ?, ?, ?)",
+                ))
+                .bind(template)
+                .bind(key)
+                .bind(file.file.clone())
+                .bind(i64::try_from(line + 1).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
             }
         }
         for s in records {
@@ -535,22 +525,12 @@ impl Store {
 
     /// Every cold file recorded, in name order (what the manifest lists).
     pub async fn cold_files(&self) -> Result<Vec<ColdFile>, sqlx::Error> {
-        let q = |c: &str| self.dialect.quote(c);
-        let sql = format!(
-            "SELECT {}, {}, {}, {}, {}, {}, {} FROM {} ORDER BY {}",
-            q("file"),
-            q("template"),
-            q("records"),
-            q("min_key"),
-            q("max_key"),
-            q("sha256"),
-            q("created_at"),
-            q("beds_cold_file"),
-            q("file")
-        );
-        let rows = sqlx::query(self.dialect.prepare(sql))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(self.retention_sql(
+            "SELECT {file}, {template}, {records}, {min_key}, {max_key}, {sha256}, {created_at} \
+             FROM {cold_file} ORDER BY {file}",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(ColdFile {

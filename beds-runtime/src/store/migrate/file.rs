@@ -497,24 +497,19 @@ pub async fn apply(
     };
     if d.driver() == Driver::Mariadb {
         let mut conn = store.pool.acquire().await.map_err(history_error)?;
-        for (i, statement) in file.statements.iter().enumerate().skip(resumed_after) {
-            if let Err(source) = sqlx::raw_sql(AssertSqlSafe(statement.clone()))
-                .execute(&mut *conn)
+        if let Err((i, source)) = run_from(&mut conn, &file.statements, resumed_after).await {
+            record(i, "partial")
+                .save(d, &mut conn)
                 .await
-            {
-                record(i, "partial")
-                    .save(d, &mut conn)
-                    .await
-                    .map_err(history_error)?;
-                return Err(MigrateError::Partial {
-                    path: path.to_path_buf(),
-                    n: i + 1,
-                    done: i,
-                    total,
-                    statement: statement.clone(),
-                    source,
-                });
-            }
+                .map_err(history_error)?;
+            return Err(MigrateError::Partial {
+                path: path.to_path_buf(),
+                n: i + 1,
+                done: i,
+                total,
+                statement: file.statements[i].clone(),
+                source,
+            });
         }
         record(total, "applied")
             .save(d, &mut conn)
@@ -526,20 +521,15 @@ pub async fn apply(
             .begin_with(d.begin())
             .await
             .map_err(history_error)?;
-        for (i, statement) in file.statements.iter().enumerate() {
-            if let Err(source) = sqlx::raw_sql(AssertSqlSafe(statement.clone()))
-                .execute(&mut *tx)
-                .await
-            {
-                let _ = tx.rollback().await;
-                return Err(MigrateError::RolledBack {
-                    path: path.to_path_buf(),
-                    n: i + 1,
-                    total,
-                    statement: statement.clone(),
-                    source,
-                });
-            }
+        if let Err((i, source)) = run_from(&mut tx, &file.statements, 0).await {
+            let _ = tx.rollback().await;
+            return Err(MigrateError::RolledBack {
+                path: path.to_path_buf(),
+                n: i + 1,
+                total,
+                statement: file.statements[i].clone(),
+                source,
+            });
         }
         record(total, "applied")
             .save(d, &mut tx)
@@ -553,6 +543,22 @@ pub async fn apply(
         resumed_after,
         fingerprint: file.fingerprint,
     })
+}
+
+/// Runs `statements` in order from the one at `from`, stopping at the first that fails:
+/// its index and error.
+async fn run_from(
+    conn: &mut AnyConnection,
+    statements: &[String],
+    from: usize,
+) -> Result<(), (usize, sqlx::Error)> {
+    for (i, statement) in statements.iter().enumerate().skip(from) {
+        sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {
@@ -609,30 +615,24 @@ struct History {
 
 impl History {
     async fn save(&self, d: &dyn Dialect, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-        let q = |s: &str| d.quote(s);
+        // Bound in this order, the file's name last (the update's key).
+        let columns = [
+            "sha256",
+            "fingerprint",
+            "applied_at",
+            "beds_version",
+            "statements_applied",
+            "outcome",
+        ]
+        .map(|c| d.quote(c));
+        let (table, name) = (d.quote(HISTORY_TABLE), d.quote("file_name"));
         let sql = if self.update {
-            format!(
-                "UPDATE {} SET {} = ?, {} = ?, {} = ?, {} = ?, {} = ?, {} = ? WHERE {} = ?",
-                q(HISTORY_TABLE),
-                q("sha256"),
-                q("fingerprint"),
-                q("applied_at"),
-                q("beds_version"),
-                q("statements_applied"),
-                q("outcome"),
-                q("file_name"),
-            )
+            let set: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+            format!("UPDATE {table} SET {} WHERE {name} = ?", set.join(", "))
         } else {
             format!(
-                "INSERT INTO {} ({}, {}, {}, {}, {}, {}, {}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                q(HISTORY_TABLE),
-                q("sha256"),
-                q("fingerprint"),
-                q("applied_at"),
-                q("beds_version"),
-                q("statements_applied"),
-                q("outcome"),
-                q("file_name"),
+                "INSERT INTO {table} ({}, {name}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                columns.join(", ")
             )
         };
         sqlx::query(d.prepare(sql))
