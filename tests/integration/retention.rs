@@ -421,7 +421,8 @@ async fn survives_kill_9_at_three_points() {
             );
             assert!(
                 Instant::now() < end,
-                "the mover reaches {point} within 60 s"
+                "the mover reaches {point} within 60 s: {}",
+                read_log(&log)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
