@@ -392,7 +392,7 @@ mod tests {
         Contract {
             domain: "d".into(),
             version: 1,
-            templates: [("user".to_string(), template)].into(),
+            templates: [("member".to_string(), template)].into(),
             queries: [("by_tag".to_string(), query)].into(),
         }
     }
@@ -433,8 +433,8 @@ mod tests {
         compare(&base(), &current).breaking
     }
 
-    fn user(c: &mut Contract) -> &mut BTreeMap<String, FieldContract> {
-        &mut c.templates.get_mut("user").unwrap().fields
+    fn member(c: &mut Contract) -> &mut BTreeMap<String, FieldContract> {
+        &mut c.templates.get_mut("member").unwrap().fields
     }
 
     fn query(c: &mut Contract) -> &mut BTreeMap<String, ParamContract> {
@@ -445,39 +445,39 @@ mod tests {
     fn every_breaking_kind_is_reported() {
         assert_eq!(
             breaking(|c| c.templates.clear()),
-            ["template user was removed"]
+            ["template member was removed"]
         );
         assert_eq!(
-            breaking(|c| drop(user(c).remove("bio"))),
-            ["field user.bio was removed"]
+            breaking(|c| drop(member(c).remove("bio"))),
+            ["field member.bio was removed"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("handle").unwrap().max = Some(10.0)),
-            ["field user.handle maximum lowered from 15 to 10"]
+            breaking(|c| member(c).get_mut("handle").unwrap().max = Some(10.0)),
+            ["field member.handle maximum lowered from 15 to 10"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("handle").unwrap().min = Some(4.0)),
-            ["field user.handle minimum raised from 3 to 4"]
+            breaking(|c| member(c).get_mut("handle").unwrap().min = Some(4.0)),
+            ["field member.handle minimum raised from 3 to 4"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("handle").unwrap().pattern = Some("^[a-z]+$".into())),
-            ["field user.handle pattern changed from none to ^[a-z]+$"]
+            breaking(|c| member(c).get_mut("handle").unwrap().pattern = Some("^[a-z]+$".into())),
+            ["field member.handle pattern changed from none to ^[a-z]+$"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("level").unwrap().values = Some(vec!["high".into()])),
-            ["field user.level no longer accepts low"]
+            breaking(|c| member(c).get_mut("level").unwrap().values = Some(vec!["high".into()])),
+            ["field member.level no longer accepts low"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("bio").unwrap().required = true),
-            ["field user.bio became required"]
+            breaking(|c| member(c).get_mut("bio").unwrap().required = true),
+            ["field member.bio became required"]
         );
         assert_eq!(
-            breaking(|c| user(c).get_mut("bio").unwrap().ty = "text".into()),
-            ["field user.bio changed type from string to text"]
+            breaking(|c| member(c).get_mut("bio").unwrap().ty = "text".into()),
+            ["field member.bio changed type from string to text"]
         );
         assert_eq!(
-            breaking(|c| drop(user(c).insert("age".into(), string(0.0, 3.0)))),
-            ["field user.age is new and required: creates of older clients lack it"]
+            breaking(|c| drop(member(c).insert("age".into(), string(0.0, 3.0)))),
+            ["field member.age is new and required: creates of older clients lack it"]
         );
         assert_eq!(
             breaking(|c| c.queries.clear()),
@@ -496,10 +496,10 @@ mod tests {
     #[test]
     fn widening_is_not_breaking_but_is_a_change() {
         let mut current = base();
-        user(&mut current).get_mut("handle").unwrap().max = Some(30.0);
+        member(&mut current).get_mut("handle").unwrap().max = Some(30.0);
         let mut bio = string(0.0, 10.0);
         bio.required = false;
-        user(&mut current).insert("nickname".into(), bio);
+        member(&mut current).insert("nickname".into(), bio);
         query(&mut current).insert("limit".into(), param("integer", false));
         let report = compare(&base(), &current);
         assert!(report.breaking.is_empty(), "{:?}", report.breaking);

@@ -443,8 +443,8 @@ mod tests {
 
     #[test]
     fn the_job_is_the_file_and_the_template() {
-        assert_eq!(job_id("user", b"x"), job_id("user", b"x"));
-        assert_ne!(job_id("user", b"x"), job_id("spew", b"x"));
-        assert_ne!(job_id("user", b"x"), job_id("user", b"y"));
+        assert_eq!(job_id("note", b"x"), job_id("note", b"x"));
+        assert_ne!(job_id("note", b"x"), job_id("post", b"x"));
+        assert_ne!(job_id("note", b"x"), job_id("note", b"y"));
     }
 }
